@@ -1,0 +1,47 @@
+"""memtrack: per-process accounting of shared buffers from interfaces the kernel already has.
+
+Public API::
+
+    import memtrack
+    snap = memtrack.scan()                      # this machine
+    snap = memtrack.scan("capture.tar.gz")      # a capture archive or a directory tree
+    snap = memtrack.load("snapshot.json")       # a saved JSON snapshot
+    acct = memtrack.account(snap)               # rss/pss/uss/mapped per process and kind
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import MemtrackError, SourceError  # noqa: E402
+from .model import Snapshot, Buffer, Ref, Process  # noqa: E402
+from .account import account  # noqa: E402
+
+
+def open_source(path=None):
+    from .sources import open_source as _open
+    return _open(path)
+
+
+def scan(path=None, pids=None, smaps=False):
+    """Scan a live machine (path None), a directory tree or a capture archive."""
+    from .sources import open_source as _open
+    from .scan import scan as _scan
+    src = _open(path)
+    try:
+        if isinstance(src, Snapshot):
+            return src
+        return _scan(src, pids=pids, smaps=smaps)
+    finally:
+        close = getattr(src, "close", None)
+        if close:
+            close()
+
+
+def load(path):
+    """Read a JSON snapshot written by ``memtrack --json``."""
+    from .sources.snapshot_file import load_snapshot
+    return load_snapshot(path)
+
+
+__all__ = ["scan", "load", "account", "open_source", "Snapshot", "Buffer", "Ref", "Process",
+           "MemtrackError", "SourceError", "__version__"]

@@ -1,0 +1,3 @@
+from memtrack.cli import main
+
+raise SystemExit(main())

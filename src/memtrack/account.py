@@ -1,0 +1,137 @@
+"""Accounting: pure functions of a Snapshot (DESIGN.md, "Accounting rules").
+
+For process P and buffer B of size S held by the set H(B):
+  rss(P) = sum S over buffers P holds (each buffer once, however many fds/maps)
+  pss(P) = sum S/|H(B)|, split to the byte: the first S mod |H| holders (by pid) get one
+           byte more, so that sum pss over all processes == sum S over held buffers exactly
+  uss(P) = sum S over buffers only P holds
+  mapped(P) = bytes of P's mappings of those buffers; in_rss(P) = the part of them smaps
+           says is already in P's RSS (only with --smaps)
+Buffers of unknown size add nothing and are counted in ``unknown``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Optional
+
+from .model import Snapshot
+
+
+@dataclass
+class Usage:
+    rss: int = 0
+    pss: int = 0
+    uss: int = 0
+    mapped: int = 0
+    in_rss: int = 0
+    buffers: int = 0
+    unknown: int = 0           # buffers held whose size could not be known
+
+    def add(self, other: "Usage") -> None:
+        self.rss += other.rss
+        self.pss += other.pss
+        self.uss += other.uss
+        self.mapped += other.mapped
+        self.in_rss += other.in_rss
+        self.buffers += other.buffers
+        self.unknown += other.unknown
+
+    @property
+    def hidden(self) -> int:
+        """What memtrack adds on top of the mm counters: rss not already inside RSS."""
+        return self.rss - self.in_rss
+
+    def get(self, key: str) -> int:
+        return getattr(self, key)
+
+    def as_dict(self, smaps: bool = False) -> dict:
+        d = {"rss": self.rss, "pss": self.pss, "uss": self.uss, "mapped": self.mapped,
+             "buffers": self.buffers, "unknown_size": self.unknown}
+        if smaps:
+            d["in_rss"] = self.in_rss
+        return d
+
+
+@dataclass
+class ProcessUsage:
+    total: Usage = field(default_factory=Usage)
+    by_kind: Dict[str, Usage] = field(default_factory=dict)
+
+
+@dataclass
+class Accounting:
+    processes: Dict[int, ProcessUsage]
+    total: Usage
+    by_kind: Dict[str, Usage]
+    shares: Dict[str, Dict[int, int]]      # buffer id -> pid -> pss bytes
+    held_bytes: int                         # sum of known sizes of buffers someone holds
+    kernel_only_bytes: Optional[int]        # unheld buffers the kernel reports (None: can't tell)
+    kernel_only_buffers: Optional[int]
+    unattributed_bytes: int                 # unheld, but maybe held by processes we could not read
+
+    def process(self, pid: int) -> ProcessUsage:
+        return self.processes.get(pid) or ProcessUsage()
+
+
+def pss_shares(size: int, holders: Iterable[int]) -> Dict[int, int]:
+    hs = sorted(holders)
+    if not hs:
+        return {}
+    base, rem = divmod(size, len(hs))
+    return {pid: base + (1 if i < rem else 0) for i, pid in enumerate(hs)}
+
+
+def is_kernel_only(snap: Snapshot, b) -> Optional[bool]:
+    """True: no process holds it and none can (kernel/driver only). None: can't tell,
+    because some processes could not be read and might hold it."""
+    if b.holders:
+        return False
+    if b.kind == "sysv":
+        return True if (b.kernel_count or 0) == 0 else None
+    return True if snap.complete else None
+
+
+def account(snap: Snapshot) -> Accounting:
+    procs: Dict[int, ProcessUsage] = {}
+    total = Usage()
+    by_kind: Dict[str, Usage] = {}
+    shares: Dict[str, Dict[int, int]] = {}
+    bmap = snap.buffer_map
+    for b in snap.buffers:
+        if b.size is not None and b.holders:
+            shares[b.id] = pss_shares(b.size, b.holders)
+    for p in snap.processes:
+        pu = ProcessUsage()
+        for r in p.refs:
+            b = bmap[r.buffer]
+            u = Usage(mapped=r.mapped, buffers=1, in_rss=r.in_rss or 0)
+            if b.size is None:
+                u.unknown = 1
+            else:
+                u.rss = b.size
+                u.pss = shares.get(b.id, {}).get(p.pid, 0)
+                if len(b.holders) == 1:
+                    u.uss = b.size
+            pu.total.add(u)
+            pu.by_kind.setdefault(b.kind, Usage()).add(u)
+        procs[p.pid] = pu
+        total.add(pu.total)
+        for k, u in pu.by_kind.items():
+            by_kind.setdefault(k, Usage()).add(u)
+    held = sum(b.size for b in snap.buffers if b.holders and b.size is not None)
+    ko_bytes = ko_count = unattributed = 0
+    for b in snap.buffers:
+        verdict = is_kernel_only(snap, b)
+        if verdict:
+            ko_count += 1
+            ko_bytes += b.size or 0
+        elif verdict is None:
+            unattributed += b.size or 0
+    # Without the kernel's dma-buf table, or with processes unread, the kernel-only figure
+    # would be a guess: say so (None) rather than print a number.
+    knowable = snap.complete and snap.kernel.dmabuf_source is not None
+    return Accounting(
+        processes=procs, total=total, by_kind=by_kind, shares=shares, held_bytes=held,
+        kernel_only_bytes=ko_bytes if knowable else None,
+        kernel_only_buffers=ko_count if knowable else None,
+        unattributed_bytes=unattributed)

@@ -1,0 +1,74 @@
+"""memtrack command line: `memtrack [COMMAND] [options]`; no command = `ps`.
+
+Each command is a module in memtrack/cli/commands/ defining NAME, HELP, add_arguments(parser)
+and run(args) -> exit code; they are discovered, so adding a command touches no other file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import signal
+import sys
+
+from .. import __version__
+from ..errors import MemtrackError
+from .common import add_common
+
+DEFAULT = "ps"
+
+
+def _commands():
+    from . import commands
+    mods = {}
+    for info in pkgutil.iter_modules(commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{commands.__name__}.{info.name}")
+        mods[mod.NAME] = mod
+    return dict(sorted(mods.items(), key=lambda kv: (getattr(kv[1], "ORDER", 50), kv[0])))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="memtrack",
+        description="Which process holds how much shared-buffer memory (dma-buf, memfd, "
+                    "POSIX/SysV shm, shared anonymous, ashmem). Without a command: `ps`.")
+    parser.add_argument("--version", action="version", version=f"memtrack {__version__}")
+    add_common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    mods = _commands()
+    for name, mod in mods.items():
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        add_common(p, suppress=True)
+        mod.add_arguments(p)
+    # `memtrack -p 1` and `memtrack --json` are `ps`: its own options must parse at top level too
+    mods[DEFAULT].add_arguments(parser)
+    return parser, mods
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser, mods = build_parser()
+        args = parser.parse_args(argv)
+        name = args.command or DEFAULT
+        return mods[name].run(args) or 0
+    except MemtrackError as exc:
+        print(f"memtrack: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader went away (memtrack | head): be quiet, and keep Python quiet at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
+
+
+if hasattr(signal, "SIGPIPE"):
+    pass  # BrokenPipeError is handled in main(); SIGPIPE stays ignored as Python sets it

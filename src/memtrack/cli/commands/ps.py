@@ -1,0 +1,132 @@
+"""memtrack ps: one row per process, largest Pss first (procrank/smem columns)."""
+from __future__ import annotations
+
+import argparse
+
+from ...account import account
+from ...model import KINDS
+from ...views.table import Column, human, render, to_csv
+from ..common import check_exclusive, emit, filter_doc, get_snapshot, narrowed
+
+NAME = "ps"
+HELP = "per-process table of shared-buffer memory (the default command)"
+ORDER = 0
+SORT_KEYS = ("pss", "rss", "uss", "mapped", "in_rss", "pid", "name") + KINDS
+
+
+def add_arguments(p):
+    p.add_argument("-s", "--sort", choices=SORT_KEYS, default=argparse.SUPPRESS,
+                   help="sort key (default pss; a kind name sorts by that kind's pss)")
+    p.add_argument("-r", "--reverse", action="store_true", default=argparse.SUPPRESS,
+                   help="reverse the order (smallest first)")
+
+
+def sort_rows(procs, acct, key: str, reverse: bool):
+    def k(p):
+        if key == "pid":
+            return p.pid
+        if key == "name":
+            return p.name
+        u = acct.processes[p.pid]
+        if key in KINDS:
+            ku = u.by_kind.get(key)
+            return ku.pss if ku else 0
+        return getattr(u.total, key)
+    descending = key not in ("pid", "name")
+    return sorted(procs, key=lambda p: (k(p), -p.pid if descending else p.pid), reverse=descending != reverse)
+
+
+def run(args) -> int:
+    check_exclusive(args)
+    snap = get_snapshot(args)
+    view = narrowed(snap, args)
+    if args.json:
+        emit(view.to_json(filt=filter_doc(args)) + "\n")
+        return 0
+    acct = account(snap)
+    kinds = [k for k in KINDS if any(k in acct.processes[p.pid].by_kind for p in view.processes)]
+    if args.kind:
+        kinds = [k for k in kinds if k in args.kind]
+    procs = sort_rows(view.processes, acct, getattr(args, "sort", "pss"), getattr(args, "reverse", False))
+    smaps = snap.smaps
+
+    def usage(pid):
+        pu = acct.processes[pid]
+        if args.kind:
+            from ...account import Usage
+            u = Usage()
+            for k in kinds:
+                if k in pu.by_kind:
+                    u.add(pu.by_kind[k])
+            return u, pu
+        return pu.total, pu
+
+    if args.csv:
+        header = ["pid", "rss", "pss", "uss", "mapped"] + (["in_rss"] if smaps else []) + \
+                 [f"{k}_pss" for k in kinds] + ["unknown_size_buffers", "comm", "cmdline"]
+        rows = []
+        for p in procs:
+            u, pu = usage(p.pid)
+            rows.append([p.pid, u.rss, u.pss, u.uss, u.mapped] + ([u.in_rss] if smaps else []) +
+                        [pu.by_kind[k].pss if k in pu.by_kind else 0 for k in kinds] +
+                        [u.unknown, p.comm, p.cmdline])
+        emit(to_csv(header, rows))
+        return 0
+    raw = args.bytes
+    cols = [Column("PID"), Column("Rss"), Column("Pss"), Column("Uss"), Column("Mapped")]
+    if smaps:
+        cols += [Column("InRss"), Column("Hidden")]
+    cols += [Column(k) for k in kinds] + [Column("Name", "<")]
+    from ...account import Usage
+    tot = Usage()
+    tot_kind = {k: Usage() for k in kinds}
+    rows = []
+    unknown_procs = 0
+    for p in procs:
+        u, pu = usage(p.pid)
+        tot.add(u)
+        unknown_procs += bool(u.unknown)
+        row = [str(p.pid), sized(u.rss, u.unknown, raw), sized(u.pss, u.unknown, raw),
+               sized(u.uss, u.unknown, raw), human(u.mapped, raw)]
+        if smaps:
+            row += [human(u.in_rss, raw), sized(u.hidden, u.unknown, raw)]
+        for k in kinds:
+            ku = pu.by_kind.get(k)
+            if ku is not None:
+                tot_kind[k].add(ku)
+            row.append(sized(ku.pss, ku.unknown, raw) if ku else "-")
+        row.append(p.name)
+        rows.append(row)
+    foot = ["", human(tot.rss, raw), human(tot.pss, raw), human(tot.uss, raw), human(tot.mapped, raw)]
+    if smaps:
+        foot += [human(tot.in_rss, raw), human(tot.hidden, raw)]
+    foot += [human(tot_kind[k].pss, raw) for k in kinds] + [f"TOTAL ({len(procs)} processes)"]
+    out = render(cols, rows, [foot], max_last=100)
+    out += summary_lines(snap, acct, raw)
+    if unknown_procs:
+        out += (f"+ {unknown_procs} processes hold buffers whose size could not be known "
+                "(not counted; see `memtrack buffers`)\n")
+    emit(out)
+    return 0
+
+
+def sized(n, unknown, raw=False) -> str:
+    """A size that excludes buffers of unknown size: '?' if that is all there is, else 'N+'."""
+    if not unknown:
+        return human(n, raw)
+    return "?" if n == 0 else human(n, raw) + "+"
+
+
+def summary_lines(snap, acct, raw=False) -> str:
+    k = snap.kernel
+    parts = [f"held by processes: {human(acct.held_bytes, raw)}"]
+    if k.dmabuf_source:
+        parts.append(f"dma-buf exported: {human(k.dmabuf_exported_bytes, raw)} ({k.dmabuf_source})")
+    if acct.kernel_only_bytes is not None:
+        parts.append(f"kernel-only: {human(acct.kernel_only_bytes, raw)}")
+    else:
+        why = "no kernel dma-buf table" if not k.dmabuf_source else "some processes unread"
+        parts.append(f"kernel-only: unknown ({why})")
+    if acct.unattributed_bytes:
+        parts.append(f"unattributed: {human(acct.unattributed_bytes, raw)}")
+    return "; ".join(parts) + "\n"

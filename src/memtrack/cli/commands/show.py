@@ -1,0 +1,87 @@
+"""memtrack show PID: the buffers one process holds, one line each (the /proc/PID/memtrack
+view the 2016 proposal asked for)."""
+from __future__ import annotations
+
+from ...account import account
+from ...errors import MemtrackError
+from ...views.table import Column, human, render, to_csv
+from ..common import check_exclusive, emit, get_snapshot
+
+NAME = "show"
+HELP = "the shared buffers of one process, with their other holders"
+ORDER = 1
+
+
+def add_arguments(p):
+    p.add_argument("target_pid", type=int, metavar="PID")
+
+
+def holder_text(snap, b, me=None, limit=8) -> str:
+    if not b.holders:
+        return "kernel only"
+    parts = []
+    for pid in b.holders[:limit]:
+        pr = snap.process_map.get(pid)
+        tag = f"{pid}({pr.comm})" if pr and pr.comm else str(pid)
+        parts.append("self" if pid == me else tag)
+    if len(b.holders) > limit:
+        parts.append(f"+{len(b.holders) - limit} more")
+    return ",".join(parts)
+
+
+def run(args) -> int:
+    check_exclusive(args)
+    snap = get_snapshot(args)
+    pid = args.target_pid
+    proc = snap.process_map.get(pid)
+    if proc is None:
+        if pid in snap.skipped.denied:
+            raise MemtrackError(f"pid {pid}: access denied (run as root, or as its owner)")
+        if pid in snap.skipped.vanished:
+            raise MemtrackError(f"pid {pid}: exited during the scan")
+        if args.json:
+            emit(snap.restrict(pids={pid}).to_json(filt={"pids": [pid]}) + "\n")
+            return 0
+        emit(f"pid {pid} holds no shared buffers\n")
+        return 0
+    view = snap.restrict(pids={pid}, kinds=args.kind)
+    if args.json:
+        emit(view.to_json(filt={"pids": [pid]}) + "\n")
+        return 0
+    acct = account(snap)
+    share = acct.shares
+    refs = sorted(view.process_map[pid].refs,
+                  key=lambda r: (-(snap.buffer(r.buffer).size or -1), r.buffer))
+    raw = args.bytes
+    if args.csv:
+        rows = []
+        for r in refs:
+            b = snap.buffer(r.buffer)
+            rows.append([b.id, b.kind, b.inode, b.size, share.get(b.id, {}).get(pid), " ".join(map(str, r.fds)),
+                         len(r.vmas), r.mapped, b.exporter, b.name, " ".join(map(str, b.holders))])
+        emit(to_csv(["buffer", "kind", "inode", "size", "pss", "fds", "maps", "mapped", "exporter",
+                     "name", "holders"], rows))
+        return 0
+    u = acct.processes[pid].total
+    head = (f"pid {pid} ({proc.comm})  {proc.cmdline}\n"
+            f"rss {human(u.rss, raw)}  pss {human(u.pss, raw)}  uss {human(u.uss, raw)}  "
+            f"mapped {human(u.mapped, raw)}  buffers {u.buffers}"
+            + (f"  in_rss {human(u.in_rss, raw)}" if snap.smaps else "")
+            + (f"  ({u.unknown} of unknown size)" if u.unknown else "") + "\n\n")
+    cols = [Column("Kind", "<"), Column("Inode"), Column("Size"), Column("Pss"), Column("Fds", "<"),
+            Column("Maps"), Column("Mapped")]
+    if snap.smaps:
+        cols.append(Column("InRss"))
+    cols += [Column("Exporter", "<"), Column("Name", "<"), Column("Holders", "<")]
+    rows = []
+    for r in refs:
+        b = snap.buffer(r.buffer)
+        row = [b.kind, "-" if b.inode is None else str(b.inode), human(b.size, raw),
+               human(share.get(b.id, {}).get(pid), raw) if b.size is not None else "?",
+               ",".join(map(str, r.fds)) or "-", str(len(r.vmas)), human(r.mapped, raw)]
+        if snap.smaps:
+            row.append(human(r.in_rss, raw))
+        row += [b.exporter or "-", b.name or "-", holder_text(snap, b, me=pid)]
+        rows.append(row)
+    emit(head + render(cols, rows))
+    return 0

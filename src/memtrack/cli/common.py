@@ -1,0 +1,110 @@
+"""Options every command shares, and the one way commands get a snapshot."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Set
+
+from ..errors import MemtrackError
+from ..model import KINDS, Snapshot
+
+
+def _pid_list(text: str) -> Set[int]:
+    out = set()
+    for part in text.replace(" ", ",").split(","):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise argparse.ArgumentTypeError(f"not a pid list: {text!r}")
+        out.add(int(part))
+    return out
+
+
+def _kind_list(text: str) -> Set[str]:
+    kinds = {k for k in text.replace(" ", ",").split(",") if k}
+    bad = kinds - set(KINDS)
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown kind {', '.join(sorted(bad))} (kinds: {', '.join(KINDS)})")
+    return kinds
+
+
+def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    g = p.add_argument_group("source and selection")
+    g.add_argument("--root", metavar="PATH", default=d(None),
+                   help="read a capture archive, a /proc-like directory or a JSON snapshot instead of this machine")
+    g.add_argument("-p", "--pid", type=_pid_list, metavar="PIDS", default=d(None),
+                   help="only these processes (comma-separated); sharing is still counted over all")
+    g.add_argument("--kind", type=_kind_list, metavar="KINDS", default=d(None),
+                   help=f"only these kinds ({','.join(KINDS)})")
+    g.add_argument("--smaps", action="store_true", default=d(False),
+                   help="also read smaps: how much of each buffer is already counted in RSS (in_rss)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", default=d(False), help="the schema-1 JSON document")
+    o.add_argument("--csv", action="store_true", default=d(False), help="CSV, sizes in bytes")
+    o.add_argument("-b", "--bytes", action="store_true", default=d(False), help="sizes in bytes in tables")
+    o.add_argument("-q", "--quiet", action="store_true", default=d(False),
+                   help="no notes on stderr (the count of processes skipped is still printed)")
+
+
+def get_snapshot(args, pids_for_scan=None) -> Snapshot:
+    """The snapshot the options name. -p restricts the view, not the scan: pss needs every holder."""
+    from ..scan import scan
+    from ..sources import open_source
+    src = open_source(getattr(args, "root", None))
+    if isinstance(src, Snapshot):
+        snap = src
+        if getattr(args, "smaps", False) and not snap.smaps:
+            print("memtrack: note: this snapshot was saved without smaps: in_rss unknown", file=sys.stderr)
+    else:
+        try:
+            snap = scan(src, pids=pids_for_scan, smaps=getattr(args, "smaps", False))
+        finally:
+            src.close()
+    report_skipped(snap, quiet=getattr(args, "quiet", False))
+    return snap
+
+
+def report_skipped(snap: Snapshot, quiet: bool = False) -> None:
+    sk = snap.skipped
+    if sk.denied:
+        print(f"memtrack: access denied for {plural(len(sk.denied), 'process')} (run as root to see them)",
+              file=sys.stderr)
+    if sk.unreadable:
+        print(f"memtrack: {plural(len(sk.unreadable), 'process')} could not be read", file=sys.stderr)
+    if not quiet:
+        if sk.vanished:
+            print(f"memtrack: note: {plural(len(sk.vanished), 'process')} exited during the scan", file=sys.stderr)
+        for n in snap.notes:
+            print(f"memtrack: note: {n}", file=sys.stderr)
+
+
+def narrowed(snap: Snapshot, args) -> Snapshot:
+    pids = getattr(args, "pid", None)
+    kinds = getattr(args, "kind", None)
+    if pids is None and kinds is None:
+        return snap
+    return snap.restrict(pids=pids, kinds=kinds)
+
+
+def filter_doc(args) -> Optional[dict]:
+    f = {}
+    if getattr(args, "pid", None) is not None:
+        f["pids"] = sorted(args.pid)
+    if getattr(args, "kind", None) is not None:
+        f["kinds"] = sorted(args.kind)
+    return f or None
+
+
+def emit(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def check_exclusive(args) -> None:
+    if getattr(args, "json", False) and getattr(args, "csv", False):
+        raise MemtrackError("--json and --csv are exclusive")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else ("es" if word.endswith("s") else "s"))

@@ -1,0 +1,283 @@
+"""The snapshot: plain frozen dataclasses, and their JSON form (schema 1).
+
+A Snapshot holds facts only (which buffers exist, who references them how); every derived
+number (rss, pss, uss, kernel-only...) comes from ``account.py`` so it can never go stale.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from typing import Dict, List, Optional, Tuple
+
+from .errors import SourceError
+
+SCHEMA = 1
+KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    id: str
+    kind: str
+    inode: Optional[int]               # None only for pre-5.3 anon_inode dma-bufs
+    dev: Optional[str] = None          # "MM:mm" as maps prints it; None where nothing said
+    size: Optional[int] = None         # bytes; None = could not be known (never guessed)
+    exporter: Optional[str] = None
+    name: Optional[str] = None
+    category: Optional[str] = None
+    holders: Tuple[int, ...] = ()      # pids holding it by fd or mapping, sorted
+    fd_refs: int = 0
+    map_refs: int = 0
+    kernel_count: Optional[int] = None  # dma-buf: file count (bufinfo/fdinfo); sysv: nattch
+    size_from: Optional[str] = None    # which interface gave the size
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One process's references to one buffer."""
+    buffer: str
+    fds: Tuple[int, ...] = ()
+    vmas: Tuple[Tuple[int, int, int], ...] = ()   # (start, end, file offset)
+    in_rss: Optional[int] = None                  # smaps Rss of those VMAs (with --smaps)
+
+    @property
+    def mapped(self) -> int:
+        return sum(end - start for start, end, _ in self.vmas)
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    comm: str = ""
+    cmdline: str = ""
+    uid: Optional[int] = None
+    refs: Tuple[Ref, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.cmdline or self.comm or "?"
+
+
+@dataclass(frozen=True)
+class Host:
+    hostname: Optional[str] = None
+    kernel: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    """What the kernel-wide tables said, independent of any process."""
+    dmabuf_source: Optional[str] = None        # "debugfs" | "sysfs" | None (unreadable)
+    dmabuf_exported_bytes: Optional[int] = None
+    dmabuf_exported_count: Optional[int] = None
+    sysv_source: Optional[str] = None          # "sysvipc" | None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    denied: Tuple[int, ...] = ()
+    vanished: Tuple[int, ...] = ()
+    unreadable: Tuple[int, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return len(self.denied) + len(self.vanished) + len(self.unreadable)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: str = ""
+    source: str = "live"
+    host: Host = field(default_factory=Host)
+    backend: str = "procfs"
+    scope: str = "all"                 # "all": every process was scanned; "pids": a subset
+    smaps: bool = False                # whether in_rss was read
+    buffers: Tuple[Buffer, ...] = ()
+    processes: Tuple[Process, ...] = ()
+    kernel: KernelInfo = field(default_factory=KernelInfo)
+    skipped: Skipped = field(default_factory=Skipped)
+    notes: Tuple[str, ...] = ()
+    schema: int = SCHEMA
+
+    @cached_property
+    def buffer_map(self) -> Dict[str, Buffer]:
+        return {b.id: b for b in self.buffers}
+
+    @cached_property
+    def process_map(self) -> Dict[int, Process]:
+        return {p.pid: p for p in self.processes}
+
+    def buffer(self, bid: str) -> Buffer:
+        return self.buffer_map[bid]
+
+    @property
+    def complete(self) -> bool:
+        """True when every process on the machine was seen, so unheld = kernel-only."""
+        return self.scope == "all" and not self.skipped.denied and not self.skipped.unreadable
+
+    def restrict(self, pids=None, kinds=None) -> "Snapshot":
+        """The same snapshot narrowed for display: holders keep every pid, so pss is unchanged."""
+        kinds = set(kinds) if kinds else None
+        buffers = tuple(b for b in self.buffers if kinds is None or b.kind in kinds)
+        keep = {b.id for b in buffers}
+        procs = []
+        for p in self.processes:
+            if pids is not None and p.pid not in pids:
+                continue
+            refs = tuple(r for r in p.refs if r.buffer in keep)
+            if kinds is not None and not refs:
+                continue
+            procs.append(replace(p, refs=refs))
+        if pids is not None:
+            held = {r.buffer for p in procs for r in p.refs}
+            buffers = tuple(b for b in buffers if b.id in held)
+        return replace(self, buffers=buffers, processes=tuple(procs))
+
+    # -- JSON ---------------------------------------------------------------------------
+    def to_dict(self, filt: Optional[dict] = None) -> dict:
+        from .account import account
+        acct = account(self)
+        doc = {
+            "schema": self.schema,
+            "taken_at": self.taken_at,
+            "source": self.source,
+            "host": {"hostname": self.host.hostname, "kernel": self.host.kernel},
+            "backend": self.backend,
+            "scope": self.scope,
+            "smaps": self.smaps,
+            "buffers": [_buffer_dict(b) for b in self.buffers],
+            "processes": [],
+            "kernel": {
+                "dmabuf_source": self.kernel.dmabuf_source,
+                "dmabuf_exported_bytes": self.kernel.dmabuf_exported_bytes,
+                "dmabuf_exported_count": self.kernel.dmabuf_exported_count,
+                "sysv_source": self.kernel.sysv_source,
+                "held_bytes": acct.held_bytes,
+                "kernel_only_bytes": acct.kernel_only_bytes,
+                "kernel_only_buffers": acct.kernel_only_buffers,
+                "unattributed_bytes": acct.unattributed_bytes,
+            },
+            "totals": acct.total.as_dict(self.smaps),
+            "skipped": {"denied": list(self.skipped.denied),
+                        "vanished": list(self.skipped.vanished),
+                        "unreadable": list(self.skipped.unreadable)},
+            "notes": list(self.notes),
+        }
+        if filt:
+            doc["filter"] = filt
+        for p in self.processes:
+            usage = acct.processes[p.pid]
+            doc["processes"].append({
+                "pid": p.pid, "comm": p.comm, "cmdline": p.cmdline, "uid": p.uid,
+                "totals": usage.total.as_dict(self.smaps),
+                "by_kind": {k: u.as_dict(self.smaps) for k, u in sorted(usage.by_kind.items())},
+                "refs": [_ref_dict(r, self.smaps) for r in p.refs],
+            })
+        return doc
+
+    def to_json(self, indent: Optional[int] = 1, filt: Optional[dict] = None) -> str:
+        return json.dumps(self.to_dict(filt), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Snapshot":
+        try:
+            return _snapshot_from_dict(doc)
+        except SourceError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SourceError(f"not a memtrack snapshot: {type(exc).__name__}: {exc}") from None
+
+
+def _buffer_dict(b: Buffer) -> dict:
+    return {"id": b.id, "kind": b.kind, "dev": b.dev, "inode": b.inode, "size": b.size,
+            "exporter": b.exporter, "name": b.name, "category": b.category,
+            "holders": list(b.holders), "fd_refs": b.fd_refs, "map_refs": b.map_refs,
+            "kernel_count": b.kernel_count, "size_from": b.size_from}
+
+
+def _ref_dict(r: Ref, smaps: bool) -> dict:
+    d = {"buffer": r.buffer, "fds": len(r.fds), "maps": len(r.vmas), "mapped": r.mapped,
+         "fd_list": list(r.fds), "vmas": [list(v) for v in r.vmas]}
+    if smaps:
+        d["in_rss"] = r.in_rss
+    return d
+
+
+def _opt_int(v):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _opt_str(v):
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {v!r}")
+    return v
+
+
+def _int(v):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"expected an integer, got {v!r}")
+    return v
+
+
+def _snapshot_from_dict(doc: dict) -> Snapshot:
+    if not isinstance(doc, dict):
+        raise SourceError("not a memtrack snapshot: the JSON document is not an object")
+    if doc.get("schema") != SCHEMA:
+        raise SourceError(f"unsupported snapshot schema {doc.get('schema')!r} (this memtrack reads {SCHEMA})")
+    buffers = []
+    for b in doc["buffers"]:
+        kind = b["kind"]
+        if kind not in KINDS:
+            raise ValueError(f"unknown buffer kind {kind!r}")
+        buffers.append(Buffer(
+            id=_opt_str(b["id"]), kind=kind, inode=_opt_int(b["inode"]), dev=_opt_str(b.get("dev")),
+            size=_opt_int(b.get("size")), exporter=_opt_str(b.get("exporter")),
+            name=_opt_str(b.get("name")), category=_opt_str(b.get("category")),
+            holders=tuple(_int(h) for h in b.get("holders", ())),
+            fd_refs=_int(b.get("fd_refs", 0)), map_refs=_int(b.get("map_refs", 0)),
+            kernel_count=_opt_int(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
+    ids = {b.id for b in buffers}
+    if len(ids) != len(buffers):
+        raise ValueError("duplicate buffer ids")
+    procs = []
+    smaps = bool(doc.get("smaps", False))
+    for p in doc["processes"]:
+        refs = []
+        for r in p.get("refs", ()):
+            if r["buffer"] not in ids:
+                raise ValueError(f"reference to unknown buffer {r['buffer']!r}")
+            vmas = tuple((_int(v[0]), _int(v[1]), _int(v[2])) for v in r.get("vmas", ()))
+            fds = tuple(_int(f) for f in r.get("fd_list", ()))
+            refs.append(Ref(buffer=r["buffer"], fds=fds, vmas=vmas,
+                            in_rss=_opt_int(r.get("in_rss")) if smaps else None))
+        procs.append(Process(pid=_int(p["pid"]), comm=_opt_str(p.get("comm")) or "",
+                             cmdline=_opt_str(p.get("cmdline")) or "", uid=_opt_int(p.get("uid")),
+                             refs=tuple(refs)))
+    k = doc.get("kernel") or {}
+    s = doc.get("skipped") or {}
+    h = doc.get("host") or {}
+    return Snapshot(
+        schema=SCHEMA, taken_at=_opt_str(doc.get("taken_at")) or "", source=_opt_str(doc.get("source")) or "",
+        host=Host(hostname=_opt_str(h.get("hostname")), kernel=_opt_str(h.get("kernel"))),
+        backend=_opt_str(doc.get("backend")) or "procfs", scope=_opt_str(doc.get("scope")) or "all",
+        smaps=smaps, buffers=tuple(buffers), processes=tuple(procs),
+        kernel=KernelInfo(dmabuf_source=_opt_str(k.get("dmabuf_source")),
+                          dmabuf_exported_bytes=_opt_int(k.get("dmabuf_exported_bytes")),
+                          dmabuf_exported_count=_opt_int(k.get("dmabuf_exported_count")),
+                          sysv_source=_opt_str(k.get("sysv_source"))),
+        skipped=Skipped(denied=tuple(_int(x) for x in s.get("denied", ())),
+                        vanished=tuple(_int(x) for x in s.get("vanished", ())),
+                        unreadable=tuple(_int(x) for x in s.get("unreadable", ()))),
+        notes=tuple(str(n) for n in doc.get("notes", ())),
+    )
+
+
+def field_names(cls) -> List[str]:
+    return [f.name for f in fields(cls)]

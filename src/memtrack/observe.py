@@ -1,0 +1,78 @@
+"""Observations: the seam between readers (procfs text, or BPF iterators) and the builder.
+
+Readers emit these small records; ``build.build`` merges them into a Snapshot. Identity of
+a buffer is (fs, inode); ``fs`` is "dmabuf" for dma-bufs (one pseudo-filesystem), "sysv" for
+SysV segments (their inode is the shmid, a namespace of its own), and the device ("MM:mm",
+as maps prints it) for file-backed kinds, or None where the interface did not say.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional
+
+
+class ProcInfo(NamedTuple):
+    pid: int
+    comm: str
+    cmdline: str
+    uid: Optional[int]
+
+
+class FdRef(NamedTuple):
+    pid: int
+    fd: int
+    kind: str
+    fs: Optional[str]
+    inode: Optional[int]
+    size: Optional[int]
+    name: Optional[str]
+    exporter: Optional[str] = None
+    count: Optional[int] = None
+    size_from: Optional[str] = None
+
+
+class MapRef(NamedTuple):
+    pid: int
+    start: int
+    end: int
+    offset: int
+    kind: str
+    fs: Optional[str]
+    inode: int
+    name: Optional[str]
+    size: Optional[int] = None         # from a stat of /proc/PID/map_files (never the VMA length)
+
+
+class KernelBuffer(NamedTuple):
+    """A buffer as a kernel-wide table lists it (debugfs bufinfo, sysfs, /proc/sysvipc/shm)."""
+    kind: str
+    inode: Optional[int]
+    size: Optional[int]
+    exporter: Optional[str]
+    name: Optional[str]
+    count: Optional[int]
+    source: str
+
+
+class VmaRss(NamedTuple):
+    pid: int
+    start: int
+    rss: int                           # bytes
+
+
+class Observations:
+    """Everything one scan saw, in the order it saw it."""
+
+    def __init__(self):
+        self.procs: List[ProcInfo] = []
+        self.fds: List[FdRef] = []
+        self.maps: List[MapRef] = []
+        self.kernel: List[KernelBuffer] = []
+        self.rss: List[VmaRss] = []
+        self.denied: List[int] = []
+        self.vanished: List[int] = []
+        self.unreadable: List[int] = []
+        self.notes: List[str] = []
+        self.dmabuf_source: Optional[str] = None
+        self.dmabuf_total: Optional[int] = None
+        self.dmabuf_count: Optional[int] = None
+        self.sysv_source: Optional[str] = None

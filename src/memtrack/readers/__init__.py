@@ -1,0 +1,1 @@
+"""One small module per kernel interface: recognize its paths, parse its text."""

@@ -1,0 +1,1 @@
+"""Views: turn snapshots and accounting into text. No accounting logic lives here."""

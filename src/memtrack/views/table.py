@@ -1,0 +1,70 @@
+"""Plain-text tables (procrank/smem style) and CSV: fast, pipe-friendly, no dependencies."""
+from __future__ import annotations
+
+import csv
+import io
+from typing import List, Optional, Sequence
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human(n: Optional[int], raw: bool = False) -> str:
+    """1024-based size: 0, 512 B, 4.0 KiB, 1.5 MiB ... (raw: the byte count)."""
+    if n is None:
+        return "?"
+    if raw:
+        return str(n)
+    if abs(n) < 1024:
+        return f"{n} B" if n else "0"
+    v = float(n)
+    for unit in _UNITS:
+        v /= 1024.0
+        if abs(v) < 1024 or unit == _UNITS[-1]:
+            return f"{v:.1f} {unit}" if abs(v) < 100 else f"{v:.0f} {unit}"
+    return str(n)
+
+
+class Column:
+    __slots__ = ("title", "align", "width_cap")
+
+    def __init__(self, title: str, align: str = ">", width_cap: Optional[int] = None):
+        self.title, self.align, self.width_cap = title, align, width_cap
+
+
+def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optional[List[Sequence[str]]] = None,
+           max_last: Optional[int] = None) -> str:
+    """Aligned columns separated by two spaces; the last column is never padded."""
+    body = [list(map(str, r)) for r in rows]
+    foot = [list(map(str, r)) for r in (footer or [])]
+    widths = [len(c.title) for c in columns]
+    for r in body + foot:
+        for i, cell in enumerate(r[:-1]):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+
+    def line(cells):
+        out = []
+        for i, (c, cell) in enumerate(zip(columns, cells)):
+            if i == len(columns) - 1:
+                if max_last and len(cell) > max_last:
+                    cell = cell[: max_last - 1] + "…"
+                out.append(cell)
+            else:
+                out.append(cell.rjust(widths[i]) if c.align == ">" else cell.ljust(widths[i]))
+        return "  ".join(out).rstrip()
+
+    lines.append(line([c.title for c in columns]))
+    lines.extend(line(r) for r in body)
+    if foot:
+        lines.append(line(["-" * w if i < len(columns) - 1 else "" for i, w in enumerate(widths)]))
+        lines.extend(line(r) for r in foot)
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: Sequence[str], rows: List[Sequence]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow(["" if v is None else v for v in r])
+    return buf.getvalue()
