@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
-import tempfile
 import time
 from typing import Dict, List, Optional
 
 from . import __version__
 from .errors import ProcessGone
 from .sources.base import ProcReader, Source, now_iso
+from .util.atomic import atomic_open
 
 
 class _RecordingProc(ProcReader):
@@ -130,59 +129,43 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
     }
     mtime = time.time()
     members = 0
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".memtrack-capture-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tf:
-            def add_file(name, data):
-                ti = tarfile.TarInfo(name)
-                ti.size, ti.mtime, ti.mode = len(data), mtime, 0o444
-                tf.addfile(ti, io.BytesIO(data))
+    with atomic_open(path) as raw, tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tf:
+        def add_file(name, data):
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mtime, ti.mode = len(data), mtime, 0o444
+            tf.addfile(ti, io.BytesIO(data))
 
-            def add_link(name, target):
-                ti = tarfile.TarInfo(name)
-                ti.type, ti.linkname, ti.mtime, ti.mode = tarfile.SYMTYPE, target, mtime, 0o777
-                tf.addfile(ti)
+        def add_link(name, target):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.linkname, ti.mtime, ti.mode = tarfile.SYMTYPE, target, mtime, 0o777
+            tf.addfile(ti)
 
-            def add_dir(name):
-                ti = tarfile.TarInfo(name)
-                ti.type, ti.mtime, ti.mode = tarfile.DIRTYPE, mtime, 0o555
-                tf.addfile(ti)
+        def add_dir(name):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mtime, ti.mode = tarfile.DIRTYPE, mtime, 0o555
+            tf.addfile(ti)
 
-            add_file("meta.json", json.dumps(meta, indent=1).encode() + b"\n")
-            add_dir("proc")
-            members += 2
-            for rel in sorted(rec.files):
-                add_file(rel, rec.files[rel])
+        add_file("meta.json", json.dumps(meta, indent=1).encode() + b"\n")
+        add_dir("proc")
+        members += 2
+        for rel in sorted(rec.files):
+            add_file(rel, rec.files[rel])
+            members += 1
+        for pid in sorted(rec.procs):
+            if pid in dropped:
+                continue
+            pr = rec.procs[pid]
+            for d in (pr.base, pr.base + "/fd", pr.base + "/fdinfo"):
+                add_dir(d)
                 members += 1
-            for pid in sorted(rec.procs):
-                if pid in dropped:
-                    continue
-                pr = rec.procs[pid]
-                add_dir(pr.base)
-                add_dir(pr.base + "/fd")
-                add_dir(pr.base + "/fdinfo")
-                members += 3
-                for name in sorted(pr.files):
-                    add_file(name, pr.files[name])
+            for name in sorted(pr.files):
+                add_file(name, pr.files[name])
+                members += 1
+            for name in sorted(pr.links):
+                add_link(name, pr.links[name])
+                members += 1
+            for side, lines in (("fdstat", pr.fdstat), ("mapstat", pr.mapstat)):
+                if lines:
+                    add_file(f"{pr.base}/{side}", ("\n".join(lines) + "\n").encode())
                     members += 1
-                for name in sorted(pr.links):
-                    add_link(name, pr.links[name])
-                    members += 1
-                if pr.fdstat:
-                    add_file(pr.base + "/fdstat", ("\n".join(pr.fdstat) + "\n").encode())
-                    members += 1
-                if pr.mapstat:
-                    add_file(pr.base + "/mapstat", ("\n".join(pr.mapstat) + "\n").encode())
-                    members += 1
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return members
