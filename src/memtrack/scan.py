@@ -248,6 +248,7 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     counters: Dict[str, int] = {}
     for pid in targets:
         read_process(src, pid, obs, smaps, sized, counters)
+    _merge_recorded_skips(src, obs, pids)
     if counters.get("fdinfo_unreadable"):
         obs.notes.append(f"fdinfo unreadable for {counters['fdinfo_unreadable']} buffer fds: "
                          "their exporter/name/count are unknown")
@@ -261,6 +262,22 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     if counters.get("no_identity"):
         obs.notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
     return obs
+
+
+def _merge_recorded_skips(src, obs: Observations, pids) -> None:
+    """A capture records which processes the capturing scan could not read."""
+    sk = src.meta().get("skipped")
+    if not isinstance(sk, dict):
+        return
+    want = None if pids is None else set(pids)
+    for name, out in (("denied", obs.denied), ("vanished", obs.vanished), ("unreadable", obs.unreadable)):
+        vals = sk.get(name)
+        if not isinstance(vals, list):
+            continue
+        seen = set(out)
+        for v in vals:
+            if isinstance(v, int) and not isinstance(v, bool) and v not in seen and (want is None or v in want):
+                out.append(v)
 
 
 def scan(src, pids: Optional[Iterable[int]] = None, smaps: bool = False):

@@ -5,7 +5,7 @@ import datetime as _dt
 import json
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import Unreadable, Vanished
+from ..errors import ProcessGone, Unreadable, Vanished
 
 Stat = Tuple[str, int, int, int]     # (dev "MM:mm", inode, size, mode)
 
@@ -145,9 +145,13 @@ class PathSource(Source):
     def process(self, pid):
         return PathProc(self, pid)
 
+    _meta = None
+
     def meta(self):
-        try:
-            doc = json.loads(self.read_text("meta.json"))
-        except (Vanished, Unreadable, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        if self._meta is None:
+            try:
+                doc = json.loads(self.read_text("meta.json"))
+            except (ProcessGone, ValueError):
+                doc = {}
+            self._meta = doc if isinstance(doc, dict) else {}
+        return self._meta

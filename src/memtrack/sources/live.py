@@ -12,20 +12,21 @@ _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _CHUNK = 1 << 16
 
 
-def read_at(name, dir_fd=None) -> bytes:
-    """Whole file. procfs seq_files fill the buffer unless at EOF, so a short first read
-    (the common case) costs no second syscall."""
+def read_at(name, dir_fd=None, single=False) -> bytes:
+    """Whole file. Multi-record seq_files (maps, smaps, sysvipc) return about a page per
+    read(), so loop to EOF. single=True is for single_open files (fdinfo, status) and
+    cmdline, which return everything they have in the first read: a short read is EOF and
+    saves a syscall on the hot path."""
     fd = os.open(name, _O_READ, dir_fd=dir_fd)
     try:
         data = os.read(fd, _CHUNK)
-        if len(data) < _CHUNK:
+        if single and len(data) < _CHUNK:
             return data
         parts = [data]
-        while True:
-            data = os.read(fd, _CHUNK * 4)
-            if not data:
-                return b"".join(parts)
+        while data:
+            data = os.read(fd, _CHUNK)
             parts.append(data)
+        return b"".join(parts)
     finally:
         os.close(fd)
 
@@ -50,7 +51,7 @@ class LiveProc(ProcReader):
 
     @translated
     def fdinfo(self, fd):
-        return read_at("fdinfo/" + fd, self._dir).decode("utf-8", "surrogateescape")
+        return read_at("fdinfo/" + fd, self._dir, single=True).decode("utf-8", "surrogateescape")
 
     @translated
     def fdstat(self, fd):
@@ -72,15 +73,15 @@ class LiveProc(ProcReader):
 
     @translated
     def status(self):
-        return read_at("status", self._dir).decode("utf-8", "surrogateescape")
+        return read_at("status", self._dir, single=True).decode("utf-8", "surrogateescape")
 
     @translated
     def cmdline(self):
-        return read_at("cmdline", self._dir)
+        return read_at("cmdline", self._dir, single=True)
 
     @translated
     def read_comm(self):
-        return read_at("comm", self._dir)
+        return read_at("comm", self._dir, single=True)
 
     def close(self):
         for fd in (self._fddir, self._dir):
