@@ -1,0 +1,200 @@
+"""record / report: storage by spans, leak detection on real processes, crash safety."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from livehelpers import SRC, run_memtrack
+from livekids import Loop, wait_for
+from test_diff import MFD, snap
+
+from memtrack.history import Recorder, analyze, load, trend
+
+
+def rows(db, table):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_unchanged_snapshots_cost_one_row_each(tmp_path):
+    db = str(tmp_path / "h.db")
+    s = snap({"memfd:10": dict(inode=10, size=4096, name="a", **MFD)}, {100: ("app", {"memfd:10": ([3], [])})})
+    rec = Recorder(db)
+    for i in range(50):
+        rec.add(s, t=1000.0 + i)
+    rec.close()
+    assert rows(db, "snapshots") == 50
+    for table in ("buffers", "processes", "refs", "buffer_spans", "ref_spans", "usage_spans", "category_spans"):
+        assert rows(db, table) == 1, table
+    h = load(db)
+    assert len(h) == 50 and h.holds[0].first == 0 and h.holds[0].last == 49 and h.holds[0].open_at_end
+
+
+def test_changes_close_and_open_spans_and_restart_closes_open_ones(tmp_path):
+    db = str(tmp_path / "h.db")
+    one = snap({"memfd:10": dict(inode=10, size=4096, name="a", **MFD)}, {100: ("app", {"memfd:10": ([3], [])})})
+    two = snap({"memfd:10": dict(inode=10, size=4096, name="a", **MFD),
+                "memfd:11": dict(inode=11, size=4096, name="b", **MFD)},
+               {100: ("app", {"memfd:10": ([3], []), "memfd:11": ([4], [])})})
+    rec = Recorder(db)
+    for i, s in enumerate([one, one, two, two, one]):
+        rec.add(s, t=float(i))
+    rec.close()
+    h = load(db)
+    by_buf = {h.buffers[x.buffer].name: (x.first, x.last, x.open_at_end) for x in h.holds}
+    assert by_buf == {"a": (0, 4, True), "b": (2, 3, False)}
+    proc = next(iter(h.usage))
+    assert h.series(h.usage[proc], 0) == [4096, 4096, 8192, 8192, 4096]       # rss
+    assert h.series(h.usage[proc], 3) == [1, 1, 2, 2, 1]                      # buffers
+    # a second run appends; what the first left open ended at its last snapshot
+    rec = Recorder(db)
+    rec.add(one, t=10.0)
+    rec.close()
+    h = load(db)
+    assert h.runs == 2 and len(h) == 6
+    a_holds = sorted((x.first, x.last) for x in h.holds if h.buffers[x.buffer].name == "a")
+    assert a_holds == [(0, 5)]          # adjacent spans of the same hold join up
+
+
+def test_trend_tells_steady_growth_from_churn():
+    t = [float(i) for i in range(10)]
+    assert trend(t, [i * 4096 for i in range(10)]).steady_growth
+    assert not trend(t, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]).steady_growth
+    assert not trend(t, [5] * 10).steady_growth
+    assert not trend(t, [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]).steady_growth      # gave it all back once
+
+
+def _record(db, pids, n, interval="0.1"):
+    r = run_memtrack("record", "-o", db, "-i", interval, "-n", str(n), "-p", ",".join(map(str, pids)), "-q")
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_report_flags_the_leaker_not_the_churner(tmp_path):
+    db = str(tmp_path / "h.db")
+    with Loop("leak", 0.2) as leak, Loop("churn", 0.2) as churn:
+        _record(db, [leak.pid, churn.pid], 30)
+    r = run_memtrack("report", db, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["snapshots"] == 30
+    suspects = {(s["kind"], s["evidence"].get("pid")) for s in doc["suspects"]}
+    assert ("growth", leak.pid) in suspects
+    assert ("unreleased", leak.pid) in suspects
+    assert not any(pid == churn.pid for _, pid in suspects), doc["suspects"]
+    growth = [s for s in doc["suspects"] if s["kind"] == "growth" and s["evidence"].get("pid") == leak.pid]
+    assert all(s["evidence"]["slope_per_s"] > 0 for s in growth)
+    assert {s["evidence"]["metric"] for s in growth} == {"held bytes", "buffer count"}
+    procs = {p["pid"]: p for p in doc["processes"]}
+    assert procs[leak.pid]["buffers"]["end"] > procs[leak.pid]["buffers"]["start"] >= 1
+    assert procs[churn.pid]["buffers"]["peak"] == 1
+    text = run_memtrack("report", db)
+    assert text.returncode == 0 and f"growth: pid {leak.pid}" in text.stdout
+    assert f"pid {churn.pid} " not in text.stdout.split("suspected leaks")[1]
+
+
+def test_recorder_killed_mid_write_leaves_a_readable_history(tmp_path):
+    db = str(tmp_path / "h.db")
+    env = dict(os.environ, PYTHONPATH=SRC)
+    with Loop("leak", 0.05) as leak:
+        rec = subprocess.Popen([sys.executable, "-m", "memtrack", "record", "-o", db, "-i", "0",
+                                "-p", str(leak.pid), "-q"], env=env, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: os.path.exists(db) and _committed(db) >= 3)
+            caught = False
+            for _ in range(500):
+                os.kill(rec.pid, signal.SIGSTOP)
+                # a stopped recorder that holds the write lock is inside a transaction
+                con = sqlite3.connect(db, timeout=0, isolation_level=None)
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    con.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    caught = True
+                finally:
+                    con.close()
+                if caught:
+                    before = _committed(db)
+                    os.kill(rec.pid, signal.SIGKILL)
+                    break
+                os.kill(rec.pid, signal.SIGCONT)
+                time.sleep(0.003)
+            assert caught, "never stopped the recorder inside a write transaction"
+        finally:
+            if rec.poll() is None:
+                os.kill(rec.pid, signal.SIGKILL)
+            rec.wait()
+            rec.stderr.close()
+    assert rec.returncode == -signal.SIGKILL
+    r = run_memtrack("report", db, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["snapshots"] == before          # the one in progress is gone, nothing else
+    assert any(p["pid"] == leak.pid for p in doc["processes"])
+    # and recording can go on in the same file
+    rec2 = run_memtrack("record", "-o", db, "-i", "0", "-n", "2", "-p", str(os.getpid()), "-q")
+    assert rec2.returncode == 0, rec2.stderr
+    assert json.loads(run_memtrack("report", db, "--json").stdout)["runs"] == 2
+
+
+def _committed(db):
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def test_report_bad_inputs_are_one_line(tmp_path):
+    notdb = tmp_path / "x.db"
+    notdb.write_bytes(b"hello, not sqlite" * 100)
+    other = str(tmp_path / "other.db")
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t(x)")
+    con.commit()
+    con.close()
+    future = str(tmp_path / "future.db")
+    Recorder(future).close()
+    con = sqlite3.connect(future)
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    con.commit()
+    con.close()
+    for path, word in ((str(tmp_path / "missing.db"), "no such file"), (str(notdb), "not"),
+                       (other, "not a memtrack history"), (future, "schema 99"),
+                       (str(tmp_path / "empty.db"), None)):
+        if word is None:
+            Recorder(path).close()
+            word = "no snapshots"
+        r = run_memtrack("report", path)
+        assert r.returncode == 2, (path, r.stderr)
+        assert word in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_analyze_sysv_unattached_and_kernel_only_growth(tmp_path):
+    db = str(tmp_path / "h.db")
+    rec = Recorder(db)
+    from dataclasses import replace
+    for i in range(6):
+        bufs = {"sysv:7": dict(kind="sysv", inode=7, size=1 << 20, name="0x0000abcd", kernel_count=0)}
+        for j in range(i):        # dma-bufs nobody holds, one more each time
+            bufs[f"dmabuf:{100 + j}"] = dict(kind="dmabuf", inode=100 + j, size=4096, exporter="system")
+        s = snap(bufs, {})
+        s = replace(s, kernel=replace(s.kernel, dmabuf_source="debugfs"))
+        rec.add(s, t=float(i))
+    rec.close()
+    doc = analyze(load(db))
+    kinds = {f["kind"]: f for f in doc["suspects"]}
+    assert kinds["sysv-unattached"]["evidence"]["shmid"] == 7
+    assert kinds["sysv-unattached"]["evidence"]["size"] == 1 << 20
+    assert kinds["kernel-only-growth"]["evidence"]["end"] == 5 * 4096 + (1 << 20)
