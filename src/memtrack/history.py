@@ -33,6 +33,7 @@ from . import __version__
 from .account import account
 from .errors import MemtrackError, SourceError
 from .model import Snapshot
+from .views.table import human
 
 SCHEMA_VERSION = 1
 
@@ -251,6 +252,16 @@ class ProcRow:
     @property
     def name(self) -> str:
         return self.cmdline or self.comm or "?"
+
+    @property
+    def short(self) -> str:
+        return oneline(self.name, 60)
+
+
+def oneline(text: str, limit: int) -> str:
+    """Whitespace (newlines in a `python -c` cmdline...) collapsed, cut at limit."""
+    s = " ".join(text.split())
+    return s if len(s) <= limit else s[:limit - 1] + "…"
 
 
 @dataclass
@@ -479,16 +490,17 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
         pss = h.series(spans, 1)[i0:i1 + 1]
         nbuf = h.series(spans, 3)[i0:i1 + 1]
         tr_pss, tr_rss, tr_buf = trend(window, pss), trend(window, rss), trend(window, nbuf)
-        entry = {"pid": prow.pid, "comm": prow.comm, "name": prow.name,
+        entry = {"pid": prow.pid, "comm": prow.comm, "name": prow.short, "cmdline": prow.cmdline,
                  "first_seen": _iso(T[i0]), "last_seen": _iso(T[i1]), "snapshots": i1 - i0 + 1,
                  "pss": tr_pss.as_dict(), "rss": tr_rss.as_dict(), "buffers": tr_buf.as_dict()}
         procs_out.append(entry)
-        subject = f"pid {prow.pid} ({prow.name})"
-        for label, tr in (("held bytes", tr_rss), ("buffer count", tr_buf)):
+        subject = f"pid {prow.pid} ({prow.short})"
+        for label, tr, fmt in (("held bytes", tr_rss, human), ("buffer count", tr_buf, str)):
             if tr.steady_growth:
+                rate = (fmt(int(round(tr.slope))) if fmt is human else f"{tr.slope:.2f}")
                 findings.append(Finding("growth", subject,
-                                        f"{label} grew steadily from {tr.start} to {tr.end} "
-                                        f"({tr.slope:+.1f}/s, {tr.rises} rises, {tr.drops} drops)",
+                                        f"{label} grew steadily from {fmt(tr.start)} to {fmt(tr.end)} "
+                                        f"(+{rate}/s, {tr.rises} rises, {tr.drops} drops)",
                                         dict(tr.as_dict(), metric=label, pid=prow.pid,
                                              first_seen=_iso(T[i0]), last_seen=_iso(T[i1]))))
     # buffers acquired after a process was first seen and never released
@@ -506,9 +518,9 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
             bufs = [h.buffers[x.buffer] for x in kept]
             total = sum(b.size or 0 for b in bufs)
             findings.append(Finding(
-                "unreleased", f"pid {prow.pid} ({prow.name})",
+                "unreleased", f"pid {prow.pid} ({prow.short})",
                 f"{len(kept)} of {len(holds)} buffers acquired during the recording were never "
-                f"released ({total} bytes)",
+                f"released ({human(total)})",
                 {"pid": prow.pid, "acquired": len(holds), "never_released": len(kept), "bytes": total,
                  "first_acquired": _iso(T[kept[0].first]), "last_acquired": _iso(T[kept[-1].first]),
                  "buffers": [b.label for b in bufs[:20]]}))
@@ -522,14 +534,15 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
         f0, f1 = life[0][0], life[-1][1]
         if f1 > f0:
             findings.append(Finding("sysv-unattached", f"SysV segment {b.name or ''} shmid {b.inode}",
-                                    f"{b.size} bytes with no process attached (nattch 0) for the "
+                                    f"{human(b.size)} with no process attached (nattch 0) for the "
                                     f"whole time it was seen",
                                     {"shmid": b.inode, "key": b.name, "size": b.size,
                                      "first_seen": _iso(T[f0]), "last_seen": _iso(T[f1])}))
     ko = trend(T, h.kernel_only)
     if ko is not None and ko.steady_growth:
         findings.append(Finding("kernel-only-growth", "kernel",
-                                f"kernel-only bytes grew steadily from {ko.start} to {ko.end} ({ko.slope:+.1f}/s)",
+                                f"kernel-only bytes grew steadily from {human(ko.start)} to {human(ko.end)} "
+                                f"(+{human(int(round(ko.slope)))}/s)",
                                 ko.as_dict()))
     cats_out = []
     for cat, spans in sorted(h.categories.items()):
@@ -538,7 +551,8 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
         cats_out.append({"category": cat, "bytes": tr.as_dict(), "buffers": trb.as_dict()})
         if tr.steady_growth and pids is None:
             findings.append(Finding("growth", f"category {cat}",
-                                    f"held bytes grew steadily from {tr.start} to {tr.end} ({tr.slope:+.1f}/s)",
+                                    f"held bytes grew steadily from {human(tr.start)} to {human(tr.end)} "
+                                    f"(+{human(int(round(tr.slope)))}/s)",
                                     dict(tr.as_dict(), category=cat)))
     procs_out.sort(key=lambda e: (-e["pss"]["peak"], e["pid"]))
     cats_out.sort(key=lambda e: -e["bytes"]["peak"])
