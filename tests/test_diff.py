@@ -155,3 +155,23 @@ def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC
     return env
+
+
+def test_cli_diff_capture_against_live(tmp_path):
+    """A capture archive then this machine: the memfd made in between is created and acquired."""
+    from livekids import Kid
+    with Kid() as k:
+        k.add("before", 4096)
+        cap = str(tmp_path / "c.tar.gz")
+        r = subprocess.run([sys.executable, "-m", "memtrack", "capture", "-o", cap, "-p", str(k.pid)],
+                           capture_output=True, text=True, env=_env())
+        assert r.returncode == 0, r.stderr
+        fd = k.add("after", 8192)
+        r = subprocess.run([sys.executable, "-m", "memtrack", "diff", cap, "-", "-p", str(k.pid), "--json"],
+                           capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(e["name"], e["size"]) for e in doc["buffers"]["created"]] == [("after", 8192)]
+    assert doc["buffers"]["freed"] == []
+    assert [(e["pid"], e["action"], e["fd"], e["name"]) for e in doc["events"]] == [(k.pid, "acquire", fd, "after")]
+    assert doc["processes"][0]["delta"]["pss"] == 8192

@@ -198,3 +198,21 @@ def test_analyze_sysv_unattached_and_kernel_only_growth(tmp_path):
     assert kinds["sysv-unattached"]["evidence"]["shmid"] == 7
     assert kinds["sysv-unattached"]["evidence"]["size"] == 1 << 20
     assert kinds["kernel-only-growth"]["evidence"]["end"] == 5 * 4096 + (1 << 20)
+
+
+def test_record_p_stores_only_those_processes_but_pss_counts_every_holder(tmp_path):
+    db = str(tmp_path / "h.db")
+    fd = os.memfd_create("shared-rec", 0)
+    os.ftruncate(fd, 65536)
+    kids = [subprocess.Popen(["sleep", "60"], pass_fds=(fd,)) for _ in range(2)]
+    os.close(fd)
+    try:
+        _record(db, [kids[0].pid], 2, interval="0")
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
+    doc = json.loads(run_memtrack("report", db, "--json").stdout)
+    assert [p["pid"] for p in doc["processes"]] == [kids[0].pid]
+    p = doc["processes"][0]
+    assert p["rss"]["peak"] == 65536 and p["pss"]["peak"] == 32768 and p["buffers"]["peak"] == 1

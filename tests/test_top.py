@@ -176,3 +176,29 @@ def test_top_without_rich_says_how_to_get_it():
     assert "pip install" in r.stderr and "rich" in r.stderr and r.stderr.count("\n") == 1
 
 
+
+
+def last_frame_with(t, needle, timeout=30):
+    """The latest complete frame, once it shows needle."""
+    end = time.monotonic() + timeout
+    while True:
+        frame = t.text.split("memtrack top")[-1]
+        if needle in frame and "keys:" in frame:
+            return frame
+        if time.monotonic() > end:
+            raise AssertionError(f"no complete frame with {needle!r}; got:\n{t.text[-3000:]}")
+        t.pump()
+
+
+def test_top_kind_key_filters_rows(kid):
+    t = PtyTop("-d", "0.3", "-p", str(kid.pid))
+    try:
+        assert row_of(last_frame_with(t, "refresh 1"), kid.pid)
+        t.send(b"k")                                    # all -> dmabuf: the kid holds none
+        assert not row_of(last_frame_with(t, "kind: dmabuf"), kid.pid)
+        t.send(b"k")                                    # -> memfd: it is back
+        assert row_of(last_frame_with(t, "kind: memfd"), kid.pid)
+        t.send(b"q")
+        assert t.wait_exit() == 0
+    finally:
+        t.close()

@@ -149,9 +149,17 @@ class Recorder:
             if key not in opened:
                 opened[key] = (insert(key, value, sid), value)
 
-    def add(self, snap: Snapshot, t: Optional[float] = None) -> int:
+    def add(self, snap: Snapshot, t: Optional[float] = None, pids=None) -> int:
+        """Append one snapshot. pids: keep only these processes (and the buffers they hold,
+        and the ones nobody holds); usage and totals still come from the whole snapshot."""
         t = time.time() if t is None else t
         acct = account(snap)
+        procs = snap.processes
+        buffers = snap.buffers
+        if pids is not None:
+            procs = [p for p in procs if p.pid in pids]
+            keep = {r.buffer for p in procs for r in p.refs}
+            buffers = [b for b in buffers if b.id in keep or not b.holders]
         con = self.con
         con.execute("BEGIN IMMEDIATE")
         try:
@@ -163,11 +171,11 @@ class Recorder:
                 "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
                 "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
-                 snap.kernel.dmabuf_exported_bytes, len(snap.processes), len(snap.buffers),
+                 snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
                  len(snap.skipped.denied))).lastrowid
             bids = {}
             cats: Dict[str, List[int]] = {}
-            for b in snap.buffers:
+            for b in buffers:
                 key = (b.kind, b.dev, b.inode, b.size, b.exporter, b.name, b.category,
                        b.kernel_count if b.kind == "sysv" else None)
                 bids[b.id] = self._intern(self._buffers, "buffers",
@@ -177,7 +185,7 @@ class Recorder:
                     c[0] += b.size
                     c[1] += 1
             refs, usage = {}, {}
-            for p in snap.processes:
+            for p in procs:
                 prow = self._intern(self._procs, "processes", "pid, comm, cmdline, uid",
                                     (p.pid, p.comm, p.cmdline, p.uid))
                 u = acct.processes[p.pid].total

@@ -54,8 +54,8 @@ def run(args) -> int:
     if args.interval < 0 or (args.count is not None and args.count < 1):
         raise MemtrackError("--interval must be >= 0 and --count >= 1")
     check_path_writable(args.output)
-    scanner = IncrementalScanner(pids=sorted(args.pid) if args.pid else None, smaps=args.smaps,
-                                 verify_every=args.verify_every)
+    # -p narrows what is stored, not what is scanned: pss needs every holder
+    scanner = IncrementalScanner(smaps=args.smaps, verify_every=args.verify_every)
     rec = Recorder(args.output, interval=args.interval)
     old = signal.signal(signal.SIGTERM, _stop)
     start = time.monotonic()
@@ -64,7 +64,7 @@ def run(args) -> int:
     try:
         while True:
             snap = categorized(scanner.refresh(), args)
-            rec.add(snap)
+            rec.add(snap, pids=args.pid)
             if not skipped_reported:
                 report_skipped(snap, quiet=args.quiet)
                 skipped_reported = True
