@@ -216,3 +216,37 @@ def test_record_p_stores_only_those_processes_but_pss_counts_every_holder(tmp_pa
     assert [p["pid"] for p in doc["processes"]] == [kids[0].pid]
     p = doc["processes"][0]
     assert p["rss"]["peak"] == 65536 and p["pss"]["peak"] == 32768 and p["buffers"]["peak"] == 1
+
+
+def test_record_stops_at_duration_and_on_sigterm(tmp_path):
+    db = str(tmp_path / "d.db")
+    r = run_memtrack("record", "-o", db, "-i", "0.05", "--duration", "300ms", "-p", str(os.getpid()))
+    assert r.returncode == 0, r.stderr
+    n = rows(db, "snapshots")
+    assert 2 <= n <= 7 and f"recorded {n} snapshots" in r.stderr
+    db2 = str(tmp_path / "t.db")
+    p = subprocess.Popen([sys.executable, "-m", "memtrack", "record", "-o", db2, "-i", "0.05", "-q"],
+                         env=dict(os.environ, PYTHONPATH=SRC), stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.path.exists(db2) and _committed(db2) >= 2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 0
+        assert "Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stderr.close()
+    assert not os.path.exists(db2 + "-wal") or os.path.getsize(db2 + "-wal") == 0   # checkpointed on exit
+    assert _committed(db2) >= 2
+
+
+def test_record_bad_arguments(tmp_path):
+    r = run_memtrack("record", "-o", str(tmp_path / "x.db"), "--duration", "soon")
+    assert r.returncode == 2 and "not a duration" in r.stderr
+    r = run_memtrack("record", "-o", str(tmp_path / "nodir" / "x.db"), "-n", "1")
+    assert r.returncode == 2 and "does not exist" in r.stderr and r.stderr.count("\n") == 1
+    notdb = tmp_path / "x.txt"
+    notdb.write_text("not a database at all, just text " * 50)
+    r = run_memtrack("record", "-o", str(notdb), "-n", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
