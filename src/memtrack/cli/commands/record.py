@@ -35,11 +35,15 @@ def add_arguments(p):
                         "signature did not change (default 30; 1 = full scans)")
 
 
-def categorized(snap, args):
-    """Issue 3's categories when that code is present; otherwise buffers keep none."""
-    from .. import common
-    fn = getattr(common, "with_categories", None)
-    return fn(snap, args) if fn else snap
+def categorizer(args):
+    """Issue 3's category rules, resolved once for the whole recording, where that code is
+    present; otherwise buffers keep the category they have (none)."""
+    try:
+        from ...categories import categorize, load_rules
+    except ImportError:
+        return lambda snap: snap
+    rules = load_rules(getattr(args, "rules", None))
+    return lambda snap: categorize(snap, rules)
 
 
 def _stop(signum, frame):
@@ -56,6 +60,7 @@ def run(args) -> int:
     check_path_writable(args.output)
     # -p narrows what is stored, not what is scanned: pss needs every holder
     scanner = IncrementalScanner(smaps=args.smaps, verify_every=args.verify_every)
+    categorized = categorizer(args)
     rec = Recorder(args.output, interval=args.interval)
     old = signal.signal(signal.SIGTERM, _stop)
     start = time.monotonic()
@@ -63,7 +68,7 @@ def run(args) -> int:
     skipped_reported = False
     try:
         while True:
-            snap = categorized(scanner.refresh(), args)
+            snap = categorized(scanner.refresh())
             rec.add(snap, pids=args.pid)
             if not skipped_reported:
                 report_skipped(snap, quiet=args.quiet)
