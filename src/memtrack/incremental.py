@@ -58,8 +58,18 @@ def live_signature(proc_root: str, pid: int) -> Optional[tuple]:
     return (nfd, f[19], f[20], f[7], f[9])
 
 
+#: Observations lists filled once per machine, not per process
+_MACHINE_WIDE = ("kernel", "notes")
+
+
+def _per_process_lists(o: Observations):
+    """(name, list) of every per-process record list, including ones other backends or
+    readers add later (DRM clients...): a refresh must carry them all."""
+    return [(k, v) for k, v in sorted(vars(o).items()) if isinstance(v, list) and k not in _MACHINE_WIDE]
+
+
 def _facts(o: Observations) -> tuple:
-    return (o.procs, o.fds, o.maps, o.rss, o.denied, o.vanished, o.unreadable)
+    return tuple(v for _, v in _per_process_lists(o))
 
 
 class _Part:
@@ -166,14 +176,8 @@ class IncrementalScanner:
             part = new.get(pid)
             if part is None:
                 continue
-            o = part.obs
-            obs.procs.extend(o.procs)
-            obs.fds.extend(o.fds)
-            obs.maps.extend(o.maps)
-            obs.rss.extend(o.rss)
-            obs.denied.extend(o.denied)
-            obs.vanished.extend(o.vanished)
-            obs.unreadable.extend(o.unreadable)
+            for name, records in _per_process_lists(part.obs):
+                getattr(obs, name).extend(records)
             for key, n in part.counters.items():
                 counters[key] = counters.get(key, 0) + n
         obs.notes.extend(counter_notes(counters))
