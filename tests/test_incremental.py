@@ -88,3 +88,57 @@ def test_signature_of_self_moves_with_fds():
         os.close(fd)
     assert s1 is not None and s2 is not None and s1[0] != s2[0]
     assert live_signature("/proc", 2 ** 22 + 1) is None
+
+
+def _nobody_python():
+    """(interpreter, package dir) the nobody user can run and read, or None."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import memtrack
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    for exe in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c",
+                                "import sys; assert sys.version_info >= (3, 9)"], capture_output=True)
+        if probe.returncode == 0:
+            break
+    else:
+        return None
+    d = tempfile.mkdtemp(prefix="memtrack-nobody-")
+    shutil.copytree(os.path.dirname(memtrack.__file__), os.path.join(d, "memtrack"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for root, dirs, files in os.walk(d):
+        os.chmod(root, 0o755)
+        for x in files:
+            os.chmod(os.path.join(root, x), 0o644)
+    return exe, d
+
+
+def test_non_root_refresh_caches_denied_processes_too():
+    import json
+    import shutil
+    import subprocess
+    import pytest
+    got = _nobody_python()
+    if got is None:
+        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
+    exe, d = got
+    code = ("import json; from memtrack.incremental import IncrementalScanner as S\n"
+            "s = S(verify_every=0); out = []\n"
+            "for _ in range(3):\n"
+            "    snap = s.refresh(); out.append([s.stats.reread, s.stats.processes, list(snap.skipped.denied)])\n"
+            "print(json.dumps(out))")
+    with Kid() as root_kid:
+        root_kid.add("roots", 4096)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c", code],
+                           capture_output=True, text=True, env={"PYTHONPATH": d, "PATH": "/usr/bin:/bin"}, cwd=d)
+    shutil.rmtree(d, ignore_errors=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert root_kid.pid in out[0][2] and root_kid.pid in out[2][2]     # denied, and still counted
+    # the first refresh reads everyone; later ones only what moved (at least the denied are reused)
+    assert out[0][0] == out[0][1]
+    assert out[2][0] < out[2][1] - len(out[2][2]) // 2

@@ -6,7 +6,7 @@ read. A refresh first takes a cheap *signature* of each process and re-reads onl
 whose signature moved, reusing their previous observations otherwise:
 
   fd count     stat(/proc/PID/fd).st_size (Linux >= 6.2 reports the number of open fds;
-               older kernels say 0, then the directory is listed: still no readlinks)
+               on older kernels, which say 0, the directory is listed: still no readlinks)
   /proc/PID/stat  starttime (a reused pid is another process), vsize (a mapping added,
                removed or resized changes it), minflt + majflt (a new mapping that is used
                faults pages in, and so does the smaps Rss growing)
@@ -36,13 +36,29 @@ from .scan import _merge_recorded_skips, counter_notes, host_info, read_kernel_t
 from .sources.base import now_iso
 
 
+_fd_count_in_size: Dict[str, bool] = {}
+
+
+def _kernel_counts_fds(proc_root: str) -> bool:
+    """Whether stat() of an fd directory gives the fd count (Linux 6.2+): ours is never 0."""
+    v = _fd_count_in_size.get(proc_root)
+    if v is None:
+        try:
+            v = os.stat(f"{proc_root}/self/fd").st_size > 0
+        except OSError:
+            v = False
+        _fd_count_in_size[proc_root] = v
+    return v
+
+
 def live_signature(proc_root: str, pid: int) -> Optional[tuple]:
     """(fds, starttime, vsize, faults) of a live process, or None if it cannot be had."""
     base = f"{proc_root}/{pid}"
     try:
-        nfd = os.stat(base + "/fd").st_size
-        if nfd == 0:
-            nfd = -len(os.listdir(base + "/fd"))      # pre-6.2: count them (negative: distinct)
+        if _kernel_counts_fds(proc_root):
+            nfd = os.stat(base + "/fd").st_size
+        else:
+            nfd = len(os.listdir(base + "/fd"))       # older kernels: list, still no readlinks
         fd = os.open(base + "/stat", os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.read(fd, 4096)
