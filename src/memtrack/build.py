@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, List, Optional
 
-from .model import KINDS, Buffer, Host, KernelInfo, Process, Ref, Skipped, Snapshot
+from .model import KINDS, Buffer, GpuClient, Host, KernelInfo, Process, Ref, Skipped, Snapshot
 from .observe import Observations
 
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
@@ -158,12 +158,13 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             holders=tuple(holders), fd_refs=sum(len(v) for v in a.fds.values()),
             map_refs=sum(len(v) for v in a.vmas.values()), kernel_count=kernel_count,
             size_from=a.size_from))
+    gpu = build_gpu(obs)
     info = {p.pid: p for p in obs.procs}
     processes = []
-    for pid in sorted(refs_by_pid):
+    for pid in sorted(set(refs_by_pid) | {g.pid for g in gpu}):
         pi = info.get(pid)
         processes.append(Process(pid=pid, comm=pi.comm if pi else "", cmdline=pi.cmdline if pi else "",
-                                 uid=pi.uid if pi else None, refs=tuple(refs_by_pid[pid])))
+                                 uid=pi.uid if pi else None, refs=tuple(refs_by_pid.get(pid, ()))))
     return Snapshot(
         taken_at=taken_at, source=source, host=Host(hostname=hostname, kernel=kernel),
         backend=backend, scope=scope, smaps=smaps, buffers=tuple(buffers),
@@ -172,4 +173,29 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                           dmabuf_exported_count=obs.dmabuf_count, sysv_source=obs.sysv_source),
         skipped=Skipped(denied=tuple(sorted(obs.denied)), vanished=tuple(sorted(obs.vanished)),
                         unreadable=tuple(sorted(obs.unreadable))),
-        notes=tuple(notes))
+        notes=tuple(notes), gpu=gpu)
+
+
+def build_gpu(obs: Observations) -> tuple:
+    """DRM clients deduplicated by (pdev or device, client-id): one entry per (client, holder).
+    A client's numbers come from the first fd read; every holder's entry repeats them."""
+    groups: Dict[tuple, list] = {}
+    for c in obs.drm:
+        k = (c.pdev or c.device, c.client_id) if c.client_id is not None else \
+            (c.pdev or c.device, None, c.pid, c.fd)
+        groups.setdefault(k, []).append(c)
+    out = []
+    for k, cs in groups.items():
+        first = cs[0]
+        fds: Dict[int, List[int]] = defaultdict(list)
+        for c in cs:
+            fds[c.pid].append(c.fd)
+        holders = tuple(sorted(fds))
+        for pid in holders:
+            out.append(GpuClient(pid=pid, driver=first.driver, client_id=first.client_id,
+                                 pdev=first.pdev, device=first.device, client_name=first.client_name,
+                                 holders=holders, fds=tuple(sorted(fds[pid])), regions=first.regions,
+                                 engines=first.engines, driver_keys=first.driver_keys))
+    out.sort(key=lambda g: (str(g.pdev or g.device), g.client_id if g.client_id is not None else -1,
+                            g.pid, g.fds))
+    return tuple(out)
