@@ -49,6 +49,12 @@ def run(args) -> int:
         kinds = [k for k in kinds if k in args.kind]
     procs = sort_rows(view.processes, acct, getattr(args, "sort", "pss"), getattr(args, "reverse", False))
     smaps = snap.smaps
+    # GEM memory is shown beside the buffer columns, never added to them (shared GEM objects
+    # are dma-bufs too): a column of its own, only on machines with DRM clients
+    gpu = None
+    if snap.gpu:
+        from ... import gpu as gpuacct
+        gpu = gpuacct.per_process(snap)
 
     def usage(pid):
         pu = acct.processes[pid]
@@ -63,12 +69,14 @@ def run(args) -> int:
 
     if args.csv:
         header = ["pid", "rss", "pss", "uss", "mapped"] + (["in_rss"] if smaps else []) + \
-                 [f"{k}_pss" for k in kinds] + ["unknown_size_buffers", "comm", "cmdline"]
+                 [f"{k}_pss" for k in kinds] + (["gpu"] if gpu is not None else []) + \
+                 ["unknown_size_buffers", "comm", "cmdline"]
         rows = []
         for p in procs:
             u, pu = usage(p.pid)
             rows.append([p.pid, u.rss, u.pss, u.uss, u.mapped] + ([u.in_rss] if smaps else []) +
                         [pu.by_kind[k].pss if k in pu.by_kind else 0 for k in kinds] +
+                        ([gpu.get(p.pid, 0)] if gpu is not None else []) +
                         [u.unknown, p.comm, p.cmdline])
         emit(to_csv(header, rows))
         return 0
@@ -76,7 +84,7 @@ def run(args) -> int:
     cols = [Column("PID"), Column("Rss"), Column("Pss"), Column("Uss"), Column("Mapped")]
     if smaps:
         cols += [Column("InRss"), Column("Hidden")]
-    cols += [Column(k) for k in kinds] + [Column("Name", "<")]
+    cols += [Column(k) for k in kinds] + ([Column("Gpu")] if gpu is not None else []) + [Column("Name", "<")]
     from ...account import Usage
     tot = Usage()
     tot_kind = {k: Usage() for k in kinds}
@@ -95,12 +103,17 @@ def run(args) -> int:
             if ku is not None:
                 tot_kind[k].add(ku)
             row.append(sized(ku.pss, ku.unknown, raw) if ku else "-")
+        if gpu is not None:
+            row.append(human(gpu[p.pid], raw) if p.pid in gpu else "-")
         row.append(p.name)
         rows.append(row)
     foot = ["", human(tot.rss, raw), human(tot.pss, raw), human(tot.uss, raw), human(tot.mapped, raw)]
     if smaps:
         foot += [human(tot.in_rss, raw), human(tot.hidden, raw)]
-    foot += [human(tot_kind[k].pss, raw) for k in kinds] + [f"TOTAL ({len(procs)} processes)"]
+    foot += [human(tot_kind[k].pss, raw) for k in kinds]
+    if gpu is not None:
+        foot.append(human(sum(gpu.get(p.pid, 0) for p in procs), raw))
+    foot.append(f"TOTAL ({len(procs)} processes)")
     out = render(cols, rows, [foot], max_last=100)
     out += summary_lines(snap, acct, raw)
     if unknown_procs:
