@@ -68,11 +68,13 @@ _ESC = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "r": "\r"}
 
 
 def _string(s: str, i: int, err) -> Tuple[str, int]:
-    q = s[i]
+    q, start = s[i], i
     out = []
     i += 1
     while i < len(s):
         c = s[i]
+        if c == "\n":
+            break
         if c == q:
             return "".join(out), i + 1
         if c == "\\" and q == '"':
@@ -83,7 +85,7 @@ def _string(s: str, i: int, err) -> Tuple[str, int]:
             continue
         out.append(c)
         i += 1
-    err("unterminated string", i)
+    err("unterminated string", start)
 
 
 def _skip(s: str, i: int) -> int:
@@ -108,7 +110,7 @@ def _value(s: str, i: int, err):
     if s.startswith("false", i):
         return False, i + 5
     if c == "[":
-        items = []
+        start, items = i, []
         i = _skip(s, i + 1)
         while i < len(s) and s[i] != "]":
             v, i = _value(s, i, err)
@@ -121,7 +123,7 @@ def _value(s: str, i: int, err):
             elif i < len(s) and s[i] != "]":
                 err("expected ',' or ']' in array", i)
         if i >= len(s):
-            err("unterminated array", i)
+            err("unterminated array", start)
         return items, i + 1
     err(f"unsupported value {s[i:].split(chr(10))[0].strip()!r} (strings, arrays of strings, true/false)", i)
 
