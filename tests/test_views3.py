@@ -190,6 +190,8 @@ def test_dmabuf_dump_usage_errors():
 
 
 def test_csv_on_every_table_view():
+    rc, out, _ = run_cli("dmabuf-dump", "--csv")
+    assert out == run_cli("dmabuf-dump", "-o", "csv")[1]
     for cmd in (["ps"], ["buffers"], ["matrix"], ["summary"], ["gpu"], ["show", "416"]):
         rc, out, _ = run_cli(*cmd, "--csv")
         assert rc == 0 and out.count("\n") >= 1 and "," in out.splitlines()[0], cmd

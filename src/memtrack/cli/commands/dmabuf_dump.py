@@ -13,7 +13,7 @@ from typing import Dict, List
 
 from ...account import account
 from ...errors import MemtrackError
-from ..common import emit, get_snapshot
+from ..common import check_exclusive, emit, get_snapshot
 from .matrix import cells
 
 NAME = "dmabuf-dump"
@@ -177,13 +177,18 @@ def run(args) -> int:
         raise MemtrackError("dmabuf-dump: -a and -b take no PID")
     if args.dump_pid is not None and args.dump_pid <= 0:
         raise MemtrackError(f"dmabuf-dump: invalid process id {args.dump_pid}")
+    check_exclusive(args)
     snap = get_snapshot(args)
-    csv = args.format == "csv"
+    csv = args.format == "csv" or args.csv
     view = snap.restrict(kinds={"dmabuf"})
     if args.dump_pid is not None:
         if args.dump_pid not in snap.process_map and args.dump_pid in snap.skipped.denied:
             raise MemtrackError(f"pid {args.dump_pid}: access denied (run as root, or as its owner)")
         view = view.restrict(pids={args.dump_pid})
+    if args.json:
+        filt = {"kinds": ["dmabuf"]} if args.dump_pid is None else {"kinds": ["dmabuf"], "pids": [args.dump_pid]}
+        emit(view.to_json(filt=filt) + "\n")
+        return 0
     out = ""
     if args.per_buffer:
         out += per_buffer(snap, csv)
