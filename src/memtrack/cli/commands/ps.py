@@ -97,10 +97,11 @@ def run(args) -> int:
             row.append(sized(ku.pss, ku.unknown, raw) if ku else "-")
         row.append(p.name)
         rows.append(row)
-    foot = ["", human(tot.rss, raw), human(tot.pss, raw), human(tot.uss, raw), human(tot.mapped, raw)]
+    foot = ["", sized(tot.rss, tot.unknown, raw), sized(tot.pss, tot.unknown, raw),
+            sized(tot.uss, tot.unknown, raw), human(tot.mapped, raw)]
     if smaps:
-        foot += [human(tot.in_rss, raw), human(tot.hidden, raw)]
-    foot += [human(tot_kind[k].pss, raw) for k in kinds] + [f"TOTAL ({len(procs)} processes)"]
+        foot += [human(tot.in_rss, raw), sized(tot.hidden, tot.unknown, raw)]
+    foot += [sized(tot_kind[k].pss, tot_kind[k].unknown, raw) for k in kinds] + [f"TOTAL ({len(procs)} processes)"]
     out = render(cols, rows, [foot], max_last=100)
     out += summary_lines(snap, acct, raw)
     if unknown_procs:
