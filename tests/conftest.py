@@ -10,3 +10,5 @@ if HERE not in sys.path:
 
 SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared"))
 REAL_CAPTURE = os.path.join(SHARED, "fixtures", "h100-cuda-dmabuf.tar.gz")
+if not os.path.exists(REAL_CAPTURE):      # a copy travels with the repository
+    REAL_CAPTURE = os.path.join(HERE, "data", "h100-cuda-dmabuf.tar.gz")
