@@ -228,6 +228,13 @@ def test_ashmem_fdinfo(tmp_path):
     assert (b.size, b.name) == (262144, "dalvik-heap")
 
 
+def test_ashmem_device_link_without_fdinfo_is_left_out_and_said(tmp_path):
+    t = Tree()
+    t.proc(1401, "old-android").fd(9, "/dev/ashmem", fdinfo_generic(None))
+    snap, _ = scan_both(t, tmp_path)
+    assert snap.buffers == () and any("no inode" in n for n in snap.notes)
+
+
 def test_smaps_in_rss(tmp_path):
     t = Tree()
     p = t.proc(1500, "a")

@@ -167,16 +167,13 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
     pid = p.pid
     info = None
     if kind == "dmabuf" or thorough:
-        try:
-            info = parse_fdinfo(p.fdinfo(fd))
-        except Vanished:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
             return None
-        except (Denied, Unreadable):
-            counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
     if kind == "dmabuf":
         ino = size = count = exporter = None
         size_from = None
-        if info is not None:
+        if info:
             ino = fdinfo_int(info, "ino")
             size = fdinfo_int(info, "size")
             count = fdinfo_int(info, "count")
@@ -195,31 +192,54 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
             ino = None
             counters["anon_dmabuf"] = counters.get("anon_dmabuf", 0) + 1
         return FdRef(pid, fdn, "dmabuf", "dmabuf", ino, size, name, exporter, count, size_from)
+    if kind == "ashmem":
+        return _read_ashmem(p, pid, fdn, fd, target, name, info, counters)
     st = _stat(p, fd)
     if st is not None:
         dev, ino, size = st[0], st[1], st[2]
         return FdRef(pid, fdn, kind, dev, ino, size, name, None, None, "stat")
     if info is None:
-        try:
-            info = parse_fdinfo(p.fdinfo(fd))
-        except Vanished:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
             return None
-        except (Denied, Unreadable):
-            counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
-            info = {}
-    if kind == "ashmem":
-        # ashmem's own fdinfo (Android): inode:, name:, size:
-        ino = fdinfo_int(info, "inode")
-        if ino is None:
-            ino = fdinfo_int(info, "ino")
-        size = fdinfo_int(info, "size")
-        return FdRef(pid, fdn, kind, None, ino, size, info.get("name") or name, None, None,
-                     "fdinfo" if size is not None else None)
     ino = fdinfo_int(info, "ino")
     if ino is None:
         counters["no_identity"] = counters.get("no_identity", 0) + 1
         return None
     return FdRef(pid, fdn, kind, None, ino, None, name, None, None, None)
+
+
+def _fdinfo(p, fd, counters):
+    """Parsed fdinfo; {} when unreadable (counted); None when the fd is gone."""
+    try:
+        return parse_fdinfo(p.fdinfo(fd))
+    except Vanished:
+        return None
+    except (Denied, Unreadable):
+        counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
+        return {}
+
+
+def _read_ashmem(p, pid, fdn, fd, target, name, info, counters):
+    """Android ashmem. The fd is the /dev/ashmem misc device (one inode for every region);
+    the region is its backing shmem file, whose inode, name and size ashmem's own fdinfo
+    prints (inode:, name:, size:) and whose mappings show as /dev/ashmem/<name> (deleted)."""
+    if info is None:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
+            return None
+    ino = fdinfo_int(info, "inode")
+    size = fdinfo_int(info, "size")
+    name = info.get("name") or name
+    if ino is not None:
+        return FdRef(pid, fdn, "ashmem", None, ino, size, name, None, None,
+                     "fdinfo" if size is not None else None)
+    if target.rstrip("/") != "/dev/ashmem":
+        st = _stat(p, fd)                # a link naming the backing file: stat reaches it
+        if st is not None:
+            return FdRef(pid, fdn, "ashmem", st[0], st[1], st[2], name, None, None, "stat")
+    counters["no_identity"] = counters.get("no_identity", 0) + 1
+    return None
 
 
 def _stat(p, fd):
