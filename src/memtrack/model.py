@@ -205,8 +205,15 @@ class Snapshot:
             })
         return doc
 
-    def to_json(self, indent: Optional[int] = 1, filt: Optional[dict] = None) -> str:
-        return json.dumps(self.to_dict(filt), indent=indent, ensure_ascii=False)
+    def to_json(self, indent: Optional[int] = None, filt: Optional[dict] = None) -> str:
+        """Compact by default: with an indent, json falls back from its C encoder (5x slower
+        on a big machine's snapshot). `jq .` pretty-prints."""
+        from .scan import no_gc
+        with no_gc():
+            doc = self.to_dict(filt)
+            if indent is None:
+                return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+            return json.dumps(doc, indent=indent, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Snapshot":
@@ -347,3 +354,21 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
 
 def field_names(cls) -> List[str]:
     return [f.name for f in fields(cls)]
+
+
+def fast_factory(cls):
+    """A constructor taking every field positionally, for the builder's hot loop: a frozen
+    dataclass's __init__ pays one object.__setattr__ per field, this fills __dict__ at once
+    (about 3x faster). The instances are identical to ones made by __init__."""
+    names = tuple(field_names(cls))
+    new = object.__new__
+
+    def make(*values):
+        obj = new(cls)
+        obj.__dict__.update(zip(names, values))
+        return obj
+    return make
+
+
+new_buffer = fast_factory(Buffer)
+new_ref = fast_factory(Ref)

@@ -4,11 +4,13 @@ Cost model (what a scan of N processes with F buffer fds does): one listdir of /
 process an open of its directory, a listdir of fd/, one readlink per fd, one read of maps;
 per buffer fd one stat (memfd, shm: dev/inode/size in one syscall) or one fdinfo read
 (dma-buf: exporter, name and count live only there); per process that holds buffers one
-read of status and cmdline; per fd to a /dev/dri node one fdinfo read (DRM client). map_files is stat'ed only for mappings whose size nothing else
-gave (map-only references); smaps only with --smaps.
+read of status and cmdline; per fd to a /dev/dri node one fdinfo read (a DRM client).
+map_files is stat'ed only for mappings whose size nothing else gave (map-only references);
+smaps only with --smaps.
 """
 from __future__ import annotations
 
+import gc
 from typing import Dict, Iterable, Optional
 
 from .errors import Denied, ProcessGone, Unreadable, Vanished
@@ -23,6 +25,9 @@ from .readers.smaps import parse_rss
 BUFINFO = "sys/kernel/debug/dma_buf/bufinfo"
 SYSFS_BUFFERS = "sys/kernel/dmabuf/buffers"
 SYSVIPC = "proc/sysvipc/shm"
+# what classify() can accept: a cheap C-level prefilter for the per-fd loop
+BUFFER_PREFIXES = ("/memfd:", "/dmabuf:", "/dev/shm/", "/dev/ashmem", "/dev/zero", "anon_inode:dmabuf",
+                   "/dev/dri/")          # the last: DRM clients
 
 
 def _read_optional(src, rel, obs, what):
@@ -100,11 +105,9 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
         return
     fds, maps, rss, drm = [], [], [], []
     try:
-        for fd in p.fds():
-            try:
-                target = p.readlink(fd)
-            except Vanished:
-                continue                  # closed between listdir and readlink
+        for fd, target in p.fd_targets():
+            if not target.startswith(BUFFER_PREFIXES):
+                continue
             kp = classify(target)
             if kp is None:
                 if is_drm_path(target):
@@ -190,16 +193,13 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
     pid = p.pid
     info = None
     if kind == "dmabuf" or thorough:
-        try:
-            info = parse_fdinfo(p.fdinfo(fd))
-        except Vanished:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
             return None
-        except (Denied, Unreadable):
-            counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
     if kind == "dmabuf":
         ino = size = count = exporter = None
         size_from = None
-        if info is not None:
+        if info:
             ino = fdinfo_int(info, "ino")
             size = fdinfo_int(info, "size")
             count = fdinfo_int(info, "count")
@@ -218,31 +218,54 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
             ino = None
             counters["anon_dmabuf"] = counters.get("anon_dmabuf", 0) + 1
         return FdRef(pid, fdn, "dmabuf", "dmabuf", ino, size, name, exporter, count, size_from)
+    if kind == "ashmem":
+        return _read_ashmem(p, pid, fdn, fd, target, name, info, counters)
     st = _stat(p, fd)
     if st is not None:
         dev, ino, size = st[0], st[1], st[2]
         return FdRef(pid, fdn, kind, dev, ino, size, name, None, None, "stat")
     if info is None:
-        try:
-            info = parse_fdinfo(p.fdinfo(fd))
-        except Vanished:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
             return None
-        except (Denied, Unreadable):
-            counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
-            info = {}
-    if kind == "ashmem":
-        # ashmem's own fdinfo (Android): inode:, name:, size:
-        ino = fdinfo_int(info, "inode")
-        if ino is None:
-            ino = fdinfo_int(info, "ino")
-        size = fdinfo_int(info, "size")
-        return FdRef(pid, fdn, kind, None, ino, size, info.get("name") or name, None, None,
-                     "fdinfo" if size is not None else None)
     ino = fdinfo_int(info, "ino")
     if ino is None:
         counters["no_identity"] = counters.get("no_identity", 0) + 1
         return None
     return FdRef(pid, fdn, kind, None, ino, None, name, None, None, None)
+
+
+def _fdinfo(p, fd, counters):
+    """Parsed fdinfo; {} when unreadable (counted); None when the fd is gone."""
+    try:
+        return parse_fdinfo(p.fdinfo(fd))
+    except Vanished:
+        return None
+    except (Denied, Unreadable):
+        counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
+        return {}
+
+
+def _read_ashmem(p, pid, fdn, fd, target, name, info, counters):
+    """Android ashmem. The fd is the /dev/ashmem misc device (one inode for every region);
+    the region is its backing shmem file, whose inode, name and size ashmem's own fdinfo
+    prints (inode:, name:, size:) and whose mappings show as /dev/ashmem/<name> (deleted)."""
+    if info is None:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
+            return None
+    ino = fdinfo_int(info, "inode")
+    size = fdinfo_int(info, "size")
+    name = info.get("name") or name
+    if ino is not None:
+        return FdRef(pid, fdn, "ashmem", None, ino, size, name, None, None,
+                     "fdinfo" if size is not None else None)
+    if target.rstrip("/") != "/dev/ashmem":
+        st = _stat(p, fd)                # a link naming the backing file: stat reaches it
+        if st is not None:
+            return FdRef(pid, fdn, "ashmem", st[0], st[1], st[2], name, None, None, "stat")
+    counters["no_identity"] = counters.get("no_identity", 0) + 1
+    return None
 
 
 def _stat(p, fd):
@@ -272,6 +295,7 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     counters: Dict[str, int] = {}
     for pid in targets:
         read_process(src, pid, obs, smaps, sized, counters)
+    _merge_recorded_skips(src, obs, pids)
     if counters.get("fdinfo_unreadable"):
         obs.notes.append(f"fdinfo unreadable for {counters['fdinfo_unreadable']} buffer fds: "
                          "their exporter/name/count are unknown")
@@ -296,10 +320,44 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     return obs
 
 
+def _merge_recorded_skips(src, obs: Observations, pids) -> None:
+    """A capture records which processes the capturing scan could not read."""
+    sk = src.meta().get("skipped")
+    if not isinstance(sk, dict):
+        return
+    want = None if pids is None else set(pids)
+    for name, out in (("denied", obs.denied), ("vanished", obs.vanished), ("unreadable", obs.unreadable)):
+        vals = sk.get(name)
+        if not isinstance(vals, list):
+            continue
+        seen = set(out)
+        for v in vals:
+            if isinstance(v, int) and not isinstance(v, bool) and v not in seen and (want is None or v in want):
+                out.append(v)
+
+
 def scan(src, pids: Optional[Iterable[int]] = None, smaps: bool = False):
     from .build import build
     taken_at = src.taken_at()
-    obs = collect(src, pids, smaps)
+    with no_gc():
+        obs = collect(src, pids, smaps)
+        return _finish(src, obs, taken_at, pids, smaps, build)
+
+
+class no_gc:
+    """A scan allocates ~10 objects per buffer reference and frees none of them: the cyclic
+    collector would walk that growing heap again and again for nothing. Pause it."""
+
+    def __enter__(self):
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was:
+            gc.enable()
+
+
+def _finish(src, obs, taken_at, pids, smaps, build):
     notes = list(getattr(src, "problems", ()))
     hostname, kernel = host_info(src)
     scope = "all" if pids is None else "pids"

@@ -9,7 +9,6 @@ import argparse
 import importlib
 import os
 import pkgutil
-import signal
 import sys
 
 from .. import __version__
@@ -64,14 +63,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # the reader went away (memtrack | head): be quiet, and keep Python quiet at exit
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        _quiet_stdout()
         return 0
+    except Exception as exc:  # a bug in memtrack: one line, the traceback on request
+        if os.environ.get("MEMTRACK_DEBUG"):
+            raise
+        print(f"memtrack: internal error: {type(exc).__name__}: {exc} "
+              "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 70
 
 
-if hasattr(signal, "SIGPIPE"):
-    pass  # BrokenPipeError is handled in main(); SIGPIPE stays ignored as Python sets it
+def _quiet_stdout():
+    # the reader went away (memtrack | head): be quiet, and keep Python quiet at exit
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

@@ -6,10 +6,28 @@ from typing import Iterator, Optional, Tuple
 
 from .fd import strip_deleted
 
-# Only shared mappings matter; the regex engine rejects the other lines in C.
-_SHARED = re.compile(
-    rb"^([0-9a-f]+)-([0-9a-f]+) [r-][w-][x-]s ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) +(/[^\n]*)$",
-    re.M)
+# One line of maps: start-end perms offset dev inode path
+_LINE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) [r-][w-][x-]s ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) +(/[^\n]*)")
+
+
+def shared_lines(data: bytes):
+    """Match objects for the shared mappings (perms ending in 's') of a maps text.
+
+    Shared lines are few; finding them with bytes.find (C speed over the whole text) and
+    parsing only those is several times faster than running a regex over every line. The
+    perms field ends in "-s " or "xs "; a hit inside a path is rejected by the line regex."""
+    out = []
+    for needle in (b"-s ", b"xs "):
+        pos = data.find(needle)
+        while pos >= 0:
+            start = data.rfind(b"\n", 0, pos) + 1
+            m = _LINE.match(data, start)
+            if m is not None and m.start(3) == pos + 3:
+                out.append(m)
+            pos = data.find(needle, pos + 3)
+    if len(out) > 1:
+        out.sort(key=lambda m: m.start())
+    return out
 
 
 def classify_path(path: str) -> Optional[Tuple[str, Optional[str]]]:
@@ -36,7 +54,8 @@ def norm_dev(dev: str) -> str:
 
 def parse_shared(data: bytes) -> Iterator[tuple]:
     """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping."""
-    for start, end, off, dev, ino, path in _SHARED.findall(data):
+    for m in shared_lines(data):
+        start, end, off, dev, ino, path = m.groups()
         kp = classify_path(path.decode("utf-8", "surrogateescape"))
         if kp is None:
             continue

@@ -107,10 +107,11 @@ def run(args) -> int:
             row.append(human(gpu[p.pid], raw) if p.pid in gpu else "-")
         row.append(p.name)
         rows.append(row)
-    foot = ["", human(tot.rss, raw), human(tot.pss, raw), human(tot.uss, raw), human(tot.mapped, raw)]
+    foot = ["", sized(tot.rss, tot.unknown, raw), sized(tot.pss, tot.unknown, raw),
+            sized(tot.uss, tot.unknown, raw), human(tot.mapped, raw)]
     if smaps:
-        foot += [human(tot.in_rss, raw), human(tot.hidden, raw)]
-    foot += [human(tot_kind[k].pss, raw) for k in kinds]
+        foot += [human(tot.in_rss, raw), sized(tot.hidden, tot.unknown, raw)]
+    foot += [sized(tot_kind[k].pss, tot_kind[k].unknown, raw) for k in kinds]
     if gpu is not None:
         foot.append(human(sum(gpu.get(p.pid, 0) for p in procs), raw))
     foot.append(f"TOTAL ({len(procs)} processes)")
