@@ -11,24 +11,16 @@ import sys
 import pytest
 
 import kfixture
+import memtrack
 from conftest import REAL_CAPTURE, SRC
 from memtrack.categories import RulesError, categorize, load_rules, parse_rules, parse_toml
 from memtrack.cli import main
-from memtrack.scan import scan
-from memtrack.sources import open_source
 
-
-def scan_path(path):
-    src = open_source(path)
-    try:
-        return scan(src)
-    finally:
-        src.close()
 
 
 @pytest.fixture(scope="module")
 def real():
-    return scan_path(REAL_CAPTURE)
+    return memtrack.scan(REAL_CAPTURE)
 
 
 def cats(snap):
@@ -91,7 +83,7 @@ def test_first_match_wins_and_conditions_combine(tmp_path):
                                                                    name="frame")
     t.proc(11, "app").dmabuf(3, ino=2, size=4096, exporter="system", name="frame") \
         .memfd(4, "frame", ino=7, size=8192)
-    snap = scan_path(t.write_dir(str(tmp_path / "r")))
+    snap = memtrack.scan(t.write_dir(str(tmp_path / "r")))
     rules, repl = parse_rules(
         'replace = true\n'
         '[[rule]]\ncategory = "CAM"\nprocess = "re:^camera"\nkind = "dmabuf"\n'   # both must hold

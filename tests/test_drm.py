@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import contextlib
 
 import pytest
@@ -18,19 +17,10 @@ from memtrack.cli import main
 from memtrack.model import Snapshot
 from memtrack.readers.drm import is_drm_path, parse_drm_fdinfo
 from memtrack.scan import scan
-from memtrack.sources import open_source
 from memtrack.sources.tree import DirSource
 
 KiB, MiB = 1024, 1024 * 1024
 
-
-def scan_path(path):
-    # not scan_path(): importing the memtrack.scan module replaces that attribute
-    src = open_source(path)
-    try:
-        return scan(src)
-    finally:
-        src.close()
 
 
 def drm_fdinfo(ino, body):
@@ -270,7 +260,7 @@ def entries(snap, pid):
 
 
 def test_scan_dedups_the_shared_client(gpu_dir):
-    snap = scan_path(gpu_dir)
+    snap = memtrack.scan(gpu_dir)
     shared = [g for g in snap.gpu if g.client_id == 30 and g.pdev == "0000:04:00.0"]
     assert [g.pid for g in shared] == [200, 201, 202]
     assert all(g.holders == (200, 201, 202) for g in shared)
@@ -283,7 +273,7 @@ def test_scan_dedups_the_shared_client(gpu_dir):
 
 
 def test_private_resident_split_like_pss(gpu_dir):
-    snap = scan_path(gpu_dir)
+    snap = memtrack.scan(gpu_dir)
     g = entries(snap, 202)[0]
     # vram 36152-2048 KiB, gtt 15892 KiB, cpu 0
     assert gpuacct.private_resident(g) == (36152 - 2048 + 15892) * KiB == 51195904
@@ -300,7 +290,7 @@ def test_private_resident_split_like_pss(gpu_dir):
 
 
 def test_gem_never_enters_buffer_totals(gpu_dir):
-    snap = scan_path(gpu_dir)
+    snap = memtrack.scan(gpu_dir)
     acct = account(snap)
     assert acct.total.rss == MiB and acct.held_bytes == MiB
     assert [b.id for b in snap.buffers] == ["dmabuf:40"]
@@ -310,7 +300,7 @@ def test_gem_never_enters_buffer_totals(gpu_dir):
 
 
 def test_device_totals_count_each_client_once(gpu_dir):
-    snap = scan_path(gpu_dir)
+    snap = memtrack.scan(gpu_dir)
     t = gpuacct.device_totals(snap)
     amd = t[("amdgpu", "0000:04:00.0")]
     assert amd["vram"] == {"total": 36152 * KiB, "shared": 2048 * KiB, "active": 1024 * KiB,
@@ -321,7 +311,7 @@ def test_device_totals_count_each_client_once(gpu_dir):
 
 
 def test_json_keeps_absent_keys_absent_and_round_trips(gpu_dir):
-    snap = scan_path(gpu_dir)
+    snap = memtrack.scan(gpu_dir)
     doc = json.loads(snap.to_json())
     v3d = [g for g in doc["gpu"] if g["driver"] == "v3d"][0]
     assert v3d == {"pid": 402, "driver": "v3d", "pdev": None, "client_id": 3,
@@ -335,7 +325,7 @@ def test_json_keeps_absent_keys_absent_and_round_trips(gpu_dir):
 
 
 def test_snapshot_without_gpu_key_still_loads(gpu_dir):
-    doc = json.loads(scan_path(gpu_dir).to_json())
+    doc = json.loads(memtrack.scan(gpu_dir).to_json())
     del doc["gpu"]
     assert Snapshot.from_dict(doc).gpu == ()
     doc["gpu"] = [{"pid": "x", "driver": "v3d"}]
@@ -344,7 +334,7 @@ def test_snapshot_without_gpu_key_still_loads(gpu_dir):
 
 
 def test_restrict_by_pid_keeps_that_pids_clients(gpu_dir):
-    snap = scan_path(gpu_dir).restrict(pids={201})
+    snap = memtrack.scan(gpu_dir).restrict(pids={201})
     assert sorted(g.client_id for g in snap.gpu) == [30, 31]
     assert entries(snap, 201)[0].holders == (200, 201, 202)
 
@@ -354,7 +344,7 @@ def test_notes_for_drm_fds_without_stats_or_client_id(tmp_path):
     t.proc(10, "old").fd(3, "/dev/dri/card0", kfixture.fdinfo_generic(77))
     noid = drm_fdinfo(5, "drm-driver:\tfoo\ndrm-resident-memory:\t4 KiB\n")
     t.proc(11, "noid").fd(3, "/dev/dri/card0", noid).fd(4, "/dev/dri/card0", noid)
-    snap = scan_path(t.write_dir(str(tmp_path / "r")))
+    snap = memtrack.scan(t.write_dir(str(tmp_path / "r")))
     assert [(g.pid, g.fds) for g in snap.gpu] == [(11, (3,)), (11, (4,))]   # each fd its own client
     assert any("no drm-driver" in n for n in snap.notes)
     assert any("no drm-client-id" in n for n in snap.notes)
@@ -365,7 +355,7 @@ def test_capture_records_drm_fdinfo(tmp_path, gpu_dir):
     snap = scan(rec)
     out = str(tmp_path / "cap.tar.gz")
     write_archive(rec, snap, out)
-    again = scan_path(out)
+    again = memtrack.scan(out)
     assert again.gpu == snap.gpu and len(again.gpu) == 10
 
 

@@ -3,7 +3,6 @@ pidfd_getfd on a real child, and a real dma-buf exported from CUDA where a GPU e
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import subprocess
 import sys
