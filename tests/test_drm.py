@@ -314,11 +314,12 @@ def test_json_keeps_absent_keys_absent_and_round_trips(gpu_dir):
     snap = memtrack.scan(gpu_dir)
     doc = json.loads(snap.to_json())
     v3d = [g for g in doc["gpu"] if g["driver"] == "v3d"][0]
-    assert v3d == {"pid": 402, "driver": "v3d", "pdev": None, "client_id": 3,
+    assert v3d == {"pid": 402, "driver": "v3d", "client_id": 3,
                    "device": "/dev/dri/renderD130", "holders": [402], "fds": [3], "regions": {},
                    "engines": {"bin": {"busy_ns": 1234}, "render": {"busy_ns": 5678}}}
     amd = [g for g in doc["gpu"] if g["pid"] == 201 and g["client_id"] == 31][0]
-    assert amd["regions"]["vram"] == {"resident": 1024 * KiB}
+    assert amd["regions"]["vram"] == {"resident": 1024 * KiB} and amd["pdev"] == "0000:04:00.0"
+    assert "client_name" not in amd and "driver_keys" in amd
     back = Snapshot.from_dict(doc)
     assert back.gpu == snap.gpu
     assert json.loads(back.to_json()) == doc

@@ -233,12 +233,14 @@ def _buffer_dict(b: Buffer) -> dict:
 
 
 def _gpu_dict(g: GpuClient) -> dict:
-    d = {"pid": g.pid, "driver": g.driver, "pdev": g.pdev, "client_id": g.client_id,
-         "device": g.device, "holders": list(g.holders), "fds": list(g.fds),
-         "regions": {r: dict(v) for r, v in g.regions.items()},
-         "engines": {e: dict(v) for e, v in g.engines.items()}}
-    if g.client_name is not None:
-        d["client_name"] = g.client_name
+    # what the fdinfo did not print stays out (drm-pdev, drm-client-id, drm-client-name...)
+    d = {"pid": g.pid, "driver": g.driver}
+    for key in ("pdev", "client_id", "client_name", "device"):
+        if getattr(g, key) is not None:
+            d[key] = getattr(g, key)
+    d.update({"holders": list(g.holders), "fds": list(g.fds),
+              "regions": {r: dict(v) for r, v in g.regions.items()},
+              "engines": {e: dict(v) for e, v in g.engines.items()}})
     if g.driver_keys:
         d["driver_keys"] = dict(g.driver_keys)
     return d

@@ -52,7 +52,8 @@ def per_process(snap, view, csv: bool) -> str:
         mine = sorted((bufs[r.buffer] for r in p.refs if r.buffer in bufs), key=lambda b: b.inode or 0)
         if not mine:
             continue
-        rss = pss = 0
+        usage = acct.process(p.pid).by_kind["dmabuf"]
+        rss, pss = usage.rss, usage.pss
         if csv:
             out.append(f"\t{_comm(snap, p.pid)}:{p.pid}\n")
             out.append('"Name","Rss(kB)","Pss(kB)","nr_procs","Inode","Exporter"\n')
@@ -61,8 +62,6 @@ def per_process(snap, view, csv: bool) -> str:
             out.append("%22s %16s %16s %16s %16s %22s\n" % ("Name", "Rss", "Pss", "nr_procs", "Inode", "Exporter"))
         for b in mine:
             share = acct.shares.get(b.id, {}).get(p.pid, 0)
-            rss += b.size or 0
-            pss += share
             name, exp = b.name or "<unknown>", b.exporter or "<unknown>"
             if csv:
                 out.append('"%s",%d,%d,%d,%d,%s\n' % (name, _kb(b.size), _kb(share), len(b.holders),
