@@ -379,6 +379,9 @@ def test_ps_gpu_column(gpu_dir):
     assert rows[402][6] == "0"
     rc, out, _ = run_cli("--root", gpu_dir, "-q")
     assert out.splitlines()[0].split() == ["PID", "Rss", "Pss", "Uss", "Mapped", "dmabuf", "Gpu", "Name"]
+    rc, out, _ = run_cli("--root", gpu_dir, "-q", "--csv", "-s", "gpu")
+    # the largest Gpu shares: 300 188 MiB, 500 48.8 MiB, 401 38 MiB
+    assert [r.split(",")[0] for r in out.splitlines()[1:4]] == ["300", "500", "401"]
 
 
 def test_ps_has_no_gpu_column_without_clients(tmp_path):

@@ -11,22 +11,24 @@ from ..common import check_exclusive, emit, filter_doc, get_snapshot, narrowed
 NAME = "ps"
 HELP = "per-process table of shared-buffer memory (the default command)"
 ORDER = 0
-SORT_KEYS = ("pss", "rss", "uss", "mapped", "in_rss", "pid", "name") + KINDS
+SORT_KEYS = ("pss", "rss", "uss", "mapped", "in_rss", "pid", "name", "gpu") + KINDS
 
 
 def add_arguments(p):
     p.add_argument("-s", "--sort", choices=SORT_KEYS, default=argparse.SUPPRESS,
-                   help="sort key (default pss; a kind name sorts by that kind's pss)")
+                   help="sort key (default pss; a kind name sorts by that kind's pss; gpu by the Gpu column)")
     p.add_argument("-r", "--reverse", action="store_true", default=argparse.SUPPRESS,
                    help="reverse the order (smallest first)")
 
 
-def sort_rows(procs, acct, key: str, reverse: bool):
+def sort_rows(procs, acct, key: str, reverse: bool, gpu=None):
     def k(p):
         if key == "pid":
             return p.pid
         if key == "name":
             return p.name
+        if key == "gpu":
+            return (gpu or {}).get(p.pid, 0)
         u = acct.processes[p.pid]
         if key in KINDS:
             ku = u.by_kind.get(key)
@@ -47,14 +49,14 @@ def run(args) -> int:
     kinds = [k for k in KINDS if any(k in acct.processes[p.pid].by_kind for p in view.processes)]
     if args.kind:
         kinds = [k for k in kinds if k in args.kind]
-    procs = sort_rows(view.processes, acct, getattr(args, "sort", "pss"), getattr(args, "reverse", False))
-    smaps = snap.smaps
     # GEM memory is shown beside the buffer columns, never added to them (shared GEM objects
     # are dma-bufs too): a column of its own, only on machines with DRM clients
     gpu = None
     if snap.gpu:
         from ... import gpu as gpuacct
         gpu = gpuacct.per_process(snap)
+    procs = sort_rows(view.processes, acct, getattr(args, "sort", "pss"), getattr(args, "reverse", False), gpu)
+    smaps = snap.smaps
 
     def usage(pid):
         pu = acct.processes[pid]
