@@ -3,6 +3,7 @@ process vanishing mid-read). Every tree is scanned as a directory and as a captu
 which must agree, and every result must keep the pss invariant."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -25,6 +26,7 @@ def scan_both(tree: Tree, tmp_path, smaps=False):
     assert da == db
     acct = account(a)
     assert acct.total.pss == acct.held_bytes           # the pss invariant
+    assert memtrack.Snapshot.from_dict(json.loads(a.to_json())) == a   # lossless JSON
     return a, acct
 
 

@@ -88,23 +88,23 @@ def read_sysfs_stats(src, obs: Observations) -> None:
     obs.dmabuf_total = sum(b.size for b in bufs)
 
 
+def _skip_list(obs: Observations, exc: ProcessGone) -> list:
+    if isinstance(exc, Vanished):
+        return obs.vanished
+    if isinstance(exc, Denied):
+        return obs.denied
+    return obs.unreadable
+
+
 def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tuple, int],
                  counters: Dict[str, int]) -> None:
-    """Read one process; on Vanished/Denied the whole process is counted, its partial data dropped."""
+    """Read one process. If it vanishes or can't be read, it is counted and whatever was
+    read of it is dropped: a half-read process would be a lie."""
     thorough = src.thorough
+    fds, maps, rss, drm = [], [], [], []
+    p = None
     try:
         p = src.process(pid)
-    except Vanished:
-        obs.vanished.append(pid)
-        return
-    except Denied:
-        obs.denied.append(pid)
-        return
-    except Unreadable:
-        obs.unreadable.append(pid)
-        return
-    fds, maps, rss, drm = [], [], [], []
-    try:
         for fd, target in p.fd_targets():
             if not target.startswith(BUFFER_PREFIXES):
                 continue
@@ -118,29 +118,16 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
             ref = _read_fd(p, int(fd), fd, target, kp[0], kp[1], thorough, counters)
             if ref is not None:
                 fds.append(ref)
-                if ref.size is not None and ref.inode is not None:
-                    sized[(ref.kind, ref.inode)] = ref.size
-        data = p.maps()
-        for start, end, off, dev, ino, kind, name in parse_shared(data):
+                if ref.size is not None:
+                    sized[(ref.kind, ref.fs, ref.inode)] = ref.size
+        for start, end, off, dev, ino, kind, name in parse_shared(p.maps()):
+            fs = kind if kind in ("sysv", "dmabuf") else dev
             size = None
-            if kind == "sysv":
-                fs = "sysv"
-            elif kind == "dmabuf":
-                fs = "dmabuf"
-            else:
-                fs = dev
-            key = (kind, ino)
+            key = (kind, fs, ino)
             if thorough or (key not in sized and kind != "sysv" and not (kind == "dmabuf" and obs.dmabuf_source)):
-                # A map-only reference: the VMA length is not the buffer size; the file is.
-                try:
-                    st = p.mapstat(start, end)
-                except Vanished:
-                    st = None
-                except (Denied, Unreadable):
-                    st = None
-                    counters["mapstat_denied"] = counters.get("mapstat_denied", 0) + 1
-                if st is not None and st[1] == ino:
-                    size = st[2]
+                # A map-only reference: the VMA length is not the buffer size; the file's is.
+                size = _map_size(p, start, end, ino, counters)
+                if size is not None:
                     sized[key] = size
             maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size))
         if smaps and maps:
@@ -151,19 +138,13 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                     rss.append(VmaRss(pid, m.start, r))
         if fds or maps or drm or thorough:
             comm, uid = parse_status(p.status())
-            cmdline = parse_cmdline(p.cmdline())
-            obs.procs.append(ProcInfo(pid, comm, cmdline, uid))
-    except Vanished:
-        obs.vanished.append(pid)
-        return
-    except Denied:
-        obs.denied.append(pid)
-        return
-    except Unreadable:
-        obs.unreadable.append(pid)
+            obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid))
+    except ProcessGone as exc:
+        _skip_list(obs, exc).append(pid)
         return
     finally:
-        p.close()
+        if p is not None:
+            p.close()
     obs.fds.extend(fds)
     obs.maps.extend(maps)
     obs.rss.extend(rss)
@@ -186,6 +167,17 @@ def _read_drm(p, fdn: int, fd: str, target: str, counters: Dict[str, int]) -> Op
         counters["drm_no_client_id"] = counters.get("drm_no_client_id", 0) + 1
     return DrmClient(p.pid, fdn, target, d["driver"], d["pdev"], d["client_id"], d["client_name"],
                      d["regions"], d["engines"], d["driver_keys"])
+
+
+def _map_size(p, start: int, end: int, ino: int, counters: Dict[str, int]) -> Optional[int]:
+    try:
+        st = p.mapstat(start, end)
+    except Vanished:
+        return None
+    except (Denied, Unreadable):
+        counters["mapstat_denied"] = counters.get("mapstat_denied", 0) + 1
+        return None
+    return st[2] if st is not None and st[1] == ino else None
 
 
 def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], thorough: bool,

@@ -109,6 +109,18 @@ def filter_doc(args) -> Optional[dict]:
     return f or None
 
 
+def prepare(args):
+    """(snapshot, view): the snapshot the options name and the view -p/--kind narrow it to."""
+    check_exclusive(args)
+    snap = get_snapshot(args)
+    return snap, narrowed(snap, args)
+
+
+def emit_json(view: Snapshot, args) -> int:
+    emit(view.to_json(filt=filter_doc(args)) + "\n")
+    return 0
+
+
 def emit(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()

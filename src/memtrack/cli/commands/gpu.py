@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ... import gpu as gpuacct
 from ...views.table import Column, human, render, to_csv
-from ..common import check_exclusive, emit, filter_doc, get_snapshot, narrowed
+from ..common import emit, emit_json, prepare
 
 NAME = "gpu"
 HELP = "DRM GPU clients (GEM memory from drm fdinfo): one row per client and process"
@@ -23,12 +23,9 @@ def _regions_text(g, raw) -> str:
 
 
 def run(args) -> int:
-    check_exclusive(args)
-    snap = get_snapshot(args)
-    view = narrowed(snap, args)
+    snap, view = prepare(args)
     if args.json:
-        emit(view.to_json(filt=filter_doc(args)) + "\n")
-        return 0
+        return emit_json(view, args)
     share = gpuacct.per_process(snap)
     procs = snap.process_map
     rows_src = sorted(view.gpu, key=lambda g: (str(g.pdev or g.device), g.client_id or 0, g.pid))

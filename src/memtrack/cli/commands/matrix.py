@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...account import account
 from ...views.table import Column, human, render, to_csv
-from ..common import check_exclusive, emit, filter_doc, get_snapshot, narrowed
+from ..common import emit, emit_json, prepare
 from .ps import sized
 
 NAME = "matrix"
@@ -27,12 +27,9 @@ def cells(view):
 
 
 def run(args) -> int:
-    check_exclusive(args)
-    snap = get_snapshot(args)
-    view = narrowed(snap, args)
+    snap, view = prepare(args)
     if args.json:
-        emit(view.to_json(filt=filter_doc(args)) + "\n")
-        return 0
+        return emit_json(view, args)
     bufs, procs, refs = cells(view)
     heads = [f"{p.comm or '?'}:{p.pid}" for p in procs]
     if args.csv:

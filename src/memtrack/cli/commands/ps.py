@@ -6,7 +6,7 @@ import argparse
 from ...account import account
 from ...model import KINDS
 from ...views.table import Column, human, render, to_csv
-from ..common import check_exclusive, emit, filter_doc, get_snapshot, narrowed
+from ..common import emit, emit_json, prepare
 
 NAME = "ps"
 HELP = "per-process table of shared-buffer memory (the default command)"
@@ -39,12 +39,9 @@ def sort_rows(procs, acct, key: str, reverse: bool, gpu=None):
 
 
 def run(args) -> int:
-    check_exclusive(args)
-    snap = get_snapshot(args)
-    view = narrowed(snap, args)
+    snap, view = prepare(args)
     if args.json:
-        emit(view.to_json(filt=filter_doc(args)) + "\n")
-        return 0
+        return emit_json(view, args)
     acct = account(snap)
     kinds = [k for k in KINDS if any(k in acct.processes[p.pid].by_kind for p in view.processes)]
     if args.kind:

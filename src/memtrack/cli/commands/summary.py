@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...summarize import BY, grand_total, summarize, to_json
 from ...views.table import Column, human, render, to_csv
-from ..common import check_exclusive, emit, get_snapshot, narrowed
+from ..common import emit, prepare
 
 NAME = "summary"
 HELP = "totals per category, exporter, kind, name or process, reconciling to the grand total"
@@ -16,8 +16,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    check_exclusive(args)
-    snap = narrowed(get_snapshot(args), args)
+    _, snap = prepare(args)
     rows = summarize(snap, args.by)
     total = grand_total(snap)
     if args.json:
