@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Dict, List, Optional
 
-from .model import KINDS, Host, KernelInfo, Process, Skipped, Snapshot, new_buffer, new_ref
+from .model import KINDS, GpuClient, Host, KernelInfo, Process, Skipped, Snapshot, new_buffer, new_ref
 from .observe import Observations
 
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
@@ -168,9 +168,10 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         buffers.append(new_buffer(
             bid, kind, inode, a.dev, a.size, a.exporter, a.name, None, tuple(holders), nfds, nmaps,
             a.kernel_count if a.kernel_count is not None else a.count, a.size_from))
+    gpu = build_gpu(obs)
     info = {p.pid: p for p in obs.procs}
     processes = []
-    for pid in sorted(refs_by_pid):
+    for pid in sorted(set(refs_by_pid) | {g.pid for g in gpu}):
         pi = info.get(pid)
         processes.append(Process(pid, pi.comm if pi else "", pi.cmdline if pi else "",
                                  pi.uid if pi else None, tuple(refs_by_pid[pid])))
@@ -182,4 +183,29 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                           dmabuf_exported_count=obs.dmabuf_count, sysv_source=obs.sysv_source),
         skipped=Skipped(denied=tuple(sorted(obs.denied)), vanished=tuple(sorted(obs.vanished)),
                         unreadable=tuple(sorted(obs.unreadable))),
-        notes=tuple(notes))
+        notes=tuple(notes), gpu=gpu)
+
+
+def build_gpu(obs: Observations) -> tuple:
+    """DRM clients deduplicated by (pdev or device, client-id): one entry per (client, holder).
+    A client's numbers come from the first fd read; every holder's entry repeats them."""
+    groups: Dict[tuple, list] = {}
+    for c in obs.drm:
+        k = (c.pdev or c.device, c.client_id) if c.client_id is not None else \
+            (c.pdev or c.device, None, c.pid, c.fd)
+        groups.setdefault(k, []).append(c)
+    out = []
+    for k, cs in groups.items():
+        first = cs[0]
+        fds: Dict[int, List[int]] = defaultdict(list)
+        for c in cs:
+            fds[c.pid].append(c.fd)
+        holders = tuple(sorted(fds))
+        for pid in holders:
+            out.append(GpuClient(pid=pid, driver=first.driver, client_id=first.client_id,
+                                 pdev=first.pdev, device=first.device, client_name=first.client_name,
+                                 holders=holders, fds=tuple(sorted(fds[pid])), regions=first.regions,
+                                 engines=first.engines, driver_keys=first.driver_keys))
+    out.sort(key=lambda g: (str(g.pdev or g.device), g.client_id if g.client_id is not None else -1,
+                            g.pid, g.fds))
+    return tuple(out)

@@ -4,8 +4,9 @@ Cost model (what a scan of N processes with F buffer fds does): one listdir of /
 process an open of its directory, a listdir of fd/, one readlink per fd, one read of maps;
 per buffer fd one stat (memfd, shm: dev/inode/size in one syscall) or one fdinfo read
 (dma-buf: exporter, name and count live only there); per process that holds buffers one
-read of status and cmdline. map_files is stat'ed only for mappings whose size nothing else
-gave (map-only references); smaps only with --smaps.
+read of status and cmdline; per fd to a /dev/dri node one fdinfo read (a DRM client).
+map_files is stat'ed only for mappings whose size nothing else gave (map-only references);
+smaps only with --smaps.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import gc
 from typing import Dict, Iterable, Optional
 
 from .errors import Denied, ProcessGone, Unreadable, Vanished
-from .observe import FdRef, KernelBuffer, MapRef, Observations, ProcInfo, VmaRss
+from .observe import DrmClient, FdRef, KernelBuffer, MapRef, Observations, ProcInfo, VmaRss
 from .readers import debugfs, sysv
+from .readers.drm import is_drm_path, parse_drm_fdinfo
 from .readers.fd import classify, fdinfo_int, parse_fdinfo
 from .readers.maps import parse_shared
 from .readers.proc import parse_cmdline, parse_status
@@ -24,7 +26,8 @@ BUFINFO = "sys/kernel/debug/dma_buf/bufinfo"
 SYSFS_BUFFERS = "sys/kernel/dmabuf/buffers"
 SYSVIPC = "proc/sysvipc/shm"
 # what classify() can accept: a cheap C-level prefilter for the per-fd loop
-BUFFER_PREFIXES = ("/memfd:", "/dmabuf:", "/dev/shm/", "/dev/ashmem", "/dev/zero", "anon_inode:dmabuf")
+BUFFER_PREFIXES = ("/memfd:", "/dmabuf:", "/dev/shm/", "/dev/ashmem", "/dev/zero", "anon_inode:dmabuf",
+                   "/dev/dri/")          # the last: DRM clients
 
 
 def _read_optional(src, rel, obs, what):
@@ -98,7 +101,7 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
     """Read one process. If it vanishes or can't be read, it is counted and whatever was
     read of it is dropped: a half-read process would be a lie."""
     thorough = src.thorough
-    fds, maps, rss = [], [], []
+    fds, maps, rss, drm = [], [], [], []
     p = None
     try:
         p = src.process(pid)
@@ -107,6 +110,10 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                 continue
             kp = classify(target)
             if kp is None:
+                if is_drm_path(target):
+                    client = _read_drm(p, int(fd), fd, target, counters)
+                    if client is not None:
+                        drm.append(client)
                 continue
             ref = _read_fd(p, int(fd), fd, target, kp[0], kp[1], thorough, counters)
             if ref is not None:
@@ -129,7 +136,7 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                 r = per_vma.get(m.start)
                 if r is not None:
                     rss.append(VmaRss(pid, m.start, r))
-        if fds or maps or thorough:
+        if fds or maps or drm or thorough:
             comm, uid = parse_status(p.status())
             obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid))
     except ProcessGone as exc:
@@ -141,6 +148,25 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
     obs.fds.extend(fds)
     obs.maps.extend(maps)
     obs.rss.extend(rss)
+    obs.drm.extend(drm)
+
+
+def _read_drm(p, fdn: int, fd: str, target: str, counters: Dict[str, int]) -> Optional[DrmClient]:
+    """A DRM client's fdinfo: read only for fds to /dev/dri nodes (one read per such fd)."""
+    try:
+        d = parse_drm_fdinfo(p.fdinfo(fd))
+    except Vanished:
+        return None
+    except (Denied, Unreadable):
+        counters["drm_unreadable"] = counters.get("drm_unreadable", 0) + 1
+        return None
+    if d is None:
+        counters["drm_no_stats"] = counters.get("drm_no_stats", 0) + 1
+        return None
+    if d["client_id"] is None:
+        counters["drm_no_client_id"] = counters.get("drm_no_client_id", 0) + 1
+    return DrmClient(p.pid, fdn, target, d["driver"], d["pdev"], d["client_id"], d["client_name"],
+                     d["regions"], d["engines"], d["driver_keys"])
 
 
 def _map_size(p, start: int, end: int, ino: int, counters: Dict[str, int]) -> Optional[int]:
@@ -272,6 +298,15 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
         obs.notes.append(f"{counters['anon_dmabuf']} dma-buf fds from a kernel before 5.3 "
                          "(anon_inode:dmabuf): buffers cannot be told apart, each fd is counted "
                          "as its own buffer")
+    if counters.get("drm_unreadable"):
+        obs.notes.append(f"fdinfo unreadable for {counters['drm_unreadable']} DRM fds: their GPU "
+                         "clients are left out")
+    if counters.get("drm_no_stats"):
+        obs.notes.append(f"{counters['drm_no_stats']} DRM fds have no drm-driver in fdinfo (driver "
+                         "without usage stats, or a kernel before 5.19): GPU memory unknown for them")
+    if counters.get("drm_no_client_id"):
+        obs.notes.append(f"{counters['drm_no_client_id']} DRM fds have no drm-client-id: each counts "
+                         "as its own client (dup'd fds may be counted twice)")
     if counters.get("no_identity"):
         obs.notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
     return obs
