@@ -3,6 +3,7 @@ process vanishing mid-read). Every tree is scanned as a directory and as a captu
 which must agree, and every result must keep the pss invariant."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -25,6 +26,7 @@ def scan_both(tree: Tree, tmp_path, smaps=False):
     assert da == db
     acct = account(a)
     assert acct.total.pss == acct.held_bytes           # the pss invariant
+    assert memtrack.Snapshot.from_dict(json.loads(a.to_json())) == a   # lossless JSON
     return a, acct
 
 
@@ -226,6 +228,13 @@ def test_ashmem_fdinfo(tmp_path):
     snap, acct = scan_both(t, tmp_path)
     b = bid(snap, "ashmem", 1234)
     assert (b.size, b.name) == (262144, "dalvik-heap")
+
+
+def test_ashmem_device_link_without_fdinfo_is_left_out_and_said(tmp_path):
+    t = Tree()
+    t.proc(1401, "old-android").fd(9, "/dev/ashmem", fdinfo_generic(None))
+    snap, _ = scan_both(t, tmp_path)
+    assert snap.buffers == () and any("no inode" in n for n in snap.notes)
 
 
 def test_smaps_in_rss(tmp_path):

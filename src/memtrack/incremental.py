@@ -32,7 +32,8 @@ from .build import build
 from .errors import ProcessGone
 from .model import Snapshot
 from .observe import Observations
-from .scan import _merge_recorded_skips, counter_notes, host_info, read_kernel_tables, read_process
+from .scan import (_merge_recorded_skips, counter_notes, host_info, no_gc, read_kernel_tables,
+                   read_process)
 from .sources.base import now_iso
 
 
@@ -134,6 +135,10 @@ class IncrementalScanner:
         return live_signature(self._proc_root, pid)
 
     def refresh(self) -> Snapshot:
+        with no_gc():
+            return self._refresh()
+
+    def _refresh(self) -> Snapshot:
         t0 = time.perf_counter()
         src = self.src
         stats = RefreshStats()
@@ -158,8 +163,8 @@ class IncrementalScanner:
                 else:
                     new[pid] = part
                     for r in part.obs.fds:
-                        if r.size is not None and r.inode is not None:
-                            sized[(r.kind, r.inode)] = r.size
+                        if r.size is not None:
+                            sized[(r.kind, r.fs, r.inode)] = r.size
                     continue
             todo.append((pid, sig))
         for pid, sig in todo:

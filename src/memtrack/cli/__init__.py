@@ -39,7 +39,10 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     mods = _commands()
     for name, mod in mods.items():
-        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        # a command may reuse a common short option for its own meaning (dmabuf-dump -b, as
+        # Android's tool has it): its own option wins, the long form of the common one stays
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           conflict_handler="resolve" if getattr(mod, "OVERRIDES_COMMON", False) else "error")
         add_common(p, suppress=True)
         mod.add_arguments(p)
     # `memtrack -p 1` and `memtrack --json` are `ps`: its own options must parse at top level too

@@ -10,9 +10,16 @@ from ..errors import ProcessGone, Unreadable, Vanished
 Stat = Tuple[str, int, int, int]     # (dev "MM:mm", inode, size, mode)
 
 
+_DEVS = {}
+
+
 def fmt_dev(st_dev: int) -> str:
-    import os
-    return "%02x:%02x" % (os.major(st_dev), os.minor(st_dev))
+    """st_dev as maps prints it ("MM:mm", hex). Few devices exist: cache them."""
+    s = _DEVS.get(st_dev)
+    if s is None:
+        import os
+        s = _DEVS[st_dev] = "%02x:%02x" % (os.major(st_dev), os.minor(st_dev))
+    return s
 
 
 def now_iso() -> str:
@@ -25,6 +32,17 @@ class ProcReader:
 
     def fds(self) -> List[str]: raise NotImplementedError
     def readlink(self, fd: str) -> str: raise NotImplementedError
+
+    def fd_targets(self) -> List[Tuple[str, str]]:
+        """(fd, link target) for every open fd; fds closed meanwhile are left out."""
+        out = []
+        for fd in self.fds():
+            try:
+                out.append((fd, self.readlink(fd)))
+            except Vanished:
+                continue
+        return out
+
     def fdinfo(self, fd: str) -> str: raise NotImplementedError
     def fdstat(self, fd: str) -> Optional[Stat]: raise NotImplementedError
     def maps(self) -> bytes: raise NotImplementedError
