@@ -172,6 +172,7 @@ def test_cli_diff_capture_against_live(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [(e["name"], e["size"]) for e in doc["buffers"]["created"]] == [("after", 8192)]
+    assert doc["buffers"]["created"][0]["category"]          # categorized like every view
     assert doc["buffers"]["freed"] == []
     assert [(e["pid"], e["action"], e["fd"], e["name"]) for e in doc["events"]] == [(k.pid, "acquire", fd, "after")]
     assert doc["processes"][0]["delta"]["pss"] == 8192

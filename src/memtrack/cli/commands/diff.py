@@ -6,7 +6,7 @@ import time
 
 from ...errors import MemtrackError
 from ...views.table import Column, human, render
-from ..common import check_exclusive, emit, report_skipped
+from ..common import check_exclusive, emit, report_skipped, with_categories
 
 NAME = "diff"
 HELP = "buffers created/freed/resized, references acquired/released, usage deltas between two snapshots"
@@ -24,19 +24,20 @@ def add_arguments(p):
                    help="when A and B are both live: seconds between the two scans (default 1)")
 
 
-def load_any(spec: str, smaps: bool = False, quiet: bool = False):
+def load_any(spec: str, args):
+    """A snapshot of spec, categorized like every view's (a saved snapshot keeps its own)."""
     from ...model import Snapshot
     from ...scan import scan
     from ...sources import open_source
     src = open_source(None if spec in LIVE else spec)
     if isinstance(src, Snapshot):
-        return src
+        return with_categories(src, args, overwrite=False)
     try:
-        snap = scan(src, smaps=smaps)
+        snap = scan(src, smaps=args.smaps)
     finally:
         src.close()
-    report_skipped(snap, quiet=quiet)
-    return snap
+    report_skipped(snap, quiet=args.quiet)
+    return with_categories(snap, args)
 
 
 def run(args) -> int:
@@ -46,10 +47,10 @@ def run(args) -> int:
         raise MemtrackError("diff takes its two sources as arguments, not --root")
     if args.interval < 0:
         raise MemtrackError("--interval must not be negative")
-    a = load_any(args.a, args.smaps, args.quiet)
+    a = load_any(args.a, args)
     if args.a in LIVE and args.b in LIVE:
         time.sleep(args.interval)
-    b = load_any(args.b, args.smaps, args.quiet)
+    b = load_any(args.b, args)
     if args.pid is not None or args.kind is not None:
         a = a.restrict(pids=args.pid, kinds=args.kind)
         b = b.restrict(pids=args.pid, kinds=args.kind)
