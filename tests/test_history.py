@@ -250,3 +250,15 @@ def test_record_bad_arguments(tmp_path):
     notdb.write_text("not a database at all, just text " * 50)
     r = run_memtrack("record", "-o", str(notdb), "-n", "1")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_one_recorder_per_file(tmp_path):
+    db = str(tmp_path / "h.db")
+    first = Recorder(db)
+    try:
+        r = run_memtrack("record", "-o", db, "-n", "1")
+        assert r.returncode == 2 and "another `memtrack record`" in r.stderr and r.stderr.count("\n") == 1
+    finally:
+        first.close()
+    r = run_memtrack("record", "-o", db, "-n", "1", "-i", "0", "-q")
+    assert r.returncode == 0, r.stderr

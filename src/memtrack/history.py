@@ -90,7 +90,12 @@ class Recorder:
     def __init__(self, path: str, interval: Optional[float] = None):
         self.path = path
         exists = os.path.exists(path) and os.path.getsize(path) > 0
-        self.con = con = _connect(path)
+        self._lock = _lock_exclusive(path)
+        try:
+            self.con = con = _connect(path)
+        except BaseException:
+            os.close(self._lock)
+            raise
         try:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")
@@ -117,6 +122,7 @@ class Recorder:
             con.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             con.close()
+            os.close(self._lock)
             raise SourceError(f"{path}: {exc}") from None
         self._buffers = {row[1:]: row[0] for row in con.execute(
             "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
@@ -245,6 +251,24 @@ class Recorder:
         except sqlite3.Error:
             pass
         self.con.close()
+        os.close(self._lock)
+
+
+def _lock_exclusive(path: str) -> int:
+    """One recorder per file: two would close each other's spans. flock() on the database
+    file itself (SQLite's own locks are fcntl() ranges: the two never interact on Linux); the
+    kernel drops it when the recorder dies, however it dies."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SourceError(f"{path}: another `memtrack record` is writing to it") from None
+    return fd
 
 
 # -- reading ----------------------------------------------------------------------------------
