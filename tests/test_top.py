@@ -155,12 +155,15 @@ def test_top_quits_cleanly_on_q_and_ctrl_c(kid, key):
 def test_top_shows_acquire_and_release_events(kid):
     t = PtyTop("-d", "0.2", "-p", str(kid.pid))
     try:
+        comm = open(f"/proc/{kid.pid}/comm").read().strip()
         t.wait_text("refresh 1")
-        fd = kid.add("lateone", 4096)
-        t.wait_text(f"{kid.pid} python3: acquired fd {fd} memfd:")
-        assert "'lateone'" in t.text
+        with Kid() as other:                            # not in -p: its events stay out
+            other.add("elsewhere", 4096)
+            fd = kid.add("lateone", 4096)
+            t.wait_text(f"{kid.pid} {comm}: acquired fd {fd} memfd:")
+        assert "'lateone'" in t.text and "'elsewhere'" not in t.text and f"{other.pid} {comm}" not in t.text
         kid.close(fd)
-        t.wait_text(f"{kid.pid} python3: released fd {fd} memfd:")
+        t.wait_text(f"{kid.pid} {comm}: released fd {fd} memfd:")
         t.send(b"q")
         assert t.wait_exit() == 0
     finally:

@@ -57,6 +57,10 @@ class TopState:
         if self.snap is not None:
             stamp = time.strftime("%H:%M:%S")
             for e in diff(self.snap, snap).refs:
+                if self.pids is not None and e.pid not in self.pids:
+                    continue                       # events follow the view's -p and --kind
+                if self.kinds is not None and e.buffer.kind not in self.kinds:
+                    continue
                 self.events.append((stamp, e))
         self.prev_acct = self.acct or acct
         self.start_acct = self.start_acct or acct
