@@ -53,8 +53,11 @@ class TopState:
         from ...account import account
         from ...diff import diff
         snap = self.scanner.refresh()
-        acct = account(snap)
-        if self.snap is not None:
+        same = (self.snap is not None and snap.buffers is self.snap.buffers
+                and snap.processes is self.snap.processes)
+        # the scanner hands back the previous facts when nothing moved: nothing to recount
+        acct = self.acct if same else account(snap)
+        if self.snap is not None and not same:
             stamp = time.strftime("%H:%M:%S")
             for e in diff(self.snap, snap).refs:
                 if self.pids is not None and e.pid not in self.pids:
