@@ -317,3 +317,24 @@ def test_one_recorder_per_file(tmp_path):
         first.close()
     r = run_memtrack("record", "-o", db, "-n", "1", "-i", "0", "-q")
     assert r.returncode == 0, r.stderr
+
+
+def test_unchanged_fast_path_writes_the_same_as_the_full_path(tmp_path):
+    """The same Snapshot object again takes the one-row path; an equal copy the full one: the
+    two databases must read back the same."""
+    from dataclasses import replace as dreplace
+    s = snap({"memfd:10": dict(inode=10, size=4096, name="a", **MFD)}, {100: ("app", {"memfd:10": ([3], [])})})
+    other = snap({}, {})
+    dbs = []
+    for same_object in (True, False):
+        db = str(tmp_path / f"h{same_object}.db")
+        rec = Recorder(db)
+        seq = [s, s, s, other, s] if same_object else [s, dreplace(s), dreplace(s), other, dreplace(s)]
+        for i, x in enumerate(seq):
+            rec.add(x, t=float(i))
+        rec.close()
+        h = load(db)
+        dbs.append(([(x.first, x.last) for x in h.holds], {k: v for k, v in h.usage.items()},
+                    h.held, len(h)))
+    assert dbs[0] == dbs[1]
+    assert dbs[0][0] == [(0, 2), (4, 4)] and dbs[0][2] == [4096, 4096, 4096, 0, 4096]

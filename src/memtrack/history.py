@@ -133,6 +133,7 @@ class Recorder:
         self._open: Dict[str, Dict[object, Tuple[int, object]]] = {t: {} for t in _SPAN_TABLES}
         self._prev: Optional[int] = None
         self._host_written = False
+        self._same = None          # (buffers, processes, pids, row values) of the last snapshot
         self.snapshots = 0
 
     def _intern(self, cache: dict, table: str, cols: str, key: tuple) -> int:
@@ -159,6 +160,9 @@ class Recorder:
         """Append one snapshot. pids: keep only these processes (and the buffers they hold,
         and the ones nobody holds); usage and totals still come from the whole snapshot."""
         t = time.time() if t is None else t
+        if (self._same is not None and self._same[0] is snap.buffers
+                and self._same[1] is snap.processes and self._same[2] == pids):
+            return self._add_unchanged(snap, t)
         acct = account(snap)
         procs = snap.processes
         buffers = snap.buffers
@@ -221,6 +225,32 @@ class Recorder:
                 pass
             # the in-memory view of open spans may now be ahead of the database: start over
             self._reload_open()
+            self._same = None
+            raise
+        self._prev = sid
+        self.snapshots += 1
+        self._same = (snap.buffers, snap.processes, pids,
+                      (int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
+                       snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
+                       len(snap.skipped.denied)))
+        return sid
+
+    def _add_unchanged(self, snap: Snapshot, t: float) -> int:
+        """The same facts as the previous snapshot (the incremental scanner hands back the
+        same objects when nothing moved): one row, every span simply stays open."""
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            sid = con.execute(
+                "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
+                "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (self.run, t, snap.taken_at) + self._same[3]).lastrowid
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
             raise
         self._prev = sid
         self.snapshots += 1

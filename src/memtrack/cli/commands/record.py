@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import signal
+from dataclasses import replace
 import sys
 import time
 
@@ -66,9 +67,16 @@ def run(args) -> int:
     start = time.monotonic()
     due = start
     skipped_reported = False
+    prev = None
     try:
         while True:
-            snap = categorized(scanner.refresh())
+            raw = scanner.refresh()
+            if prev is not None and raw.buffers is prev[0].buffers and raw.processes is prev[0].processes:
+                # nothing moved: keep the categorized objects too, so the recorder sees that
+                snap = replace(prev[1], taken_at=raw.taken_at)
+            else:
+                snap = categorized(raw)
+            prev = (raw, snap)
             rec.add(snap, pids=args.pid)
             if not skipped_reported:
                 report_skipped(snap, quiet=args.quiet)
