@@ -141,7 +141,9 @@ def render(state: TopState, height=None):
                 f"dma-buf exported: {'unknown' if exported is None else human(exported, raw)}\n")
     head.append(f"{len(rows)} processes, {len(snap.buffers)} buffers; scan {st.seconds * 1000:.0f} ms, "
                 f"{st.reread} of {st.processes} processes re-read"
-                + (f"; {snap.skipped.total} unreadable" if snap.skipped.total else ""))
+                + (f"; {len(snap.skipped.denied)} denied" if snap.skipped.denied else "")
+                + (f", {len(snap.skipped.vanished) + len(snap.skipped.unreadable)} not read"
+                   if len(snap.skipped.vanished) + len(snap.skipped.unreadable) else ""))
     table = Table(box=None, pad_edge=False, expand=True, show_edge=False, header_style="bold reverse")
     for title in ("PID", "Rss", "Pss", "Uss", "dPss", "dPss start", "Bufs"):
         table.add_column(title, justify="right", no_wrap=True)
