@@ -15,6 +15,9 @@ __version__ = "0.1.0"
 from .errors import MemtrackError, SourceError  # noqa: E402
 from .model import Snapshot, Buffer, Ref, Process  # noqa: E402
 from .account import account  # noqa: E402
+# Import the submodule now: importing it later would rebind the package attribute `scan`
+# from the function below to the module (memtrack.scan(...) -> "module is not callable").
+from . import scan as _scan_module  # noqa: E402,F401
 
 
 def open_source(path=None):

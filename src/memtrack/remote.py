@@ -310,7 +310,9 @@ class AdbTarget(Target):
         if p.returncode != 0 and not p.stdout:
             # exec-out unknown to an old adbd: the pty of `adb shell` mangles \n, which
             # decode() undoes for the stream format
-            q = _run(self._base() + ["shell", cmd + " -f stream"], "adb")
+            stream = list(args)
+            stream[1] = "stream"              # script_args() starts with -f FORMAT
+            q = _run(self._base() + ["shell", self.remote_command(stream)], "adb")
             self._check(q.returncode, q.stderr)
             if q.stdout:
                 return q.stdout

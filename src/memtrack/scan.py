@@ -263,10 +263,27 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     return obs
 
 
+def skipped_at_capture(src, pids, obs: Observations) -> None:
+    """A capture leaves out the processes it could not read; its meta.json lists them.
+    Count them as skipped here too, or a non-root capture would pass for a complete one."""
+    sk = src.meta().get("skipped")
+    if not isinstance(sk, dict) or getattr(src, "live", False):
+        return
+    want = None if pids is None else set(pids)
+    present = set(src.pids())
+    for key, seen in (("denied", obs.denied), ("vanished", obs.vanished), ("unreadable", obs.unreadable)):
+        lst = sk.get(key)
+        for pid in lst if isinstance(lst, list) else ():
+            if (isinstance(pid, int) and not isinstance(pid, bool) and pid not in present
+                    and pid not in seen and (want is None or pid in want)):
+                seen.append(pid)
+
+
 def scan(src, pids: Optional[Iterable[int]] = None, smaps: bool = False):
     from .build import build
     taken_at = src.taken_at()
     obs = collect(src, pids, smaps)
+    skipped_at_capture(src, pids, obs)
     notes = list(getattr(src, "problems", ()))
     hostname, kernel = host_info(src)
     scope = "all" if pids is None else "pids"

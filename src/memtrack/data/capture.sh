@@ -39,6 +39,7 @@ case $only in *[!0-9,\ ]*) die "-p takes a comma-separated list of pids";; esac
 [ -r /proc/self/status ] || die "/proc is not mounted"
 
 have() { command -v "$1" >/dev/null 2>&1; }
+for c in cat ls readlink; do have $c || die "$c not found: the capture needs sh, cat, ls and readlink"; done
 # Never echo data: dash's echo rewrites backslashes. mksh (Android's sh) has print.
 if [ -n "${KSH_VERSION:-}" ]; then put() { print -rn -- "$1"; }; else put() { printf %s "$1"; }; fi
 
