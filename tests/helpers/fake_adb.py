@@ -43,14 +43,21 @@ if mode == "unauthorized":
     fail("adb: device unauthorized.\nThis adb server's $ADB_VENDOR_KEYS is not set\n"
          "Try 'adb kill-server' if that seems wrong.\nOtherwise check for a confirmation dialog on your device.")
 env = dict(os.environ)
-if mode == "nocat":
-    env["PATH"] = "/nonexistent"
+bare = None
+if mode == "nocat":                 # a device whose PATH has a shell and nothing else
+    import tempfile
+    bare = tempfile.mkdtemp(prefix="fake-adb-")
+    os.symlink("/bin/sh", os.path.join(bare, "sh"))
+    env["PATH"] = bare
 if argv[0] == "exec-out":
     if mode == "noexec":
         fail("error: closed")
-    p = subprocess.run(["sh", "-c", argv[1]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    p = subprocess.run(["/bin/sh", "-c", argv[1]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    if bare:
+        import shutil
+        shutil.rmtree(bare)
     sys.stdout.buffer.write(p.stdout)
     sys.exit(0)          # like old adb: exec-out does not pass the exit status on
-p = subprocess.run(["sh", "-c", argv[1]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+p = subprocess.run(["/bin/sh", "-c", argv[1]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 sys.stdout.buffer.write(p.stdout.replace(b"\n", b"\r\n"))
 sys.exit(p.returncode)
