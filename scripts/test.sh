@@ -14,6 +14,8 @@ setpriv util-linux
 unshare util-linux
 gcc gcc
 busybox busybox
+mksh mksh
+toybox toybox
 sshd openssh-server
 ssh openssh-client
 PKGS

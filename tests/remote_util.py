@@ -41,17 +41,33 @@ class Holders:
             self.proc.wait()
 
 
-def busybox_path(tmp_path, applets=("sh", "cat", "ls", "readlink", "stat", "tar", "mkdir", "ln", "rm", "date")):
+APPLETS = ("cat", "ls", "readlink", "stat", "tar", "mkdir", "ln", "rm", "date")
+
+
+def busybox_path(tmp_path, applets=("sh",) + APPLETS):
     """A directory holding only busybox applets: PATH=it runs the script on busybox alone."""
     bb = shutil.which("busybox")
     if bb is None:
         pytest.skip("busybox is not installed (scripts/test.sh installs it as root)")
-    d = tmp_path / "bb-bin"
+    return _applet_dir(tmp_path / "bb-bin", {a: bb for a in applets})
+
+
+def android_path(tmp_path, applets=APPLETS):
+    """Android's userland: mksh as sh, toybox for the tools."""
+    mksh, toybox = shutil.which("mksh"), shutil.which("toybox")
+    if mksh is None or toybox is None:
+        pytest.skip("mksh or toybox is not installed (scripts/test.sh installs them as root)")
+    links = {a: toybox for a in applets}
+    links["sh"] = mksh
+    return _applet_dir(tmp_path / "android-bin", links)
+
+
+def _applet_dir(d, links):
     d.mkdir(exist_ok=True)
-    for a in applets:
-        link = d / a
+    for name, target in links.items():
+        link = d / name
         if not link.exists():
-            link.symlink_to(bb)
+            link.symlink_to(target)
     return str(d)
 
 

@@ -14,7 +14,7 @@ from memtrack import remote
 from memtrack.errors import SourceError
 from memtrack.scan import scan
 
-from remote_util import SCRIPT, SRC, Holders, assert_rich, busybox_path, numbers
+from remote_util import SCRIPT, SRC, Holders, android_path, assert_rich, busybox_path, numbers
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="map_files sizes need root")
 
@@ -33,18 +33,20 @@ def run_script(cmd, args, env=None):
     return p.stdout
 
 
-def shells(tmp_path):
-    out = [("dash", ["dash"], None)]
-    bb = busybox_path(tmp_path)
-    out.append(("busybox", [os.path.join(bb, "sh")], dict(os.environ, PATH=bb)))
-    return out
+def shell(tmp_path, name):
+    """(command, env) running the script on dash + this machine's tools, busybox alone, or
+    Android's mksh + toybox."""
+    if name == "dash":
+        return ["dash"], None
+    d = busybox_path(tmp_path) if name == "busybox" else android_path(tmp_path)
+    return [os.path.join(d, "sh")], dict(os.environ, PATH=d)
 
 
 @needs_root
 @pytest.mark.parametrize("fmt", ["stream", "tar"])
-@pytest.mark.parametrize("shell", ["dash", "busybox"])
-def test_script_capture_matches_live_scan(holders, tmp_path, shell, fmt):
-    name, cmd, env = {s[0]: s for s in shells(tmp_path)}[shell]
+@pytest.mark.parametrize("sh", ["dash", "busybox", "mksh+toybox"])
+def test_script_capture_matches_live_scan(holders, tmp_path, sh, fmt):
+    cmd, env = shell(tmp_path, sh)
     live = memtrack.scan(None, pids=holders.pids)
     out = run_script(cmd, ["-f", fmt, "-p", ",".join(map(str, holders.pids))], env)
     if fmt == "tar":
@@ -78,12 +80,12 @@ def test_whole_machine_capture_with_busybox(holders, tmp_path):
     assert numbers(snap.restrict(pids=set(holders.pids)), holders.pids)[0] == numbers(live, holders.pids)[0]
 
 
-def test_fdstat_dev_matches_os_stat(holders, tmp_path):
-    """dev as MM:mm hex from busybox stat's %d/%D, checked against os.stat of the same fd."""
+@pytest.mark.parametrize("sh", ["dash", "busybox", "mksh+toybox"])
+def test_fdstat_dev_matches_os_stat(holders, tmp_path, sh):
+    """dev as MM:mm hex from GNU, busybox and toybox stat's %d/%D, checked against os.stat."""
     from memtrack.sources.base import fmt_dev, parse_statfile
-    bb = busybox_path(tmp_path)
-    out = run_script([os.path.join(bb, "sh")], ["-f", "stream", "-p", str(holders.pid)],
-                     dict(os.environ, PATH=bb))
+    cmd, env = shell(tmp_path, sh)
+    out = run_script(cmd, ["-f", "stream", "-p", str(holders.pid)], env)
     tree = remote.decode(out)
     st = parse_statfile(tree.files[f"proc/{holders.pid}/fdstat"].decode(), False)
     assert len(st) >= 4
@@ -104,9 +106,9 @@ def test_without_stat_the_capture_still_reads(holders, tmp_path):
     assert not [k for k in tree.files if k.endswith(("fdstat", "mapstat"))]
     snap = scan(remote.TreeSource(tree, "t"), pids=holders.pids)
     live = memtrack.scan(None, pids=holders.pids)
-    ids = lambda s: sorted((b.kind, b.inode) for b in s.buffers)
-    assert ids(snap) == ids(live)
-    sysv = [b for b in snap.buffers if b.kind == "sysv"]
+    ids = lambda s: sorted((b.kind, b.inode, b.holders) for b in s.buffers if b.holders)
+    assert ids(snap) == ids(live) and len(ids(live)) == 6
+    sysv = [b for b in snap.buffers if b.kind == "sysv" and b.holders]
     assert [b.size for b in sysv] == [5 << 20]
 
 
@@ -116,8 +118,9 @@ def test_names_and_bytes_survive_the_stream(tmp_path):
     tag = "a b\\n\\\\c\n--mt- x"
     h = Holders(tag)
     try:
-        for cmd in (["dash"], [os.path.join(busybox_path(tmp_path), "sh")]):
-            out = run_script(cmd, ["-f", "stream", "-p", str(h.pid)])
+        for sh in ("dash", "busybox", "mksh+toybox"):
+            cmd, env = shell(tmp_path, sh)
+            out = run_script(cmd, ["-f", "stream", "-p", str(h.pid)], env)
             tree = remote.decode(out)
             base = f"proc/{h.pid}"
             with open(f"/proc/{h.pid}/cmdline", "rb") as f:
@@ -161,7 +164,8 @@ def test_non_root_capture_counts_what_it_could_not_read(holders, tmp_path):
 
 
 def test_script_parses_in_every_shell(tmp_path):
-    for cmd in (["dash", "-n"], [os.path.join(busybox_path(tmp_path), "sh"), "-n"]):
+    for sh in ("dash", "busybox", "mksh+toybox"):
+        cmd = shell(tmp_path, sh)[0] + ["-n"]
         p = subprocess.run(cmd + [SCRIPT], capture_output=True)
         assert p.returncode == 0, p.stderr
 
