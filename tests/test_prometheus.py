@@ -51,14 +51,15 @@ class Server:
             assert r.status == 200
             return r.read().decode()
 
-    def close(self):
+    def close(self) -> str:
+        """Stop the server; returns what it said on stderr after starting."""
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=20)
+            _, err = self.proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
-        self.proc.stderr.close()
+            _, err = self.proc.communicate()
+        return err or ""
 
 
 def samples(text):
@@ -308,3 +309,34 @@ def test_grafana_dashboard_uses_only_exported_metrics(holders):
                    "memtrack_gpu_resident_bytes", "memtrack_scrape_duration_seconds",
                    "memtrack_scrape_skipped_processes"):
         assert needed in used, needed
+
+
+def test_serve_refuses_a_source_it_cannot_read(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "memtrack", "serve", "--root", str(tmp_path / "nope.tar.gz"),
+                        "--listen", "127.0.0.1:0"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr == f"memtrack: {tmp_path / 'nope.tar.gz'}: no such file or directory\n"
+
+
+def test_serve_says_up_0_when_its_source_goes(holders, tmp_path):
+    """A capture served with --root, deleted while serving: memtrack_up 0, the reason said
+    once on stderr, the server still answers."""
+    cap = tmp_path / "cap.tar.gz"
+    p = subprocess.run([sys.executable, "-m", "memtrack", "capture", "-q", "-p",
+                        ",".join(map(str, holders.pids)), "-o", str(cap)], capture_output=True, text=True,
+                       env=ENV, timeout=120)
+    assert p.returncode == 0, p.stderr
+    srv = Server("--root", str(cap), "--min-interval", "0")
+    try:
+        before = samples(srv.scrape())
+        os.unlink(cap)
+        after = [samples(srv.scrape()) for _ in range(3)]
+    finally:
+        err = srv.close()
+    assert err.count("memtrack: scan failed:") == 1 and "no such file or directory" in err, err
+    assert before["memtrack_up"] == [({}, 1.0)]
+    assert holder_pss(before)["memfd"] == 16 * MiB
+    for s in after:
+        assert s["memtrack_up"] == [({}, 0.0)]
+        assert "memtrack_process_pss_bytes" not in s
+    assert after[-1]["memtrack_scans_total"][0][1] >= 4

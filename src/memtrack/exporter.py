@@ -66,6 +66,18 @@ class MemtrackCollector:
         self.log = log
         self.flight = SingleFlight(self._families, min_interval)
         self._last_error: Optional[str] = None
+        self._quiet = False
+
+    def prime(self) -> None:
+        """The first scan, before listening: a source that cannot be read at all (a missing
+        --root, no adb) is a usage error, not a server that only ever says up 0."""
+        self._quiet = True
+        try:
+            _, ok = self.flight.get()
+        finally:
+            self._quiet = False
+        if not ok:
+            raise MemtrackError(self._last_error or "the first scan failed")
 
     def _families(self) -> Tuple[List, bool]:
         from .views.prometheus import families
@@ -74,7 +86,7 @@ class MemtrackCollector:
             snap = self._scan()
         except Exception as exc:           # a server keeps serving: say so once, report up=0
             msg = str(exc) if isinstance(exc, MemtrackError) else f"{type(exc).__name__}: {exc}"
-            if msg != self._last_error:
+            if msg != self._last_error and not self._quiet:
                 print(f"memtrack: scan failed: {msg}", file=self.log, flush=True)
             self._last_error = msg
             return [], False

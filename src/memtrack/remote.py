@@ -261,10 +261,21 @@ class Target:
                               + (text or str(exc))) from None
 
 
+def _timeout() -> float:
+    try:
+        return float(os.environ.get("MEMTRACK_REMOTE_TIMEOUT", "600"))
+    except ValueError:
+        raise MemtrackError("MEMTRACK_REMOTE_TIMEOUT must be a number of seconds") from None
+
+
 def _run(cmd: List[str], what: str, stdin: Optional[bytes] = None):
+    limit = _timeout()
     try:
         return subprocess.run(cmd, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=None if stdin is not None else subprocess.DEVNULL)
+                              stdin=None if stdin is not None else subprocess.DEVNULL, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RemoteError(f"{what} gave no complete capture within {limit:g} s "
+                          "(MEMTRACK_REMOTE_TIMEOUT sets the limit)") from None
     except FileNotFoundError:
         raise RemoteError(f"{what} not found on PATH") from None
     except OSError as exc:
