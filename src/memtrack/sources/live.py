@@ -12,20 +12,21 @@ _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _CHUNK = 1 << 16
 
 
-def read_at(name, dir_fd=None) -> bytes:
-    """Whole file. procfs seq_files fill the buffer unless at EOF, so a short first read
-    (the common case) costs no second syscall."""
+def read_at(name, dir_fd=None, single=False) -> bytes:
+    """Whole file. Multi-record seq_files (maps, smaps, sysvipc) return about a page per
+    read(), so loop to EOF. single=True is for single_open files (fdinfo, status) and
+    cmdline, which return everything they have in the first read: a short read is EOF and
+    saves a syscall on the hot path."""
     fd = os.open(name, _O_READ, dir_fd=dir_fd)
     try:
         data = os.read(fd, _CHUNK)
-        if len(data) < _CHUNK:
+        if single and len(data) < _CHUNK:
             return data
         parts = [data]
-        while True:
-            data = os.read(fd, _CHUNK * 4)
-            if not data:
-                return b"".join(parts)
+        while data:
+            data = os.read(fd, _CHUNK)
             parts.append(data)
+        return b"".join(parts)
     finally:
         os.close(fd)
 
@@ -45,12 +46,26 @@ class LiveProc(ProcReader):
         return os.listdir(self._fddir)
 
     @translated
+    def fd_targets(self):
+        # the hot loop of a scan: one readlink per fd, kept free of per-call overhead
+        d = self._fddir = os.open("fd", _O_DIR, dir_fd=self._dir)
+        readlink = os.readlink
+        out = []
+        append = out.append
+        for fd in os.listdir(d):
+            try:
+                append((fd, readlink(fd, dir_fd=d)))
+            except FileNotFoundError:
+                continue          # closed between listdir and readlink
+        return out
+
+    @translated
     def readlink(self, fd):
         return os.readlink(fd, dir_fd=self._fddir)
 
     @translated
     def fdinfo(self, fd):
-        return read_at("fdinfo/" + fd, self._dir).decode("utf-8", "surrogateescape")
+        return read_at("fdinfo/" + fd, self._dir, single=True).decode("utf-8", "surrogateescape")
 
     @translated
     def fdstat(self, fd):
@@ -72,15 +87,15 @@ class LiveProc(ProcReader):
 
     @translated
     def status(self):
-        return read_at("status", self._dir).decode("utf-8", "surrogateescape")
+        return read_at("status", self._dir, single=True).decode("utf-8", "surrogateescape")
 
     @translated
     def cmdline(self):
-        return read_at("cmdline", self._dir)
+        return read_at("cmdline", self._dir, single=True)
 
     @translated
     def read_comm(self):
-        return read_at("comm", self._dir)
+        return read_at("comm", self._dir, single=True)
 
     def close(self):
         for fd in (self._fddir, self._dir):
