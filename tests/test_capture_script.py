@@ -224,3 +224,26 @@ def test_stream_drop_records():
     t = remote.parse_stream(data)
     assert t.files == {"proc/7/comm": b"no newline at end"}
     assert t.links == {} and t.dirs == {"proc/5/fd"}
+
+
+def test_script_captures_a_real_dmabuf_where_cuda_exists(tmp_path):
+    """Where a GPU is: a CUDA dma-buf (nv_dmabuf) through the script, fdinfo and all."""
+    from test_tag import EXPORTER, _cuda_present
+    if not _cuda_present():
+        pytest.skip("no CUDA driver (libcuda.so.1) on this machine")
+    holder = subprocess.Popen([sys.executable, "-c", EXPORTER], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        line = holder.stdout.readline().split()
+        if not line or line[0] == "SKIP":
+            pytest.skip(" ".join(line[1:]) or "the CUDA exporter died")
+        pids = [holder.pid]
+        live = memtrack.scan(None, pids=pids)
+        tree = remote.decode(run_script(["dash"], ["-f", "stream", "-p", str(holder.pid)]))
+        snap = scan(remote.TreeSource(tree, "t"), pids=pids)
+        assert numbers(snap, pids) == numbers(live, pids)
+        bufs = [b for b in snap.buffers if b.kind == "dmabuf" and b.holders == (holder.pid,)]
+        assert [(b.size, b.exporter) for b in bufs] == [(2 << 20, "nv_dmabuf")]
+    finally:
+        holder.stdin.close()
+        holder.wait()

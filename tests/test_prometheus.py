@@ -340,3 +340,37 @@ def test_serve_says_up_0_when_its_source_goes(holders, tmp_path):
         assert s["memtrack_up"] == [({}, 0.0)]
         assert "memtrack_process_pss_bytes" not in s
     assert after[-1]["memtrack_scans_total"][0][1] >= 4
+
+
+def test_textfile_of_a_fixture_exact_numbers(tmp_path):
+    """dma-bufs by exporter, kernel-only bytes and GPU resident memory, from a tree in the
+    kernel's formats: one amdgpu client shared by two processes counts once."""
+    import kfixture
+    amd = kfixture.fdinfo_generic(1082, "02100002", 24) + (
+        "drm-driver:\tamdgpu\ndrm-client-id:\t30\ndrm-pdev:\t0000:04:00.0\n"
+        "drm-total-vram:\t36152 KiB\ndrm-resident-vram:\t36152 KiB\n"
+        "drm-total-gtt:\t15892 KiB\ndrm-resident-gtt:\t15892 KiB\ndrm-engine-gfx:\t4087540 ns\n")
+    t = kfixture.Tree()
+    t.proc(100, "compositor").dmabuf(3, 7, 8 * MiB, "system", "fb0").fd(4, "/dev/dri/renderD128", amd)
+    t.proc(101, "game").dmabuf(5, 7, 8 * MiB, "system", "fb0").fd(6, "/dev/dri/renderD128", amd) \
+        .dmabuf(7, 9, 3 * MiB, "amdgpu")
+    t.bufinfo([{"size": 8 * MiB, "exporter": "system", "ino": 7, "count": 2, "name": "fb0"},
+               {"size": 3 * MiB, "exporter": "amdgpu", "ino": 9},
+               {"size": 5 * MiB, "exporter": "amdgpu", "ino": 11}])      # held by no process
+    root = t.write_dir(str(tmp_path / "tree"))
+    out = tmp_path / "m.prom"
+    p = subprocess.run([sys.executable, "-m", "memtrack", "--root", root, "textfile", "-q", "-o", str(out)],
+                       capture_output=True, text=True, env=ENV, timeout=60)
+    assert p.returncode == 0, p.stderr
+    s = samples(out.read_text())
+    by_exp = {}
+    for lab, v in s["memtrack_buffer_bytes"]:
+        by_exp[(lab["kind"], lab["exporter"])] = by_exp.get((lab["kind"], lab["exporter"]), 0) + v
+    assert by_exp == {("dmabuf", "system"): 8 * MiB, ("dmabuf", "amdgpu"): 8 * MiB}
+    assert s["memtrack_kernel_only_bytes"] == [({}, 5 * MiB)]
+    assert s["memtrack_held_bytes"] == [({}, 11 * MiB)]
+    assert s["memtrack_dmabuf_exported_bytes"] == [({}, 16 * MiB)]
+    assert {(lab["comm"], lab["kind"]): v for lab, v in s["memtrack_process_pss_bytes"]} == \
+        {("compositor", "dmabuf"): 4 * MiB, ("game", "dmabuf"): 7 * MiB}
+    assert {(lab["driver"], lab["device"], lab["region"]): v for lab, v in s["memtrack_gpu_resident_bytes"]} == \
+        {("amdgpu", "0000:04:00.0", "vram"): 36152 * 1024, ("amdgpu", "0000:04:00.0", "gtt"): 15892 * 1024}
