@@ -247,3 +247,20 @@ def test_script_captures_a_real_dmabuf_where_cuda_exists(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait()
+
+
+@needs_root
+@pytest.mark.parametrize("sh", ["dash", "mksh+toybox"])
+def test_smaps_travel_with_the_capture(holders, tmp_path, sh):
+    """--smaps: the script sends smaps of processes mapping buffers; in_rss agrees with live."""
+    from memtrack.account import account
+    cmd, env = shell(tmp_path, sh)
+    pids = holders.pids
+    out = run_script(cmd, ["--smaps", "-p", ",".join(map(str, pids))], env)
+    tree = remote.decode(out)
+    assert all(f"proc/{pid}/smaps" in tree.files for pid in pids)
+    snap = scan(remote.TreeSource(tree, "t"), pids=pids, smaps=True)
+    live = memtrack.scan(None, pids=pids, smaps=True)
+    got = {pid: account(snap).processes[pid].total.in_rss for pid in pids}
+    assert got == {pid: account(live).processes[pid].total.in_rss for pid in pids}
+    assert got[holders.pid] >= 16 << 10             # the pages the holder wrote

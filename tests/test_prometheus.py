@@ -374,3 +374,17 @@ def test_textfile_of_a_fixture_exact_numbers(tmp_path):
         {("compositor", "dmabuf"): 4 * MiB, ("game", "dmabuf"): 7 * MiB}
     assert {(lab["driver"], lab["device"], lab["region"]): v for lab, v in s["memtrack_gpu_resident_bytes"]} == \
         {("amdgpu", "0000:04:00.0", "vram"): 36152 * 1024, ("amdgpu", "0000:04:00.0", "gtt"): 15892 * 1024}
+
+
+def test_without_prometheus_client_one_line(tmp_path):
+    """The core stays stdlib-only: on a Python without prometheus_client (3.9 -S here), serve
+    and textfile say what to install, in one line, exit 2."""
+    from test_oldest_python import PY39
+    if PY39 is None:
+        pytest.skip("no Python 3.9 interpreter on this machine")
+    for args in (["serve"], ["textfile", "-o", str(tmp_path / "m.prom")]):
+        p = subprocess.run([PY39, "-S", "-m", "memtrack"] + args, capture_output=True, text=True,
+                           env=ENV, timeout=60)
+        assert p.returncode == 2
+        assert p.stderr == "memtrack: prometheus_client is not installed: pip install 'memtrack[prometheus]'\n"
+    assert os.listdir(tmp_path) == []

@@ -33,6 +33,9 @@ mo = os.memfd_create("map-only " + tag)             # map only: the size is in m
 os.ftruncate(mo, 6 << 20)
 m3 = mmap.mmap(mo, 6 << 20)
 os.close(mo)
+m1[:4096] = b"x" * 4096                             # resident pages, for in_rss (--smaps)
+m2[:4096] = b"y" * 4096
+anon[:8192] = b"z" * 8192
 r, w = os.pipe()
 child = os.fork()
 if child == 0:
