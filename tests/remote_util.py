@@ -7,8 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPERS = os.path.join(HERE, "helpers")
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -46,6 +44,7 @@ APPLETS = ("cat", "ls", "readlink", "stat", "tar", "mkdir", "ln", "rm", "date")
 
 def busybox_path(tmp_path, applets=("sh",) + APPLETS):
     """A directory holding only busybox applets: PATH=it runs the script on busybox alone."""
+    import pytest
     bb = shutil.which("busybox")
     if bb is None:
         pytest.skip("busybox is not installed (scripts/test.sh installs it as root)")
@@ -54,6 +53,7 @@ def busybox_path(tmp_path, applets=("sh",) + APPLETS):
 
 def android_path(tmp_path, applets=APPLETS):
     """Android's userland: mksh as sh, toybox for the tools."""
+    import pytest
     mksh, toybox = shutil.which("mksh"), shutil.which("toybox")
     if mksh is None or toybox is None:
         pytest.skip("mksh or toybox is not installed (scripts/test.sh installs them as root)")

@@ -264,3 +264,42 @@ def test_smaps_travel_with_the_capture(holders, tmp_path, sh):
     got = {pid: account(snap).processes[pid].total.in_rss for pid in pids}
     assert got == {pid: account(live).processes[pid].total.in_rss for pid in pids}
     assert got[holders.pid] >= 16 << 10             # the pages the holder wrote
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_non_root_capture_of_own_processes_matches_non_root_scan(tmp_path):
+    """The Android shell-user case: as nobody, of nobody's own processes. Map-only sizes are
+    unknown to both (map_files needs CAP_SYS_ADMIN); everything else agrees."""
+    import shutil
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    probe = subprocess.run(drop + [sys.executable, "-c", "import memtrack"], capture_output=True,
+                           env=dict(os.environ, PYTHONPATH=SRC), cwd="/")
+    if probe.returncode != 0:
+        pytest.skip("nobody cannot run this interpreter or read src/: " + probe.stderr.decode()[-200:])
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = subprocess.Popen(drop + [sys.executable, os.path.join(here, "helpers", "holder.py")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        pids = [int(x) for x in h.stdout.readline().split()[:2]]
+        code = ("import json, memtrack; from remote_util import numbers; "
+                f"print(json.dumps(numbers(memtrack.scan(None, pids={pids}), {pids})))")
+        r = subprocess.run(drop + [sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
+                           env=dict(os.environ, PYTHONPATH=f"{SRC}:{here}"))
+        assert r.returncode == 0, r.stderr
+        with open(SCRIPT, "rb") as f:
+            p = subprocess.run(drop + ["dash", "-s", "--", "-p", ",".join(map(str, pids))], stdin=f,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", timeout=60)
+        assert p.returncode == 0, p.stderr
+        tree = remote.decode(p.stdout)
+        assert not [k for k in tree.files if k.endswith("mapstat")]
+        got = numbers(scan(remote.TreeSource(tree, "t"), pids=pids), pids)
+        assert json.loads(json.dumps(got)) == json.loads(r.stdout)
+        total = got[0][pids[0]][0]
+        assert total["unknown_size"] == 2           # the map-only memfd and the shared anonymous map
+        assert total["rss"] == (3 + 7 + 2 + 5) << 20
+    finally:
+        h.stdin.write("\n")
+        h.stdin.close()
+        h.wait()

@@ -31,8 +31,11 @@ addr = libc.shmat(shmid, None, 0)
 anon = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_SHARED)   # shared anonymous: /dev/zero (deleted)
 mo = os.memfd_create("map-only " + tag)             # map only: the size is in mapstat alone
 os.ftruncate(mo, 6 << 20)
-m3 = mmap.mmap(mo, 6 << 20)
-os.close(mo)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+if libc.mmap(None, 6 << 20, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, mo, 0) in (None, ctypes.c_void_p(-1).value):
+    sys.exit("mmap failed")
+os.close(mo)                                         # (mmap.mmap would keep a dup of the fd)
 m1[:4096] = b"x" * 4096                             # resident pages, for in_rss (--smaps)
 m2[:4096] = b"y" * 4096
 anon[:8192] = b"z" * 8192
