@@ -82,7 +82,12 @@ if [ "$fmt" = tar ]; then
   f_drop() { rm -rf "$1"; }
 else
   B=$(cat /proc/sys/kernel/random/uuid 2>/dev/null)
-  [ -n "$B" ] || B=$$-$(cat /proc/uptime 2>/dev/null)
+  case $B in *[!0-9a-f-]*) B=;; esac
+  if [ -z "$B" ]; then              # no uuid (an LSM may hide it): what the shell has
+    up=; read -r up rest < /proc/uptime 2>/dev/null
+    B=$$-${RANDOM:-0}-${RANDOM:-0}-${RANDOM:-0}-$up
+    case $B in *[!0-9.-]*) B=$$;; esac
+  fi
   B=--mt-$B
   put "memtrack-stream 1 $B$nl"
   f_dir() { for _d do put "$nl$B D $_d$nl"; done; }

@@ -28,10 +28,12 @@ def run(args) -> int:
     if not args.min_interval >= 0:
         raise MemtrackError("--min-interval must be 0 or more seconds")
     collector = MemtrackCollector(lambda: load_snapshot(args), args.min_interval, per_pid=args.per_pid)
-    from ...exporter import parse_listen
-    parse_listen(args.listen)             # a bad address is reported before any scan
-    collector.prime()
-    server = make_server(args.listen, collector)
+    server = make_server(args.listen, collector)     # bound first: a bad address costs no scan
+    try:
+        collector.prime()
+    except BaseException:
+        server.server_close()
+        raise
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"memtrack: serving http://{shown}:{port}/metrics", file=sys.stderr, flush=True)
