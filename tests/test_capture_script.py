@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -303,3 +304,35 @@ def test_non_root_capture_of_own_processes_matches_non_root_scan(tmp_path):
         h.stdin.write("\n")
         h.stdin.close()
         h.wait()
+
+
+def test_a_cut_tar_is_refused(tmp_path):
+    """The tar is followed by the script's end line; without it (cut at a member boundary,
+    which tar readers would take for a whole archive) the capture is refused."""
+    out = run_script(["dash"], ["-f", "tar", "-p", str(os.getpid())])
+    assert out.endswith(b"\nmemtrack-tar-end 1\n")
+    assert remote.decode(out, complete=True).format == "tar"
+    end = out.rindex(b"\nmemtrack-tar-end")
+    cut = out[:512 * 3]                                # whole blocks: a clean member boundary
+    for bad in (out[:end], cut):
+        with pytest.raises(SourceError, match="truncated"):
+            remote.decode(bad, complete=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_boundary_without_the_kernel_uuid(tmp_path):
+    """/proc/sys/kernel/random/uuid hidden (bind-mounted /dev/null in a private mount
+    namespace): the script makes its boundary from what the shell has, and still works."""
+    import shutil
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        "mount --bind /dev/null /proc/sys/kernel/random/uuid && exec dash \"$0\" -f stream -p $1",
+                        SCRIPT, str(os.getpid())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    if p.returncode != 0 and b"mount" in p.stderr:
+        pytest.skip("cannot bind-mount here: " + p.stderr.decode()[-200:])
+    assert p.returncode == 0, p.stderr
+    first = p.stdout.split(b"\n", 1)[0]
+    assert re.fullmatch(rb"memtrack-stream 1 --mt-\d+-0-0-0-[\d.]+", first), first
+    tree = remote.decode(p.stdout)
+    assert f"proc/{os.getpid()}/status" in tree.files

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -142,8 +143,13 @@ def looks_like_tar(data: bytes) -> bool:
     return data[:2] == b"\x1f\x8b" or (len(data) >= 262 and data[257:262] == b"ustar")
 
 
-def decode(data: bytes) -> Tree:
-    """Whatever the script printed: its stream format, or a (possibly compressed) tar."""
+TAR_END = re.compile(rb"\nmemtrack-tar-end \d+\n\Z")
+
+
+def decode(data: bytes, complete: bool = False) -> Tree:
+    """Whatever the script printed: its stream format, or a (possibly compressed) tar.
+    complete: the output comes straight from the script, so a tar must end with the
+    script's end line (a tar cut at a member boundary would otherwise read as whole)."""
     if data.startswith(STREAM_MAGIC):
         first = data.split(b"\n", 1)[0]
         if first.endswith(b"\r"):
@@ -151,6 +157,8 @@ def decode(data: bytes) -> Tree:
             data = data.replace(b"\r\n", b"\n")
         return parse_stream(data)
     if looks_like_tar(data):
+        if complete and not TAR_END.search(data[-64:]):
+            raise SourceError("capture tar stream is truncated (no end line): the script stopped early")
         tree = parse_tar(data)
         if "proc" not in tree.dirs and not any(k.startswith("proc/") for k in tree.files):
             raise SourceError("the tar stream holds no proc/ tree: not a memtrack capture")
@@ -254,7 +262,7 @@ class Target:
     def capture(self, fmt: str = "auto", pids=None, smaps: bool = False) -> Tree:
         out = self.run_script(script_args(fmt, pids, smaps))
         try:
-            return decode(out)
+            return decode(out, complete=True)
         except SourceError as exc:
             text = _tail(out) if out and not looks_like_tar(out) and not out.startswith(STREAM_MAGIC) else ""
             raise RemoteError(f"capture script failed on {self.label}: "

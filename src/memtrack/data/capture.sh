@@ -13,6 +13,7 @@
 #   <B> is a fresh random boundary per run (the kernel's uuid), so no captured byte can
 #   end a body early. T: D dir, F file, L symlink (body = target), X drop file <path>
 #   (its read failed half way), Z drop the tree <path> (the process went away), E end.
+#   The tar is followed by a line `memtrack-tar-end N` for the same purpose as E.
 # Only fds that look like buffers (memfd, dma-buf, /dev/shm, ashmem, /dev/zero, DRM)
 # are readlink'ed and get their fdinfo read: one `ls -l` per process finds them.
 LC_ALL=C
@@ -144,6 +145,7 @@ statlines() {
 }
 
 denied= vanished= unreadable= nproc=0
+plainchars='A-Za-z0-9._:/@+=,() -'     # a bracket expression; - last is literal
 root=0
 [ "$uid" = 0 ] && root=1
 
@@ -158,23 +160,37 @@ cap_proc() {
     return
   fi
   f_dir "$p/fd" "$p/fdinfo"
-  bfds=
+  # One `ls -l` names every fd's target. Its text is trusted for targets of plain
+  # characters when every line is an entry (a target holding a newline splits a line);
+  # the others are read again with readlink. A shell has no arrays: t_<fd> variables.
+  bfds= plain=1
   _o=$IFS; IFS=$nl; set -- $lst; IFS=$_o
   for line do
-    case $line in *" -> "*) ;; *) continue;; esac
+    case $line in l*" -> "*) ;; total*) continue;; *) plain=0; continue;; esac
     left=${line%% -> *} tgt=${line#* -> }
     fd=${left##* }
     case $fd in ''|*[!0-9]*) continue;; esac
     case $tgt in
-      /memfd:*|/dmabuf*|/dev/shm/*|/dev/ashmem*|"/dev/zero (deleted)"|anon_inode:dmabuf|/dev/dri/*) bfds="$bfds $fd";;
+      /memfd:*|/dmabuf*|/dev/shm/*|/dev/ashmem*|"/dev/zero (deleted)"|anon_inode:dmabuf|/dev/dri/*)
+        bfds="$bfds $fd"
+        case $tgt in *[!$plainchars]*) eval "t_$fd=";; *) eval "t_$fd=\$tgt";; esac;;
     esac
   done
   sts=
   for fd in $bfds; do
-    t=$(readlink "$d/fd/$fd" 2>/dev/null) || continue
-    [ -n "$t" ] || continue
+    t=
+    [ $plain = 1 ] && eval "t=\$t_$fd"
+    if [ -z "$t" ]; then
+      t=$(readlink "$d/fd/$fd" 2>/dev/null) || continue
+      [ -n "$t" ] || continue
+    fi
     f_link "$p/fd/$fd" "$t"
-    f_file "$p/fdinfo/$fd" "$d/fdinfo/$fd"
+    # fdinfo: where the scan needs it (dma-buf exporter/name/count, DRM clients, ashmem),
+    # or where no stat gives memfd/shm their identity
+    case $t in
+      /memfd:*|/dev/shm/*|"/dev/zero (deleted)") [ $statok = 1 ] || f_file "$p/fdinfo/$fd" "$d/fdinfo/$fd";;
+      *) f_file "$p/fdinfo/$fd" "$d/fdinfo/$fd";;
+    esac
     sts="$sts $d/fd/$fd"
   done
   if [ -n "$sts" ] && [ $statok = 1 ]; then
@@ -273,6 +289,8 @@ f_data meta.json "$meta$nl"
 
 if [ "$fmt" = tar ]; then
   tar -cf - . 2>"$stage.err" || { cat "$stage.err" >&2; die "tar failed"; }
+  # after the tar's end blocks (tar readers stop there): proof that nothing was cut off
+  put "${nl}memtrack-tar-end $nproc$nl"
 else
   put "$nl$B E $nproc$nl"
 fi
