@@ -73,7 +73,7 @@ def test_adb_view_matches_live_scan(holders, adb_env):
     (argv,) = calls(log)
     assert argv[:3] == ["-s", "emulator-5554", "exec-out"] and len(argv) == 4
     assert argv[3].startswith("sh -c '# memtrack capture script")
-    assert argv[3].endswith("' memtrack-capture -f auto")
+    assert argv[3].endswith("' memtrack-capture -f stream")
 
 
 @needs_root
@@ -81,15 +81,16 @@ def test_adb_capture_writes_an_archive(holders, adb_env, tmp_path):
     env, log = adb_env
     out = tmp_path / "phone.tar.gz"
     pids = ",".join(map(str, holders.pids))
-    p = memtrack_cli(["capture", "--adb", "-p", pids, "-o", str(out)], env)
+    p = memtrack_cli(["capture", "--adb", "--format", "tar", "-p", pids, "-o", str(out)], env)
     assert p.returncode == 0, p.stderr
     assert "wrote" in p.stderr
     (argv,) = calls(log)
-    assert argv[0] == "exec-out" and argv[1].endswith(f"' memtrack-capture -f auto -p {pids}")
+    assert argv[0] == "exec-out" and argv[1].endswith(f"' memtrack-capture -f tar -p {pids}")
     with tarfile.open(out) as tf:
         meta = json.load(tf.extractfile("meta.json"))
         names = tf.getnames()
     assert meta["transport"] == "adb:" and meta["captured_by"] == "memtrack-capture.sh"
+    assert meta["format"]["script_output"] == "tar"
     assert f"proc/{holders.pid}/fdstat" in names
     live = memtrack.scan(None, pids=holders.pids)
     assert numbers(memtrack.scan(str(out), pids=holders.pids), holders.pids) == numbers(live, holders.pids)

@@ -39,7 +39,13 @@ def script_text() -> str:
         return f.read()
 
 
-def script_args(fmt: str = "auto", pids: Optional[Sequence[int]] = None, smaps: bool = False) -> List[str]:
+# What memtrack asks the script for. The stream: no writes on the device, and on a machine
+# with ~1,000 processes and 20,000 buffer fds 9 s against 38 s for tar, whose staging costs
+# an `ln -s` per fd (busybox, 2 cores). The script alone still prefers tar (-f auto).
+DEFAULT_FORMAT = "stream"
+
+
+def script_args(fmt: str = DEFAULT_FORMAT, pids: Optional[Sequence[int]] = None, smaps: bool = False) -> List[str]:
     args = ["-f", fmt]
     if pids is not None:
         args += ["-p", ",".join(str(int(p)) for p in sorted(pids))]
@@ -201,7 +207,7 @@ def archive_meta(tree: Tree, transport: str) -> dict:
     meta["transport"] = transport
     meta["format"] = {"fdstat": "fd dev ino size mode(octal)",
                       "mapstat": "start-end dev ino size mode(octal)",
-                      "script_output": tree.format if meta.get("format") is None else meta.get("format")}
+                      "script_output": tree.format}
     return meta
 
 
@@ -259,7 +265,7 @@ class Target:
     def run_script(self, args: List[str]) -> bytes:
         raise NotImplementedError
 
-    def capture(self, fmt: str = "auto", pids=None, smaps: bool = False) -> Tree:
+    def capture(self, fmt: str = DEFAULT_FORMAT, pids=None, smaps: bool = False) -> Tree:
         out = self.run_script(script_args(fmt, pids, smaps))
         try:
             return decode(out, complete=True)

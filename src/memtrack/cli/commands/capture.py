@@ -16,9 +16,10 @@ def add_arguments(p):
     p.add_argument("-o", "--output", metavar="FILE.tar.gz", help="archive to write")
     p.add_argument("--print-script", action="store_true",
                    help="print the POSIX sh capture script (for targets without Python) and exit")
-    p.add_argument("--format", choices=("auto", "tar", "stream"), default="auto",
-                   help="with --adb/--ssh: how the script sends the capture (auto: tar when the "
-                        "target has tar and a writable temp dir, else its own stream format)")
+    p.add_argument("--format", choices=("stream", "tar", "auto"), default="stream",
+                   help="with --adb/--ssh: how the script sends the capture: its own stream format "
+                        "(default: nothing written on the device, fastest), tar (staged in a temp dir "
+                        "there), auto (tar when the device has tar and a writable temp dir)")
 
 
 def run(args) -> int:
