@@ -73,7 +73,7 @@ def test_script_capture_matches_live_scan(holders, tmp_path, sh, fmt):
 def test_whole_machine_capture_with_busybox(holders, tmp_path):
     """No -p: every process, as `memtrack --adb` does; the holders still agree."""
     bb = busybox_path(tmp_path)
-    out = run_script([os.path.join(bb, "sh")], [], dict(os.environ, PATH=bb))
+    out = run_script([os.path.join(bb, "sh")], ["-f", "stream"], dict(os.environ, PATH=bb))
     snap = scan(remote.TreeSource(remote.decode(out), "t"))
     assert snap.scope == "all"
     assert len(snap.processes) >= 2
