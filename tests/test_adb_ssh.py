@@ -224,3 +224,23 @@ def test_ssh_script_failure_shows_its_stderr(sshd, monkeypatch):
     with pytest.raises(remote.RemoteError, match=r"capture script failed on testbox \(exit 2\): "
                                                  r"memtrack-capture: -f must be auto, tar or stream"):
         t.run_script(["-f", "zip"])
+
+
+@needs_root
+@pytest.mark.parametrize("view", [["ps"], ["buffers"], ["show", "HOLDER"], ["summary"], ["matrix"], ["gpu"],
+                                  ["dmabuf-dump"], ["ps", "--csv"], ["buffers", "--json"]])
+def test_every_view_over_adb(holders, adb_env, view):
+    env, log = adb_env
+    args = [str(holders.pid) if a == "HOLDER" else a for a in view]
+    p = memtrack_cli(["--adb", "emulator-5554"] + args + ["-q"], env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout
+    if view[0] in ("ps", "show", "matrix") and "--json" not in view:
+        assert "mt-holder" in p.stdout or str(holders.pid) in p.stdout
+    assert len(calls(log)) == 1
+
+
+def test_tag_refuses_a_device(adb_env):
+    env, log = adb_env
+    one_line_error(memtrack_cli(["--adb", "tag", "1", "3", "x"], env), "--adb/--ssh only capture a device")
+    assert not log.exists()
