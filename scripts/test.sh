@@ -13,6 +13,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 setpriv util-linux
 unshare util-linux
 gcc gcc
+busybox busybox
+mksh mksh
+toybox toybox
+sshd openssh-server
+ssh openssh-client
 PKGS
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq

@@ -258,3 +258,13 @@ def test_restrict_keeps_pss(tmp_path):
     view = snap.restrict(pids={1602})
     assert account(view).processes[1602].total.pss == 1000
     assert [p.pid for p in view.processes] == [1602]
+
+
+def test_capture_without_a_dmabuf_fdinfo_falls_back_to_fdstat(tmp_path):
+    # fdinfo could not be read when the capture was taken, but stat could
+    t = Tree()
+    t.proc(1700, "a").fd(3, "/dmabuf:", None).stat(3, "00:0c", 44, 8192)
+    snap, acct = scan_both(t, tmp_path)
+    b = bid(snap, "dmabuf", 44)
+    assert (b.size, b.size_from, b.exporter, b.holders) == (8192, "stat", None, (1700,))
+    assert any("fdinfo unreadable for 1 buffer fds" in n for n in snap.notes)

@@ -50,11 +50,20 @@ def build_parser():
     return parser, mods
 
 
+def _adb_before_command(argv, mods):
+    """`memtrack --adb buffers`: the optional SERIAL of --adb must not swallow a command name."""
+    out = list(argv)
+    for i, a in enumerate(out[:-1]):
+        if a == "--adb" and out[i + 1] in mods:
+            out[i] = "--adb="
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser, mods = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_adb_before_command(argv, mods))
         name = args.command or DEFAULT
         return mods[name].run(args) or 0
     except MemtrackError as exc:

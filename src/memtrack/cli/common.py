@@ -37,6 +37,10 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="only these processes (comma-separated); sharing is still counted over all")
     g.add_argument("--kind", type=_kind_list, metavar="KINDS", default=d(None),
                    help=f"only these kinds ({','.join(KINDS)})")
+    g.add_argument("--adb", nargs="?", const="", metavar="SERIAL", default=d(None),
+                   help="capture an Android device through adb (the one connected, or SERIAL) and analyze it here")
+    g.add_argument("--ssh", metavar="HOST", default=d(None),
+                   help="capture HOST through ssh (no Python needed there) and analyze it here")
     g.add_argument("--smaps", action="store_true", default=d(False),
                    help="also read smaps: how much of each buffer is already counted in RSS (in_rss)")
     g.add_argument("--rules", metavar="FILE", default=d(None),
@@ -54,8 +58,23 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 def get_snapshot(args, pids_for_scan=None) -> Snapshot:
     """The snapshot the options name. -p restricts the view, not the scan: pss needs every holder."""
+    snap = load_snapshot(args, pids_for_scan)
+    report_skipped(snap, quiet=getattr(args, "quiet", False))
+    return snap
+
+
+def load_snapshot(args, pids_for_scan=None) -> Snapshot:
+    """get_snapshot without the notes on stderr (for servers that scan again and again)."""
     from ..scan import scan
     from ..sources import open_source
+    from ..remote import target_from_args
+    target = target_from_args(args)
+    if target is not None:
+        from ..remote import TreeSource, transport_name
+        tree = target.capture(pids=pids_for_scan, smaps=getattr(args, "smaps", False))
+        snap = scan(TreeSource(tree, transport_name(target)), pids=pids_for_scan,
+                    smaps=getattr(args, "smaps", False))
+        return with_categories(snap, args)
     src = open_source(getattr(args, "root", None))
     if isinstance(src, Snapshot):
         snap = src
@@ -66,7 +85,6 @@ def get_snapshot(args, pids_for_scan=None) -> Snapshot:
             snap = scan(src, pids=pids_for_scan, smaps=getattr(args, "smaps", False))
         finally:
             src.close()
-    report_skipped(snap, quiet=getattr(args, "quiet", False))
     return with_categories(snap, args, overwrite=not isinstance(src, Snapshot))
 
 

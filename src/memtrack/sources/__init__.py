@@ -29,6 +29,10 @@ def open_source(path=None):
     if head.lstrip()[:1] == b"{":
         from .snapshot_file import load_snapshot
         return load_snapshot(path)
+    if head.startswith(b"memtrack-stream "):       # the sh capture script's own format
+        from ..remote import TreeSource, parse_stream
+        with open(path, "rb") as f:
+            return TreeSource(parse_stream(f.read()), f"archive:{path}")
     from .archive import ArchiveSource, looks_like_archive
     if looks_like_archive(path, head):
         return ArchiveSource(path)

@@ -116,7 +116,14 @@ class PathProc(ProcReader):
         return self.src.readlink(f"{self.base}/fd/{fd}")
 
     def fdinfo(self, fd):
-        return self.src.read_text(f"{self.base}/fdinfo/{fd}")
+        try:
+            return self.src.read_text(f"{self.base}/fdinfo/{fd}")
+        except Vanished:
+            if self.src.exists(f"{self.base}/fd/{fd}"):
+                # the capture has the fd but not its fdinfo (unreadable when captured):
+                # the fd is real, only its details are missing
+                raise Unreadable(f"{self.base}/fdinfo/{fd}: not captured") from None
+            raise
 
     def _sidecar(self, name, key_is_range):
         try:

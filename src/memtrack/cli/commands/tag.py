@@ -17,6 +17,8 @@ def run(args) -> int:
     from ...tag import tag
     if args.root:
         raise MemtrackError("tag acts on this machine; --root is for reading captures")
+    if getattr(args, "adb", None) is not None or getattr(args, "ssh", None):
+        raise MemtrackError("tag acts on this machine; --adb/--ssh only capture a device")
     if args.tag_pid <= 0 or args.tag_fd < 0:
         raise MemtrackError("tag: PID must be positive and FD not negative")
     target = tag(args.tag_pid, args.tag_fd, args.tag_name)

@@ -1,0 +1,46 @@
+"""memtrack serve: a Prometheus /metrics endpoint (needs prometheus_client)."""
+from __future__ import annotations
+
+import sys
+
+from ...errors import MemtrackError
+from ..common import load_snapshot
+
+NAME = "serve"
+HELP = "serve Prometheus metrics over HTTP (/metrics); scans at most once per --min-interval"
+ORDER = 20
+
+
+def add_arguments(p):
+    p.add_argument("--listen", default="127.0.0.1:9846", metavar="[HOST]:PORT",
+                   help="address to listen on (default 127.0.0.1:9846: this machine only; "
+                        ":9846 for every interface)")
+    p.add_argument("--min-interval", type=float, default=10.0, metavar="SECONDS",
+                   help="scan at most once per this many seconds, however many scrapers (default 10)")
+    p.add_argument("--per-pid", action="store_true",
+                   help="a pid label on the per-process metrics (one series per process: mind the cardinality)")
+
+
+def run(args) -> int:
+    from ...views.prometheus import require_client
+    from ...exporter import MemtrackCollector, make_server
+    require_client()
+    if not args.min_interval >= 0:
+        raise MemtrackError("--min-interval must be 0 or more seconds")
+    collector = MemtrackCollector(lambda: load_snapshot(args), args.min_interval, per_pid=args.per_pid)
+    server = make_server(args.listen, collector)     # bound first: a bad address costs no scan
+    try:
+        collector.prime()
+    except BaseException:
+        server.server_close()
+        raise
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"memtrack: serving http://{shown}:{port}/metrics", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,41 @@
+"""memtrack textfile -o DIR/memtrack.prom: the metrics of `serve`, written for
+node_exporter's textfile collector, atomically (temp file + rename in the same directory;
+the temp name does not end in .prom, so the collector never reads it)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from ...errors import MemtrackError
+from ..common import get_snapshot
+
+NAME = "textfile"
+HELP = "write the Prometheus metrics to a file for node_exporter's textfile collector"
+ORDER = 21
+
+
+def add_arguments(p):
+    p.add_argument("-o", "--output", required=True, metavar="DIR/memtrack.prom", help="file to write")
+    p.add_argument("--per-pid", action="store_true", help="a pid label on the per-process metrics")
+
+
+def write(path: str, data: bytes) -> None:
+    from ...util.atomic import atomic_write
+    try:
+        atomic_write(path, data, 0o644)
+    except OSError as exc:
+        raise MemtrackError(f"{path}: {exc.strerror or exc}") from None
+
+
+def run(args) -> int:
+    from ...views.prometheus import families, render, require_client
+    require_client()
+    if os.path.isdir(args.output):
+        raise MemtrackError(f"{args.output}: is a directory (name the file, e.g. {args.output.rstrip('/')}/memtrack.prom)")
+    t0 = time.monotonic()
+    snap = get_snapshot(args)
+    write(args.output, render(families(snap, per_pid=args.per_pid, scan_seconds=time.monotonic() - t0)))
+    if not args.quiet:
+        print(f"memtrack: wrote {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,296 @@
+# memtrack capture script: POSIX sh, for targets without Python (phones over adb, boards
+# over ssh). Needs sh, cat, ls, readlink; uses stat for the fdstat/mapstat sidecars, and
+# tar + mkdir + ln + rm with a writable directory for the tar format. No root needed;
+# as root it sees every process and the map_files sizes of map-only buffers.
+#
+#   sh capture.sh [-f auto|tar|stream] [-p PID,PID...] [--smaps] [-t TMPDIR] > capture
+#
+# Writes the memtrack capture layout (proc/<pid>/{comm,cmdline,status,maps,fd/<n>,
+# fdinfo/<n>,fdstat,mapstat}, proc/sysvipc/shm, sys/kernel/..., meta.json) to stdout:
+# - tar: staged in TMPDIR, then one uncompressed tar stream;
+# - stream: nothing written on the target. A first line `memtrack-stream 1 <B>`, then
+#   records, each `\n<B> <T> <path>\n<body>`, the body running up to the next `\n<B> `.
+#   <B> is a fresh random boundary per run (the kernel's uuid), so no captured byte can
+#   end a body early. T: D dir, F file, L symlink (body = target), X drop file <path>
+#   (its read failed half way), Z drop the tree <path> (the process went away), E end.
+#   The tar is followed by a line `memtrack-tar-end N` for the same purpose as E.
+# Only fds that look like buffers (memfd, dma-buf, /dev/shm, ashmem, /dev/zero, DRM)
+# are readlink'ed and get their fdinfo read: one `ls -l` per process finds them.
+LC_ALL=C
+export LC_ALL
+umask 077
+set -f
+nl='
+'
+me=memtrack-capture
+die() { echo "$me: $*" >&2; exit 2; }
+
+fmt=auto only= smaps=0 tmp=${TMPDIR:-}
+while [ $# -gt 0 ]; do
+  case $1 in
+    -f|-p|-t) [ $# -ge 2 ] || die "$1 needs a value"
+              case $1 in -f) fmt=$2;; -p) only=$2;; -t) tmp=$2;; esac; shift;;
+    --smaps) smaps=1;;
+    *) die "unknown argument: $1";;
+  esac
+  shift
+done
+case $fmt in auto|tar|stream) ;; *) die "-f must be auto, tar or stream";; esac
+case $only in *[!0-9,\ ]*) die "-p takes a comma-separated list of pids";; esac
+[ -r /proc/self/status ] || die "/proc is not mounted"
+
+have() { command -v "$1" >/dev/null 2>&1; }
+for c in cat ls readlink; do have $c || die "$c not found: the capture needs sh, cat, ls and readlink"; done
+# Never echo data: dash's echo rewrites backslashes. mksh (Android's sh) has print.
+if [ -n "${KSH_VERSION:-}" ]; then put() { print -rn -- "$1"; }; else put() { printf %s "$1"; }; fi
+
+uid=
+while read -r k v rest; do
+  case $k in Uid:) uid=$v; break;; esac
+done < /proc/self/status
+case $uid in ''|*[!0-9]*) uid=;; esac
+
+statok=0
+if have stat && stat -L -c '%d %D %i %s %f' /proc/self >/dev/null 2>&1; then statok=1; fi
+
+stage=
+cleanup() { [ -n "$stage" ] && rm -rf "$stage" "$stage.err"; }
+if [ "$fmt" != stream ]; then
+  if have tar && have mkdir && have ln && have rm; then
+    for dir in "$tmp" /data/local/tmp /tmp "${HOME:-}"; do
+      [ -n "$dir" ] && [ -d "$dir" ] && [ -w "$dir" ] || continue
+      if mkdir "$dir/$me.$$" 2>/dev/null; then stage=$dir/$me.$$; break; fi
+    done
+  fi
+  if [ -n "$stage" ]; then
+    fmt=tar
+    trap cleanup EXIT
+    trap 'exit 1' INT TERM HUP
+  elif [ "$fmt" = tar ]; then
+    die "tar format needs tar, mkdir, ln, rm and a writable directory (-t DIR)"
+  else
+    fmt=stream
+  fi
+fi
+
+if [ "$fmt" = tar ]; then
+  cd "$stage" || die "cannot enter $stage"
+  # relative paths from here on: ours never hold spaces, TMPDIR may
+  f_dir() { mkdir -p "$@"; }
+  f_file() { cat "$2" > "$1" 2>/dev/null || { rm -f "$1"; return 1; }; }
+  f_data() { put "$2" > "$1"; }
+  f_link() { ln -s -- "$2" "$1" 2>/dev/null; }
+  f_drop() { rm -rf "$1"; }
+else
+  B=$(cat /proc/sys/kernel/random/uuid 2>/dev/null)
+  case $B in *[!0-9a-f-]*) B=;; esac
+  if [ -z "$B" ]; then              # no uuid (an LSM may hide it): what the shell has
+    up=; read -r up rest < /proc/uptime 2>/dev/null
+    B=$$-${RANDOM:-0}-${RANDOM:-0}-${RANDOM:-0}-$up
+    case $B in *[!0-9.-]*) B=$$;; esac
+  fi
+  B=--mt-$B
+  put "memtrack-stream 1 $B$nl"
+  f_dir() { for _d do put "$nl$B D $_d$nl"; done; }
+  f_file() { put "$nl$B F $1$nl"; cat "$2" 2>/dev/null || { put "$nl$B X $1$nl"; return 1; }; }
+  f_data() { put "$nl$B F $1$nl$2"; }
+  f_link() { put "$nl$B L $1$nl$2"; }
+  f_drop() { put "$nl$B Z $1$nl"; }
+fi
+
+# Numbers without printf (mksh has none built in); results in R.
+tohex() {
+  _n=$1 _h=
+  while [ "$_n" -gt 0 ]; do
+    case $((_n & 15)) in 10) _c=a;; 11) _c=b;; 12) _c=c;; 13) _c=d;; 14) _c=e;; 15) _c=f;; *) _c=$((_n & 15));; esac
+    _h=$_c$_h _n=$((_n >> 4))
+  done
+  R=${_h:-0}
+}
+tooct() {
+  _n=$1 _h=
+  while [ "$_n" -gt 0 ]; do _h=$((_n & 7))$_h _n=$((_n >> 3)); done
+  R=${_h:-0}
+}
+# st_dev as "MM:mm" hex from stat's %d (decimal) and %D (hex) of the same value. They are
+# checked against each other (a stat that swapped them still decodes), and decoded with
+# glibc's dev_t layout using 32-bit arithmetic only (mksh), which covers majors < 4096.
+devfmt() {
+  case $1 in ''|*[!0-9]*) return 1;; esac
+  case $2 in ''|*[!0-9a-fA-F]*) return 1;; esac
+  [ ${#1} -le 10 ] && [ ${#2} -le 8 ] || return 1
+  if [ $((0x$2)) = "$1" ]; then _v=$1
+  elif [ $((0x$1)) = "$2" ]; then _v=$2
+  else return 1
+  fi
+  tohex $(((_v >> 8) & 4095)); _maj=$R
+  tohex $(((_v & 255) | ((_v >> 12) & 1048320))); R=$_maj:$R
+}
+nozeros() { _z=$1; while [ ${#_z} -gt 1 ]; do case $_z in 0*) _z=${_z#0};; *) break;; esac; done; R=$_z; }
+# `stat -L -c '%n %d %D %i %s %f'` lines -> sidecar lines `key dev ino size mode(octal)`,
+# key = the last path component (fd number, or start-end for map_files)
+statlines() {
+  S=
+  _o=$IFS; IFS=$nl; set -- $1; IFS=$_o
+  for _l do
+    set -- $_l
+    [ $# -eq 6 ] || continue
+    case $4$5 in *[!0-9]*) continue;; esac
+    case $6 in *[!0-9a-fA-F]*) continue;; esac
+    devfmt "$2" "$3" || continue
+    _dev=$R
+    tooct $((0x$6))
+    S="$S${1##*/} $_dev $4 $5 $R$nl"
+  done
+}
+
+denied= vanished= unreadable= nproc=0
+plainchars='A-Za-z0-9._:/@+=,() -'     # a bracket expression; - last is literal
+root=0
+[ "$uid" = 0 ] && root=1
+
+cap_proc() {
+  pid=$1 d=/proc/$1 p=proc/$1
+  lst=$(ls -l "$d/fd" 2>/dev/null)
+  if [ -z "$lst" ] && ! ls "$d/fd" >/dev/null 2>&1; then
+    if [ ! -d "$d" ]; then vanished="$vanished $pid"
+    elif [ -r "$d/fd" ]; then unreadable="$unreadable $pid"
+    else denied="$denied $pid"
+    fi
+    return
+  fi
+  f_dir "$p/fd" "$p/fdinfo"
+  # One `ls -l` names every fd's target. Its text is trusted for targets of plain
+  # characters when every line is an entry (a target holding a newline splits a line);
+  # the others are read again with readlink. A shell has no arrays: t_<fd> variables.
+  bfds= plain=1
+  _o=$IFS; IFS=$nl; set -- $lst; IFS=$_o
+  for line do
+    case $line in l*" -> "*) ;; total*) continue;; *) plain=0; continue;; esac
+    left=${line%% -> *} tgt=${line#* -> }
+    fd=${left##* }
+    case $fd in ''|*[!0-9]*) continue;; esac
+    case $tgt in
+      /memfd:*|/dmabuf*|/dev/shm/*|/dev/ashmem*|"/dev/zero (deleted)"|anon_inode:dmabuf|/dev/dri/*)
+        bfds="$bfds $fd"
+        case $tgt in *[!$plainchars]*) eval "t_$fd=";; *) eval "t_$fd=\$tgt";; esac;;
+    esac
+  done
+  sts=
+  for fd in $bfds; do
+    t=
+    [ $plain = 1 ] && eval "t=\$t_$fd"
+    if [ -z "$t" ]; then
+      t=$(readlink "$d/fd/$fd" 2>/dev/null) || continue
+      [ -n "$t" ] || continue
+    fi
+    f_link "$p/fd/$fd" "$t"
+    # fdinfo: where the scan needs it (dma-buf exporter/name/count, DRM clients, ashmem),
+    # or where no stat gives memfd/shm their identity
+    case $t in
+      /memfd:*|/dev/shm/*|"/dev/zero (deleted)") [ $statok = 1 ] || f_file "$p/fdinfo/$fd" "$d/fdinfo/$fd";;
+      *) f_file "$p/fdinfo/$fd" "$d/fdinfo/$fd";;
+    esac
+    sts="$sts $d/fd/$fd"
+  done
+  if [ -n "$sts" ] && [ $statok = 1 ]; then
+    statlines "$(stat -L -c '%n %d %D %i %s %f' $sts 2>/dev/null)"
+    [ -n "$S" ] && f_data "$p/fdstat" "$S"
+  fi
+  if [ $root = 1 ] || [ $smaps = 1 ]; then
+    # parse maps here: which shared buffer mappings to stat through map_files, and smaps
+    if ! m=$(cat "$d/maps" 2>/dev/null); then gone "$pid"; return; fi
+    f_data "$p/maps" "$m${m:+$nl}"
+    mf= nbm=0
+    _o=$IFS; IFS=$nl; set -- $m; IFS=$_o
+    for line do
+      case $line in */*) path=/${line#*/};; *) continue;; esac
+      perms=${line#* }; perms=${perms%% *}
+      case $perms in ???s) ;; *) continue;; esac
+      case $path in /memfd:*|/dmabuf:*|/dev/shm/*|/SYSV*|"/dev/zero (deleted)"|/dev/ashmem*) ;; *) continue;; esac
+      nbm=1
+      r=${line%% *}
+      nozeros "${r%-*}"; a=$R
+      nozeros "${r#*-}"
+      mf="$mf $d/map_files/$a-$R"
+    done
+    if [ -n "$mf" ] && [ $root = 1 ] && [ $statok = 1 ]; then
+      statlines "$(stat -L -c '%n %d %D %i %s %f' $mf 2>/dev/null)"
+      [ -n "$S" ] && f_data "$p/mapstat" "$S"
+    fi
+    if [ $smaps = 1 ] && [ $nbm = 1 ]; then
+      f_file "$p/smaps" "$d/smaps" || { gone "$pid"; return; }
+    fi
+  else
+    f_file "$p/maps" "$d/maps" || { gone "$pid"; return; }
+  fi
+  f_file "$p/status" "$d/status" || { gone "$pid"; return; }
+  f_file "$p/cmdline" "$d/cmdline" || { gone "$pid"; return; }
+  f_file "$p/comm" "$d/comm"
+  nproc=$((nproc + 1))
+}
+
+# A process whose read failed half way is dropped whole, as the Python scanner does.
+gone() {
+  f_drop "proc/$1"
+  if [ ! -d "/proc/$1" ]; then vanished="$vanished $1"
+  elif [ -r "/proc/$1/maps" ]; then unreadable="$unreadable $1"
+  else denied="$denied $1"
+  fi
+}
+
+taken=$(date -u +%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+case $taken in *[!0-9TZ:-]*) taken=;; esac
+
+f_dir proc proc/sys/kernel proc/sysvipc
+f_file proc/sys/kernel/hostname /proc/sys/kernel/hostname
+f_file proc/sys/kernel/osrelease /proc/sys/kernel/osrelease
+f_file proc/sysvipc/shm /proc/sysvipc/shm
+if [ -r /sys/kernel/debug/dma_buf/bufinfo ]; then
+  f_dir sys/kernel/debug/dma_buf
+  f_file sys/kernel/debug/dma_buf/bufinfo /sys/kernel/debug/dma_buf/bufinfo || :
+fi
+if [ ! -r /sys/kernel/debug/dma_buf/bufinfo ] && [ -d /sys/kernel/dmabuf/buffers ]; then
+  dl=
+  for n in $(ls /sys/kernel/dmabuf/buffers 2>/dev/null); do
+    case $n in *[!0-9]*) continue;; esac
+    dl="$dl sys/kernel/dmabuf/buffers/$n"
+  done
+  f_dir sys/kernel/dmabuf/buffers $dl
+  for n in $dl; do
+    f_file "$n/size" "/$n/size" || :
+    f_file "$n/exporter_name" "/$n/exporter_name" || :
+  done
+fi
+
+if [ -n "$only" ]; then
+  pids=$(IFS=', '; for x in $only; do echo "$x"; done)
+  scope=pids
+else
+  pids=$(ls /proc)
+  scope=all
+fi
+for pid in $pids; do
+  case $pid in ''|*[!0-9]*) continue;; esac
+  cap_proc "$pid"
+done
+
+jlist() { _j=; for _x in $1; do _j="$_j${_j:+, }$_x"; done; R="[$_j]"; }
+meta="{\"tool\": \"$me.sh\", \"script_version\": 1, \"format\": \"$fmt\""
+[ -n "$taken" ] && meta="$meta, \"taken_at\": \"$taken\""
+[ -n "$uid" ] && meta="$meta, \"uid\": $uid"
+meta="$meta, \"scope\": \"$scope\""
+if [ $scope = pids ]; then jlist "$pids"; meta="$meta, \"pids\": $R"; fi
+meta="$meta, \"processes\": $nproc, \"stat\": $([ $statok = 1 ] && echo true || echo false)"
+jlist "$denied"; meta="$meta, \"skipped\": {\"denied\": $R"
+jlist "$vanished"; meta="$meta, \"vanished\": $R"
+jlist "$unreadable"; meta="$meta, \"unreadable\": $R}}"
+f_data meta.json "$meta$nl"
+
+if [ "$fmt" = tar ]; then
+  tar -cf - . 2>"$stage.err" || { cat "$stage.err" >&2; die "tar failed"; }
+  # after the tar's end blocks (tar readers stop there): proof that nothing was cut off
+  put "${nl}memtrack-tar-end $nproc$nl"
+else
+  put "$nl$B E $nproc$nl"
+fi

@@ -1,0 +1,164 @@
+"""Prometheus metrics from a snapshot: pure functions building prometheus_client metric
+families (the client is imported lazily: the core library stays stdlib-only).
+
+  memtrack_buffer_bytes{kind,category,exporter}   sizes of every buffer (held + kernel-only)
+  memtrack_buffers{kind,category,exporter}        how many buffers
+  memtrack_buffers_unknown_size{kind}             buffers whose size could not be known
+  memtrack_process_pss_bytes{comm,kind[,pid]}     pss summed over processes of one name
+  memtrack_process_rss_bytes{comm,kind[,pid]}     rss likewise (a buffer counts once per process)
+  memtrack_processes{comm[,pid]}                  processes of that name holding buffers
+  memtrack_held_bytes, memtrack_kernel_only_bytes (absent when unknown),
+  memtrack_dmabuf_exported_bytes (absent without a kernel dma-buf table)
+  memtrack_gpu_resident_bytes{driver,device,region}  DRM clients, each (device, client) once
+  memtrack_scrape_duration_seconds, memtrack_scrape_skipped_processes{reason}
+Labels are never absent: an unknown category or exporter is "".
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ..account import account
+
+KIND_HELP = "dmabuf, memfd, shm (POSIX), sysv, shmem (shared anonymous), ashmem"
+
+
+def _get(obj, key):
+    if isinstance(obj, dict):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def gpu_resident(snap) -> Dict[Tuple[str, str, str], int]:
+    """(driver, device, region) -> resident bytes. Read defensively: the gpu section of the
+    snapshot (DRM client fdinfo) may be absent, dicts or objects. A client appears once per
+    holding process; it is counted once per (driver, device, client id)."""
+    out: Dict[Tuple[str, str, str], int] = defaultdict(int)
+    seen = set()
+    for g in getattr(snap, "gpu", None) or ():
+        driver = str(_get(g, "driver") or "")
+        device = str(_get(g, "pdev") or _get(g, "device") or _get(g, "dev") or "")
+        cid = _get(g, "client_id")
+        if cid is not None:
+            if (driver, device, cid) in seen:
+                continue
+            seen.add((driver, device, cid))
+        regions = _get(g, "regions") or {}
+        if not isinstance(regions, dict):
+            continue
+        for region, r in regions.items():
+            res = _get(r, "resident") if not isinstance(r, int) else r
+            if isinstance(res, int) and not isinstance(res, bool):
+                out[(driver, device, str(region))] += res
+    return dict(out)
+
+
+def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) -> List:
+    from prometheus_client.core import GaugeMetricFamily
+
+    acct = account(snap)
+    fams = []
+
+    size = GaugeMetricFamily("memtrack_buffer_bytes",
+                             f"Bytes of shared buffers by kind ({KIND_HELP}), category and exporter: "
+                             "every buffer the snapshot knows, held or kernel-only",
+                             labels=["kind", "category", "exporter"])
+    count = GaugeMetricFamily("memtrack_buffers", "Number of shared buffers",
+                              labels=["kind", "category", "exporter"])
+    unknown = GaugeMetricFamily("memtrack_buffers_unknown_size",
+                                "Buffers whose size could not be known (not in memtrack_buffer_bytes)",
+                                labels=["kind"])
+    by: Dict[tuple, List[int]] = defaultdict(lambda: [0, 0])
+    unk: Dict[str, int] = defaultdict(int)
+    for b in snap.buffers:
+        key = (b.kind, b.category or "", b.exporter or "")
+        by[key][1] += 1
+        if b.size is None:
+            unk[b.kind] += 1
+        else:
+            by[key][0] += b.size
+    for key in sorted(by):
+        size.add_metric(list(key), by[key][0])
+        count.add_metric(list(key), by[key][1])
+    for kind in sorted(unk):
+        unknown.add_metric([kind], unk[kind])
+    fams += [size, count, unknown]
+
+    labels = ["comm", "kind"] + (["pid"] if per_pid else [])
+    pss = GaugeMetricFamily("memtrack_process_pss_bytes",
+                            "Proportional share of shared buffers, summed over the processes of one name"
+                            + (" (per pid)" if per_pid else ""), labels=labels)
+    rss = GaugeMetricFamily("memtrack_process_rss_bytes",
+                            "Shared buffers a process holds, each once, summed over the processes of one name"
+                            + (" (per pid)" if per_pid else ""), labels=labels)
+    nproc = GaugeMetricFamily("memtrack_processes", "Processes holding shared buffers",
+                              labels=["comm"] + (["pid"] if per_pid else []))
+    agg: Dict[tuple, List[int]] = defaultdict(lambda: [0, 0])
+    nagg: Dict[tuple, int] = defaultdict(int)
+    for p in snap.processes:
+        pu = acct.processes.get(p.pid)
+        if pu is None:
+            continue
+        who = (p.comm or "?",) + ((str(p.pid),) if per_pid else ())
+        nagg[who] += 1
+        for kind, u in pu.by_kind.items():
+            a = agg[(who[0], kind) + who[1:]]
+            a[0] += u.pss
+            a[1] += u.rss
+    for key in sorted(agg):
+        pss.add_metric(list(key), agg[key][0])
+        rss.add_metric(list(key), agg[key][1])
+    for key in sorted(nagg):
+        nproc.add_metric(list(key), nagg[key])
+    fams += [pss, rss, nproc]
+
+    fams.append(GaugeMetricFamily("memtrack_held_bytes",
+                                  "Bytes of buffers some process holds (fd or mapping), each once",
+                                  value=acct.held_bytes))
+    if acct.kernel_only_bytes is not None:
+        fams.append(GaugeMetricFamily("memtrack_kernel_only_bytes",
+                                      "Bytes of buffers the kernel reports that no process holds",
+                                      value=acct.kernel_only_bytes))
+    if snap.kernel.dmabuf_exported_bytes is not None:
+        fams.append(GaugeMetricFamily("memtrack_dmabuf_exported_bytes",
+                                      f"All dma-buf bytes the kernel table lists ({snap.kernel.dmabuf_source})",
+                                      value=snap.kernel.dmabuf_exported_bytes))
+    gpu = GaugeMetricFamily("memtrack_gpu_resident_bytes",
+                            "DRM client memory resident per driver, device and region (fdinfo drm-resident-*)",
+                            labels=["driver", "device", "region"])
+    for key, v in sorted(gpu_resident(snap).items()):
+        gpu.add_metric(list(key), v)
+    fams.append(gpu)
+    if scan_seconds is not None:
+        fams.append(GaugeMetricFamily("memtrack_scrape_duration_seconds",
+                                      "Seconds the scan behind these numbers took", value=scan_seconds))
+    sk = GaugeMetricFamily("memtrack_scrape_skipped_processes",
+                           "Processes the scan could not read, by reason", labels=["reason"])
+    for reason in ("denied", "vanished", "unreadable"):
+        sk.add_metric([reason], len(getattr(snap.skipped, reason)))
+    fams.append(sk)
+    return fams
+
+
+class _Static:
+    def __init__(self, fams: Iterable):
+        self.fams = list(fams)
+
+    def collect(self):
+        return iter(self.fams)
+
+
+def render(fams: Iterable) -> bytes:
+    """The text exposition format of these families."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Static(fams))
+    return generate_latest(reg)
+
+
+def require_client() -> None:
+    from ..errors import MemtrackError
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise MemtrackError("prometheus_client is not installed: pip install 'memtrack[prometheus]'") from None
