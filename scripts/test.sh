@@ -30,4 +30,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# optional extras (top: rich, plot: matplotlib): their tests skip when these cannot be installed
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[top,plot]' \
+  || echo "test.sh: the top/plot extras could not be installed; their tests will be skipped" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,101 @@
+"""memtrack record -o history.db: append snapshots of this machine to an SQLite history."""
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import replace
+import sys
+import time
+
+from ...errors import MemtrackError
+from ..common import report_skipped
+
+NAME = "record"
+HELP = "append a snapshot every INTERVAL seconds to an SQLite history (for report, plot, export-trace)"
+ORDER = 30
+
+
+def duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if not m:
+        import argparse
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30, 90s, 5m, 2h)")
+    mult = {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return float(m.group(1)) * mult
+
+
+def add_arguments(p):
+    p.add_argument("-o", "--output", required=True, metavar="history.db", help="database to create or append to")
+    p.add_argument("-i", "--interval", type=duration, default=1.0, metavar="SECONDS",
+                   help="seconds between snapshots (default 1)")
+    p.add_argument("--duration", type=duration, default=None, metavar="D",
+                   help="stop after D (30, 90s, 5m, 2h); default: until Ctrl-C or SIGTERM")
+    p.add_argument("-n", "--count", type=int, default=None, metavar="N", help="stop after N snapshots")
+    p.add_argument("--verify-every", type=int, default=30, metavar="K",
+                   help="re-read every process at least once per K snapshots even if its "
+                        "signature did not change (default 30; 1 = full scans)")
+
+
+def categorizer(args):
+    """Issue 3's category rules, resolved once for the whole recording, where that code is
+    present; otherwise buffers keep the category they have (none)."""
+    try:
+        from ...categories import categorize, load_rules
+    except ImportError:
+        return lambda snap: snap
+    rules = load_rules(getattr(args, "rules", None))
+    return lambda snap: categorize(snap, rules)
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args) -> int:
+    from ...history import Recorder, check_path_writable
+    from ...incremental import IncrementalScanner
+    if args.root:
+        raise MemtrackError("record watches this machine; --root is for reading captures")
+    if args.interval < 0 or (args.count is not None and args.count < 1):
+        raise MemtrackError("--interval must be >= 0 and --count >= 1")
+    check_path_writable(args.output)
+    # -p narrows what is stored, not what is scanned: pss needs every holder
+    scanner = IncrementalScanner(smaps=args.smaps, verify_every=args.verify_every)
+    categorized = categorizer(args)
+    rec = Recorder(args.output, interval=args.interval)
+    old = signal.signal(signal.SIGTERM, _stop)
+    start = time.monotonic()
+    due = start
+    skipped_reported = False
+    prev = None
+    try:
+        while True:
+            raw = scanner.refresh()
+            if prev is not None and raw.buffers is prev[0].buffers and raw.processes is prev[0].processes:
+                # nothing moved: keep the categorized objects too, so the recorder sees that
+                snap = replace(prev[1], taken_at=raw.taken_at)
+            else:
+                snap = categorized(raw)
+            prev = (raw, snap)
+            rec.add(snap, pids=args.pid)
+            if not skipped_reported:
+                report_skipped(snap, quiet=args.quiet)
+                skipped_reported = True
+            if args.count is not None and rec.snapshots >= args.count:
+                break
+            due += args.interval
+            now = time.monotonic()
+            if args.duration is not None and due - start > args.duration + 1e-9:
+                break
+            if due > now:
+                time.sleep(due - now)
+            else:
+                due = now                       # fell behind: no burst to catch up
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        rec.close()
+    if not args.quiet:
+        print(f"memtrack: recorded {rec.snapshots} snapshots to {args.output}", file=sys.stderr)
+    return 0

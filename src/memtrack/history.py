@@ -1,0 +1,635 @@
+"""Recorded history: snapshots appended to an SQLite database, read back as time series.
+
+Storage is by *spans*, not by copies: a buffer, a reference (process x buffer with its fds
+and mappings), a process's usage and a category's total are each one row for as long as they
+stay the same, holding the first and last snapshot they were seen in (last NULL: still there
+at the latest snapshot). A snapshot in which nothing changed costs one row in ``snapshots``,
+so a day at 1 s on a busy desktop stays a few MB. Each snapshot is written in one
+transaction (WAL journal): a recorder killed at any point loses at most the snapshot it was
+writing, and readers never see half of one.
+
+Schema version 1 (``meta`` key ``schema``):
+  meta(key, value)                          schema, created_at, tool
+  runs(id, started, interval, hostname, kernel)       one per `memtrack record`
+  snapshots(id, run, t, taken_at, complete, held_bytes, kernel_only_bytes,
+            dmabuf_exported_bytes, processes, buffers, denied)
+  buffers(id, kind, dev, inode, size, exporter, name, category, nattch)   distinct buffer states
+  processes(id, pid, comm, cmdline, uid)                                  distinct processes
+  refs(id, process, buffer, fds, vmas)                                    distinct references
+  buffer_spans(buffer, first, last)    ref_spans(ref, first, last)
+  usage_spans(process, rss, pss, uss, buffers, mapped, first, last)
+  category_spans(category, bytes, buffers, first, last)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .account import account
+from .errors import MemtrackError, SourceError
+from .model import Snapshot
+from .views.table import human
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, started REAL NOT NULL, interval REAL,
+    hostname TEXT, kernel TEXT);
+CREATE TABLE IF NOT EXISTS snapshots(id INTEGER PRIMARY KEY, run INTEGER NOT NULL, t REAL NOT NULL,
+    taken_at TEXT, complete INTEGER, held_bytes INTEGER, kernel_only_bytes INTEGER,
+    dmabuf_exported_bytes INTEGER, processes INTEGER, buffers INTEGER, denied INTEGER);
+CREATE TABLE IF NOT EXISTS buffers(id INTEGER PRIMARY KEY, kind TEXT NOT NULL, dev TEXT,
+    inode INTEGER, size INTEGER, exporter TEXT, name TEXT, category TEXT, nattch INTEGER);
+CREATE TABLE IF NOT EXISTS processes(id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, comm TEXT,
+    cmdline TEXT, uid INTEGER);
+CREATE TABLE IF NOT EXISTS refs(id INTEGER PRIMARY KEY, process INTEGER NOT NULL,
+    buffer INTEGER NOT NULL, fds TEXT NOT NULL, vmas TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS buffer_spans(buffer INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER);
+CREATE TABLE IF NOT EXISTS ref_spans(ref INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER);
+CREATE TABLE IF NOT EXISTS usage_spans(process INTEGER NOT NULL, rss INTEGER, pss INTEGER,
+    uss INTEGER, buffers INTEGER, mapped INTEGER, first INTEGER NOT NULL, last INTEGER);
+CREATE TABLE IF NOT EXISTS category_spans(category TEXT NOT NULL, bytes INTEGER, buffers INTEGER,
+    first INTEGER NOT NULL, last INTEGER);
+"""
+_SPAN_TABLES = ("buffer_spans", "ref_spans", "usage_spans", "category_spans")
+
+
+def category_of(b) -> str:
+    """The buffer's category (issue 3's rules) where set, else its kind."""
+    return b.category or b.kind
+
+
+def _connect(path: str, timeout: float = 5.0) -> sqlite3.Connection:
+    try:
+        con = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise SourceError(f"{path}: {exc}") from None
+    return con
+
+
+def _check_schema(con: sqlite3.Connection, path: str) -> None:
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise SourceError(f"{path}: not a memtrack history database ({exc})") from None
+    if row is None:
+        raise SourceError(f"{path}: not a memtrack history database (no schema version)")
+    if row[0] != str(SCHEMA_VERSION):
+        raise SourceError(f"{path}: history schema {row[0]} (this memtrack reads {SCHEMA_VERSION})")
+
+
+class Recorder:
+    """rec = Recorder("history.db"); rec.add(snapshot); ...; rec.close()"""
+
+    def __init__(self, path: str, interval: Optional[float] = None):
+        self.path = path
+        exists = os.path.exists(path) and os.path.getsize(path) > 0
+        self._lock = _lock_exclusive(path)
+        try:
+            self.con = con = _connect(path)
+        except BaseException:
+            os.close(self._lock)
+            raise
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            if exists:
+                _check_schema(con, path)
+            else:
+                con.execute("BEGIN IMMEDIATE")
+                for stmt in _DDL.strip().split(";"):
+                    if stmt.strip():
+                        con.execute(stmt)
+                con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("schema", str(SCHEMA_VERSION)),
+                    ("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                    ("tool", f"memtrack {__version__}")])
+                con.execute("COMMIT")
+            con.execute("BEGIN IMMEDIATE")
+            # a previous run ended (or was killed): what it left open ended at its last snapshot
+            last = con.execute("SELECT max(id) FROM snapshots").fetchone()[0]
+            if last is not None:
+                for table in _SPAN_TABLES:
+                    con.execute(f"UPDATE {table} SET last = ? WHERE last IS NULL", (last,))
+            self.run = con.execute("INSERT INTO runs(started, interval) VALUES (?, ?)",
+                                   (time.time(), interval)).lastrowid
+            con.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            os.close(self._lock)
+            raise SourceError(f"{path}: {exc}") from None
+        self._buffers = {row[1:]: row[0] for row in con.execute(
+            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
+        self._procs = {row[1:]: row[0] for row in con.execute(
+            "SELECT id, pid, comm, cmdline, uid FROM processes")}
+        self._refs = {row[1:]: row[0] for row in con.execute(
+            "SELECT id, process, buffer, fds, vmas FROM refs")}
+        self._open: Dict[str, Dict[object, Tuple[int, object]]] = {t: {} for t in _SPAN_TABLES}
+        self._prev: Optional[int] = None
+        self._host_written = False
+        self._same = None          # (buffers, processes, pids, row values) of the last snapshot
+        self.snapshots = 0
+
+    def _intern(self, cache: dict, table: str, cols: str, key: tuple) -> int:
+        rid = cache.get(key)
+        if rid is None:
+            marks = ",".join("?" * len(key))
+            rid = self.con.execute(f"INSERT INTO {table}({cols}) VALUES ({marks})", key).lastrowid
+            cache[key] = rid
+        return rid
+
+    def _spans(self, table: str, current: Dict[object, object], sid: int, insert) -> None:
+        """Close the spans whose key left or whose value changed; open the new ones."""
+        opened = self._open[table]
+        for key in list(opened):
+            rowid, value = opened[key]
+            if key not in current or current[key] != value:
+                self.con.execute(f"UPDATE {table} SET last = ? WHERE rowid = ?", (self._prev, rowid))
+                del opened[key]
+        for key, value in current.items():
+            if key not in opened:
+                opened[key] = (insert(key, value, sid), value)
+
+    def add(self, snap: Snapshot, t: Optional[float] = None, pids=None) -> int:
+        """Append one snapshot. pids: keep only these processes (and the buffers they hold,
+        and the ones nobody holds); usage and totals still come from the whole snapshot."""
+        t = time.time() if t is None else t
+        if (self._same is not None and self._same[0] is snap.buffers
+                and self._same[1] is snap.processes and self._same[2] == pids):
+            return self._add_unchanged(snap, t)
+        acct = account(snap)
+        procs = snap.processes
+        buffers = snap.buffers
+        if pids is not None:
+            procs = [p for p in procs if p.pid in pids]
+            keep = {r.buffer for p in procs for r in p.refs}
+            buffers = [b for b in buffers if b.id in keep or not b.holders]
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._host_written:
+                con.execute("UPDATE runs SET hostname = ?, kernel = ? WHERE id = ?",
+                            (snap.host.hostname, snap.host.kernel, self.run))
+                self._host_written = True
+            sid = con.execute(
+                "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
+                "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
+                 snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
+                 len(snap.skipped.denied))).lastrowid
+            bids = {}
+            cats: Dict[str, List[int]] = {}
+            for b in buffers:
+                key = (b.kind, b.dev, b.inode, b.size, b.exporter, b.name, b.category,
+                       b.kernel_count if b.kind == "sysv" else None)
+                bids[b.id] = self._intern(self._buffers, "buffers",
+                                          "kind, dev, inode, size, exporter, name, category, nattch", key)
+                if b.holders and b.size is not None:
+                    c = cats.setdefault(category_of(b), [0, 0])
+                    c[0] += b.size
+                    c[1] += 1
+            refs, usage = {}, {}
+            for p in procs:
+                prow = self._intern(self._procs, "processes", "pid, comm, cmdline, uid",
+                                    (p.pid, p.comm, p.cmdline, p.uid))
+                u = acct.processes[p.pid].total
+                usage[prow] = (u.rss, u.pss, u.uss, u.buffers, u.mapped)
+                for r in p.refs:
+                    key = (prow, bids[r.buffer], ",".join(map(str, r.fds)),
+                           ";".join("%x-%x+%x" % v for v in r.vmas))
+                    refs[self._intern(self._refs, "refs", "process, buffer, fds, vmas", key)] = True
+
+            def span(table, cols):
+                def insert(key, value, sid):
+                    vals = (key,) + (tuple(value) if isinstance(value, (tuple, list)) else ())
+                    marks = ",".join("?" * (len(vals) + 1))
+                    return con.execute(f"INSERT INTO {table}({cols}, first) VALUES ({marks})",
+                                       vals + (sid,)).lastrowid
+                return insert
+            self._spans("buffer_spans", dict.fromkeys(bids.values(), True), sid, span("buffer_spans", "buffer"))
+            self._spans("ref_spans", refs, sid, span("ref_spans", "ref"))
+            self._spans("usage_spans", usage, sid, span("usage_spans", "process, rss, pss, uss, buffers, mapped"))
+            self._spans("category_spans", {k: tuple(v) for k, v in cats.items()}, sid,
+                        span("category_spans", "category, bytes, buffers"))
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            # the in-memory view of open spans may now be ahead of the database: start over
+            self._reload_open()
+            self._same = None
+            raise
+        self._prev = sid
+        self.snapshots += 1
+        self._same = (snap.buffers, snap.processes, pids,
+                      (int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
+                       snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
+                       len(snap.skipped.denied)))
+        return sid
+
+    def _add_unchanged(self, snap: Snapshot, t: float) -> int:
+        """The same facts as the previous snapshot (the incremental scanner hands back the
+        same objects when nothing moved): one row, every span simply stays open."""
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            sid = con.execute(
+                "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
+                "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (self.run, t, snap.taken_at) + self._same[3]).lastrowid
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self._prev = sid
+        self.snapshots += 1
+        return sid
+
+    def _reload_open(self) -> None:
+        self._buffers = {row[1:]: row[0] for row in self.con.execute(
+            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
+        self._procs = {row[1:]: row[0] for row in self.con.execute(
+            "SELECT id, pid, comm, cmdline, uid FROM processes")}
+        self._refs = {row[1:]: row[0] for row in self.con.execute(
+            "SELECT id, process, buffer, fds, vmas FROM refs")}
+        c = self.con
+        self._open = {
+            "buffer_spans": {r[1]: (r[0], True) for r in c.execute(
+                "SELECT rowid, buffer FROM buffer_spans WHERE last IS NULL")},
+            "ref_spans": {r[1]: (r[0], True) for r in c.execute(
+                "SELECT rowid, ref FROM ref_spans WHERE last IS NULL")},
+            "usage_spans": {r[1]: (r[0], tuple(r[2:])) for r in c.execute(
+                "SELECT rowid, process, rss, pss, uss, buffers, mapped FROM usage_spans WHERE last IS NULL")},
+            "category_spans": {r[1]: (r[0], tuple(r[2:])) for r in c.execute(
+                "SELECT rowid, category, bytes, buffers FROM category_spans WHERE last IS NULL")},
+        }
+
+    def close(self) -> None:
+        try:
+            self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.con.close()
+        os.close(self._lock)
+
+
+def _lock_exclusive(path: str) -> int:
+    """One recorder per file: two would close each other's spans. flock() on the database
+    file itself (SQLite's own locks are fcntl() ranges: the two never interact on Linux); the
+    kernel drops it when the recorder dies, however it dies."""
+    import fcntl
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SourceError(f"{path}: another `memtrack record` is writing to it") from None
+    return fd
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+@dataclass
+class ProcRow:
+    id: int
+    pid: int
+    comm: str
+    cmdline: str
+    uid: Optional[int]
+
+    @property
+    def name(self) -> str:
+        return self.cmdline or self.comm or "?"
+
+    @property
+    def short(self) -> str:
+        return oneline(self.name, 60)
+
+
+def oneline(text: str, limit: int) -> str:
+    """Whitespace (newlines in a `python -c` cmdline...) collapsed, cut at limit."""
+    s = " ".join(text.split())
+    return s if len(s) <= limit else s[:limit - 1] + "…"
+
+
+@dataclass
+class BufRow:
+    id: int
+    kind: str
+    dev: Optional[str]
+    inode: Optional[int]
+    size: Optional[int]
+    exporter: Optional[str]
+    name: Optional[str]
+    category: Optional[str]
+    nattch: Optional[int]
+
+    @property
+    def label(self) -> str:
+        ident = f"{self.kind}:{self.inode if self.inode is not None else '?'}"
+        return ident + (f" ({self.name})" if self.name else "")
+
+
+@dataclass
+class Hold:
+    """One process holding one buffer, over consecutive snapshots [first, last] (indexes)."""
+    process: int
+    buffer: int
+    first: int
+    last: int
+    open_at_end: bool
+
+
+@dataclass
+class History:
+    path: str
+    times: List[float]                       # snapshot index -> unix time
+    sids: List[int]                          # snapshot index -> snapshot id
+    kernel_only: List[Optional[int]]
+    held: List[Optional[int]]
+    processes: Dict[int, ProcRow]
+    buffers: Dict[int, BufRow]
+    usage: Dict[int, List[Tuple[int, int, tuple]]]       # process -> [(i0, i1, (rss,pss,uss,bufs,mapped))]
+    categories: Dict[str, List[Tuple[int, int, tuple]]]  # category -> [(i0, i1, (bytes, buffers))]
+    buffer_life: Dict[int, List[Tuple[int, int]]]         # buffer -> [(i0, i1)]
+    holds: List[Hold] = field(default_factory=list)
+    runs: int = 1
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def series(self, spans, col: int) -> List[int]:
+        """A dense per-snapshot series from spans (0 where absent)."""
+        out = [0] * len(self.times)
+        for i0, i1, vals in spans:
+            v = vals[col]
+            for i in range(i0, i1 + 1):
+                out[i] = v
+        return out
+
+
+def load(path: str) -> History:
+    if not os.path.exists(path):
+        raise SourceError(f"{path}: no such file")
+    # read-only and without creating anything; a recorder may be writing meanwhile
+    try:
+        con = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        raise SourceError(f"{path}: {exc}") from None
+    try:
+        _check_schema(con, path)
+        con.execute("BEGIN")                                 # one consistent read
+        snaps = con.execute("SELECT id, t, kernel_only_bytes, held_bytes FROM snapshots ORDER BY id").fetchall()
+        if not snaps:
+            raise SourceError(f"{path}: no snapshots recorded yet")
+        index = {sid: i for i, (sid, *_rest) in enumerate(snaps)}
+        end = len(snaps) - 1
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+        def rng(first, last):
+            i0 = index.get(first)
+            i1 = end if last is None else index.get(last)
+            return i0, i1
+
+        procs = {r[0]: ProcRow(*r) for r in con.execute("SELECT id, pid, comm, cmdline, uid FROM processes")}
+        bufs = {r[0]: BufRow(*r) for r in con.execute(
+            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
+        usage: Dict[int, list] = {}
+        for r in con.execute("SELECT process, rss, pss, uss, buffers, mapped, first, last FROM usage_spans"):
+            i0, i1 = rng(r[6], r[7])
+            if i0 is not None and i1 is not None:
+                usage.setdefault(r[0], []).append((i0, i1, tuple(r[1:6])))
+        cats: Dict[str, list] = {}
+        for r in con.execute("SELECT category, bytes, buffers, first, last FROM category_spans"):
+            i0, i1 = rng(r[3], r[4])
+            if i0 is not None and i1 is not None:
+                cats.setdefault(r[0], []).append((i0, i1, (r[1], r[2])))
+        life: Dict[int, list] = {}
+        for r in con.execute("SELECT buffer, first, last FROM buffer_spans"):
+            i0, i1 = rng(r[1], r[2])
+            if i0 is not None and i1 is not None:
+                life.setdefault(r[0], []).append((i0, i1))
+        per: Dict[Tuple[int, int], list] = {}
+        for r in con.execute("SELECT refs.process, refs.buffer, ref_spans.first, ref_spans.last "
+                             "FROM ref_spans JOIN refs ON refs.id = ref_spans.ref"):
+            i0, i1 = rng(r[2], r[3])
+            if i0 is not None and i1 is not None:
+                per.setdefault((r[0], r[1]), []).append((i0, i1))
+        con.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        raise SourceError(f"{path}: not a readable memtrack history ({exc})") from None
+    finally:
+        con.close()
+    holds = []
+    for (proc, buf), spans in per.items():
+        for i0, i1 in _merge(spans):
+            holds.append(Hold(proc, buf, i0, i1, i1 == end))
+    holds.sort(key=lambda h: (h.first, h.process, h.buffer))
+    for v in list(usage.values()) + list(cats.values()):
+        v.sort()
+    return History(path=path, times=[s[1] for s in snaps], sids=[s[0] for s in snaps],
+                   kernel_only=[s[2] for s in snaps], held=[s[3] for s in snaps],
+                   processes=procs, buffers=bufs, usage=usage, categories=cats,
+                   buffer_life={k: _merge(v) for k, v in life.items()}, holds=holds, runs=runs)
+
+
+def _merge(spans: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """Union of index ranges; ranges that touch (i1 + 1 == next i0) join."""
+    out: List[List[int]] = []
+    for i0, i1 in sorted(spans):
+        if out and i0 <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], i1)
+        else:
+            out.append([i0, i1])
+    return [(a, b) for a, b in out]
+
+
+# -- analysis ---------------------------------------------------------------------------------
+
+@dataclass
+class Trend:
+    start: int
+    end: int
+    peak: int
+    peak_t: float
+    slope: float            # per second, least squares over every snapshot in the range
+    r2: float
+    rises: int
+    drops: int
+    rise_total: int
+    drop_total: int
+
+    @property
+    def growth(self) -> int:
+        return self.end - self.start
+
+    @property
+    def steady_growth(self) -> bool:
+        """Grows, keeps growing, and almost never gives back: how a leak looks."""
+        return (self.rises >= 3 and self.end > self.start and self.slope > 0 and self.r2 >= 0.8
+                and self.drop_total <= 0.1 * self.rise_total)
+
+    def as_dict(self) -> dict:
+        return {"start": self.start, "end": self.end, "peak": self.peak, "peak_t": self.peak_t,
+                "growth": self.growth, "slope_per_s": round(self.slope, 3), "r2": round(self.r2, 3),
+                "rises": self.rises, "drops": self.drops}
+
+
+def trend(times: Sequence[float], values: Sequence[Optional[int]]) -> Optional[Trend]:
+    pts = [(t, v) for t, v in zip(times, values) if v is not None]
+    if not pts:
+        return None
+    t0 = pts[0][0]
+    n = len(pts)
+    st = sv = stt = svv = stv = 0.0
+    for t, v in pts:
+        t -= t0
+        st += t
+        sv += v
+        stt += t * t
+        svv += v * v
+        stv += t * v
+    dt = n * stt - st * st
+    dv = n * svv - sv * sv
+    cov = n * stv - st * sv
+    slope = cov / dt if dt > 0 else 0.0
+    r2 = (cov * cov) / (dt * dv) if dt > 0 and dv > 0 else 0.0
+    rises = drops = up = down = 0
+    peak, peak_t = pts[0][1], pts[0][0]
+    for (_, a), (t, b) in zip(pts, pts[1:]):
+        if b > a:
+            rises += 1
+            up += b - a
+        elif b < a:
+            drops += 1
+            down += a - b
+        if b > peak:
+            peak, peak_t = b, t
+    return Trend(pts[0][1], pts[-1][1], peak, peak_t, slope, r2, rises, drops, up, down)
+
+
+@dataclass
+class Finding:
+    kind: str               # "growth" | "unreleased" | "sysv-unattached" | "kernel-only-growth"
+    subject: str
+    message: str
+    evidence: dict
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "subject": self.subject, "message": self.message, "evidence": self.evidence}
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
+    """Per process and per category: peak, growth, slope; suspected leaks with evidence."""
+    T = h.times
+    n = len(T)
+    procs_out, findings = [], []
+    for prow_id, spans in h.usage.items():
+        prow = h.processes[prow_id]
+        if pids is not None and prow.pid not in pids:
+            continue
+        i0, i1 = spans[0][0], max(s[1] for s in spans)
+        window = T[i0:i1 + 1]
+        rss = h.series(spans, 0)[i0:i1 + 1]
+        pss = h.series(spans, 1)[i0:i1 + 1]
+        nbuf = h.series(spans, 3)[i0:i1 + 1]
+        tr_pss, tr_rss, tr_buf = trend(window, pss), trend(window, rss), trend(window, nbuf)
+        entry = {"pid": prow.pid, "comm": prow.comm, "name": prow.short, "cmdline": prow.cmdline,
+                 "first_seen": _iso(T[i0]), "last_seen": _iso(T[i1]), "snapshots": i1 - i0 + 1,
+                 "pss": tr_pss.as_dict(), "rss": tr_rss.as_dict(), "buffers": tr_buf.as_dict()}
+        procs_out.append(entry)
+        subject = f"pid {prow.pid} ({prow.short})"
+        for label, tr, fmt in (("held bytes", tr_rss, human), ("buffer count", tr_buf, str)):
+            if tr.steady_growth:
+                rate = (fmt(int(round(tr.slope))) if fmt is human else f"{tr.slope:.2f}")
+                findings.append(Finding("growth", subject,
+                                        f"{label} grew steadily from {fmt(tr.start)} to {fmt(tr.end)} "
+                                        f"(+{rate}/s, {tr.rises} rises, {tr.drops} drops)",
+                                        dict(tr.as_dict(), metric=label, pid=prow.pid,
+                                             first_seen=_iso(T[i0]), last_seen=_iso(T[i1]))))
+    # buffers acquired after a process was first seen and never released
+    first_seen = {pid: min(s[0] for s in spans) for pid, spans in h.usage.items()}
+    acquired: Dict[int, list] = {}
+    for hold in h.holds:
+        if hold.first > first_seen.get(hold.process, 0):
+            acquired.setdefault(hold.process, []).append(hold)
+    for prow_id, holds in acquired.items():
+        prow = h.processes[prow_id]
+        if pids is not None and prow.pid not in pids:
+            continue
+        kept = [x for x in holds if x.open_at_end]
+        if len(kept) >= min_unreleased and len(kept) * 2 >= len(holds):
+            bufs = [h.buffers[x.buffer] for x in kept]
+            total = sum(b.size or 0 for b in bufs)
+            findings.append(Finding(
+                "unreleased", f"pid {prow.pid} ({prow.short})",
+                f"{len(kept)} of {len(holds)} buffers acquired during the recording were never "
+                f"released ({human(total)})",
+                {"pid": prow.pid, "acquired": len(holds), "never_released": len(kept), "bytes": total,
+                 "first_acquired": _iso(T[kept[0].first]), "last_acquired": _iso(T[kept[-1].first]),
+                 "buffers": [b.label for b in bufs[:20]]}))
+    # SysV segments no process ever attached while we watched
+    for bid, life in h.buffer_life.items():
+        b = h.buffers[bid]
+        if b.kind != "sysv" or b.nattch not in (0, None):
+            continue
+        if any(x.buffer == bid for x in h.holds):
+            continue
+        f0, f1 = life[0][0], life[-1][1]
+        if f1 > f0:
+            findings.append(Finding("sysv-unattached", f"SysV segment {b.name or ''} shmid {b.inode}",
+                                    f"{human(b.size)} with no process attached (nattch 0) for the "
+                                    f"whole time it was seen",
+                                    {"shmid": b.inode, "key": b.name, "size": b.size,
+                                     "first_seen": _iso(T[f0]), "last_seen": _iso(T[f1])}))
+    ko = trend(T, h.kernel_only)
+    if ko is not None and ko.steady_growth:
+        findings.append(Finding("kernel-only-growth", "kernel",
+                                f"kernel-only bytes grew steadily from {human(ko.start)} to {human(ko.end)} "
+                                f"(+{human(int(round(ko.slope)))}/s)",
+                                ko.as_dict()))
+    cats_out = []
+    for cat, spans in sorted(h.categories.items()):
+        tr = trend(T, h.series(spans, 0))
+        trb = trend(T, h.series(spans, 1))
+        cats_out.append({"category": cat, "bytes": tr.as_dict(), "buffers": trb.as_dict()})
+        if tr.steady_growth and pids is None:
+            findings.append(Finding("growth", f"category {cat}",
+                                    f"held bytes grew steadily from {human(tr.start)} to {human(tr.end)} "
+                                    f"(+{human(int(round(tr.slope)))}/s)",
+                                    dict(tr.as_dict(), category=cat)))
+    procs_out.sort(key=lambda e: (-e["pss"]["peak"], e["pid"]))
+    cats_out.sort(key=lambda e: -e["bytes"]["peak"])
+    return {"history": h.path, "snapshots": n, "runs": h.runs,
+            "start": _iso(T[0]), "end": _iso(T[-1]), "seconds": round(T[-1] - T[0], 3),
+            "processes": procs_out, "categories": cats_out,
+            "kernel_only": ko.as_dict() if ko else None,
+            "suspects": [f.as_dict() for f in findings]}
+
+
+def dumps(doc: dict) -> str:
+    return json.dumps(doc, indent=1)
+
+
+def check_path_writable(path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise MemtrackError(f"{path}: directory {d} does not exist")

@@ -1,0 +1,144 @@
+"""IncrementalScanner: the same snapshot as a full scan, re-reading only what changed."""
+from __future__ import annotations
+
+from livekids import Kid
+
+from memtrack.incremental import IncrementalScanner, live_signature
+from memtrack.scan import scan
+from memtrack.sources.live import LiveSource
+
+
+def facts(snap):
+    d = snap.to_dict()
+    d.pop("taken_at")
+    return d
+
+
+def names(snap, pid):
+    p = snap.process_map.get(pid)
+    if p is None:
+        return []
+    return sorted(snap.buffer(r.buffer).name for r in p.refs)
+
+
+def test_refresh_rereads_only_changed_processes():
+    with Kid() as a, Kid() as b:
+        fa = a.add("alpha", 8192)
+        b.add("beta", 4096)
+        sc = IncrementalScanner(pids=[a.pid, b.pid], verify_every=0)
+        first = sc.refresh()
+        assert sc.stats.reread == 2 and sc.stats.reused == 0
+        assert names(first, a.pid) == ["alpha"] and names(first, b.pid) == ["beta"]
+
+        same = sc.refresh()
+        assert sc.stats.reread == 0 and sc.stats.reused == 2
+        assert facts(same) == facts(scan(LiveSource(), pids=[a.pid, b.pid]))
+
+        a.add("gamma", 4096)                        # fd count moves: a is re-read, b is not
+        snap = sc.refresh()
+        assert sc.stats.reread == 1 and sc.stats.reused == 1
+        assert names(snap, a.pid) == ["alpha", "gamma"]
+
+        a.map(fa)                                   # a mapping: vsize moves
+        snap = sc.refresh()
+        assert sc.stats.reread == 1
+        ref = [r for r in snap.process_map[a.pid].refs if snap.buffer(r.buffer).name == "alpha"][0]
+        assert ref.mapped == 8192 and len(ref.fds) == 1
+        assert facts(snap) == facts(scan(LiveSource(), pids=[a.pid, b.pid]))
+
+        b.stop()                                    # gone: dropped, not served from cache
+        snap = sc.refresh()
+        assert b.pid not in snap.process_map and names(snap, a.pid) == ["alpha", "gamma"]
+
+
+def test_verification_bounds_staleness():
+    """A swap the signature cannot see (same fd count, no mapping) shows within verify_every."""
+    with Kid() as a:
+        fd = a.add("old", 4096)
+        sc = IncrementalScanner(pids=[a.pid], verify_every=3)
+        sc.refresh()
+        tmp = a.add("new", 4096)
+        a.dup2(tmp, fd)                             # fd now refers to "new"; "old" is freed
+        a.close(tmp)                                # back to the same number of fds
+        seen = [names(sc.refresh(), a.pid) for _ in range(3)]
+        assert seen[-1] == ["new"]
+        assert all(s in (["old"], ["new"]) for s in seen)
+
+
+def test_non_live_source_is_reread_whole(tmp_path):
+    from kfixture import Tree
+    from memtrack.sources.tree import DirSource
+    t = Tree()
+    t.proc(10, "app").memfd(3, "pool", 77, 4096)
+    t.proc(11, "other").memfd(4, "pool", 77, 4096)
+    root = t.write_dir(str(tmp_path / "root"))
+    sc = IncrementalScanner(DirSource(root))
+    s1, s2 = sc.refresh(), sc.refresh()
+    assert sc.stats.reread == 2
+    assert facts(s1) == facts(s2) == facts(scan(DirSource(root)))
+
+
+def test_signature_of_self_moves_with_fds():
+    import os
+    s1 = live_signature("/proc", os.getpid())
+    fd = os.memfd_create("x", 0)
+    try:
+        s2 = live_signature("/proc", os.getpid())
+    finally:
+        os.close(fd)
+    assert s1 is not None and s2 is not None and s1[0] != s2[0]
+    assert live_signature("/proc", 2 ** 22 + 1) is None
+
+
+def _nobody_python():
+    """(interpreter, package dir) the nobody user can run and read, or None."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import memtrack
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    for exe in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c",
+                                "import sys; assert sys.version_info >= (3, 9)"], capture_output=True)
+        if probe.returncode == 0:
+            break
+    else:
+        return None
+    d = tempfile.mkdtemp(prefix="memtrack-nobody-")
+    shutil.copytree(os.path.dirname(memtrack.__file__), os.path.join(d, "memtrack"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for root, dirs, files in os.walk(d):
+        os.chmod(root, 0o755)
+        for x in files:
+            os.chmod(os.path.join(root, x), 0o644)
+    return exe, d
+
+
+def test_non_root_refresh_caches_denied_processes_too():
+    import json
+    import shutil
+    import subprocess
+    import pytest
+    got = _nobody_python()
+    if got is None:
+        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
+    exe, d = got
+    code = ("import json; from memtrack.incremental import IncrementalScanner as S\n"
+            "s = S(verify_every=0); out = []\n"
+            "for _ in range(3):\n"
+            "    snap = s.refresh(); out.append([s.stats.reread, s.stats.processes, list(snap.skipped.denied)])\n"
+            "print(json.dumps(out))")
+    with Kid() as root_kid:
+        root_kid.add("roots", 4096)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c", code],
+                           capture_output=True, text=True, env={"PYTHONPATH": d, "PATH": "/usr/bin:/bin"}, cwd=d)
+    shutil.rmtree(d, ignore_errors=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert root_kid.pid in out[0][2] and root_kid.pid in out[2][2]     # denied, and still counted
+    # the first refresh reads everyone; later ones only what moved (at least the denied are reused)
+    assert out[0][0] == out[0][1]
+    assert out[2][0] < out[2][1] - len(out[2][2]) // 2
