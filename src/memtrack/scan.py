@@ -19,6 +19,8 @@ from .readers.fd import classify, fdinfo_int, parse_fdinfo
 from .readers.maps import parse_shared
 from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
+from .readers.num import u64 as to_u64
+from .sources.base import is_number
 
 BUFINFO = "sys/kernel/debug/dma_buf/bufinfo"
 SYSFS_BUFFERS = "sys/kernel/dmabuf/buffers"
@@ -71,10 +73,10 @@ def read_sysfs_stats(src, obs: Observations) -> None:
         return
     bufs = []
     for n in names:
-        if not n.isdigit():
+        if not is_number(n):
             continue
         try:
-            size = int(src.read_text(f"{SYSFS_BUFFERS}/{n}/size").strip())
+            size = to_u64(src.read_text(f"{SYSFS_BUFFERS}/{n}/size").strip())
             exp = src.read_text(f"{SYSFS_BUFFERS}/{n}/exporter_name").strip() or None
         except (ProcessGone, ValueError):
             continue                      # freed while we listed, or garbage
@@ -114,7 +116,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                 if ref.size is not None and ref.inode is not None:
                     sized[(ref.kind, ref.inode)] = ref.size
         data = p.maps()
-        for start, end, off, dev, ino, kind, name in parse_shared(data):
+        bad = []
+        for start, end, off, dev, ino, kind, name in parse_shared(data, bad):
             size = None
             if kind == "sysv":
                 fs = "sysv"
@@ -157,6 +160,9 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
         return
     finally:
         p.close()
+    if bad:
+        counters["bad_maps_lines"] = counters.get("bad_maps_lines", 0) + len(bad)
+        counters.setdefault("bad_maps_pids", []).append(pid)
     obs.fds.extend(fds)
     obs.maps.extend(maps)
     obs.rss.extend(rss)
@@ -238,7 +244,8 @@ def host_info(src):
             out.append(None)
     meta = src.meta()
     host = meta.get("host") if isinstance(meta.get("host"), dict) else {}
-    return (out[0] or host.get("hostname"), out[1] or host.get("kernel"))
+    meta_host = [v if isinstance(v, str) else None for v in (host.get("hostname"), host.get("kernel"))]
+    return (out[0] or meta_host[0], out[1] or meta_host[1])
 
 
 def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> Observations:
@@ -260,6 +267,11 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
         obs.notes.append(f"{counters['anon_dmabuf']} dma-buf fds from a kernel before 5.3 "
                          "(anon_inode:dmabuf): buffers cannot be told apart, each fd is counted "
                          "as its own buffer")
+    if counters.get("bad_maps_lines"):
+        pl = counters["bad_maps_pids"]
+        obs.notes.append(f"{counters['bad_maps_lines']} maps lines with impossible numbers (over 64 bits, "
+                         f"end before start) left out, in pids {', '.join(map(str, pl[:5]))}"
+                         + (", ..." if len(pl) > 5 else ""))
     if counters.get("no_identity"):
         obs.notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
     return obs

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+from .num import u64
+
 DELETED = " (deleted)"
 
 
@@ -48,7 +50,6 @@ def fdinfo_int(info: Dict[str, str], key: str, base: int = 10) -> Optional[int]:
     if v is None:
         return None
     try:
-        n = int(v, base)
+        return u64(v, base)
     except ValueError:
         return None
-    return n if n >= 0 else None

@@ -5,6 +5,7 @@ import re
 from typing import Iterator, Optional, Tuple
 
 from .fd import strip_deleted
+from .num import u64
 
 # One line of maps: start-end perms offset dev inode path
 _LINE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) [r-][w-][x-]s ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) +(/[^\n]*)")
@@ -49,15 +50,25 @@ def classify_path(path: str) -> Optional[Tuple[str, Optional[str]]]:
 
 def norm_dev(dev: str) -> str:
     major, _, minor = dev.partition(":")
-    return "%02x:%02x" % (int(major, 16), int(minor, 16))
+    return "%02x:%02x" % (u64(major, 16), u64(minor, 16))
 
 
-def parse_shared(data: bytes) -> Iterator[tuple]:
-    """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping."""
+def parse_shared(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
+    """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping.
+    Lines whose numbers no kernel prints (over 64 bits, end before start) are left out,
+    and appended to `bad` when given, so the caller can say how many."""
     for m in shared_lines(data):
         start, end, off, dev, ino, path = m.groups()
         kp = classify_path(path.decode("utf-8", "surrogateescape"))
         if kp is None:
             continue
-        yield (int(start, 16), int(end, 16), int(off, 16), norm_dev(dev.decode()), int(ino),
-               kp[0], kp[1])
+        try:
+            s, e = u64(start, 16), u64(end, 16)
+            if e < s:
+                raise ValueError("end before start")
+            row = (s, e, u64(off, 16), norm_dev(dev.decode()), u64(ino), kp[0], kp[1])
+        except ValueError:
+            if bad is not None:
+                bad.append(m.group(0)[:120])
+            continue
+        yield row

@@ -17,7 +17,7 @@ def parse_status(text: str) -> Tuple[str, Optional[int]]:
             comm = _unescape_name(line[5:].strip("\t "))
         elif line.startswith("Uid:"):
             f = line.split()
-            if len(f) > 1 and f[1].isdigit():
+            if len(f) > 1 and f[1].isascii() and f[1].isdigit() and len(f[1]) <= 10:
                 uid = int(f[1])
             break
     return comm, uid
