@@ -41,7 +41,7 @@ def run(args) -> int:
     snap = get_snapshot(args)
     view = narrowed(snap, args)
     if args.json:
-        emit(view.to_json(filt=filter_doc(args)) + "\n")
+        emit(view.to_json(filt=filter_doc(args)) + "\n", args)
         return 0
     acct = account(snap)
     kinds = [k for k in KINDS if any(k in acct.processes[p.pid].by_kind for p in view.processes)]
@@ -70,7 +70,7 @@ def run(args) -> int:
             rows.append([p.pid, u.rss, u.pss, u.uss, u.mapped] + ([u.in_rss] if smaps else []) +
                         [pu.by_kind[k].pss if k in pu.by_kind else 0 for k in kinds] +
                         [u.unknown, p.comm, p.cmdline])
-        emit(to_csv(header, rows))
+        emit(to_csv(header, rows), args)
         return 0
     raw = args.bytes
     cols = [Column("PID"), Column("Rss"), Column("Pss"), Column("Uss"), Column("Mapped")]
@@ -107,7 +107,7 @@ def run(args) -> int:
     if unknown_procs:
         out += (f"+ {unknown_procs} processes hold buffers whose size could not be known "
                 "(not counted; see `memtrack buffers`)\n")
-    emit(out)
+    emit(out, args)
     return 0
 
 
