@@ -55,13 +55,20 @@ class DirSource(PathSource):
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise translate_oserror(exc) from None
+        c = None
         try:
             for c in parts:
                 nfd = os.open(c, _O_DIR, dir_fd=fd)
                 os.close(fd)
                 fd = nfd
         except OSError as exc:
+            try:
+                link = _stat.S_ISLNK(os.stat(c, dir_fd=fd, follow_symlinks=False).st_mode)
+            except OSError:
+                link = False
             os.close(fd)
+            if link:
+                raise self._refuse("symbolic link (not followed)", rel) from None
             raise self._oserror(exc, rel) from None
         return fd
 
