@@ -96,12 +96,18 @@ class _Capped:
     """A decompressing reader that stops a decompression bomb at MAX_STREAM bytes."""
 
     def __init__(self, inner, limit):
-        self.inner, self.limit, self.count = inner, limit, 0
+        self.inner, self.limit, self.count, self.eof = inner, limit, 0, False
 
     def read(self, n=-1):
         if n is None or n < 0:
             n = self.limit - self.count + 1
         data = self.inner.read(min(n, self.limit - self.count + 1))
+        if not data and n:
+            # tarfile skips a member in stream mode by reading block after block, and does
+            # not stop at EOF: a member declaring 1 TB would spin for minutes. Stop it.
+            if self.eof:
+                raise EOFError("unexpected end of data")
+            self.eof = True
         self.count += len(data)
         if self.count > self.limit:
             raise _TooMuch(f"decompresses to more than {self.limit >> 20} MiB")
