@@ -38,7 +38,7 @@ def classify(target: str) -> Optional[Tuple[str, Optional[str]]]:
 def parse_fdinfo(text: str) -> Dict[str, str]:
     """key -> value for the `key:\\tvalue` lines (values stripped). Lock lines are skipped."""
     out = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):      # not splitlines(): a dma-buf name may hold "\r"
         key, sep, value = line.partition(":")
         if sep and key and " " not in key:
             out.setdefault(key, value.strip())
