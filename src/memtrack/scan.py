@@ -153,7 +153,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
         obs.vanished.append(pid)
         return
     except Denied:
-        obs.denied.append(pid)
+        if not _is_zombie(p):
+            obs.denied.append(pid)
         return
     except Unreadable:
         obs.unreadable.append(pid)
@@ -166,6 +167,16 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
     obs.fds.extend(fds)
     obs.maps.extend(maps)
     obs.rss.extend(rss)
+
+
+def _is_zombie(p) -> bool:
+    """A zombie has released its files and memory: it holds nothing, so there is nothing
+    denied. (Its fd/ is unreadable to non-root: ptrace access needs an mm.)"""
+    try:
+        st = p.status()
+    except ProcessGone:
+        return False
+    return "\nState:\tZ" in st or "\nState:\tX" in st
 
 
 def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], thorough: bool,
