@@ -8,8 +8,9 @@ SourceError: anything else is a crash. A snapshot read must then account with th
 invariant and survive JSON -> Snapshot unchanged.
 
   pip install atheris
-  python3 fuzz/fuzz_archive.py -max_total_time=600 fuzz/corpus      # a long run
-  python3 fuzz/fuzz_archive.py -runs=20000 fuzz/corpus               # a bounded one (CI)
+  python3 fuzz/fuzz_archive.py -dict=fuzz/archive.dict -max_total_time=600 -timeout=10 \
+      -rss_limit_mb=1024 /tmp/corpus                                 # a long run
+  python3 fuzz/fuzz_archive.py -dict=fuzz/archive.dict -runs=2000 /tmp/corpus   # CI's size
 
 The corpus folder is seeded with small valid captures (kernel-format fixtures and the real
 H100 capture) when empty. Without atheris, `python3 fuzz/fuzz_archive.py --fallback N` runs N

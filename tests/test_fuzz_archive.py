@@ -30,6 +30,7 @@ def test_atheris_bounded_run(tmp_path):
     r = subprocess.run(
         [sys.executable, os.path.join(FUZZ_DIR, "fuzz_archive.py"), f"-runs={RUNS}", "-seed=1",
          "-timeout=20", "-rss_limit_mb=1536", "-max_len=200000", f"-artifact_prefix={tmp_path}/",
+         "-dict=" + os.path.join(FUZZ_DIR, "archive.dict"),
          str(corpus)],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     out = r.stdout + r.stderr
