@@ -377,6 +377,7 @@ def test_numbers_out_of_range_in_fdinfo_maps_and_kernel_tables(tmp_path, capsys)
     assert rc == 0, err
     doc = json.loads(out)
     assert "3 maps lines with impossible numbers" in err and "pids 12" in err
+    assert "2 dma-buf fdinfo files with impossible numbers" in err
     sizes = {b["id"]: b["size"] for b in doc["buffers"]}
     assert all(s is None or 0 <= s < 1 << 64 for s in sizes.values())
     assert sizes.get("dmabuf:5") == 4096             # from bufinfo: fdinfo's size was impossible

@@ -200,6 +200,10 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
             exporter = info.get("exp_name") or None
             name = info.get("name") or name
             size_from = "fdinfo" if size is not None else None
+            if (ino is None and "ino" in info) or (size is None and "size" in info) or \
+                    (count is None and "count" in info):
+                counters["bad_fdinfo"] = counters.get("bad_fdinfo", 0) + 1
+                counters.setdefault("bad_fdinfo_pids", set()).add(pid)
         if ino is None or size is None:
             st = _stat(p, fd)
             if st is not None:
@@ -278,6 +282,11 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
         obs.notes.append(f"{counters['anon_dmabuf']} dma-buf fds from a kernel before 5.3 "
                          "(anon_inode:dmabuf): buffers cannot be told apart, each fd is counted "
                          "as its own buffer")
+    if counters.get("bad_fdinfo"):
+        pl = sorted(counters["bad_fdinfo_pids"])
+        obs.notes.append(f"{counters['bad_fdinfo']} dma-buf fdinfo files with impossible numbers (ino, size "
+                         f"or count over 64 bits or negative): those values ignored, in pids "
+                         f"{', '.join(map(str, pl[:5]))}" + (", ..." if len(pl) > 5 else ""))
     if counters.get("bad_maps_lines"):
         pl = counters["bad_maps_pids"]
         obs.notes.append(f"{counters['bad_maps_lines']} maps lines with impossible numbers (over 64 bits, "
