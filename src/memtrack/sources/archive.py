@@ -237,6 +237,9 @@ class ArchiveSource(PathSource):
                         skip("sparse member", name)
                         continue
                     elif m.isreg():
+                        if m.size < 0:                 # base-256 header fields can say so
+                            skip("negative size", name)
+                            continue
                         if m.size > MAX_MEMBER:
                             skip(f"over {MAX_MEMBER >> 20} MiB, not read", name)
                             continue
