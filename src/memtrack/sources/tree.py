@@ -27,6 +27,21 @@ class DirSource(PathSource):
         self.root = os.path.abspath(root)
         self.label = f"dir:{root}"
         self._refused: Dict[str, list] = {}
+        # the last directory walked, kept open: a process's files share a few directories,
+        # so most reads reuse it (a dup) instead of walking every component again
+        self._last_key = None
+        self._last_fd = None
+
+    def close(self):
+        if self._last_fd is not None:
+            os.close(self._last_fd)
+            self._last_fd = self._last_key = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     @property
     def problems(self) -> List[str]:
@@ -51,6 +66,15 @@ class DirSource(PathSource):
 
     def _dir(self, parts: List[str], rel: str) -> int:
         """An fd of the directory root/parts..., no component followed if a symlink."""
+        key = tuple(parts)
+        if key == self._last_key:
+            return os.dup(self._last_fd)
+        fd = self._walk(parts, rel)
+        self.close()
+        self._last_key, self._last_fd = key, os.dup(fd)
+        return fd
+
+    def _walk(self, parts: List[str], rel: str) -> int:
         try:
             fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
