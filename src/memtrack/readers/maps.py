@@ -5,7 +5,7 @@ import re
 from typing import Iterator, Optional, Tuple
 
 from .fd import strip_deleted
-from .num import u64
+from .num import U64, u64
 
 # One line of maps: start-end perms offset dev inode path
 _LINE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) [r-][w-][x-]s ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) +(/[^\n]*)")
@@ -63,10 +63,14 @@ def parse_shared(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
         if kp is None:
             continue
         try:
-            s, e = u64(start, 16), u64(end, 16)
-            if e < s:
-                raise ValueError("end before start")
-            row = (s, e, u64(off, 16), norm_dev(dev.decode()), u64(ino), kp[0], kp[1])
+            # the regex allowed only hex digits and ASCII digits: lengths are all that is
+            # left to check (the hot path of a scan, so no general u64() here)
+            if len(start) > 16 or len(end) > 16 or len(off) > 16 or len(ino) > 20:
+                raise ValueError("over 64 bits")
+            s, e, i = int(start, 16), int(end, 16), int(ino)
+            if e < s or i >= U64:
+                raise ValueError("end before start, or inode over 64 bits")
+            row = (s, e, int(off, 16), norm_dev(dev.decode()), i, kp[0], kp[1])
         except ValueError:
             if bad is not None:
                 bad.append(m.group(0)[:120])
