@@ -7,6 +7,7 @@ Public API::
     snap = memtrack.scan("capture.tar.gz")      # a capture archive or a directory tree
     snap = memtrack.load("snapshot.json")       # a saved JSON snapshot
     acct = memtrack.account(snap)               # rss/pss/uss/mapped per process and kind
+    snap = memtrack.categorize(snap)            # GL, GRAPHICS, MULTIMEDIA, CAMERA, OTHER...
 """
 from __future__ import annotations
 
@@ -38,11 +39,18 @@ def scan(path=None, pids=None, smaps=False):
             close()
 
 
+def categorize(snap, rules=None):
+    """snap with each buffer's category set, by the shipped rules plus the user's
+    ($XDG_CONFIG_HOME/memtrack/rules.toml), or by the rules file `rules` (as --rules)."""
+    from .categories import categorize as _categorize, load_rules
+    return _categorize(snap, load_rules(rules))
+
+
 def load(path):
     """Read a JSON snapshot written by ``memtrack --json``."""
     from .sources.snapshot_file import load_snapshot
     return load_snapshot(path)
 
 
-__all__ = ["scan", "load", "account", "open_source", "Snapshot", "Buffer", "Ref", "Process",
+__all__ = ["scan", "load", "account", "categorize", "open_source", "Snapshot", "Buffer", "Ref", "Process",
            "MemtrackError", "SourceError", "__version__"]

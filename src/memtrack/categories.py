@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import MemtrackError
-from .model import Snapshot
+from .model import Snapshot, evolve
 
 FIELDS = ("kind", "exporter", "name", "process")
 DEFAULT_RULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "rules.toml")
@@ -41,25 +41,42 @@ class RulesError(MemtrackError):
 @dataclass(frozen=True)
 class Rule:
     category: str
-    conditions: Tuple[Tuple[str, Tuple[Callable[[str], bool], ...]], ...]
+    conditions: Tuple[Tuple[str, Callable[[str], bool]], ...]   # (field, value -> matches)
     where: str                                   # "file:line", for explanations
 
     def matches(self, values: Dict[str, Sequence[str]]) -> bool:
-        for fld, preds in self.conditions:
-            if not any(p(v) for v in values[fld] for p in preds):
+        for fld, pred in self.conditions:
+            if not any(pred(v) for v in values[fld]):
                 return False
         return True
 
 
-def _pattern(text: str, where: str) -> Callable[[str], bool]:
-    if text.startswith("re:"):
-        try:
-            rx = re.compile(text[3:])
-        except re.error as exc:
-            raise RulesError(f"{where}: bad regular expression {text[3:]!r}: {exc}") from None
-        return lambda v: rx.search(v) is not None
-    glob = text.lower()
-    return lambda v: fnmatch.fnmatchcase(v.lower(), glob)
+def _condition(patterns: Sequence[str], where: str) -> Callable[[str], bool]:
+    """One predicate for a condition's patterns: the globs joined into one case-insensitive
+    regex, the `re:` patterns searched, and the answer cached per value (kinds, exporters
+    and process names repeat across thousands of buffers)."""
+    globs, searches = [], []
+    for text in patterns:
+        if not isinstance(text, str):
+            raise RulesError(f"{where}: patterns must be strings, got {text!r}")
+        if text.startswith("re:"):
+            try:
+                searches.append(re.compile(text[3:]))
+            except re.error as exc:
+                raise RulesError(f"{where}: bad regular expression {text[3:]!r}: {exc}") from None
+        else:
+            globs.append(fnmatch.translate(text))
+    glob = re.compile("|".join(globs), re.IGNORECASE) if globs else None
+    cache: Dict[str, bool] = {}
+
+    def pred(v: str) -> bool:
+        hit = cache.get(v)
+        if hit is None:
+            hit = bool((glob is not None and glob.match(v)) or any(rx.search(v) for rx in searches))
+            if len(cache) < 65536:
+                cache[v] = hit
+        return hit
+    return pred
 
 
 # -- the TOML subset ---------------------------------------------------------------------
@@ -202,7 +219,7 @@ def parse_rules(text: str, path: str = "rules") -> Tuple[List[Rule], bool]:
             pats = [value] if isinstance(value, str) else value
             if not isinstance(pats, list) or not pats:
                 raise RulesError(f"{where}: `{key}` needs a pattern or a non-empty list of patterns")
-            conds.append((key, tuple(_pattern(p, where) for p in pats)))
+            conds.append((key, _condition(pats, where)))
         rules.append(Rule(cat.strip(), tuple(conds), f"{path}:{lineno}"))
     return rules, repl
 
@@ -235,16 +252,15 @@ def load_rules(path: Optional[str] = None, use_user_file: bool = True) -> List[R
     return mine if repl else mine + defaults
 
 
-def _holder_names(snap: Snapshot, pids) -> List[str]:
-    out = []
-    for pid in pids:
-        p = snap.process_map.get(pid)
-        if p is None:
-            continue
+def _holder_names(snap: Snapshot) -> Dict[int, List[str]]:
+    out = {}
+    for p in snap.processes:
+        names = []
         if p.comm:
-            out.append(p.comm)
+            names.append(p.comm)
         if p.cmdline:
-            out.append(os.path.basename(p.cmdline.split(" ", 1)[0]))
+            names.append(os.path.basename(p.cmdline.split(" ", 1)[0]))
+        out[p.pid] = names
     return out
 
 
@@ -253,15 +269,24 @@ def categorize(snap: Snapshot, rules: Sequence[Rule], overwrite: bool = True) ->
     none matches). overwrite=False keeps categories already set (a saved snapshot's)."""
     bufs = []
     changed = False
+    names = _holder_names(snap)
+    empty: List[str] = []
     for b in snap.buffers:
         if b.category is not None and not overwrite:
             bufs.append(b)
             continue
+        holders = b.holders
+        procs = names.get(holders[0], empty) if len(holders) == 1 else \
+            [n for pid in holders for n in names.get(pid, empty)]
         values = {"kind": (b.kind,), "exporter": (b.exporter or "",), "name": (b.name or "",),
-                  "process": _holder_names(snap, b.holders)}
-        cat = next((r.category for r in rules if r.matches(values)), None)
+                  "process": procs}
+        cat = None
+        for r in rules:
+            if r.matches(values):
+                cat = r.category
+                break
         if cat != b.category:
-            b = replace(b, category=cat)
+            b = evolve(b, category=cat)
             changed = True
         bufs.append(b)
     return replace(snap, buffers=tuple(bufs)) if changed else snap

@@ -294,46 +294,95 @@ def _opt_str(v):
     return v
 
 
+def _str(v):
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {v!r}")
+    return v
+
+
 def _int(v):
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"expected an integer, got {v!r}")
     return v
 
 
+def _nat(v):
+    """A count, size, inode or address: a non-negative integer."""
+    if _int(v) < 0:
+        raise ValueError(f"expected a non-negative integer, got {v!r}")
+    return v
+
+
+def _opt_nat(v):
+    return None if v is None else _nat(v)
+
+
+def _list(v):
+    if not isinstance(v, (list, tuple)):
+        raise ValueError(f"expected a list, got {type(v).__name__}")
+    return v
+
+
+def _vma(v):
+    start, end, off = (_nat(x) for x in _list(v))
+    if end < start:
+        raise ValueError(f"mapping ends before it starts: {v!r}")
+    return start, end, off
+
+
 def _snapshot_from_dict(doc: dict) -> Snapshot:
     if not isinstance(doc, dict):
         raise SourceError("not a memtrack snapshot: the JSON document is not an object")
-    if doc.get("schema") != SCHEMA:
+    if type(doc.get("schema")) is not int or doc["schema"] != SCHEMA:
         raise SourceError(f"unsupported snapshot schema {doc.get('schema')!r} (this memtrack reads {SCHEMA})")
     buffers = []
-    for b in doc["buffers"]:
+    for b in _list(doc["buffers"]):
         kind = b["kind"]
         if kind not in KINDS:
             raise ValueError(f"unknown buffer kind {kind!r}")
+        holders = tuple(_nat(h) for h in _list(b.get("holders", ())))
+        if list(holders) != sorted(set(holders)):
+            raise ValueError(f"buffer {b['id']!r}: holders not sorted and unique")
         buffers.append(Buffer(
-            id=_opt_str(b["id"]), kind=kind, inode=_opt_int(b["inode"]), dev=_opt_str(b.get("dev")),
-            size=_opt_int(b.get("size")), exporter=_opt_str(b.get("exporter")),
+            id=_str(b["id"]), kind=kind, inode=_opt_nat(b["inode"]), dev=_opt_str(b.get("dev")),
+            size=_opt_nat(b.get("size")), exporter=_opt_str(b.get("exporter")),
             name=_opt_str(b.get("name")), category=_opt_str(b.get("category")),
-            holders=tuple(_int(h) for h in b.get("holders", ())),
-            fd_refs=_int(b.get("fd_refs", 0)), map_refs=_int(b.get("map_refs", 0)),
-            kernel_count=_opt_int(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
-    ids = {b.id for b in buffers}
-    if len(ids) != len(buffers):
+            holders=holders,
+            fd_refs=_nat(b.get("fd_refs", 0)), map_refs=_nat(b.get("map_refs", 0)),
+            kernel_count=_opt_nat(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
+    holders_of = {b.id: b.holders for b in buffers}
+    if len(holders_of) != len(buffers):
         raise ValueError("duplicate buffer ids")
     procs = []
     smaps = bool(doc.get("smaps", False))
-    for p in doc["processes"]:
+    referenced = {}
+    for p in _list(doc["processes"]):
+        pid = _nat(p["pid"])
         refs = []
-        for r in p.get("refs", ()):
-            if r["buffer"] not in ids:
-                raise ValueError(f"reference to unknown buffer {r['buffer']!r}")
-            vmas = tuple((_int(v[0]), _int(v[1]), _int(v[2])) for v in r.get("vmas", ()))
-            fds = tuple(_int(f) for f in r.get("fd_list", ()))
-            refs.append(Ref(buffer=r["buffer"], fds=fds, vmas=vmas,
-                            in_rss=_opt_int(r.get("in_rss")) if smaps else None))
-        procs.append(Process(pid=_int(p["pid"]), comm=_opt_str(p.get("comm")) or "",
+        for r in _list(p.get("refs", ())):
+            bid = r["buffer"]
+            if not isinstance(bid, str) or bid not in holders_of:
+                raise ValueError(f"reference to unknown buffer {bid!r}")
+            if pid not in holders_of[bid]:
+                raise ValueError(f"pid {pid} references {bid!r} but is not among its holders")
+            referenced.setdefault(bid, set()).add(pid)
+            vmas = tuple(_vma(v) for v in _list(r.get("vmas", ())))
+            fds = tuple(_nat(f) for f in _list(r.get("fd_list", ())))
+            refs.append(Ref(buffer=bid, fds=fds, vmas=vmas,
+                            in_rss=_opt_nat(r.get("in_rss")) if smaps else None))
+        if len({r.buffer for r in refs}) != len(refs):
+            raise ValueError(f"pid {pid} references one buffer twice")
+        procs.append(Process(pid=pid, comm=_opt_str(p.get("comm")) or "",
                              cmdline=_opt_str(p.get("cmdline")) or "", uid=_opt_int(p.get("uid")),
                              refs=tuple(refs)))
+    if len({p.pid for p in procs}) != len(procs):
+        raise ValueError("a pid listed twice")
+    if not doc.get("filter"):
+        # a whole snapshot: every holder has its reference (a filtered one keeps all holders
+        # for pss, but only the selected processes)
+        for b in buffers:
+            if b.holders and set(b.holders) != referenced.get(b.id, set()):
+                raise ValueError(f"buffer {b.id!r}: holders without a reference")
     k = doc.get("kernel") or {}
     s = doc.get("skipped") or {}
     h = doc.get("host") or {}
@@ -346,11 +395,11 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
                           dmabuf_exported_bytes=_opt_int(k.get("dmabuf_exported_bytes")),
                           dmabuf_exported_count=_opt_int(k.get("dmabuf_exported_count")),
                           sysv_source=_opt_str(k.get("sysv_source"))),
-        skipped=Skipped(denied=tuple(_int(x) for x in s.get("denied", ())),
-                        vanished=tuple(_int(x) for x in s.get("vanished", ())),
-                        unreadable=tuple(_int(x) for x in s.get("unreadable", ()))),
-        notes=tuple(str(n) for n in doc.get("notes", ())),
-        gpu=tuple(_gpu_from_dict(g) for g in doc.get("gpu") or ()),
+        skipped=Skipped(denied=tuple(_int(x) for x in _list(s.get("denied", ()))),
+                        vanished=tuple(_int(x) for x in _list(s.get("vanished", ()))),
+                        unreadable=tuple(_int(x) for x in _list(s.get("unreadable", ())))),
+        notes=tuple(_str(n) for n in _list(doc.get("notes", ()))),
+        gpu=tuple(_gpu_from_dict(g) for g in _list(doc.get("gpu") or ())),
     )
 
 
@@ -370,6 +419,16 @@ def fast_factory(cls):
         obj.__dict__.update(zip(names, values))
         return obj
     return make
+
+
+def evolve(obj, **changes):
+    """dataclasses.replace() for the hot paths (several times faster): a copy of a frozen
+    dataclass with some fields changed. Only for classes without cached properties."""
+    new = object.__new__(type(obj))
+    d = new.__dict__
+    d.update(obj.__dict__)
+    d.update(changes)
+    return new
 
 
 new_buffer = fast_factory(Buffer)

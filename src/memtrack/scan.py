@@ -21,6 +21,8 @@ from .readers.fd import classify, fdinfo_int, parse_fdinfo
 from .readers.maps import parse_shared
 from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
+from .readers.num import u64 as to_u64
+from .sources.base import is_number
 
 BUFINFO = "sys/kernel/debug/dma_buf/bufinfo"
 SYSFS_BUFFERS = "sys/kernel/dmabuf/buffers"
@@ -74,10 +76,10 @@ def read_sysfs_stats(src, obs: Observations) -> None:
         return
     bufs = []
     for n in names:
-        if not n.isdigit():
+        if not is_number(n):
             continue
         try:
-            size = int(src.read_text(f"{SYSFS_BUFFERS}/{n}/size").strip())
+            size = to_u64(src.read_text(f"{SYSFS_BUFFERS}/{n}/size").strip())
             exp = src.read_text(f"{SYSFS_BUFFERS}/{n}/exporter_name").strip() or None
         except (ProcessGone, ValueError):
             continue                      # freed while we listed, or garbage
@@ -120,7 +122,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                 fds.append(ref)
                 if ref.size is not None:
                     sized[(ref.kind, ref.fs, ref.inode)] = ref.size
-        for start, end, off, dev, ino, kind, name in parse_shared(p.maps()):
+        bad = []
+        for start, end, off, dev, ino, kind, name in parse_shared(p.maps(), bad):
             fs = kind if kind in ("sysv", "dmabuf") else dev
             size = None
             key = (kind, fs, ino)
@@ -140,11 +143,15 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
             comm, uid = parse_status(p.status())
             obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid))
     except ProcessGone as exc:
-        _skip_list(obs, exc).append(pid)
+        if not (isinstance(exc, Denied) and p is not None and _is_zombie(p)):
+            _skip_list(obs, exc).append(pid)
         return
     finally:
         if p is not None:
             p.close()
+    if bad:
+        counters["bad_maps_lines"] = counters.get("bad_maps_lines", 0) + len(bad)
+        counters.setdefault("bad_maps_pids", []).append(pid)
     obs.fds.extend(fds)
     obs.maps.extend(maps)
     obs.rss.extend(rss)
@@ -180,6 +187,16 @@ def _map_size(p, start: int, end: int, ino: int, counters: Dict[str, int]) -> Op
     return st[2] if st is not None and st[1] == ino else None
 
 
+def _is_zombie(p) -> bool:
+    """A zombie has released its files and memory: it holds nothing, so there is nothing
+    denied. (Its fd/ is unreadable to non-root: ptrace access needs an mm.)"""
+    try:
+        st = p.status()
+    except ProcessGone:
+        return False
+    return "\nState:\tZ" in st or "\nState:\tX" in st
+
+
 def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], thorough: bool,
              counters: Dict[str, int]) -> Optional[FdRef]:
     pid = p.pid
@@ -198,6 +215,10 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
             exporter = info.get("exp_name") or None
             name = info.get("name") or name
             size_from = "fdinfo" if size is not None else None
+            if (ino is None and "ino" in info) or (size is None and "size" in info) or \
+                    (count is None and "count" in info):
+                counters["bad_fdinfo"] = counters.get("bad_fdinfo", 0) + 1
+                counters.setdefault("bad_fdinfo_pids", set()).add(pid)
         if ino is None or size is None:
             st = _stat(p, fd)
             if st is not None:
@@ -276,7 +297,8 @@ def host_info(src):
             out.append(None)
     meta = src.meta()
     host = meta.get("host") if isinstance(meta.get("host"), dict) else {}
-    return (out[0] or host.get("hostname"), out[1] or host.get("kernel"))
+    meta_host = [v if isinstance(v, str) else None for v in (host.get("hostname"), host.get("kernel"))]
+    return (out[0] or meta_host[0], out[1] or meta_host[1])
 
 
 def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> Observations:
@@ -314,6 +336,16 @@ def counter_notes(counters: Dict[str, int]):
     if counters.get("drm_no_client_id"):
         notes.append(f"{counters['drm_no_client_id']} DRM fds have no drm-client-id: each counts "
                      "as its own client (dup'd fds may be counted twice)")
+    if counters.get("bad_fdinfo"):
+        pl = sorted(counters["bad_fdinfo_pids"])
+        notes.append(f"{counters['bad_fdinfo']} dma-buf fdinfo files with impossible numbers (ino, size "
+                     f"or count over 64 bits or negative): those values ignored, in pids "
+                     f"{', '.join(map(str, pl[:5]))}" + (", ..." if len(pl) > 5 else ""))
+    if counters.get("bad_maps_lines"):
+        pl = counters["bad_maps_pids"]
+        notes.append(f"{counters['bad_maps_lines']} maps lines with impossible numbers (over 64 bits, "
+                     f"end before start) left out, in pids {', '.join(map(str, pl[:5]))}"
+                     + (", ..." if len(pl) > 5 else ""))
     if counters.get("no_identity"):
         notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
     return notes

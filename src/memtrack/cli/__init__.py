@@ -39,10 +39,10 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     mods = _commands()
     for name, mod in mods.items():
-        # a command may reuse a common short option for its own meaning (dmabuf-dump -b, as
-        # Android's tool has it): its own option wins, the long form of the common one stays
+        # resolve: a command may give a common option its own meaning (capture's -o,
+        # dmabuf-dump's -b and -o as Android's tool has them); its own option wins
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           conflict_handler="resolve" if getattr(mod, "OVERRIDES_COMMON", False) else "error")
+                           conflict_handler="resolve")
         add_common(p, suppress=True)
         mod.add_arguments(p)
     # `memtrack -p 1` and `memtrack --json` are `ps`: its own options must parse at top level too
@@ -61,6 +61,7 @@ def _adb_before_command(argv, mods):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _safe_stdout()
     try:
         parser, mods = build_parser()
         args = parser.parse_args(_adb_before_command(argv, mods))
@@ -80,6 +81,16 @@ def main(argv=None) -> int:
         print(f"memtrack: internal error: {type(exc).__name__}: {exc} "
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 70
+
+
+def _safe_stdout():
+    # Names from other processes may hold bytes that are not UTF-8 (kept as surrogates):
+    # write them as \udcXX, valid inside JSON strings, rather than fail or emit raw bytes.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
 
 
 def _quiet_stdout():

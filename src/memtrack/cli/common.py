@@ -52,6 +52,9 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     o.add_argument("-b", "--bytes", action="store_true", default=d(False), help="sizes in bytes in tables")
     o.add_argument("-k", "--human", action="store_false", dest="bytes", default=d(False),
                    help="sizes 1024-based (KiB, MiB, GiB) in tables, the default: undoes -b")
+    o.add_argument("-o", "--output", metavar="FILE", default=d(None),
+                   help="write the output (table, --json, --csv) to FILE, atomically: a reader sees "
+                        "the old file or the new one, never a part")
     o.add_argument("-q", "--quiet", action="store_true", default=d(False),
                    help="no notes on stderr (the count of processes skipped is still printed)")
 
@@ -135,11 +138,22 @@ def prepare(args):
 
 
 def emit_json(view: Snapshot, args) -> int:
-    emit(view.to_json(filt=filter_doc(args)) + "\n")
+    emit(view.to_json(filt=filter_doc(args)) + "\n", args)
     return 0
 
 
-def emit(text: str) -> None:
+def emit(text: str, args=None) -> None:
+    """The command's output, to stdout or, with -o FILE, atomically to FILE. Undecodable
+    bytes in names (held as surrogates) are written as \\udcXX: in JSON that is a valid
+    escape that reads back to the same name."""
+    path = getattr(args, "output", None) if args is not None else None
+    if path:
+        from ..util.atomic import atomic_write
+        try:
+            atomic_write(path, text.encode("utf-8", "backslashreplace"))
+        except OSError as exc:
+            raise MemtrackError(f"{path}: {exc.strerror or exc}") from None
+        return
     sys.stdout.write(text)
     sys.stdout.flush()
 

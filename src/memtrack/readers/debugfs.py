@@ -5,6 +5,7 @@ import re
 from typing import List, Optional, Tuple
 
 from ..observe import KernelBuffer
+from .num import u64
 
 # %08zu\t%08x\t%08x\t%08ld\t%s\t%08lu\t%s  (the ino and name columns since 5.3)
 _ROW = re.compile(r"^(\d+)\t([0-9a-fA-F]+)\t([0-9a-fA-F]+)\t(\d+)\t([^\t]*)(?:\t(\d+)(?:\t(.*))?)?$")
@@ -21,12 +22,19 @@ def parse(text: str) -> Tuple[List[KernelBuffer], Optional[int], Optional[int]]:
         m = _ROW.match(line)
         if m:
             size, _flags, _mode, count, exp, ino, name = m.groups()
-            bufs.append(KernelBuffer(
-                kind="dmabuf", inode=int(ino) if ino is not None else None, size=int(size),
-                exporter=exp or None, name=None if name in (None, "<none>", "") else name,
-                count=int(count), source="debugfs"))
+            try:
+                kb = KernelBuffer(
+                    kind="dmabuf", inode=u64(ino) if ino is not None else None, size=u64(size),
+                    exporter=exp or None, name=None if name in (None, "<none>", "") else name,
+                    count=u64(count), source="debugfs")
+            except ValueError:
+                continue              # numbers no kernel prints: not a row
+            bufs.append(kb)
             continue
         t = _TOTAL.match(line)
         if t:
-            total_count, total_bytes = int(t.group(1)), int(t.group(2))
+            try:
+                total_count, total_bytes = u64(t.group(1)), u64(t.group(2))
+            except ValueError:
+                pass
     return bufs, total_count, total_bytes

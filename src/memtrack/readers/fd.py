@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+from .num import u64
+
 DELETED = " (deleted)"
 
 
@@ -34,7 +36,7 @@ def classify(path: str) -> Optional[Tuple[str, Optional[str]]]:
 def parse_fdinfo(text: str) -> Dict[str, str]:
     """key -> value for the `key:\\tvalue` lines (values stripped). Lock lines are skipped."""
     out = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):      # not splitlines(): a dma-buf name may hold "\r"
         key, sep, value = line.partition(":")
         if sep and key and " " not in key:
             out.setdefault(key, value.strip())
@@ -46,7 +48,6 @@ def fdinfo_int(info: Dict[str, str], key: str, base: int = 10) -> Optional[int]:
     if v is None:
         return None
     try:
-        n = int(v, base)
+        return u64(v, base)
     except ValueError:
         return None
-    return n if n >= 0 else None

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Iterator, Optional
 
 from .fd import classify
+from .num import U64, u64
 
 # One line of maps: start-end perms offset dev inode path
 _LINE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) [r-][w-][x-]s ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) +(/[^\n]*)")
@@ -32,15 +33,29 @@ def shared_lines(data: bytes):
 
 def norm_dev(dev: str) -> str:
     major, _, minor = dev.partition(":")
-    return "%02x:%02x" % (int(major, 16), int(minor, 16))
+    return "%02x:%02x" % (u64(major, 16), u64(minor, 16))
 
 
-def parse_shared(data: bytes) -> Iterator[tuple]:
-    """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping."""
+def parse_shared(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
+    """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping.
+    Lines whose numbers no kernel prints (over 64 bits, end before start) are left out,
+    and appended to `bad` when given, so the caller can say how many."""
     for m in shared_lines(data):
         start, end, off, dev, ino, path = m.groups()
         kp = classify(path.decode("utf-8", "surrogateescape"))
         if kp is None:
             continue
-        yield (int(start, 16), int(end, 16), int(off, 16), norm_dev(dev.decode()), int(ino),
-               kp[0], kp[1])
+        try:
+            # the regex allowed only hex digits and ASCII digits: lengths are all that is
+            # left to check (the hot path of a scan, so no general u64() here)
+            if len(start) > 16 or len(end) > 16 or len(off) > 16 or len(ino) > 20:
+                raise ValueError("over 64 bits")
+            s, e, i = int(start, 16), int(end, 16), int(ino)
+            if e < s or i >= U64:
+                raise ValueError("end before start, or inode over 64 bits")
+            row = (s, e, int(off, 16), norm_dev(dev.decode()), i, kp[0], kp[1])
+        except ValueError:
+            if bad is not None:
+                bad.append(m.group(0)[:120])
+            continue
+        yield row

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import List
 
 from ..observe import KernelBuffer
+from .num import u64
 
 
 def parse(text: str) -> List[KernelBuffer]:
@@ -20,10 +21,11 @@ def parse(text: str) -> List[KernelBuffer]:
         if len(f) < len(cols):
             continue
         try:
-            key = int(f[ix["key"]])
+            key = f[ix["key"]]            # %10d of a signed int: the only signed column
+            key = -u64(key[1:]) if key.startswith("-") else u64(key)
             out.append(KernelBuffer(
-                kind="sysv", inode=int(f[ix["shmid"]]), size=int(f[ix["size"]]), exporter=None,
-                name="0x%08x" % (key & 0xFFFFFFFF), count=int(f[ix["nattch"]]), source="sysvipc"))
+                kind="sysv", inode=u64(f[ix["shmid"]]), size=u64(f[ix["size"]]), exporter=None,
+                name="0x%08x" % (key & 0xFFFFFFFF), count=u64(f[ix["nattch"]]), source="sysvipc"))
         except (ValueError, KeyError):
             continue
     return out

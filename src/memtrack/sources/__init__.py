@@ -2,7 +2,9 @@
 a directory laid out like them, and a capture archive read member by member."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from ..errors import SourceError
 
@@ -19,8 +21,15 @@ def open_source(path=None):
     if os.path.isdir(path):
         from .tree import DirSource
         return DirSource(path)
-    if not os.path.exists(path):
-        raise SourceError(f"{path}: no such file or directory")
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise SourceError(f"{path}: no such file or directory") from None
+        raise SourceError(f"{path}: {exc.strerror or 'cannot stat'}") from None
+    if not stat.S_ISREG(st.st_mode):
+        # a FIFO or a device would block or never end: only files and directories are sources
+        raise SourceError(f"{path}: not a regular file or a directory")
     try:
         with open(path, "rb") as f:
             head = f.read(512)

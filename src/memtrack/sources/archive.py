@@ -1,20 +1,38 @@
 """A capture archive (.tar.gz, .tar, .tar.xz...), read member by member in one streaming
 pass and kept in memory: nothing is ever extracted, no link is ever followed. Archives
-come from other machines, so every member is treated as untrusted input."""
+come from other machines, so every member is treated as untrusted input:
+
+- only regular files, symlinks and directories are kept; hard links, devices, FIFOs and
+  sparse members are skipped; names that are absolute, contain `..` or a backslash, are
+  longer than MAX_NAME or deeper than MAX_DEPTH are skipped; duplicates keep the first;
+- a member over MAX_MEMBER is skipped without being read (a seek on a plain tar);
+- what is kept (contents, names and a per-entry overhead) is capped at MAX_TOTAL, what is
+  decompressed (skipped data included) at MAX_STREAM, the members at MAX_MEMBERS, the
+  extended headers (pax, GNU long names) at MAX_HEADER: past a cap the archive is refused;
+- a truncated or corrupt archive keeps what came before, and says so.
+Everything skipped is counted in the snapshot notes, with the first few names.
+"""
 from __future__ import annotations
 
 import datetime as _dt
-import posixpath
+import os
+import stat as _stat
 import tarfile
 import zlib
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Set
 
 from ..errors import SourceError, Unreadable, Vanished
 from .base import PathSource
 
 MAX_MEMBER = 64 << 20        # larger members are skipped, and said so
-MAX_TOTAL = 1 << 30          # bytes kept in memory in all
+MAX_TOTAL = 1 << 30          # bytes kept in memory in all (contents + names + overhead)
+MAX_STREAM = 4 << 30         # bytes decompressed in all, skipped members included
 MAX_MEMBERS = 2_000_000
+MAX_HEADER = 1 << 20         # a pax header or GNU long name/link
+MAX_NAME = 4096              # PATH_MAX
+MAX_DEPTH = 32               # the deepest capture path is 6 components
+ENTRY_COST = 256             # what one kept entry costs beyond its bytes (dict slots, objects)
+NAMES_SHOWN = 3
 
 
 def looks_like_archive(path: str, head: bytes) -> bool:
@@ -33,6 +51,112 @@ def _clean(name: str):
     return "/".join(parts)
 
 
+def shown(name: str, limit: int = 80) -> str:
+    """A member name made safe to print: undecodable bytes and control characters escaped."""
+    s = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+    s = "".join(c if " " <= c < "\x7f" else "\\x%02x" % ord(c) for c in s)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+class _TooMuch(Exception):
+    """A cap on the whole archive was reached: refuse it."""
+
+
+class _Corrupt(Exception):
+    """A header that is not a tar header, or the archive ends in the middle of one."""
+
+
+class _SafeInfo(tarfile.TarInfo):
+    """TarInfo that refuses huge extended headers before tarfile reads them into memory,
+    and reports corrupt headers instead of letting tarfile end the archive silently."""
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            raise                          # the end-of-archive zero block: a clean end
+        except tarfile.EmptyHeaderError:
+            raise _Corrupt("the archive ends without an end-of-archive marker") from None
+        except (tarfile.HeaderError, ValueError, UnicodeError, OverflowError) as exc:
+            raise _Corrupt(f"bad tar header ({exc or type(exc).__name__})") from None
+
+    def _proc_gnulong(self, tf):
+        if self.size > MAX_HEADER:
+            raise _Corrupt(f"GNU long name header of {self.size} bytes")
+        return super()._proc_gnulong(tf)
+
+    def _proc_pax(self, tf):
+        if self.size > MAX_HEADER:
+            raise _Corrupt(f"pax header of {self.size} bytes")
+        return super()._proc_pax(tf)
+
+
+class _Capped:
+    """A decompressing reader that stops a decompression bomb at MAX_STREAM bytes."""
+
+    def __init__(self, inner, limit):
+        self.inner, self.limit, self.count, self.eof = inner, limit, 0, False
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            n = self.limit - self.count + 1
+        data = self.inner.read(min(n, self.limit - self.count + 1))
+        if not data and n:
+            # tarfile skips a member in stream mode by reading block after block, and does
+            # not stop at EOF: a member declaring 1 TB would spin for minutes. Stop it.
+            if self.eof:
+                raise EOFError("unexpected end of data")
+            self.eof = True
+        self.count += len(data)
+        if self.count > self.limit:
+            raise _TooMuch(f"decompresses to more than {self.limit >> 20} MiB")
+        return data
+
+
+def _open_stream(path: str):
+    """(file object for tarfile, tarfile mode, file to close). Plain tars are read
+    seekable, so a skipped member costs a seek; compressed ones stream through _Capped."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        if not _stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise SourceError(f"{path}: not a regular file")
+        head = f.read(6)
+        f.seek(0)
+        if head[:2] == b"\x1f\x8b":
+            import gzip
+            inner = gzip.GzipFile(fileobj=f, mode="rb")
+        elif head[:3] == b"BZh":
+            import bz2
+            inner = bz2.BZ2File(f, "rb")
+        elif head[:6] == b"\xfd7zXZ\x00":
+            try:
+                import lzma
+            except ImportError:
+                raise SourceError(f"{path}: an xz archive, and this Python has no lzma module") from None
+            inner = lzma.LZMAFile(f, "rb")
+        else:
+            return f, "r:", f
+        return _Capped(inner, MAX_STREAM), "r|", f
+    except BaseException:
+        f.close()
+        raise
+
+
+def _read_errors():
+    errs = [tarfile.TarError, EOFError, zlib.error, OSError, ValueError, _Corrupt,
+            UnicodeError, OverflowError]
+    try:
+        import lzma
+        errs.append(lzma.LZMAError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
 class ArchiveSource(PathSource):
     def __init__(self, path: str):
         self.path = path
@@ -42,6 +166,7 @@ class ArchiveSource(PathSource):
         self.dirs: Dict[str, Set[str]] = {"": set()}
         self.problems: List[str] = []
         self._mtime = 0
+        self._cost = 0
         self._load()
 
     def _add_dirs(self, rel: str) -> None:
@@ -51,57 +176,101 @@ class ArchiveSource(PathSource):
             new = kids is None
             if new:
                 kids = self.dirs[parent] = set()
+                self._charge(len(parent))
             kids.add(name)
             if not new or not parent:
                 break
             parent, _, name = parent.rpartition("/")
 
+    def _charge(self, nbytes: int) -> None:
+        self._cost += nbytes + ENTRY_COST
+        if self._cost > MAX_TOTAL:
+            raise _TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content")
+
     def _load(self) -> None:
-        total = count = 0
-        skipped: Dict[str, int] = {}
+        count = 0
+        skipped: Dict[str, List] = {}
+
+        def skip(why, name):
+            e = skipped.setdefault(why, [0, []])
+            e[0] += 1
+            if len(e[1]) < NAMES_SHOWN:
+                e[1].append(shown(name))
+
+        fileobj, mode, raw = _open_stream(self.path)
         try:
-            with tarfile.open(self.path, "r|*") as tf:
+            with tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_SafeInfo,
+                              errors="surrogateescape") as tf:
                 for m in tf:
+                    tf.members = []           # tarfile keeps every TarInfo otherwise
                     count += 1
                     if count > MAX_MEMBERS:
-                        raise SourceError(f"{self.path}: more than {MAX_MEMBERS} members, refusing")
-                    rel = _clean(m.name)
-                    if rel is None:
-                        skipped["unsafe name"] = skipped.get("unsafe name", 0) + 1
+                        raise _TooMuch(f"more than {MAX_MEMBERS} members")
+                    name = m.name
+                    if len(name) > MAX_NAME or name.count("/") > MAX_DEPTH:
+                        skip("name too long or too deep", name)
                         continue
-                    self._mtime = max(self._mtime, int(m.mtime or 0))
+                    rel = _clean(name)
+                    if rel is None:
+                        skip("unsafe name", name)
+                        continue
+                    mt = m.mtime
+                    if isinstance(mt, (int, float)) and 0 <= mt < (1 << 33) and mt > self._mtime:
+                        self._mtime = int(mt)
                     if m.isdir():
-                        self.dirs.setdefault(rel, set())
+                        if rel not in self.dirs:
+                            self._charge(len(rel))
+                            self.dirs[rel] = set()
                         if "/" in rel:
                             self._add_dirs(rel)
                         continue
                     if rel in self.files or rel in self.links:
-                        skipped["duplicate member"] = skipped.get("duplicate member", 0) + 1
+                        skip("duplicate member", name)
                         continue
                     if m.issym():
-                        self.links[rel] = m.linkname
-                    elif m.isreg():
-                        if m.size > MAX_MEMBER:
-                            skipped[f"over {MAX_MEMBER >> 20} MiB"] = skipped.get(f"over {MAX_MEMBER >> 20} MiB", 0) + 1
+                        if len(m.linkname) > MAX_NAME:
+                            skip("link target too long", name)
                             continue
-                        total += m.size
-                        if total > MAX_TOTAL:
-                            raise SourceError(f"{self.path}: more than {MAX_TOTAL >> 20} MiB of content, refusing")
+                        self._charge(len(rel) + len(m.linkname))
+                        self.links[rel] = m.linkname
+                    elif m.issparse():
+                        skip("sparse member", name)
+                        continue
+                    elif m.isreg():
+                        if m.size < 0:                 # base-256 header fields can say so
+                            skip("negative size", name)
+                            continue
+                        if m.size > MAX_MEMBER:
+                            skip(f"over {MAX_MEMBER >> 20} MiB, not read", name)
+                            continue
+                        self._charge(len(rel) + m.size)
                         f = tf.extractfile(m)
-                        self.files[rel] = f.read() if f else b""
+                        data = f.read() if f else b""
+                        if len(data) != m.size:
+                            raise EOFError("unexpected end of data")
+                        self.files[rel] = data
+                    elif m.islnk():
+                        skip("hard link", name)
+                        continue
                     else:
-                        skipped["not a file or symlink"] = skipped.get("not a file or symlink", 0) + 1
+                        skip("device, FIFO or other special file", name)
                         continue
                     self._add_dirs(rel)
+        except _TooMuch as exc:
+            raise SourceError(f"{self.path}: {exc}, refusing (a tar bomb?)") from None
         except SourceError:
             raise
-        except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+        except _read_errors() as exc:
             if not self.files and not self.links:
-                raise SourceError(f"{self.path}: not a readable capture archive ({exc})") from None
-            self.problems.append(f"archive is truncated or corrupt after {count} members ({exc}); "
-                                 "read what came before")
-        for why, n in sorted(skipped.items()):
-            self.problems.append(f"{n} archive members skipped: {why}")
+                raise SourceError(f"{self.path}: not a readable capture archive "
+                                  f"({shown(str(exc) or type(exc).__name__, 160)})") from None
+            self.problems.append(f"archive is truncated or corrupt after {count} members "
+                                 f"({shown(str(exc) or type(exc).__name__, 160)}); read what came before")
+        finally:
+            raw.close()
+        for why, (n, names) in sorted(skipped.items()):
+            more = ", ..." if n > len(names) else ""
+            self.problems.append(f"{n} archive members skipped: {why} ({', '.join(names)}{more})")
         if "proc" not in self.dirs:
             raise SourceError(f"{self.path}: no proc/ directory in the archive: not a memtrack capture")
 

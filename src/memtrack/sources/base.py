@@ -22,6 +22,15 @@ def fmt_dev(st_dev: int) -> str:
     return s
 
 
+def is_number(name: str) -> bool:
+    """A name the kernel would print for a pid or an fd: ASCII digits, no leading zero.
+    (str.isdigit accepts "²", which int() refuses, and "01" would read pid 1 twice.)"""
+    return name.isascii() and name.isdigit() and (name == "0" or name[0] != "0")
+
+
+U64 = 1 << 64
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -85,9 +94,11 @@ def parse_statfile(text: str, key_is_range: bool) -> Dict[str, Stat]:
             if not sep:
                 raise ValueError
             dev = "%02x:%02x" % (int(major, 16), int(minor, 16))
+            if len(f[2]) > 20 or len(f[3]) > 20:
+                raise ValueError
             ino, size = int(f[2]), int(f[3])
-            mode = int(f[4], 8) if len(f) > 4 else 0
-            if ino < 0 or size < 0:
+            mode = int(f[4], 8) if len(f) > 4 and len(f[4]) <= 8 else 0
+            if not (0 <= ino < U64 and 0 <= size < U64):
                 raise ValueError
             out[f[0]] = (dev, ino, size, mode)
         except ValueError:
@@ -108,9 +119,10 @@ class PathProc(ProcReader):
 
     def fds(self):
         try:
-            return self.src.listdir(self.base + "/fd")
+            names = self.src.listdir(self.base + "/fd")
         except Vanished:
             return []            # a capture of a process with no fd/ (e.g. a zombie)
+        return [n for n in names if is_number(n)]
 
     def readlink(self, fd):
         return self.src.readlink(f"{self.base}/fd/{fd}")
@@ -165,7 +177,7 @@ class PathSource(Source):
             names = self.listdir("proc")
         except Vanished:
             return []
-        return sorted(int(n) for n in names if n.isdigit())
+        return sorted(int(n) for n in names if is_number(n))
 
     def process(self, pid):
         return PathProc(self, pid)
@@ -176,7 +188,7 @@ class PathSource(Source):
         if self._meta is None:
             try:
                 doc = json.loads(self.read_text("meta.json"))
-            except (ProcessGone, ValueError):
+            except (ProcessGone, ValueError, RecursionError):
                 doc = {}
             self._meta = doc if isinstance(doc, dict) else {}
         return self._meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import translated
-from .base import ProcReader, Source, fmt_dev
+from .base import ProcReader, Source, fmt_dev, is_number
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_READ = os.O_RDONLY | os.O_CLOEXEC
@@ -115,7 +115,7 @@ class LiveSource(Source):
         self.proc_root, self.sys_root = proc_root, sys_root
 
     def pids(self):
-        return sorted(int(n) for n in os.listdir(self.proc_root) if n.isdigit())
+        return sorted(int(n) for n in os.listdir(self.proc_root) if is_number(n))
 
     def process(self, pid):
         return LiveProc(self.proc_root, pid)

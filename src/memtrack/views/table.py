@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import List, Optional, Sequence
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -24,6 +25,17 @@ def human(n: Optional[int], raw: bool = False) -> str:
     return str(n)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(s: str) -> str:
+    """Names come from other processes (a memfd name, a comm, a cmdline): escape control
+    characters and undecodable bytes so no name can move the cursor or recolor a terminal."""
+    if s.isprintable() or not _CONTROL.search(s):
+        return s
+    return _CONTROL.sub(lambda m: "\\x%02x" % (ord(m.group()) & 0xFF), s)
+
+
 class Column:
     __slots__ = ("title", "align", "width_cap")
 
@@ -34,8 +46,8 @@ class Column:
 def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optional[List[Sequence[str]]] = None,
            max_last: Optional[int] = None) -> str:
     """Aligned columns separated by two spaces; the last column is never padded."""
-    body = [list(map(str, r)) for r in rows]
-    foot = [list(map(str, r)) for r in (footer or [])]
+    body = [[printable(str(c)) for c in r] for r in rows]
+    foot = [[printable(str(c)) for c in r] for r in (footer or [])]
     widths = [len(c.title) for c in columns]
     for r in body + foot:
         for i, cell in enumerate(r[:-1]):

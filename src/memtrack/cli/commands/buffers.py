@@ -23,7 +23,7 @@ def run(args) -> int:
         rows = [[b.id, b.kind, b.dev, b.inode, b.size, b.exporter, b.name, len(b.holders), b.fd_refs,
                  b.map_refs, b.kernel_count, " ".join(map(str, b.holders))] for b in bufs]
         emit(to_csv(["buffer", "kind", "dev", "inode", "size", "exporter", "name", "nr_procs", "fd_refs",
-                     "map_refs", "kernel_count", "holders"], rows))
+                     "map_refs", "kernel_count", "holders"], rows), args)
         return 0
     raw = args.bytes
     cols = [Column("Kind", "<"), Column("Inode"), Column("Size"), Column("nr_procs"), Column("Fds"),
@@ -40,5 +40,5 @@ def run(args) -> int:
                      b.name or "-", holder_text(snap, b, limit=10**9 if args.all else 8)])
     foot = ["", "", human(total, raw), "", "", "", "", f"TOTAL ({len(bufs)} buffers"
             + (f", {unknown} of unknown size)" if unknown else ")"), ""]
-    emit(render(cols, rows, [foot]))
+    emit(render(cols, rows, [foot]), args)
     return 0

@@ -77,7 +77,7 @@ def run(args) -> int:
                         [pu.by_kind[k].pss if k in pu.by_kind else 0 for k in kinds] +
                         ([gpu.get(p.pid, 0)] if gpu is not None else []) +
                         [u.unknown, p.comm, p.cmdline])
-        emit(to_csv(header, rows))
+        emit(to_csv(header, rows), args)
         return 0
     raw = args.bytes
     cols = [Column("PID"), Column("Rss"), Column("Pss"), Column("Uss"), Column("Mapped")]
@@ -119,7 +119,7 @@ def run(args) -> int:
     if unknown_procs:
         out += (f"+ {unknown_procs} processes hold buffers whose size could not be known "
                 "(not counted; see `memtrack buffers`)\n")
-    emit(out)
+    emit(out, args)
     return 0
 
 

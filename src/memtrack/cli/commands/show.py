@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...account import account
 from ...errors import MemtrackError
-from ...views.table import Column, human, render, to_csv
+from ...views.table import Column, human, printable, render, to_csv
 from ..common import check_exclusive, emit, get_snapshot
 
 NAME = "show"
@@ -40,13 +40,13 @@ def run(args) -> int:
         if pid in snap.skipped.vanished:
             raise MemtrackError(f"pid {pid}: exited during the scan")
         if args.json:
-            emit(snap.restrict(pids={pid}).to_json(filt={"pids": [pid]}) + "\n")
+            emit(snap.restrict(pids={pid}).to_json(filt={"pids": [pid]}) + "\n", args)
             return 0
-        emit(f"pid {pid} holds no shared buffers\n")
+        emit(f"pid {pid} holds no shared buffers\n", args)
         return 0
     view = snap.restrict(pids={pid}, kinds=args.kind)
     if args.json:
-        emit(view.to_json(filt={"pids": [pid]}) + "\n")
+        emit(view.to_json(filt={"pids": [pid]}) + "\n", args)
         return 0
     acct = account(snap)
     share = acct.shares
@@ -60,10 +60,10 @@ def run(args) -> int:
             rows.append([b.id, b.kind, b.inode, b.size, share.get(b.id, {}).get(pid), " ".join(map(str, r.fds)),
                          len(r.vmas), r.mapped, b.exporter, b.name, " ".join(map(str, b.holders))])
         emit(to_csv(["buffer", "kind", "inode", "size", "pss", "fds", "maps", "mapped", "exporter",
-                     "name", "holders"], rows))
+                     "name", "holders"], rows), args)
         return 0
     u = acct.processes[pid].total
-    head = (f"pid {pid} ({proc.comm})  {proc.cmdline}\n"
+    head = (printable(f"pid {pid} ({proc.comm})  {proc.cmdline}") + "\n"
             f"rss {human(u.rss, raw)}  pss {human(u.pss, raw)}  uss {human(u.uss, raw)}  "
             f"mapped {human(u.mapped, raw)}  buffers {u.buffers}"
             + (f"  in_rss {human(u.in_rss, raw)}" if snap.smaps else "")
@@ -83,5 +83,5 @@ def run(args) -> int:
             row.append(human(r.in_rss, raw))
         row += [b.exporter or "-", b.name or "-", holder_text(snap, b, me=pid)]
         rows.append(row)
-    emit(head + render(cols, rows))
+    emit(head + render(cols, rows), args)
     return 0
