@@ -37,6 +37,9 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="only these processes (comma-separated); sharing is still counted over all")
     g.add_argument("--kind", type=_kind_list, metavar="KINDS", default=d(None),
                    help=f"only these kinds ({','.join(KINDS)})")
+    g.add_argument("--backend", choices=("auto", "procfs", "bpf"), default=d("auto"),
+                   help="how to scan this machine: bpf reads kernel iterators (root, libbpf, "
+                        "BTF), procfs reads /proc text; auto: bpf where it can run (default)")
     g.add_argument("--smaps", action="store_true", default=d(False),
                    help="also read smaps: how much of each buffer is already counted in RSS (in_rss)")
     o = p.add_argument_group("output")
@@ -49,8 +52,9 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 def get_snapshot(args, pids_for_scan=None) -> Snapshot:
     """The snapshot the options name. -p restricts the view, not the scan: pss needs every holder."""
-    from ..scan import scan
     from ..sources import open_source
+    if getattr(args, "root", None) is not None and getattr(args, "backend", "auto") == "bpf":
+        raise MemtrackError("--backend bpf scans this machine; it cannot read --root")
     src = open_source(getattr(args, "root", None))
     if isinstance(src, Snapshot):
         snap = src
@@ -58,11 +62,26 @@ def get_snapshot(args, pids_for_scan=None) -> Snapshot:
             print("memtrack: note: this snapshot was saved without smaps: in_rss unknown", file=sys.stderr)
     else:
         try:
-            snap = scan(src, pids=pids_for_scan, smaps=getattr(args, "smaps", False))
+            snap = scan_source(src, getattr(args, "backend", "auto"), pids=pids_for_scan,
+                               smaps=getattr(args, "smaps", False))
         finally:
             src.close()
     report_skipped(snap, quiet=getattr(args, "quiet", False))
     return snap
+
+
+def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> Snapshot:
+    """Scan with the backend --backend names; the snapshot records which ran and why."""
+    from dataclasses import replace
+    from ..bpf import open_backend
+    from ..scan import scan
+    scanner, reason = open_backend(backend, live=getattr(src, "live", False))
+    if scanner is None:
+        return replace(scan(src, pids=pids, smaps=smaps), backend_reason=reason)
+    try:
+        return scanner.scan(pids=pids, smaps=smaps, reason=reason)
+    finally:
+        scanner.close()
 
 
 def report_skipped(snap: Snapshot, quiet: bool = False) -> None:

@@ -21,6 +21,10 @@ def run(args) -> int:
     from ...sources.live import LiveSource
     if args.root:
         raise MemtrackError("capture records this machine; --root is for reading captures")
+    if getattr(args, "backend", "auto") == "bpf" and not args.quiet:
+        # an archive is the files a scan read: only the procfs backend reads files
+        print("memtrack: note: capture records the /proc files it reads, so it scans with "
+              "procfs (--backend bpf ignored)", file=sys.stderr)
     rec = RecordingSource(LiveSource())
     pids = sorted(args.pid) if args.pid is not None else None
     snap = scan(rec, pids=pids, smaps=args.smaps)

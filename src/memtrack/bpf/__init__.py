@@ -1,0 +1,274 @@
+"""The BPF scan backend: the observations of the procfs backend, from kernel iterators.
+
+    from memtrack.bpf import BpfScanner
+    with BpfScanner() as s:          # loads and attaches once (tens of ms)
+        snap = s.scan()              # each scan: three iterator reads (a few ms)
+
+It runs only where the caller could already read every process through /proc (root, or
+CAP_SYS_PTRACE with CAP_SYS_ADMIN): the iterators bypass per-process ptrace checks, so the
+backend must never show more than procfs would. `unavailable()` says what is missing.
+
+What still comes from /proc and /sys: /proc/PID/cmdline of the processes holding buffers
+(cached per process start time by a reused scanner), /proc/sysvipc/shm (the SysV table),
+smaps with --smaps, a readlink for files with a real path (a /dev/shm file), and the dma-buf
+table from debugfs/sysfs on kernels before 6.16 (no iter/dmabuf). DRM device fds are found
+(`drm_fds`) for a DRM reader to read their fdinfo; ashmem fds (Android) are not reported.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import replace
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ..errors import MemtrackError
+from ..observe import Observations, ProcInfo, VmaRss
+
+OBJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                      "memtrack.bpf.o")
+BTF = "/sys/kernel/btf/vmlinux"
+
+CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE = 19, 21, 38, 39, 40
+
+
+class BpfUnavailable(MemtrackError):
+    """The bpf backend cannot run here; the text names the missing piece."""
+
+
+def _status_fields() -> Dict[str, str]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def _kernel_version() -> Tuple[int, int]:
+    rel = os.uname().release
+    parts = []
+    for p in rel.split(".")[:2]:
+        digits = ""
+        for c in p:
+            if not c.isdigit():
+                break
+            digits += c
+        parts.append(int(digits or 0))
+    while len(parts) < 2:
+        parts.append(0)
+    return parts[0], parts[1]
+
+
+def rights_problem() -> Optional[str]:
+    """None when the caller may use the iterators without seeing more than procfs shows."""
+    try:
+        st = _status_fields()
+        caps = int(st.get("CapEff", "0"), 16)
+    except (OSError, ValueError):
+        return "cannot read this process's capabilities (/proc/self/status)"
+
+    def has(c):
+        return bool(caps >> c & 1)
+    can_load = has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+    sees_all = has(CAP_SYS_PTRACE) and (has(CAP_SYS_ADMIN) or has(CAP_CHECKPOINT_RESTORE))
+    if not (can_load and sees_all):
+        return ("needs root: loading BPF needs CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN), and the "
+                "iterators see every process, so memtrack also requires CAP_SYS_PTRACE and "
+                "CAP_SYS_ADMIN, the rights that let procfs read them all")
+    if len(st.get("NSpid", "").split()) > 1:
+        return "runs in a pid namespace: the iterators report pids /proc here does not use"
+    return None
+
+
+def unavailable(obj: str = OBJECT) -> Optional[str]:
+    """Why the bpf backend cannot run (rights, libbpf, BTF, object), or None; the kernel's
+    own refusal is only known by loading (BpfScanner raises BpfUnavailable)."""
+    why = rights_problem()
+    if why:
+        return why
+    from .libbpf import available
+    why = available()
+    if why:
+        return why
+    if not os.path.exists(BTF):
+        return f"no kernel BTF ({BTF}): the kernel was built without CONFIG_DEBUG_INFO_BTF"
+    if _kernel_version() < (5, 12):
+        return "kernel too old: BPF task_vma iterators need Linux >= 5.12"
+    if not os.path.exists(obj):
+        return f"the BPF object is not installed ({obj})"
+    return None
+
+
+def _gate(pid: int, fd: Optional[int]) -> Optional[str]:
+    """None if procfs would let this caller read the process, else "denied" or "vanished".
+
+    The iterators see every process; /proc still applies its ptrace check (an LSM, a
+    non-dumpable process in another user namespace...). Ask it the way procfs meets it:
+    readlink of one of the process's fds, or opening its maps."""
+    if fd is not None:
+        try:
+            os.readlink("/proc/%d/fd/%d" % (pid, fd))
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return "denied"
+    try:
+        os.close(os.open("/proc/%d/maps" % pid, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        return "denied" if exc.errno in (errno.EACCES, errno.EPERM) else "vanished"
+    return None
+
+
+class BpfScanner:
+    """Loads the iterators once; scan() reads them into a Snapshot as often as needed."""
+
+    def __init__(self, obj: str = OBJECT, drm_major: int = 226, cache_cmdline: bool = True):
+        why = unavailable(obj)
+        if why:
+            raise BpfUnavailable(why)
+        from .libbpf import BpfObject, LibbpfError
+        from .records import ABI, STATE
+        init = {"state": STATE.pack(drm_major, ABI, 0, 0, 0, 0)}
+        self.has_dmabuf = _kernel_version() >= (6, 16)
+        self.notes: List[str] = []
+        try:
+            try:
+                self._obj = BpfObject(obj, init, skip=() if self.has_dmabuf else ("dmabuf",))
+            except LibbpfError as exc:
+                if not self.has_dmabuf:
+                    raise
+                # a kernel that says 6.16+ but lacks iter/dmabuf (a backport, a config)
+                self._obj = BpfObject(obj, init, skip=("dmabuf",))
+                self.has_dmabuf = False
+                self.notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
+            for name in ("task_file", "task_vma") + (("dmabuf",) if self.has_dmabuf else ()):
+                self._obj.attach(name)
+        except LibbpfError as exc:
+            obj_ = getattr(self, "_obj", None)
+            if obj_ is not None:
+                obj_.close()
+            raise BpfUnavailable(f"the kernel refused the BPF iterators: {exc}") from None
+        self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if cache_cmdline else None
+        self.drm_fds: List[tuple] = []      # (pid, fd, kernel rdev) of DRM device fds, last scan
+
+    # -- scanning ------------------------------------------------------------------------
+    def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> Observations:
+        from ..errors import ProcessGone, Vanished
+        from ..readers.proc import parse_cmdline
+        from ..readers.smaps import parse_rss
+        from ..scan import read_dmabuf_table, read_sysv_table
+        from ..sources.live import LiveSource, read_at
+        from .records import parse_dmabufs, parse_files, parse_vmas
+
+        obs = Observations()
+        obs.notes.extend(self.notes)
+        live = LiveSource()
+        read_sysv_table(live, obs)
+        if self.has_dmabuf:
+            bufs = parse_dmabufs(self._obj.read("dmabuf"))
+            obs.kernel.extend(bufs)
+            obs.dmabuf_source = "dmabuf_iter"
+            obs.dmabuf_count = len(bufs)
+            obs.dmabuf_total = sum(b.size for b in bufs)
+        else:
+            read_dmabuf_table(live, obs)
+        want = set(pids) if pids is not None else None
+        tasks: dict = {}
+        fds: list = []
+        maps: list = []
+        drm: list = []
+        pfnmap: set = set()
+        parse_files(self._obj.read("task_file"), tasks, fds, drm, want)
+        parse_vmas(self._obj.read("task_vma"), tasks, maps, pfnmap, want)
+        self.drm_fds = drm
+
+        first_fd: Dict[int, int] = {}
+        for r in fds:
+            first_fd.setdefault(r.pid, r.fd)
+        holders = sorted(set(first_fd) | {m.pid for m in maps})
+        cache = self._cmdlines
+        fresh = {} if cache is not None else None
+        gone = set()
+        for pid in holders:
+            why = _gate(pid, first_fd.get(pid))
+            if why is not None:
+                (obs.denied if why == "denied" else obs.vanished).append(pid)
+                gone.add(pid)
+                continue
+            t = tasks.get(pid)
+            key = (pid, t.start_time if t else -1)
+            cmdline = cache.get(key) if cache is not None else None
+            if cmdline is None:
+                try:
+                    cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid))
+                except OSError:
+                    # gone since the iterator saw it: counted as procfs counts it
+                    obs.vanished.append(pid)
+                    gone.add(pid)
+                    continue
+            if fresh is not None:
+                fresh[key] = cmdline
+            obs.procs.append(ProcInfo(pid, t.comm if t else "", cmdline, t.uid if t else None))
+        if cache is not None:
+            self._cmdlines = fresh          # forget processes that went away
+        if gone:
+            fds = [r for r in fds if r.pid not in gone]
+            maps = [m for m in maps if m.pid not in gone]
+        obs.fds, obs.maps = fds, maps
+        if smaps:
+            for pid in sorted({m.pid for m in maps}):
+                try:
+                    per_vma = parse_rss(read_at("/proc/%d/smaps" % pid))
+                except OSError:
+                    continue
+                for m in maps:
+                    if m.pid == pid and m.start in per_vma:
+                        obs.rss.append(VmaRss(pid, m.start, per_vma[m.start]))
+        return obs
+
+    def scan(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
+             reason: Optional[str] = None):
+        from ..build import build
+        from ..scan import host_info
+        from ..sources.base import now_iso
+        from ..sources.live import LiveSource
+        taken_at = now_iso()
+        obs = self.collect(pids, smaps)
+        hostname, kernel = host_info(LiveSource())
+        snap = build(obs, taken_at=taken_at, source="live", hostname=hostname, kernel=kernel,
+                     backend="bpf", scope="all" if pids is None else "pids", smaps=smaps)
+        return replace(snap, backend_reason=reason) if reason else snap
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        obj = getattr(self, "_obj", None)
+        if obj is not None:
+            obj.close()
+            self._obj = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_backend(requested: str = "auto", live: bool = True):
+    """(scanner or None, reason) for --backend: a BpfScanner when bpf is to run, None for
+    procfs; `reason` says why, for Snapshot.backend_reason. `bpf` that cannot run raises
+    BpfUnavailable naming the missing piece."""
+    if requested == "procfs":
+        return None, "requested (--backend procfs)"
+    if not live:
+        if requested == "bpf":
+            raise BpfUnavailable("--backend bpf scans this machine; it cannot read --root")
+        return None, "auto: not a live scan"
+    if requested == "bpf":
+        try:
+            return BpfScanner(), "requested (--backend bpf)"
+        except BpfUnavailable as exc:
+            raise BpfUnavailable(f"--backend bpf: {exc}") from None
+    try:
+        return BpfScanner(), "auto: root, libbpf, BTF and the iterators are present"
+    except BpfUnavailable as exc:
+        return None, f"auto: bpf unavailable: {exc}"
