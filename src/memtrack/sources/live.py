@@ -13,16 +13,13 @@ _CHUNK = 1 << 16
 
 
 def read_at(name, dir_fd=None) -> bytes:
-    """Whole file. procfs seq_files fill the buffer unless at EOF, so a short first read
-    (the common case) costs no second syscall."""
+    """Whole file. A short read is not EOF: a procfs seq_file read returns what fits its
+    internal buffer (about a page for /proc/PID/maps), so read until read() returns nothing."""
     fd = os.open(name, _O_READ, dir_fd=dir_fd)
     try:
-        data = os.read(fd, _CHUNK)
-        if len(data) < _CHUNK:
-            return data
-        parts = [data]
+        parts = []
         while True:
-            data = os.read(fd, _CHUNK * 4)
+            data = os.read(fd, _CHUNK)
             if not data:
                 return b"".join(parts)
             parts.append(data)
