@@ -284,3 +284,15 @@ def test_a_reused_scanner_sees_changes(scenario):
     finally:
         os.close(fd)
     assert not [b for b in s.scan(pids=[os.getpid()]).buffers if b.name == "appears-later"]
+
+
+def test_cuda_dmabufs_same_with_both_backends():
+    """Real dma-bufs (NVIDIA): tests/cuda_dmabuf_compare.py; skipped without CUDA."""
+    import ctypes.util
+    if not ctypes.util.find_library("cuda"):
+        pytest.skip("no CUDA driver (libcuda): the dma-buf comparison needs an NVIDIA GPU")
+    r = subprocess.run([sys.executable, os.path.join(HERE, "cuda_dmabuf_compare.py")],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode == 77:
+        pytest.skip(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0, r.stdout + r.stderr

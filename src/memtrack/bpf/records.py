@@ -62,6 +62,8 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
                 want=None, readlink: Readlink = _readlink) -> None:
     """task_file records -> FdRef (and tasks, DRM fds (pid, fd, rdev)), in the iterator's
     order, which is procfs order: pids ascending, fds ascending."""
+    names: Dict[bytes, Optional[Tuple[str, Optional[str]]]] = {}   # pseudo name -> classify()
+    devs: Dict[int, str] = {}
     for tgid, fd, ino, size, dev, flags, count, name, exp in FD_REC.iter_unpack(data):
         if want is not None and tgid not in want:
             continue
@@ -79,15 +81,20 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
                              _str(exp).strip() or None, count, "fdinfo"))
             continue
         if flags & R_PSEUDO and not flags & R_TRUNC:
-            target = "/" + _str(name) + " (deleted)"
+            # the same few names repeat (every fd of a buffer): classify each once
+            try:
+                kp = names[name]
+            except KeyError:
+                kp = names[name] = classify("/" + _str(name) + " (deleted)")
         else:
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
-            if target is None:
-                continue
-        kp = classify(target)
+            kp = classify(target) if target is not None else None
         if kp is None:
             continue
-        fds.append(FdRef(tgid, fd, kp[0], fmt_dev(dev), ino, size, kp[1], None, None, "stat"))
+        d = devs.get(dev)
+        if d is None:
+            d = devs[dev] = fmt_dev(dev)
+        fds.append(FdRef(tgid, fd, kp[0], d, ino, size, kp[1], None, None, "stat"))
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
