@@ -296,3 +296,23 @@ def test_cuda_dmabufs_same_with_both_backends():
     if r.returncode == 77:
         pytest.skip(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_reused_scanner_never_returns_a_stale_size():
+    s = scanner()
+    keep = s._cmdlines
+    s._cmdlines = {}                       # the memo works with the cmdline cache on
+    me = os.getpid()
+    fd = os.memfd_create("grows")
+    try:
+        os.ftruncate(fd, R.PAGE_SIZE)
+        first = s.scan(pids=[me])
+        again = s.scan(pids=[me])
+        assert again.buffers == first.buffers
+        os.ftruncate(fd, 3 * R.PAGE_SIZE)
+        grown = s.scan(pids=[me])
+        assert [b.size for b in grown.buffers if b.name == "grows"] == [3 * R.PAGE_SIZE]
+    finally:
+        os.close(fd)
+        s._cmdlines = keep
+        s._memo = None

@@ -119,6 +119,19 @@ def _gate(pid: int, fd: Optional[int]) -> Optional[str]:
     return None
 
 
+class _Given:
+    """A source holding one file already read (or the error reading it gave)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def read_text(self, rel):
+        from ..errors import translate_oserror
+        if isinstance(self.data, OSError):
+            raise translate_oserror(self.data)
+        return self.data.decode("utf-8", "surrogateescape")
+
+
 class BpfScanner:
     """Loads the iterators once; scan() reads them into a Snapshot as often as needed."""
 
@@ -150,42 +163,55 @@ class BpfScanner:
             raise BpfUnavailable(f"the kernel refused the BPF iterators: {exc}") from None
         self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if cache_cmdline else None
         self.drm_fds: List[tuple] = []      # (pid, fd, kernel rdev) of DRM device fds, last scan
+        self._memo = None                   # ((raw inputs, pids, host), Snapshot) of the last scan
+        self._gated: List[tuple] = []       # (pid, fd) of the holders the last scan checked
 
     # -- scanning ------------------------------------------------------------------------
-    def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> Observations:
-        from ..errors import ProcessGone, Vanished
+    def _read(self) -> tuple:
+        """Everything a scan reads that can change between scans, raw."""
+        from ..sources.live import read_at
+        try:
+            sysv = read_at("/proc/sysvipc/shm")
+        except OSError as exc:
+            sysv = exc
+        return (self._obj.read("task_file"), self._obj.read("task_vma"),
+                self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
+
+    def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
+                raw: Optional[tuple] = None) -> Observations:
         from ..readers.proc import parse_cmdline
         from ..readers.smaps import parse_rss
         from ..scan import read_dmabuf_table, read_sysv_table
         from ..sources.live import LiveSource, read_at
         from .records import parse_dmabufs, parse_files, parse_vmas
 
+        files, vmas, dmabufs, sysv = raw if raw is not None else self._read()
         obs = Observations()
         obs.notes.extend(self.notes)
-        live = LiveSource()
-        read_sysv_table(live, obs)
-        if self.has_dmabuf:
-            bufs = parse_dmabufs(self._obj.read("dmabuf"))
+        read_sysv_table(_Given(sysv), obs)
+        if dmabufs is not None:
+            bufs = parse_dmabufs(dmabufs)
             obs.kernel.extend(bufs)
             obs.dmabuf_source = "dmabuf_iter"
             obs.dmabuf_count = len(bufs)
             obs.dmabuf_total = sum(b.size for b in bufs)
         else:
-            read_dmabuf_table(live, obs)
+            read_dmabuf_table(LiveSource(), obs)
         want = set(pids) if pids is not None else None
         tasks: dict = {}
         fds: list = []
         maps: list = []
         drm: list = []
         pfnmap: set = set()
-        parse_files(self._obj.read("task_file"), tasks, fds, drm, want)
-        parse_vmas(self._obj.read("task_vma"), tasks, maps, pfnmap, want)
+        parse_files(files, tasks, fds, drm, want)
+        parse_vmas(vmas, tasks, maps, pfnmap, want)
         self.drm_fds = drm
 
         first_fd: Dict[int, int] = {}
         for r in fds:
             first_fd.setdefault(r.pid, r.fd)
         holders = sorted(set(first_fd) | {m.pid for m in maps})
+        self._gated = [(pid, first_fd.get(pid)) for pid in holders]
         cache = self._cmdlines
         fresh = {} if cache is not None else None
         gone = set()
@@ -228,15 +254,30 @@ class BpfScanner:
 
     def scan(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
              reason: Optional[str] = None):
+        """A Snapshot of this machine now. A reused scanner (top, serve) whose iterators
+        return exactly the bytes of its last scan, with every holder still readable, returns
+        that scan's Snapshot again with the new time: nothing it was built from changed
+        (cmdlines are cached per process start time; with smaps, or without iter/dmabuf,
+        every scan is built afresh)."""
         from ..build import build
         from ..scan import host_info
         from ..sources.base import now_iso
         from ..sources.live import LiveSource
         taken_at = now_iso()
-        obs = self.collect(pids, smaps)
+        raw = self._read()
         hostname, kernel = host_info(LiveSource())
-        snap = build(obs, taken_at=taken_at, source="live", hostname=hostname, kernel=kernel,
-                     backend="bpf", scope="all" if pids is None else "pids", smaps=smaps)
+        want = None if pids is None else frozenset(pids)
+        memo = self._memo
+        if (memo is not None and not smaps and raw[2] is not None and self._cmdlines is not None
+                and memo[0] == (raw, want, hostname, kernel)
+                and all(_gate(pid, fd) is None for pid, fd in self._gated)):
+            snap = replace(memo[1], taken_at=taken_at)
+        else:
+            obs = self.collect(pids, smaps, raw=raw)
+            snap = build(obs, taken_at=taken_at, source="live", hostname=hostname, kernel=kernel,
+                         backend="bpf", scope="all" if pids is None else "pids", smaps=smaps)
+            clean = not (obs.denied or obs.vanished)
+            self._memo = ((raw, want, hostname, kernel), snap) if clean and not smaps else None
         return replace(snap, backend_reason=reason) if reason else snap
 
     # -- lifetime ------------------------------------------------------------------------
