@@ -20,20 +20,30 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SRC = os.path.join(ROOT, "src")
 
-WHY_NOT = mbpf.unavailable()
 _scanner = None
+
+
+def _why_not():
+    """Why the bpf backend cannot run here (rights, libbpf, BTF, the kernel refusing the
+    object), or None."""
+    global _scanner
+    why = mbpf.unavailable()
+    if why:
+        return why
+    try:
+        _scanner = mbpf.BpfScanner(cache_cmdline=False)
+    except mbpf.BpfUnavailable as exc:
+        return str(exc)
+    return None
+
+
+WHY_NOT = _why_not()
 
 
 def scanner():
     """One loaded scanner for the module (loading is the slow part), or a skip."""
-    global _scanner
     if WHY_NOT:
         pytest.skip(f"bpf backend cannot run here: {WHY_NOT}")
-    if _scanner is None:
-        try:
-            _scanner = mbpf.BpfScanner(cache_cmdline=False)
-        except mbpf.BpfUnavailable as exc:
-            pytest.skip(f"bpf backend cannot run here: {exc}")
     return _scanner
 
 
@@ -157,18 +167,40 @@ def test_bpf_with_root_is_a_one_line_error(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="needs root and setpriv to run as an unprivileged user")
-def test_unprivileged_callers_never_get_bpf():
-    drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all"]
-    env = dict(os.environ, PYTHONPATH=SRC)
-    r = subprocess.run(drop + [sys.executable, "-m", "memtrack", "--backend", "bpf"],
+DROP = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+        "--bounding-set=-all"]
+
+
+@pytest.fixture
+def nobody_pythonpath():
+    """A copy of the package the nobody user can read (the checkout may be under /root)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run as an unprivileged user")
+    import pathlib
+    import tempfile
+    d = pathlib.Path(tempfile.mkdtemp(prefix="memtrack-bpf-nobody-"))
+    try:
+        shutil.copytree(os.path.join(SRC, "memtrack"), d / "memtrack",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for p in [d] + list(d.rglob("*")):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        probe = subprocess.run(DROP + [sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
+                                       "import memtrack" % str(d)], capture_output=True, cwd="/")
+        if probe.returncode != 0:
+            pytest.skip("the nobody user cannot run this interpreter")
+        yield str(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_unprivileged_callers_never_get_bpf(nobody_pythonpath):
+    env = dict(os.environ, PYTHONPATH=nobody_pythonpath)
+    r = subprocess.run(DROP + [sys.executable, "-m", "memtrack", "--backend", "bpf"],
                        capture_output=True, text=True, env=env, timeout=120, cwd="/")
     assert r.returncode == 2, r.stderr
-    assert r.stderr.startswith("memtrack: --backend bpf: needs root")
+    assert r.stderr.startswith("memtrack: --backend bpf: needs root"), r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    r = subprocess.run(drop + [sys.executable, "-m", "memtrack", "--json", "-q"],
+    r = subprocess.run(DROP + [sys.executable, "-m", "memtrack", "--json", "-q"],
                        capture_output=True, text=True, env=env, timeout=120, cwd="/")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
