@@ -58,34 +58,49 @@ def _readlink(path: str) -> Optional[str]:
         return None                   # closed or unmapped since the iterator saw it
 
 
+def _pseudo_kinds(classify_fn):
+    """name field of a pseudo file -> classify_fn("/" + name + " (deleted)"), memoized;
+    memfds, nearly every record, take the short way to the same answer."""
+    memo: Dict[bytes, Optional[Tuple[str, Optional[str]]]] = {}
+
+    def kind(raw: bytes):
+        n = raw.split(b"\0", 1)[0]
+        if n.startswith(b"memfd:"):
+            return "memfd", n[6:].decode("utf-8", "surrogateescape")
+        kp = memo.get(n, False)
+        if kp is False:
+            kp = memo[n] = classify_fn("/" + n.decode("utf-8", "surrogateescape") + " (deleted)")
+        return kp
+    return kind
+
+
+_new = tuple.__new__                   # NamedTuple without its Python-level __new__
+
+
 def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List[tuple],
                 want=None, readlink: Readlink = _readlink) -> None:
     """task_file records -> FdRef (and tasks, DRM fds (pid, fd, rdev)), in the iterator's
     order, which is procfs order: pids ascending, fds ascending."""
-    names: Dict[bytes, Optional[Tuple[str, Optional[str]]]] = {}   # pseudo name -> classify()
+    pseudo = _pseudo_kinds(classify)
     devs: Dict[int, str] = {}
+    add = fds.append
     for tgid, fd, ino, size, dev, flags, count, name, exp in FD_REC.iter_unpack(data):
         if want is not None and tgid not in want:
             continue
-        if flags & R_TASK:
-            tasks[tgid] = Task(tgid, fd, ino, _str(name))
-            continue
-        if flags & R_DRM:
-            drm.append((tgid, fd, dev))
-            continue
-        if flags & R_DMABUF:
-            # fdinfo's name: and exp_name: values (stripped, as parse_fdinfo does), else
-            # the name in the link (classify: "/dmabuf:" + name, empty -> None)
-            n = _str(name) if flags & R_NAMED else ""
-            fds.append(FdRef(tgid, fd, "dmabuf", "dmabuf", ino, size, n.strip() or n or None,
-                             _str(exp).strip() or None, count, "fdinfo"))
+        if flags & (R_TASK | R_DRM | R_DMABUF):
+            if flags & R_TASK:
+                tasks[tgid] = Task(tgid, fd, ino, _str(name))
+            elif flags & R_DRM:
+                drm.append((tgid, fd, dev))
+            else:
+                # fdinfo's name: and exp_name: values (stripped, as parse_fdinfo does), else
+                # the name in the link (classify: "/dmabuf:" + name, empty -> None)
+                n = _str(name) if flags & R_NAMED else ""
+                add(FdRef(tgid, fd, "dmabuf", "dmabuf", ino, size, n.strip() or n or None,
+                          _str(exp).strip() or None, count, "fdinfo"))
             continue
         if flags & R_PSEUDO and not flags & R_TRUNC:
-            # the same few names repeat (every fd of a buffer): classify each once
-            try:
-                kp = names[name]
-            except KeyError:
-                kp = names[name] = classify("/" + _str(name) + " (deleted)")
+            kp = pseudo(name)
         else:
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
             kp = classify(target) if target is not None else None
@@ -94,12 +109,15 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
         d = devs.get(dev)
         if d is None:
             d = devs[dev] = fmt_dev(dev)
-        fds.append(FdRef(tgid, fd, kp[0], d, ino, size, kp[1], None, None, "stat"))
+        add(_new(FdRef, (tgid, fd, kp[0], d, ino, size, kp[1], None, None, "stat")))
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
                want=None, readlink: Readlink = _readlink) -> None:
     """task_vma records -> MapRef, pids ascending, addresses ascending (maps order)."""
+    pseudo = _pseudo_kinds(classify_path)
+    devs: Dict[int, str] = {}
+    add = maps.append
     for tgid, flags, start, end, pgoff, ino, size, dev, _pad, name in VMA_REC.iter_unpack(data):
         if want is not None and tgid not in want:
             continue
@@ -108,14 +126,12 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
                 tasks[tgid] = Task(tgid, end, start, _str(name))
             continue
         if flags & R_DMABUF:
-            path = "/dmabuf:" + (_str(name) if flags & R_NAMED else "")
+            kp = classify_path("/dmabuf:" + (_str(name) if flags & R_NAMED else ""))
         elif flags & R_PSEUDO and not flags & R_TRUNC:
-            path = "/" + _str(name) + " (deleted)"
+            kp = pseudo(name)
         else:
             path = readlink("/proc/%d/map_files/%x-%x" % (tgid, start, end))
-            if path is None:
-                continue
-        kp = classify_path(path)
+            kp = classify_path(path) if path is not None else None
         if kp is None:
             continue
         kind = kp[0]
@@ -124,10 +140,13 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
         elif kind == "dmabuf":
             fs, msize = "dmabuf", size
         else:
-            fs, msize = fmt_dev(dev), size
+            fs = devs.get(dev)
+            if fs is None:
+                fs = devs[dev] = fmt_dev(dev)
+            msize = size
         if flags & R_PFNMAP:
             pfnmap.add((tgid, start))
-        maps.append(MapRef(tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize))
+        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize)))
 
 
 def parse_dmabufs(data: bytes) -> List[KernelBuffer]:
