@@ -348,3 +348,30 @@ def test_a_reused_scanner_never_returns_a_stale_size():
         os.close(fd)
         s._cmdlines = keep
         s._memo = None
+
+
+def test_backend_reason_survives_json():
+    from memtrack.model import Snapshot
+    snap = Snapshot(backend="bpf", backend_reason="auto: root, libbpf, BTF and the iterators")
+    back = Snapshot.from_dict(json.loads(snap.to_json()))
+    assert (back.backend, back.backend_reason) == ("bpf", snap.backend_reason)
+    assert Snapshot.from_dict(json.loads(Snapshot().to_json())).backend_reason is None
+
+
+def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
+    """auto: a scanner that loads but cannot read gives way to procfs, and says so;
+    bpf: a one-line error."""
+    from memtrack.cli import common
+    from memtrack.sources.live import LiveSource
+
+    class Broken:
+        def scan(self, **kw):
+            raise mbpf.BpfUnavailable("reading the BPF iterators failed: boom")
+
+        def close(self):
+            pass
+    monkeypatch.setattr(mbpf, "open_backend", lambda backend, live: (Broken(), "auto: test"))
+    snap = common.scan_source(LiveSource(), "auto", pids=[os.getpid()])
+    assert snap.backend == "procfs" and "boom" in snap.backend_reason
+    with pytest.raises(mbpf.BpfUnavailable, match="^--backend bpf: reading"):
+        common.scan_source(LiveSource(), "bpf", pids=[os.getpid()])

@@ -171,12 +171,16 @@ class BpfScanner:
     def _read(self) -> tuple:
         """Everything a scan reads that can change between scans, raw."""
         from ..sources.live import read_at
+        from .libbpf import LibbpfError
         try:
             sysv = read_at("/proc/sysvipc/shm")
         except OSError as exc:
             sysv = exc
-        return (self._obj.read("task_file"), self._obj.read("task_vma"),
-                self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
+        try:
+            return (self._obj.read("task_file"), self._obj.read("task_vma"),
+                    self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
+        except (LibbpfError, OSError) as exc:
+            raise BpfUnavailable(f"reading the BPF iterators failed: {exc}") from None
 
     def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
                 raw: Optional[tuple] = None) -> Observations:

@@ -73,15 +73,19 @@ def get_snapshot(args, pids_for_scan=None) -> Snapshot:
 def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> Snapshot:
     """Scan with the backend --backend names; the snapshot records which ran and why."""
     from dataclasses import replace
-    from ..bpf import open_backend
+    from ..bpf import BpfUnavailable, open_backend
     from ..scan import scan
     scanner, reason = open_backend(backend, live=getattr(src, "live", False))
-    if scanner is None:
-        return replace(scan(src, pids=pids, smaps=smaps), backend_reason=reason)
-    try:
-        return scanner.scan(pids=pids, smaps=smaps, reason=reason)
-    finally:
-        scanner.close()
+    if scanner is not None:
+        try:
+            return scanner.scan(pids=pids, smaps=smaps, reason=reason)
+        except BpfUnavailable as exc:
+            if backend == "bpf":
+                raise BpfUnavailable(f"--backend bpf: {exc}") from None
+            reason = f"auto: bpf failed: {exc}"
+        finally:
+            scanner.close()
+    return replace(scan(src, pids=pids, smaps=smaps), backend_reason=reason)
 
 
 def report_skipped(snap: Snapshot, quiet: bool = False) -> None:
