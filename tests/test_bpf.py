@@ -375,3 +375,40 @@ def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
     assert snap.backend == "procfs" and "boom" in snap.backend_reason
     with pytest.raises(mbpf.BpfUnavailable, match="^--backend bpf: reading"):
         common.scan_source(LiveSource(), "bpf", pids=[os.getpid()])
+
+
+@pytest.fixture
+def many_small_processes(tmp_path):
+    """300 processes holding 2 memfds each (bench/load.c): the iterators' output spans many
+    read() buffers, with a task's first records at the buffer boundaries."""
+    if not shutil.which("gcc"):
+        pytest.skip("needs gcc to build bench/load.c")
+    exe = tmp_path / "load"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), os.path.join(ROOT, "bench", "load.c")], check=True)
+    p = subprocess.Popen([str(exe), "300", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().startswith("ready")
+        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+            yield [int(x) for x in f.read().split()]
+    finally:
+        p.stdin.close()
+        p.wait()
+
+
+def test_every_task_described_once_across_read_buffers(many_small_processes):
+    s = scanner()
+    pids = set(many_small_processes)
+    files, vmas, _dmabufs, _sysv = s._read()
+    for records, flag_at in ((R.FD_REC.iter_unpack(files), 5), (R.VMA_REC.iter_unpack(vmas), 1)):
+        described, holding = [], set()
+        for r in records:
+            if r[0] in pids:
+                (described.append(r[0]) if r[flag_at] & R.R_TASK else holding.add(r[0]))
+        assert holding == pids
+        assert sorted(described) == sorted(pids)          # each exactly once
+    a = comparable(procfs_scan(pids=pids), pids)
+    b = comparable(s.scan(pids=pids), pids)
+    assert [(p["pid"], p["comm"], p["uid"]) for p in b["processes"]] == \
+        [(p["pid"], p["comm"], p["uid"]) for p in a["processes"]]
+    assert b == a

@@ -120,6 +120,18 @@ def _gate(pid: int, fd: Optional[int]) -> Optional[str]:
     return None
 
 
+def _task_from_proc(pid: int):
+    """A task the iterators did not describe, from /proc/PID/status (never cached: -1)."""
+    from ..readers.proc import parse_status
+    from ..sources.live import read_at
+    from .records import Task
+    try:
+        comm, uid = parse_status(read_at("/proc/%d/status" % pid).decode("utf-8", "surrogateescape"))
+    except OSError:
+        return None
+    return Task(pid, uid, -1, comm)
+
+
 class _Given:
     """A source holding one file already read (or the error reading it gave)."""
 
@@ -227,7 +239,13 @@ class BpfScanner:
                 gone.add(pid)
                 continue
             t = tasks.get(pid)
-            key = (pid, t.start_time if t else -1)
+            if t is None:                   # not expected: the iterators describe each task
+                t = _task_from_proc(pid)
+                if t is None:
+                    obs.vanished.append(pid)
+                    gone.add(pid)
+                    continue
+            key = (pid, t.start_time)
             cmdline = cache.get(key) if cache is not None else None
             if cmdline is None:
                 try:
@@ -239,7 +257,7 @@ class BpfScanner:
                     continue
             if fresh is not None:
                 fresh[key] = cmdline
-            obs.procs.append(ProcInfo(pid, t.comm if t else "", cmdline, t.uid if t else None))
+            obs.procs.append(ProcInfo(pid, t.comm, cmdline, t.uid))
         if cache is not None:
             self._cmdlines = fresh          # forget processes that went away
         if gone:

@@ -167,6 +167,8 @@ int task_file(struct bpf_iter__task_file *ctx)
 	struct inode *inode;
 	umode_t mode;
 	unsigned long magic;
+	bool new_task;
+	long err = 0;
 
 	if (!st || !task || !file || task->pid != task->tgid)
 		return 0;
@@ -187,7 +189,8 @@ int task_file(struct bpf_iter__task_file *ctx)
 	r.tgid = task->tgid;
 	r.fd = ctx->fd;
 
-	if (st->file_tgid != r.tgid || st->file_session != ctx->meta->session_id) {
+	new_task = st->file_tgid != r.tgid || st->file_session != ctx->meta->session_id;
+	if (new_task) {
 		struct fd_rec t = {};
 
 		t.flags = R_TASK;
@@ -195,11 +198,17 @@ int task_file(struct bpf_iter__task_file *ctx)
 		t.fd = task->real_cred->uid.val;
 		t.ino = task->start_time;
 		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), task->comm);
-		bpf_seq_write(seq, &t, sizeof(t));
+		err = bpf_seq_write(seq, &t, sizeof(t));
+	}
+	if (!err)
+		err = bpf_seq_write(seq, &r, sizeof(r));
+	/* When the read buffer overflows, the kernel drops everything this run wrote and runs
+	 * it again for the same file in the next read(): remember the task only once both
+	 * records are really out, or the rerun would leave the task record out. */
+	if (!err && new_task) {
 		st->file_tgid = r.tgid;
 		st->file_session = ctx->meta->session_id;
 	}
-	bpf_seq_write(seq, &r, sizeof(r));
 	return 0;
 }
 
@@ -214,6 +223,8 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	struct inode *inode;
 	struct state *st = get_state();
 	unsigned long magic, vm_flags;
+	bool new_task;
+	long err = 0;
 
 	if (!st || !task || !vma || task->pid != task->tgid)
 		return 0;
@@ -228,18 +239,6 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	if (magic != DMA_BUF_MAGIC && !(buffer_fs(magic) && (inode->i_mode & S_IFMT) == S_IFREG))
 		return 0;
 	r.tgid = task->tgid;
-	if (st->vma_tgid != r.tgid || st->vma_session != ctx->meta->session_id) {
-		struct vma_rec t = {};
-
-		t.flags = R_TASK;
-		t.tgid = r.tgid;
-		t.start = task->start_time;
-		t.end = task->real_cred->uid.val;
-		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), task->comm);
-		bpf_seq_write(seq, &t, sizeof(t));
-		st->vma_tgid = r.tgid;
-		st->vma_session = ctx->meta->session_id;
-	}
 	r.flags = file_name(file, r.name, 0, 0, &r.size);
 	if (vm_flags & VM_PFNMAP)
 		r.flags |= R_PFNMAP;
@@ -248,7 +247,23 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	r.pgoff = vma->vm_pgoff;
 	r.ino = inode->i_ino;
 	r.dev = inode->i_sb->s_dev;
-	bpf_seq_write(seq, &r, sizeof(r));
+	new_task = st->vma_tgid != r.tgid || st->vma_session != ctx->meta->session_id;
+	if (new_task) {
+		struct vma_rec t = {};
+
+		t.flags = R_TASK;
+		t.tgid = r.tgid;
+		t.start = task->start_time;
+		t.end = task->real_cred->uid.val;
+		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), task->comm);
+		err = bpf_seq_write(seq, &t, sizeof(t));
+	}
+	if (!err)
+		err = bpf_seq_write(seq, &r, sizeof(r));
+	if (!err && new_task) {            /* as in task_file: only once both are out */
+		st->vma_tgid = r.tgid;
+		st->vma_session = ctx->meta->session_id;
+	}
 	return 0;
 }
 
