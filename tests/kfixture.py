@@ -149,9 +149,9 @@ class Tree:
             total += r["size"]
             if with_ino:
                 text += "%08d\t%08x\t%08x\t%08d\t%s\t%08d\t%s\n" % (
-                    r["size"], 2, 0o2080007, r.get("count", 1), r["exporter"], r["ino"], r.get("name") or "<none>")
+                    r["size"], 2, 0x2080007, r.get("count", 1), r["exporter"], r["ino"], r.get("name") or "<none>")
             else:
-                text += "%08d\t%08x\t%08x\t%08d\t%s\n" % (r["size"], 2, 0o2080007, r.get("count", 1), r["exporter"])
+                text += "%08d\t%08x\t%08x\t%08d\t%s\n" % (r["size"], 2, 0x2080007, r.get("count", 1), r["exporter"])
             text += "\tAttached Devices:\n"
             for dev in r.get("attached", ()):
                 text += f"\t{dev}\n"

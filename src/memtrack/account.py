@@ -104,11 +104,12 @@ def account(snap: Snapshot) -> Accounting:
         pu = ProcessUsage()
         for r in p.refs:
             b = bmap[r.buffer]
-            u = Usage(mapped=r.mapped, buffers=1, in_rss=r.in_rss or 0)
+            u = Usage(mapped=r.mapped, buffers=1)
             if b.size is None:
-                u.unknown = 1
+                u.unknown = 1             # and its in_rss stays out too, or hidden would go negative
             else:
                 u.rss = b.size
+                u.in_rss = r.in_rss or 0
                 u.pss = shares.get(b.id, {}).get(p.pid, 0)
                 if len(b.holders) == 1:
                     u.uss = b.size

@@ -27,8 +27,8 @@ class _RecordingProc(ProcReader):
         self.base = f"proc/{self.pid}"
         self.files: Dict[str, bytes] = {}
         self.links: Dict[str, str] = {}
-        self.fdstat: List[str] = []
-        self.mapstat: List[str] = []
+        self.fdstat_lines: List[str] = []
+        self.mapstat_lines: List[str] = []
 
     def fds(self):
         return self.inner.fds()
@@ -46,13 +46,13 @@ class _RecordingProc(ProcReader):
     def fdstat(self, fd):
         st = self.inner.fdstat(fd)
         if st is not None:
-            self.fdstat.append("%s %s %d %d %o" % (fd, st[0], st[1], st[2], st[3]))
+            self.fdstat_lines.append("%s %s %d %d %o" % (fd, st[0], st[1], st[2], st[3]))
         return st
 
     def mapstat(self, start, end):
         st = self.inner.mapstat(start, end)
         if st is not None:
-            self.mapstat.append("%x-%x %s %d %d %o" % (start, end, st[0], st[1], st[2], st[3]))
+            self.mapstat_lines.append("%x-%x %s %d %d %o" % (start, end, st[0], st[1], st[2], st[3]))
         return st
 
     def _file(self, name, data):
@@ -164,7 +164,7 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
             for name in sorted(pr.links):
                 add_link(name, pr.links[name])
                 members += 1
-            for side, lines in (("fdstat", pr.fdstat), ("mapstat", pr.mapstat)):
+            for side, lines in (("fdstat", pr.fdstat_lines), ("mapstat", pr.mapstat_lines)):
                 if lines:
                     add_file(f"{pr.base}/{side}", ("\n".join(lines) + "\n").encode())
                     members += 1

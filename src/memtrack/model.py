@@ -60,6 +60,31 @@ class Process:
 
 
 @dataclass(frozen=True)
+class GpuClient:
+    """One DRM client (struct drm_file) as one holding process sees it: the snapshot has one
+    per (client, holder). regions/engines are the client's, identical in every holder's entry;
+    keys the fdinfo did not print are absent. Treat the dicts as read-only."""
+    pid: int
+    driver: str
+    client_id: Optional[int]           # None: the driver printed none (each fd its own client)
+    pdev: Optional[str] = None
+    device: Optional[str] = None       # /dev/dri node the fds name
+    client_name: Optional[str] = None
+    holders: Tuple[int, ...] = ()      # every pid holding this client, sorted
+    fds: Tuple[int, ...] = ()          # this pid's fds to it
+    regions: Dict[str, Dict[str, int]] = field(default_factory=dict)   # bytes
+    engines: Dict[str, Dict[str, int]] = field(default_factory=dict)   # raw counters (ns...)
+    driver_keys: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple:
+        """Client identity: (pdev or device, client-id) (drm-usage-stats.rst)."""
+        if self.client_id is None:
+            return (self.pdev or self.device, None, self.pid, self.fds)
+        return (self.pdev or self.device, self.client_id)
+
+
+@dataclass(frozen=True)
 class Host:
     hostname: Optional[str] = None
     kernel: Optional[str] = None
@@ -100,6 +125,7 @@ class Snapshot:
     skipped: Skipped = field(default_factory=Skipped)
     notes: Tuple[str, ...] = ()
     schema: int = SCHEMA
+    gpu: Tuple[GpuClient, ...] = ()    # DRM clients, one per (client, holding process)
 
     @cached_property
     def buffer_map(self) -> Dict[str, Buffer]:
@@ -130,10 +156,12 @@ class Snapshot:
             if kinds is not None and not refs:
                 continue
             procs.append(replace(p, refs=refs))
+        gpu = self.gpu
         if pids is not None:
             held = {r.buffer for p in procs for r in p.refs}
             buffers = tuple(b for b in buffers if b.id in held)
-        return replace(self, buffers=buffers, processes=tuple(procs))
+            gpu = tuple(g for g in gpu if g.pid in pids)
+        return replace(self, buffers=buffers, processes=tuple(procs), gpu=gpu)
 
     # -- JSON ---------------------------------------------------------------------------
     def to_dict(self, filt: Optional[dict] = None) -> dict:
@@ -165,6 +193,7 @@ class Snapshot:
                         "vanished": list(self.skipped.vanished),
                         "unreadable": list(self.skipped.unreadable)},
             "notes": list(self.notes),
+            "gpu": [_gpu_dict(g) for g in self.gpu],
         }
         if filt:
             doc["filter"] = filt
@@ -178,8 +207,15 @@ class Snapshot:
             })
         return doc
 
-    def to_json(self, indent: Optional[int] = 1, filt: Optional[dict] = None) -> str:
-        return json.dumps(self.to_dict(filt), indent=indent, ensure_ascii=False)
+    def to_json(self, indent: Optional[int] = None, filt: Optional[dict] = None) -> str:
+        """Compact by default: with an indent, json falls back from its C encoder (5x slower
+        on a big machine's snapshot). `jq .` pretty-prints."""
+        from .scan import no_gc
+        with no_gc():
+            doc = self.to_dict(filt)
+            if indent is None:
+                return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+            return json.dumps(doc, indent=indent, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Snapshot":
@@ -196,6 +232,44 @@ def _buffer_dict(b: Buffer) -> dict:
             "exporter": b.exporter, "name": b.name, "category": b.category,
             "holders": list(b.holders), "fd_refs": b.fd_refs, "map_refs": b.map_refs,
             "kernel_count": b.kernel_count, "size_from": b.size_from}
+
+
+def _gpu_dict(g: GpuClient) -> dict:
+    # what the fdinfo did not print stays out (drm-pdev, drm-client-id, drm-client-name...)
+    d = {"pid": g.pid, "driver": g.driver}
+    for key in ("pdev", "client_id", "client_name", "device"):
+        if getattr(g, key) is not None:
+            d[key] = getattr(g, key)
+    d.update({"holders": list(g.holders), "fds": list(g.fds),
+              "regions": {r: dict(v) for r, v in g.regions.items()},
+              "engines": {e: dict(v) for e, v in g.engines.items()}})
+    if g.driver_keys:
+        d["driver_keys"] = dict(g.driver_keys)
+    return d
+
+
+def _counters(doc) -> Dict[str, Dict[str, int]]:
+    if not isinstance(doc, dict):
+        raise ValueError(f"expected an object, got {doc!r}")
+    out = {}
+    for name, vals in doc.items():
+        if not isinstance(vals, dict):
+            raise ValueError(f"expected an object, got {vals!r}")
+        out[str(name)] = {str(k): _int(v) for k, v in vals.items()}
+    return out
+
+
+def _gpu_from_dict(g: dict) -> GpuClient:
+    keys = g.get("driver_keys") or {}
+    if not isinstance(keys, dict):
+        raise ValueError(f"expected an object, got {keys!r}")
+    return GpuClient(
+        pid=_int(g["pid"]), driver=_opt_str(g["driver"]) or "", client_id=_opt_int(g.get("client_id")),
+        pdev=_opt_str(g.get("pdev")), device=_opt_str(g.get("device")),
+        client_name=_opt_str(g.get("client_name")),
+        holders=tuple(_int(h) for h in g.get("holders", ())), fds=tuple(_int(f) for f in g.get("fds", ())),
+        regions=_counters(g.get("regions") or {}), engines=_counters(g.get("engines") or {}),
+        driver_keys={str(k): str(v) for k, v in keys.items()})
 
 
 def _ref_dict(r: Ref, smaps: bool) -> dict:
@@ -279,8 +353,27 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
                         vanished=tuple(_int(x) for x in s.get("vanished", ())),
                         unreadable=tuple(_int(x) for x in s.get("unreadable", ()))),
         notes=tuple(str(n) for n in doc.get("notes", ())),
+        gpu=tuple(_gpu_from_dict(g) for g in doc.get("gpu") or ()),
     )
 
 
 def field_names(cls) -> List[str]:
     return [f.name for f in fields(cls)]
+
+
+def fast_factory(cls):
+    """A constructor taking every field positionally, for the builder's hot loop: a frozen
+    dataclass's __init__ pays one object.__setattr__ per field, this fills __dict__ at once
+    (about 3x faster). The instances are identical to ones made by __init__."""
+    names = tuple(field_names(cls))
+    new = object.__new__
+
+    def make(*values):
+        obj = new(cls)
+        obj.__dict__.update(zip(names, values))
+        return obj
+    return make
+
+
+new_buffer = fast_factory(Buffer)
+new_ref = fast_factory(Ref)

@@ -7,7 +7,7 @@ as maps prints it) for file-backed kinds, or None where the interface did not sa
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 
 class ProcInfo(NamedTuple):
@@ -53,6 +53,21 @@ class KernelBuffer(NamedTuple):
     source: str
 
 
+class DrmClient(NamedTuple):
+    """One DRM fd (an open of /dev/dri/*): the client it reaches and what its fdinfo said.
+    Dup'd, inherited and passed fds of one client show the same (pdev or device, client_id)."""
+    pid: int
+    fd: int
+    device: str                        # the fd link target, e.g. /dev/dri/renderD128
+    driver: str
+    pdev: Optional[str]
+    client_id: Optional[int]
+    client_name: Optional[str]
+    regions: Dict[str, Dict[str, int]]   # region -> {total, shared, resident, purgeable, active}
+    engines: Dict[str, Dict[str, int]]   # engine -> {busy_ns, cycles, total_cycles, capacity...}
+    driver_keys: Dict[str, str]          # amd-*, pasid... as printed
+
+
 class VmaRss(NamedTuple):
     pid: int
     start: int
@@ -68,6 +83,7 @@ class Observations:
         self.maps: List[MapRef] = []
         self.kernel: List[KernelBuffer] = []
         self.rss: List[VmaRss] = []
+        self.drm: List[DrmClient] = []
         self.denied: List[int] = []
         self.vanished: List[int] = []
         self.unreadable: List[int] = []

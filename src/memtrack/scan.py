@@ -4,16 +4,19 @@ Cost model (what a scan of N processes with F buffer fds does): one listdir of /
 process an open of its directory, a listdir of fd/, one readlink per fd, one read of maps;
 per buffer fd one stat (memfd, shm: dev/inode/size in one syscall) or one fdinfo read
 (dma-buf: exporter, name and count live only there); per process that holds buffers one
-read of status and cmdline. map_files is stat'ed only for mappings whose size nothing else
-gave (map-only references); smaps only with --smaps.
+read of status and cmdline; per fd to a /dev/dri node one fdinfo read (a DRM client).
+map_files is stat'ed only for mappings whose size nothing else gave (map-only references);
+smaps only with --smaps.
 """
 from __future__ import annotations
 
+import gc
 from typing import Dict, Iterable, Optional
 
 from .errors import Denied, ProcessGone, Unreadable, Vanished
-from .observe import FdRef, KernelBuffer, MapRef, Observations, ProcInfo, VmaRss
+from .observe import DrmClient, FdRef, KernelBuffer, MapRef, Observations, ProcInfo, VmaRss
 from .readers import debugfs, sysv
+from .readers.drm import is_drm_path, parse_drm_fdinfo
 from .readers.fd import classify, fdinfo_int, parse_fdinfo
 from .readers.maps import parse_shared
 from .readers.proc import parse_cmdline, parse_status
@@ -22,6 +25,9 @@ from .readers.smaps import parse_rss
 BUFINFO = "sys/kernel/debug/dma_buf/bufinfo"
 SYSFS_BUFFERS = "sys/kernel/dmabuf/buffers"
 SYSVIPC = "proc/sysvipc/shm"
+# what classify() can accept: a cheap C-level prefilter for the per-fd loop
+BUFFER_PREFIXES = ("/memfd:", "/dmabuf:", "/dev/shm/", "/dev/ashmem", "/dev/zero", "anon_inode:dmabuf",
+                   "/dev/dri/")          # the last: DRM clients
 
 
 def _read_optional(src, rel, obs, what):
@@ -90,57 +96,46 @@ def read_sysfs_stats(src, obs: Observations) -> None:
     obs.dmabuf_total = sum(b.size for b in bufs)
 
 
+def _skip_list(obs: Observations, exc: ProcessGone) -> list:
+    if isinstance(exc, Vanished):
+        return obs.vanished
+    if isinstance(exc, Denied):
+        return obs.denied
+    return obs.unreadable
+
+
 def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tuple, int],
                  counters: Dict[str, int]) -> None:
-    """Read one process; on Vanished/Denied the whole process is counted, its partial data dropped."""
+    """Read one process. If it vanishes or can't be read, it is counted and whatever was
+    read of it is dropped: a half-read process would be a lie."""
     thorough = src.thorough
+    fds, maps, rss, drm = [], [], [], []
+    p = None
     try:
         p = src.process(pid)
-    except Vanished:
-        obs.vanished.append(pid)
-        return
-    except Denied:
-        obs.denied.append(pid)
-        return
-    except Unreadable:
-        obs.unreadable.append(pid)
-        return
-    fds, maps, rss = [], [], []
-    try:
-        for fd in p.fds():
-            try:
-                target = p.readlink(fd)
-            except Vanished:
-                continue                  # closed between listdir and readlink
+        for fd, target in p.fd_targets():
+            if not target.startswith(BUFFER_PREFIXES):
+                continue
             kp = classify(target)
             if kp is None:
+                if is_drm_path(target):
+                    client = _read_drm(p, int(fd), fd, target, counters)
+                    if client is not None:
+                        drm.append(client)
                 continue
             ref = _read_fd(p, int(fd), fd, target, kp[0], kp[1], thorough, counters)
             if ref is not None:
                 fds.append(ref)
-                if ref.size is not None and ref.inode is not None:
-                    sized[(ref.kind, ref.inode)] = ref.size
-        data = p.maps()
-        for start, end, off, dev, ino, kind, name in parse_shared(data):
+                if ref.size is not None:
+                    sized[(ref.kind, ref.fs, ref.inode)] = ref.size
+        for start, end, off, dev, ino, kind, name in parse_shared(p.maps()):
+            fs = kind if kind in ("sysv", "dmabuf") else dev
             size = None
-            if kind == "sysv":
-                fs = "sysv"
-            elif kind == "dmabuf":
-                fs = "dmabuf"
-            else:
-                fs = dev
-            key = (kind, ino)
+            key = (kind, fs, ino)
             if thorough or (key not in sized and kind != "sysv" and not (kind == "dmabuf" and obs.dmabuf_source)):
-                # A map-only reference: the VMA length is not the buffer size; the file is.
-                try:
-                    st = p.mapstat(start, end)
-                except Vanished:
-                    st = None
-                except (Denied, Unreadable):
-                    st = None
-                    counters["mapstat_denied"] = counters.get("mapstat_denied", 0) + 1
-                if st is not None and st[1] == ino:
-                    size = st[2]
+                # A map-only reference: the VMA length is not the buffer size; the file's is.
+                size = _map_size(p, start, end, ino, counters)
+                if size is not None:
                     sized[key] = size
             maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size))
         if smaps and maps:
@@ -149,24 +144,48 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                 r = per_vma.get(m.start)
                 if r is not None:
                     rss.append(VmaRss(pid, m.start, r))
-        if fds or maps or thorough:
+        if fds or maps or drm or thorough:
             comm, uid = parse_status(p.status())
-            cmdline = parse_cmdline(p.cmdline())
-            obs.procs.append(ProcInfo(pid, comm, cmdline, uid))
-    except Vanished:
-        obs.vanished.append(pid)
-        return
-    except Denied:
-        obs.denied.append(pid)
-        return
-    except Unreadable:
-        obs.unreadable.append(pid)
+            obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid))
+    except ProcessGone as exc:
+        _skip_list(obs, exc).append(pid)
         return
     finally:
-        p.close()
+        if p is not None:
+            p.close()
     obs.fds.extend(fds)
     obs.maps.extend(maps)
     obs.rss.extend(rss)
+    obs.drm.extend(drm)
+
+
+def _read_drm(p, fdn: int, fd: str, target: str, counters: Dict[str, int]) -> Optional[DrmClient]:
+    """A DRM client's fdinfo: read only for fds to /dev/dri nodes (one read per such fd)."""
+    try:
+        d = parse_drm_fdinfo(p.fdinfo(fd))
+    except Vanished:
+        return None
+    except (Denied, Unreadable):
+        counters["drm_unreadable"] = counters.get("drm_unreadable", 0) + 1
+        return None
+    if d is None:
+        counters["drm_no_stats"] = counters.get("drm_no_stats", 0) + 1
+        return None
+    if d["client_id"] is None:
+        counters["drm_no_client_id"] = counters.get("drm_no_client_id", 0) + 1
+    return DrmClient(p.pid, fdn, target, d["driver"], d["pdev"], d["client_id"], d["client_name"],
+                     d["regions"], d["engines"], d["driver_keys"])
+
+
+def _map_size(p, start: int, end: int, ino: int, counters: Dict[str, int]) -> Optional[int]:
+    try:
+        st = p.mapstat(start, end)
+    except Vanished:
+        return None
+    except (Denied, Unreadable):
+        counters["mapstat_denied"] = counters.get("mapstat_denied", 0) + 1
+        return None
+    return st[2] if st is not None and st[1] == ino else None
 
 
 def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], thorough: bool,
@@ -174,16 +193,13 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
     pid = p.pid
     info = None
     if kind == "dmabuf" or thorough:
-        try:
-            info = parse_fdinfo(p.fdinfo(fd))
-        except Vanished:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
             return None
-        except (Denied, Unreadable):
-            counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
     if kind == "dmabuf":
         ino = size = count = exporter = None
         size_from = None
-        if info is not None:
+        if info:
             ino = fdinfo_int(info, "ino")
             size = fdinfo_int(info, "size")
             count = fdinfo_int(info, "count")
@@ -202,31 +218,54 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
             ino = None
             counters["anon_dmabuf"] = counters.get("anon_dmabuf", 0) + 1
         return FdRef(pid, fdn, "dmabuf", "dmabuf", ino, size, name, exporter, count, size_from)
+    if kind == "ashmem":
+        return _read_ashmem(p, pid, fdn, fd, target, name, info, counters)
     st = _stat(p, fd)
     if st is not None:
         dev, ino, size = st[0], st[1], st[2]
         return FdRef(pid, fdn, kind, dev, ino, size, name, None, None, "stat")
     if info is None:
-        try:
-            info = parse_fdinfo(p.fdinfo(fd))
-        except Vanished:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
             return None
-        except (Denied, Unreadable):
-            counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
-            info = {}
-    if kind == "ashmem":
-        # ashmem's own fdinfo (Android): inode:, name:, size:
-        ino = fdinfo_int(info, "inode")
-        if ino is None:
-            ino = fdinfo_int(info, "ino")
-        size = fdinfo_int(info, "size")
-        return FdRef(pid, fdn, kind, None, ino, size, info.get("name") or name, None, None,
-                     "fdinfo" if size is not None else None)
     ino = fdinfo_int(info, "ino")
     if ino is None:
         counters["no_identity"] = counters.get("no_identity", 0) + 1
         return None
     return FdRef(pid, fdn, kind, None, ino, None, name, None, None, None)
+
+
+def _fdinfo(p, fd, counters):
+    """Parsed fdinfo; {} when unreadable (counted); None when the fd is gone."""
+    try:
+        return parse_fdinfo(p.fdinfo(fd))
+    except Vanished:
+        return None
+    except (Denied, Unreadable):
+        counters["fdinfo_unreadable"] = counters.get("fdinfo_unreadable", 0) + 1
+        return {}
+
+
+def _read_ashmem(p, pid, fdn, fd, target, name, info, counters):
+    """Android ashmem. The fd is the /dev/ashmem misc device (one inode for every region);
+    the region is its backing shmem file, whose inode, name and size ashmem's own fdinfo
+    prints (inode:, name:, size:) and whose mappings show as /dev/ashmem/<name> (deleted)."""
+    if info is None:
+        info = _fdinfo(p, fd, counters)
+        if info is None:
+            return None
+    ino = fdinfo_int(info, "inode")
+    size = fdinfo_int(info, "size")
+    name = info.get("name") or name
+    if ino is not None:
+        return FdRef(pid, fdn, "ashmem", None, ino, size, name, None, None,
+                     "fdinfo" if size is not None else None)
+    if target.rstrip("/") != "/dev/ashmem":
+        st = _stat(p, fd)                # a link naming the backing file: stat reaches it
+        if st is not None:
+            return FdRef(pid, fdn, "ashmem", st[0], st[1], st[2], name, None, None, "stat")
+    counters["no_identity"] = counters.get("no_identity", 0) + 1
+    return None
 
 
 def _stat(p, fd):
@@ -256,6 +295,7 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     counters: Dict[str, int] = {}
     for pid in targets:
         read_process(src, pid, obs, smaps, sized, counters)
+    _merge_recorded_skips(src, obs, pids)
     if counters.get("fdinfo_unreadable"):
         obs.notes.append(f"fdinfo unreadable for {counters['fdinfo_unreadable']} buffer fds: "
                          "their exporter/name/count are unknown")
@@ -266,15 +306,58 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
         obs.notes.append(f"{counters['anon_dmabuf']} dma-buf fds from a kernel before 5.3 "
                          "(anon_inode:dmabuf): buffers cannot be told apart, each fd is counted "
                          "as its own buffer")
+    if counters.get("drm_unreadable"):
+        obs.notes.append(f"fdinfo unreadable for {counters['drm_unreadable']} DRM fds: their GPU "
+                         "clients are left out")
+    if counters.get("drm_no_stats"):
+        obs.notes.append(f"{counters['drm_no_stats']} DRM fds have no drm-driver in fdinfo (driver "
+                         "without usage stats, or a kernel before 5.19): GPU memory unknown for them")
+    if counters.get("drm_no_client_id"):
+        obs.notes.append(f"{counters['drm_no_client_id']} DRM fds have no drm-client-id: each counts "
+                         "as its own client (dup'd fds may be counted twice)")
     if counters.get("no_identity"):
         obs.notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
     return obs
 
 
+def _merge_recorded_skips(src, obs: Observations, pids) -> None:
+    """A capture records which processes the capturing scan could not read."""
+    sk = src.meta().get("skipped")
+    if not isinstance(sk, dict):
+        return
+    want = None if pids is None else set(pids)
+    for name, out in (("denied", obs.denied), ("vanished", obs.vanished), ("unreadable", obs.unreadable)):
+        vals = sk.get(name)
+        if not isinstance(vals, list):
+            continue
+        seen = set(out)
+        for v in vals:
+            if isinstance(v, int) and not isinstance(v, bool) and v not in seen and (want is None or v in want):
+                out.append(v)
+
+
 def scan(src, pids: Optional[Iterable[int]] = None, smaps: bool = False):
     from .build import build
     taken_at = src.taken_at()
-    obs = collect(src, pids, smaps)
+    with no_gc():
+        obs = collect(src, pids, smaps)
+        return _finish(src, obs, taken_at, pids, smaps, build)
+
+
+class no_gc:
+    """A scan allocates ~10 objects per buffer reference and frees none of them: the cyclic
+    collector would walk that growing heap again and again for nothing. Pause it."""
+
+    def __enter__(self):
+        self.was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was:
+            gc.enable()
+
+
+def _finish(src, obs, taken_at, pids, smaps, build):
     notes = list(getattr(src, "problems", ()))
     hostname, kernel = host_info(src)
     scope = "all" if pids is None else "pids"

@@ -9,7 +9,6 @@ import argparse
 import importlib
 import os
 import pkgutil
-import signal
 import sys
 
 from .. import __version__
@@ -40,7 +39,10 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     mods = _commands()
     for name, mod in mods.items():
-        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP))
+        # a command may reuse a common short option for its own meaning (dmabuf-dump -b, as
+        # Android's tool has it): its own option wins, the long form of the common one stays
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           conflict_handler="resolve" if getattr(mod, "OVERRIDES_COMMON", False) else "error")
         add_common(p, suppress=True)
         mod.add_arguments(p)
     # `memtrack -p 1` and `memtrack --json` are `ps`: its own options must parse at top level too
@@ -61,14 +63,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # the reader went away (memtrack | head): be quiet, and keep Python quiet at exit
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        _quiet_stdout()
         return 0
+    except Exception as exc:  # a bug in memtrack: one line, the traceback on request
+        if os.environ.get("MEMTRACK_DEBUG"):
+            raise
+        print(f"memtrack: internal error: {type(exc).__name__}: {exc} "
+              "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 70
 
 
-if hasattr(signal, "SIGPIPE"):
-    pass  # BrokenPipeError is handled in main(); SIGPIPE stays ignored as Python sets it
+def _quiet_stdout():
+    # the reader went away (memtrack | head): be quiet, and keep Python quiet at exit
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass

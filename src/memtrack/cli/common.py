@@ -42,10 +42,15 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
                         "BTF), procfs reads /proc text; auto: bpf where it can run (default)")
     g.add_argument("--smaps", action="store_true", default=d(False),
                    help="also read smaps: how much of each buffer is already counted in RSS (in_rss)")
+    g.add_argument("--rules", metavar="FILE", default=d(None),
+                   help="category rules (TOML) to use before the shipped ones, or instead of them if "
+                        "the file says `replace = true` (default: $XDG_CONFIG_HOME/memtrack/rules.toml)")
     o = p.add_argument_group("output")
     o.add_argument("--json", action="store_true", default=d(False), help="the schema-1 JSON document")
     o.add_argument("--csv", action="store_true", default=d(False), help="CSV, sizes in bytes")
     o.add_argument("-b", "--bytes", action="store_true", default=d(False), help="sizes in bytes in tables")
+    o.add_argument("-k", "--human", action="store_false", dest="bytes", default=d(False),
+                   help="sizes 1024-based (KiB, MiB, GiB) in tables, the default: undoes -b")
     o.add_argument("-q", "--quiet", action="store_true", default=d(False),
                    help="no notes on stderr (the count of processes skipped is still printed)")
 
@@ -67,7 +72,15 @@ def get_snapshot(args, pids_for_scan=None) -> Snapshot:
         finally:
             src.close()
     report_skipped(snap, quiet=getattr(args, "quiet", False))
-    return snap
+    return with_categories(snap, args, overwrite=not isinstance(src, Snapshot))
+
+
+def with_categories(snap: Snapshot, args, overwrite: bool = True) -> Snapshot:
+    """Buffer categories from the rules in force. A saved snapshot keeps the categories it
+    was saved with unless --rules names a file."""
+    from ..categories import categorize, load_rules
+    path = getattr(args, "rules", None)
+    return categorize(snap, load_rules(path), overwrite=overwrite or path is not None)
 
 
 def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> Snapshot:
@@ -117,6 +130,18 @@ def filter_doc(args) -> Optional[dict]:
     if getattr(args, "kind", None) is not None:
         f["kinds"] = sorted(args.kind)
     return f or None
+
+
+def prepare(args):
+    """(snapshot, view): the snapshot the options name and the view -p/--kind narrow it to."""
+    check_exclusive(args)
+    snap = get_snapshot(args)
+    return snap, narrowed(snap, args)
+
+
+def emit_json(view: Snapshot, args) -> int:
+    emit(view.to_json(filt=filter_doc(args)) + "\n")
+    return 0
 
 
 def emit(text: str) -> None:

@@ -10,26 +10,24 @@ def strip_deleted(s: str) -> str:
     return s[:-len(DELETED)] if s.endswith(DELETED) else s
 
 
-def classify(target: str) -> Optional[Tuple[str, Optional[str]]]:
-    """(kind, name) for an fd link target that is a shared buffer, else None."""
-    if not target:
+def classify(path: str) -> Optional[Tuple[str, Optional[str]]]:
+    """(kind, name) for an fd link target or a maps path that is a shared buffer, else None."""
+    if not path:
         return None
-    c = target[0]
-    if c == "/":
-        if target.startswith("/memfd:"):
-            return "memfd", strip_deleted(target[7:])
-        if target.startswith("/dmabuf:"):
-            return "dmabuf", target[8:] or None
-        if target.startswith("/dev/shm/"):
-            return "shm", strip_deleted(target[9:])
-        if target.startswith("/dev/ashmem"):
-            name = strip_deleted(target[11:]).lstrip("/")
-            return "ashmem", name or None
-        if target == "/dev/zero (deleted)":
-            return "shmem", None
-        return None
-    if target == "anon_inode:dmabuf":
-        return "dmabuf", None
+    if path[0] != "/":
+        return ("dmabuf", None) if path == "anon_inode:dmabuf" else None
+    if path.startswith("/memfd:"):
+        return "memfd", strip_deleted(path[7:])
+    if path.startswith("/dmabuf:"):
+        return "dmabuf", path[8:] or None
+    if path.startswith("/dev/shm/"):
+        return "shm", strip_deleted(path[9:])
+    if path.startswith("/SYSV") and len(path) >= 13:
+        return "sysv", "0x" + path[5:13]
+    if path == "/dev/zero (deleted)":
+        return "shmem", None
+    if path.startswith("/dev/ashmem"):
+        return "ashmem", strip_deleted(path[11:]).lstrip("/") or None
     return None
 
 

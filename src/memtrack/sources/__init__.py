@@ -13,6 +13,9 @@ def open_source(path=None):
         from .live import LiveSource
         return LiveSource()
     path = os.fspath(path)
+    if os.path.isdir(path) and os.path.realpath(path) == "/":
+        from .live import LiveSource          # --root / is this machine, with stat and map_files
+        return LiveSource()
     if os.path.isdir(path):
         from .tree import DirSource
         return DirSource(path)

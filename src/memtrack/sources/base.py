@@ -5,14 +5,21 @@ import datetime as _dt
 import json
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import Unreadable, Vanished
+from ..errors import ProcessGone, Unreadable, Vanished
 
 Stat = Tuple[str, int, int, int]     # (dev "MM:mm", inode, size, mode)
 
 
+_DEVS = {}
+
+
 def fmt_dev(st_dev: int) -> str:
-    import os
-    return "%02x:%02x" % (os.major(st_dev), os.minor(st_dev))
+    """st_dev as maps prints it ("MM:mm", hex). Few devices exist: cache them."""
+    s = _DEVS.get(st_dev)
+    if s is None:
+        import os
+        s = _DEVS[st_dev] = "%02x:%02x" % (os.major(st_dev), os.minor(st_dev))
+    return s
 
 
 def now_iso() -> str:
@@ -25,6 +32,17 @@ class ProcReader:
 
     def fds(self) -> List[str]: raise NotImplementedError
     def readlink(self, fd: str) -> str: raise NotImplementedError
+
+    def fd_targets(self) -> List[Tuple[str, str]]:
+        """(fd, link target) for every open fd; fds closed meanwhile are left out."""
+        out = []
+        for fd in self.fds():
+            try:
+                out.append((fd, self.readlink(fd)))
+            except Vanished:
+                continue
+        return out
+
     def fdinfo(self, fd: str) -> str: raise NotImplementedError
     def fdstat(self, fd: str) -> Optional[Stat]: raise NotImplementedError
     def maps(self) -> bytes: raise NotImplementedError
@@ -145,9 +163,13 @@ class PathSource(Source):
     def process(self, pid):
         return PathProc(self, pid)
 
+    _meta = None
+
     def meta(self):
-        try:
-            doc = json.loads(self.read_text("meta.json"))
-        except (Vanished, Unreadable, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        if self._meta is None:
+            try:
+                doc = json.loads(self.read_text("meta.json"))
+            except (ProcessGone, ValueError):
+                doc = {}
+            self._meta = doc if isinstance(doc, dict) else {}
+        return self._meta

@@ -12,17 +12,21 @@ _O_READ = os.O_RDONLY | os.O_CLOEXEC
 _CHUNK = 1 << 16
 
 
-def read_at(name, dir_fd=None) -> bytes:
-    """Whole file. A short read is not EOF: a procfs seq_file read returns what fits its
-    internal buffer (about a page for /proc/PID/maps), so read until read() returns nothing."""
+def read_at(name, dir_fd=None, single=False) -> bytes:
+    """Whole file. Multi-record seq_files (maps, smaps, sysvipc) return about a page per
+    read(), so loop to EOF. single=True is for single_open files (fdinfo, status) and
+    cmdline, which return everything they have in the first read: a short read is EOF and
+    saves a syscall on the hot path."""
     fd = os.open(name, _O_READ, dir_fd=dir_fd)
     try:
-        parts = []
-        while True:
+        data = os.read(fd, _CHUNK)
+        if single and len(data) < _CHUNK:
+            return data
+        parts = [data]
+        while data:
             data = os.read(fd, _CHUNK)
-            if not data:
-                return b"".join(parts)
             parts.append(data)
+        return b"".join(parts)
     finally:
         os.close(fd)
 
@@ -42,12 +46,26 @@ class LiveProc(ProcReader):
         return os.listdir(self._fddir)
 
     @translated
+    def fd_targets(self):
+        # the hot loop of a scan: one readlink per fd, kept free of per-call overhead
+        d = self._fddir = os.open("fd", _O_DIR, dir_fd=self._dir)
+        readlink = os.readlink
+        out = []
+        append = out.append
+        for fd in os.listdir(d):
+            try:
+                append((fd, readlink(fd, dir_fd=d)))
+            except FileNotFoundError:
+                continue          # closed between listdir and readlink
+        return out
+
+    @translated
     def readlink(self, fd):
         return os.readlink(fd, dir_fd=self._fddir)
 
     @translated
     def fdinfo(self, fd):
-        return read_at("fdinfo/" + fd, self._dir).decode("utf-8", "surrogateescape")
+        return read_at("fdinfo/" + fd, self._dir, single=True).decode("utf-8", "surrogateescape")
 
     @translated
     def fdstat(self, fd):
@@ -69,15 +87,15 @@ class LiveProc(ProcReader):
 
     @translated
     def status(self):
-        return read_at("status", self._dir).decode("utf-8", "surrogateescape")
+        return read_at("status", self._dir, single=True).decode("utf-8", "surrogateescape")
 
     @translated
     def cmdline(self):
-        return read_at("cmdline", self._dir)
+        return read_at("cmdline", self._dir, single=True)
 
     @translated
     def read_comm(self):
-        return read_at("comm", self._dir)
+        return read_at("comm", self._dir, single=True)
 
     def close(self):
         for fd in (self._fddir, self._dir):

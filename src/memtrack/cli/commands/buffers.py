@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...views.table import Column, human, render, to_csv
-from ..common import check_exclusive, emit, filter_doc, get_snapshot, narrowed
+from ..common import emit, emit_json, prepare
 from .show import holder_text
 
 NAME = "buffers"
@@ -15,12 +15,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    check_exclusive(args)
-    snap = get_snapshot(args)
-    view = narrowed(snap, args)
+    snap, view = prepare(args)
     if args.json:
-        emit(view.to_json(filt=filter_doc(args)) + "\n")
-        return 0
+        return emit_json(view, args)
     bufs = sorted(view.buffers, key=lambda b: (-(b.size if b.size is not None else -1), b.id))
     if args.csv:
         rows = [[b.id, b.kind, b.dev, b.inode, b.size, b.exporter, b.name, len(b.holders), b.fd_refs,

@@ -6,27 +6,29 @@ import argparse
 from ...account import account
 from ...model import KINDS
 from ...views.table import Column, human, render, to_csv
-from ..common import check_exclusive, emit, filter_doc, get_snapshot, narrowed
+from ..common import emit, emit_json, prepare
 
 NAME = "ps"
 HELP = "per-process table of shared-buffer memory (the default command)"
 ORDER = 0
-SORT_KEYS = ("pss", "rss", "uss", "mapped", "in_rss", "pid", "name") + KINDS
+SORT_KEYS = ("pss", "rss", "uss", "mapped", "in_rss", "pid", "name", "gpu") + KINDS
 
 
 def add_arguments(p):
     p.add_argument("-s", "--sort", choices=SORT_KEYS, default=argparse.SUPPRESS,
-                   help="sort key (default pss; a kind name sorts by that kind's pss)")
+                   help="sort key (default pss; a kind name sorts by that kind's pss; gpu by the Gpu column)")
     p.add_argument("-r", "--reverse", action="store_true", default=argparse.SUPPRESS,
                    help="reverse the order (smallest first)")
 
 
-def sort_rows(procs, acct, key: str, reverse: bool):
+def sort_rows(procs, acct, key: str, reverse: bool, gpu=None):
     def k(p):
         if key == "pid":
             return p.pid
         if key == "name":
             return p.name
+        if key == "gpu":
+            return (gpu or {}).get(p.pid, 0)
         u = acct.processes[p.pid]
         if key in KINDS:
             ku = u.by_kind.get(key)
@@ -37,17 +39,20 @@ def sort_rows(procs, acct, key: str, reverse: bool):
 
 
 def run(args) -> int:
-    check_exclusive(args)
-    snap = get_snapshot(args)
-    view = narrowed(snap, args)
+    snap, view = prepare(args)
     if args.json:
-        emit(view.to_json(filt=filter_doc(args)) + "\n")
-        return 0
+        return emit_json(view, args)
     acct = account(snap)
     kinds = [k for k in KINDS if any(k in acct.processes[p.pid].by_kind for p in view.processes)]
     if args.kind:
         kinds = [k for k in kinds if k in args.kind]
-    procs = sort_rows(view.processes, acct, getattr(args, "sort", "pss"), getattr(args, "reverse", False))
+    # GEM memory is shown beside the buffer columns, never added to them (shared GEM objects
+    # are dma-bufs too): a column of its own, only on machines with DRM clients
+    gpu = None
+    if snap.gpu:
+        from ... import gpu as gpuacct
+        gpu = gpuacct.per_process(snap)
+    procs = sort_rows(view.processes, acct, getattr(args, "sort", "pss"), getattr(args, "reverse", False), gpu)
     smaps = snap.smaps
 
     def usage(pid):
@@ -63,12 +68,14 @@ def run(args) -> int:
 
     if args.csv:
         header = ["pid", "rss", "pss", "uss", "mapped"] + (["in_rss"] if smaps else []) + \
-                 [f"{k}_pss" for k in kinds] + ["unknown_size_buffers", "comm", "cmdline"]
+                 [f"{k}_pss" for k in kinds] + (["gpu"] if gpu is not None else []) + \
+                 ["unknown_size_buffers", "comm", "cmdline"]
         rows = []
         for p in procs:
             u, pu = usage(p.pid)
             rows.append([p.pid, u.rss, u.pss, u.uss, u.mapped] + ([u.in_rss] if smaps else []) +
                         [pu.by_kind[k].pss if k in pu.by_kind else 0 for k in kinds] +
+                        ([gpu.get(p.pid, 0)] if gpu is not None else []) +
                         [u.unknown, p.comm, p.cmdline])
         emit(to_csv(header, rows))
         return 0
@@ -76,7 +83,7 @@ def run(args) -> int:
     cols = [Column("PID"), Column("Rss"), Column("Pss"), Column("Uss"), Column("Mapped")]
     if smaps:
         cols += [Column("InRss"), Column("Hidden")]
-    cols += [Column(k) for k in kinds] + [Column("Name", "<")]
+    cols += [Column(k) for k in kinds] + ([Column("Gpu")] if gpu is not None else []) + [Column("Name", "<")]
     from ...account import Usage
     tot = Usage()
     tot_kind = {k: Usage() for k in kinds}
@@ -95,12 +102,18 @@ def run(args) -> int:
             if ku is not None:
                 tot_kind[k].add(ku)
             row.append(sized(ku.pss, ku.unknown, raw) if ku else "-")
+        if gpu is not None:
+            row.append(human(gpu[p.pid], raw) if p.pid in gpu else "-")
         row.append(p.name)
         rows.append(row)
-    foot = ["", human(tot.rss, raw), human(tot.pss, raw), human(tot.uss, raw), human(tot.mapped, raw)]
+    foot = ["", sized(tot.rss, tot.unknown, raw), sized(tot.pss, tot.unknown, raw),
+            sized(tot.uss, tot.unknown, raw), human(tot.mapped, raw)]
     if smaps:
-        foot += [human(tot.in_rss, raw), human(tot.hidden, raw)]
-    foot += [human(tot_kind[k].pss, raw) for k in kinds] + [f"TOTAL ({len(procs)} processes)"]
+        foot += [human(tot.in_rss, raw), sized(tot.hidden, tot.unknown, raw)]
+    foot += [sized(tot_kind[k].pss, tot_kind[k].unknown, raw) for k in kinds]
+    if gpu is not None:
+        foot.append(human(sum(gpu.get(p.pid, 0) for p in procs), raw))
+    foot.append(f"TOTAL ({len(procs)} processes)")
     out = render(cols, rows, [foot], max_last=100)
     out += summary_lines(snap, acct, raw)
     if unknown_procs:

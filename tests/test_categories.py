@@ -1,0 +1,157 @@
+"""Category rules: the TOML subset, order, overrides, matching, errors naming the line."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import kfixture
+import memtrack
+from conftest import REAL_CAPTURE, SRC
+from memtrack.categories import RulesError, categorize, load_rules, parse_rules, parse_toml
+from memtrack.cli import main
+
+
+
+@pytest.fixture(scope="module")
+def real():
+    return memtrack.scan(REAL_CAPTURE)
+
+
+def cats(snap):
+    return {b.id: b.category for b in snap.buffers}
+
+
+@pytest.fixture(autouse=True)
+def no_user_rules(tmp_path, monkeypatch):
+    # the developer's own rules.toml must not leak into the tests
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+
+
+def write(tmp_path, text, name="rules.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_on_the_real_capture(real):
+    got = cats(categorize(real, load_rules()))
+    assert got == {"dmabuf:1": "GL",               # nv_dmabuf: a GPU driver's export
+                   "memfd:2052": "GRAPHICS",       # wl_shm-pool
+                   "memfd:2053": "MULTIMEDIA",     # pipewire-buffer
+                   "shm:2": "OTHER", "sysv:0": "OTHER", "shmem:2048": "OTHER",
+                   "shmem:2049": "OTHER", "shmem:2050": "OTHER", "shmem:2051": "OTHER",
+                   "shmem:2054": "OTHER"}
+
+
+def test_user_rules_go_first_and_extend(tmp_path, real):
+    path = write(tmp_path, '# mine\n[[rule]]\ncategory = "PROBE"\nname = "probe-*"\n\n'
+                           '[[rule]]\ncategory = "GPUCOPY"\nexporter = "nv_*"\n')
+    got = cats(categorize(real, load_rules(path)))
+    assert got["shm:2"] == "PROBE"
+    assert got["dmabuf:1"] == "GPUCOPY"            # overrides the shipped GL rule
+    assert got["memfd:2052"] == "GRAPHICS"         # the defaults still apply after mine
+    assert got["sysv:0"] == "OTHER"
+
+
+def test_replace_drops_the_defaults(tmp_path, real):
+    path = write(tmp_path, 'replace = true\n[[rule]]\ncategory = "SHM"\nkind = ["shm", "sysv"]\n')
+    got = cats(categorize(real, load_rules(path)))
+    assert got["shm:2"] == "SHM" and got["sysv:0"] == "SHM"
+    assert got["dmabuf:1"] is None and got["memfd:2052"] is None
+
+
+def test_xdg_config_home_rules_are_used(tmp_path, monkeypatch, real):
+    d = tmp_path / "cfg" / "memtrack"
+    d.mkdir(parents=True)
+    (d / "rules.toml").write_text('[[rule]]\ncategory = "MINE"\nkind = "sysv"\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert cats(categorize(real, load_rules()))["sysv:0"] == "MINE"
+    # an explicit --rules file wins over the user file
+    other = write(tmp_path, '[[rule]]\ncategory = "EXPLICIT"\nkind = "sysv"\n')
+    assert cats(categorize(real, load_rules(other)))["sysv:0"] == "EXPLICIT"
+
+
+def test_first_match_wins_and_conditions_combine(tmp_path):
+    t = kfixture.Tree()
+    t.proc(10, "cameraserver", "/system/bin/cameraserver --x").dmabuf(3, ino=1, size=4096, exporter="system",
+                                                                   name="frame")
+    t.proc(11, "app").dmabuf(3, ino=2, size=4096, exporter="system", name="frame") \
+        .memfd(4, "frame", ino=7, size=8192)
+    snap = memtrack.scan(t.write_dir(str(tmp_path / "r")))
+    rules, repl = parse_rules(
+        'replace = true\n'
+        '[[rule]]\ncategory = "CAM"\nprocess = "re:^camera"\nkind = "dmabuf"\n'   # both must hold
+        '[[rule]]\ncategory = "FRAME"\nname = ["nope", "FR*"]\n'                     # any of, no case
+        '[[rule]]\ncategory = "NEVER"\nname = "frame"\n', "t")
+    assert repl is True
+    got = cats(categorize(snap, rules))
+    assert got == {"dmabuf:1": "CAM", "dmabuf:2": "FRAME", "memfd:7": "FRAME"}
+    # process matches the argv[0] basename too, and a holder among several is enough
+    rules2, _ = parse_rules('[[rule]]\ncategory = "B"\nprocess = "cameraserver"\nkind = "dmabuf"\n'
+                            '[[rule]]\ncategory = "ALL"\n', "t")
+    assert cats(categorize(snap, rules2)) == {"dmabuf:1": "B", "dmabuf:2": "ALL", "memfd:7": "ALL"}
+
+
+def test_saved_categories_are_kept_unless_rules_are_given(tmp_path, real):
+    snap = categorize(real, load_rules())
+    mine, _ = parse_rules('replace = true\n[[rule]]\ncategory = "X"\n', "t")
+    assert cats(categorize(snap, mine, overwrite=False)) == cats(snap)
+    assert set(cats(categorize(snap, mine)).values()) == {"X"}
+
+
+def test_toml_subset():
+    top, rules = parse_toml(
+        "# c\nreplace = false # trailing\n\n[[rule]]\ncategory = 'lit\\eral'\n"
+        'name = [\n  "a\\"b",  # inside\n  "c",\n]\n[[rule]] # next\ncategory = "d\\te"\n', "f")
+    assert top == {"replace": False}
+    assert [(t, line) for t, line, _ in rules] == [
+        ({"category": "lit\\eral", "name": ['a"b', "c"]}, 4), ({"category": "d\te"}, 10)]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ('[[rule]]\ncategory = "X"\nfoo = "y"\n', 3, "unknown rule key 'foo'"),
+    ('[[rule]]\nname = "y"\n', 1, "needs `category"),
+    ('[[rule]]\ncategory = "X"\nname = "re:(a"\n', 3, "bad regular expression"),
+    ('[[rule]]\ncategory = "X\n', 2, "unterminated string"),
+    ('[rules]\n', 1, "unknown table [rules]"),
+    ('[[rule]]\ncategory = "X"\nname = [ "a",\n  3 ]\n', 4, "unsupported value '3 ]'"),
+    ('[[rule]]\ncategory = "X"\ncategory = "Y"\n', 3, "duplicate key 'category'"),
+    ('replace = "yes"\n', None, "`replace` must be true or false"),
+    ('colour = "red"\n', None, "unknown top-level key 'colour'"),
+    ('\n\n[[rule]]\ncategory = "X"\nname = []\n', 5, "non-empty list"),
+    ('[[rule]]\ncategory = "X" junk\n', 2, "unexpected text after the value"),
+    ('[[rule]]\njust words\n', 2, "expected `key = value`"),
+    ('[[rule]]\ncategory = "X"\nname = ["a", "b"\n', 3, "unterminated array"),
+])
+def test_errors_name_the_line(text, line, words):
+    with pytest.raises(RulesError) as ei:
+        parse_rules(text, "my.toml")
+    msg = str(ei.value)
+    assert msg.startswith(f"my.toml:{line}: " if line else "my.toml: "), msg
+    assert words in msg and "\n" not in msg
+
+
+def test_cli_bad_rules_is_one_line_exit_2(tmp_path):
+    path = write(tmp_path, '[[rule]]\ncategory = "X"\nkind = 5\n')
+    env = dict(os.environ, PYTHONPATH=SRC, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    r = subprocess.run([sys.executable, "-m", "memtrack", "summary", "--root", REAL_CAPTURE, "--rules", path],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"memtrack: {path}:3: unsupported value '5' (strings, arrays of strings, true/false)\n"
+    r = subprocess.run([sys.executable, "-m", "memtrack", "--root", REAL_CAPTURE, "--rules", str(tmp_path / "no")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "No such file" in r.stderr
+
+
+def test_json_carries_categories(tmp_path):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["buffers", "--root", REAL_CAPTURE, "--json"]) == 0
+    doc = json.loads(out.getvalue())
+    assert {b["id"]: b["category"] for b in doc["buffers"]}["memfd:2053"] == "MULTIMEDIA"
