@@ -1,10 +1,11 @@
-"""Benchmark: the bpf backend against the procfs backend and a minimal C /proc walker, in
-one run, on N processes x F memfds (a tenth shared, a quarter of the rest mapped).
+"""Benchmark: the bpf backend against the procfs backend and the minimal C /proc walker
+(bench/walk.c), in one run, on the load bench/scan.py uses (bench/load.py: N processes x F
+memfds, a tenth shared by groups of 10, four mapped).
 
     sudo python3 bench/bpf.py [--procs 1000] [--fds 20] [--rounds 7]
 
 Prints medians (ms) of:
-  walker        the C walker (bench/walker.c): readlink every fd, fdinfo of buffer fds, maps
+  walker        the C walker (bench/walk.c): readlink every fd, fdinfo of buffer fds, maps
   procfs scan   memtrack.scan.scan(LiveSource()) in this process: /proc to finished Snapshot
   bpf scan      BpfScanner.scan(), object already loaded (as top/serve), cold cmdline cache
   bpf refresh   the same scanner rescanning, as a top refresh (cmdlines cached; the load
@@ -32,11 +33,12 @@ ROOT = os.path.dirname(HERE)
 SRC = os.path.join(ROOT, "src")
 OUT = os.path.join(HERE, "out")
 sys.path.insert(0, SRC)
+sys.path.insert(0, HERE)
 
 
-def build(name):
-    exe = os.path.join(OUT, name)
-    src = os.path.join(HERE, name + ".c")
+def build_walker():
+    exe = os.path.join(OUT, "walk")
+    src = os.path.join(HERE, "walk.c")
     if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
         os.makedirs(OUT, exist_ok=True)
         subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
@@ -63,20 +65,19 @@ def main():
     from memtrack.scan import scan
     from memtrack.sources.live import LiveSource
 
-    load = subprocess.Popen([build("load"), str(args.procs), str(args.fds)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = load.stdout.readline()
-        if not line.startswith("ready"):
-            sys.exit("bench: the load did not start")
-        print(f"load: {args.procs} processes x {args.fds} memfds (pid {load.pid}); "
-              f"{os.cpu_count()} CPUs; kernel {os.uname().release}")
+    from load import Load
+    walker = build_walker()
+    with Load(procs=args.procs, per_proc=args.fds) as load:
+        print(f"load: {args.procs} processes x {args.fds} memfds; {os.cpu_count()} CPUs; "
+              f"kernel {os.uname().release}")
+        kids = set(load.pids)
         rows = {}
-        w = subprocess.run([build("walker"), str(args.rounds)], capture_output=True, text=True,
-                           check=True).stdout.split()
-        walk = [float(x) for x in w[0::4]]
+        walk = []
+        for _ in range(args.rounds):
+            out = subprocess.run([walker], capture_output=True, text=True, check=True).stdout.split()
+            walk.append(float(out[2]))
         rows["walker"] = statistics.median(walk)
-        print(f"  walker saw {w[1]} fds, {w[2]} buffer fds, {w[3]} buffer maps")
+        print(f"  walker saw {out[0]} buffer fds, read {out[1]} bytes")
 
         snap = None
 
@@ -100,8 +101,6 @@ def main():
                 nonlocal bsnap
                 bsnap = cold.scan()
             rows["bpf scan"], _ = timed(bpf_cold, args.rounds)
-            with open(f"/proc/{load.pid}/task/{load.pid}/children") as f:
-                kids = {int(x) for x in f.read().split()} | {load.pid}
             same = bsnap.restrict(pids=kids).buffers == snap.restrict(pids=kids).buffers
             print(f"  bpf snapshot: {len(bsnap.buffers)} buffers; the load's buffers identical "
                   f"to procfs's: {same}")
@@ -152,9 +151,6 @@ def main():
         for k in ("bpf refresh", "bpf rebuild"):
             if k in rows:
                 print(f"  {k} {rows[k]:.1f} ms (target < 20 ms)")
-    finally:
-        load.stdin.close()
-        load.wait()
 
 
 if __name__ == "__main__":

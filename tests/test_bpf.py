@@ -378,22 +378,16 @@ def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
 
 
 @pytest.fixture
-def many_small_processes(tmp_path):
-    """300 processes holding 2 memfds each (bench/load.c): the iterators' output spans many
-    read() buffers, with a task's first records at the buffer boundaries."""
-    if not shutil.which("gcc"):
-        pytest.skip("needs gcc to build bench/load.c")
-    exe = tmp_path / "load"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), os.path.join(ROOT, "bench", "load.c")], check=True)
-    p = subprocess.Popen([str(exe), "300", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         text=True)
+def many_small_processes():
+    """400 processes holding one shared memfd by two fds (bench/load.py): the iterators'
+    output spans many read() buffers, with a task's first records at the boundaries."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
     try:
-        assert p.stdout.readline().startswith("ready")
-        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
-            yield [int(x) for x in f.read().split()]
+        from load import Load
     finally:
-        p.stdin.close()
-        p.wait()
+        sys.path.pop(0)
+    with Load(procs=400, per_proc=1) as load:
+        yield load.pids
 
 
 def test_every_task_described_once_across_read_buffers(many_small_processes):

@@ -296,28 +296,35 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     for pid in targets:
         read_process(src, pid, obs, smaps, sized, counters)
     _merge_recorded_skips(src, obs, pids)
-    if counters.get("fdinfo_unreadable"):
-        obs.notes.append(f"fdinfo unreadable for {counters['fdinfo_unreadable']} buffer fds: "
-                         "their exporter/name/count are unknown")
-    if counters.get("mapstat_denied"):
-        obs.notes.append(f"sizes of {counters['mapstat_denied']} map-only buffer mappings unknown: "
-                         "stat of /proc/PID/map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE")
-    if counters.get("anon_dmabuf"):
-        obs.notes.append(f"{counters['anon_dmabuf']} dma-buf fds from a kernel before 5.3 "
-                         "(anon_inode:dmabuf): buffers cannot be told apart, each fd is counted "
-                         "as its own buffer")
-    if counters.get("drm_unreadable"):
-        obs.notes.append(f"fdinfo unreadable for {counters['drm_unreadable']} DRM fds: their GPU "
-                         "clients are left out")
-    if counters.get("drm_no_stats"):
-        obs.notes.append(f"{counters['drm_no_stats']} DRM fds have no drm-driver in fdinfo (driver "
-                         "without usage stats, or a kernel before 5.19): GPU memory unknown for them")
-    if counters.get("drm_no_client_id"):
-        obs.notes.append(f"{counters['drm_no_client_id']} DRM fds have no drm-client-id: each counts "
-                         "as its own client (dup'd fds may be counted twice)")
-    if counters.get("no_identity"):
-        obs.notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
+    obs.notes.extend(counter_notes(counters))
     return obs
+
+
+def counter_notes(counters: Dict[str, int]):
+    """The notes a scan's per-fd counters call for (shared with the incremental scanner)."""
+    notes = []
+    if counters.get("fdinfo_unreadable"):
+        notes.append(f"fdinfo unreadable for {counters['fdinfo_unreadable']} buffer fds: "
+                     "their exporter/name/count are unknown")
+    if counters.get("mapstat_denied"):
+        notes.append(f"sizes of {counters['mapstat_denied']} map-only buffer mappings unknown: "
+                     "stat of /proc/PID/map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE")
+    if counters.get("anon_dmabuf"):
+        notes.append(f"{counters['anon_dmabuf']} dma-buf fds from a kernel before 5.3 "
+                     "(anon_inode:dmabuf): buffers cannot be told apart, each fd is counted "
+                     "as its own buffer")
+    if counters.get("drm_unreadable"):
+        notes.append(f"fdinfo unreadable for {counters['drm_unreadable']} DRM fds: their GPU "
+                     "clients are left out")
+    if counters.get("drm_no_stats"):
+        notes.append(f"{counters['drm_no_stats']} DRM fds have no drm-driver in fdinfo (driver "
+                     "without usage stats, or a kernel before 5.19): GPU memory unknown for them")
+    if counters.get("drm_no_client_id"):
+        notes.append(f"{counters['drm_no_client_id']} DRM fds have no drm-client-id: each counts "
+                     "as its own client (dup'd fds may be counted twice)")
+    if counters.get("no_identity"):
+        notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
+    return notes
 
 
 def _merge_recorded_skips(src, obs: Observations, pids) -> None:

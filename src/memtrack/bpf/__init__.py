@@ -120,13 +120,40 @@ def _gate(pid: int, fd: Optional[int]) -> Optional[str]:
     return None
 
 
+def _drm_clients(pid: int, fds: List[int], counters: Dict[str, int]) -> Optional[list]:
+    """The DRM clients behind the DRM fds the iterator found, from their fdinfo text read as
+    the procfs backend reads it (only these fds: no walk of fd/); None if the process is gone."""
+    from ..errors import ProcessGone
+    from ..readers.drm import is_drm_path
+    from ..scan import _read_drm
+    from ..sources.live import LiveProc
+    try:
+        p = LiveProc("/proc", pid)
+    except ProcessGone:
+        return None
+    out = []
+    try:
+        for fd in fds:
+            try:
+                target = os.readlink("/proc/%d/fd/%d" % (pid, fd))
+            except OSError:
+                continue
+            if is_drm_path(target):
+                client = _read_drm(p, fd, str(fd), target, counters)
+                if client is not None:
+                    out.append(client)
+    finally:
+        p.close()
+    return out
+
+
 def _task_from_proc(pid: int):
     """A task the iterators did not describe, from /proc/PID/status (never cached: -1)."""
     from ..readers.proc import parse_status
     from ..sources.live import read_at
     from .records import Task
     try:
-        comm, uid = parse_status(read_at("/proc/%d/status" % pid).decode("utf-8", "surrogateescape"))
+        comm, uid = parse_status(read_at("/proc/%d/status" % pid, single=True).decode("utf-8", "surrogateescape"))
     except OSError:
         return None
     return Task(pid, uid, -1, comm)
@@ -198,7 +225,7 @@ class BpfScanner:
                 raw: Optional[tuple] = None) -> Observations:
         from ..readers.proc import parse_cmdline
         from ..readers.smaps import parse_rss
-        from ..scan import read_dmabuf_table, read_sysv_table
+        from ..scan import counter_notes, read_dmabuf_table, read_sysv_table
         from ..sources.live import LiveSource, read_at
         from .records import parse_dmabufs, parse_files, parse_vmas
 
@@ -227,17 +254,32 @@ class BpfScanner:
         first_fd: Dict[int, int] = {}
         for r in fds:
             first_fd.setdefault(r.pid, r.fd)
+        drm_pids = {pid for pid, _fd, _rdev in drm}
+        for pid, fd, _rdev in drm:
+            if pid not in first_fd or fd < first_fd[pid]:
+                first_fd[pid] = fd
         holders = sorted(set(first_fd) | {m.pid for m in maps})
         self._gated = [(pid, first_fd.get(pid)) for pid in holders]
         cache = self._cmdlines
         fresh = {} if cache is not None else None
         gone = set()
+        counters: Dict[str, int] = {}
+        has_refs = {r.pid for r in fds} | {m.pid for m in maps}
         for pid in holders:
             why = _gate(pid, first_fd.get(pid))
             if why is not None:
                 (obs.denied if why == "denied" else obs.vanished).append(pid)
                 gone.add(pid)
                 continue
+            if pid in drm_pids:
+                clients = _drm_clients(pid, [fd for p, fd, _r in drm if p == pid], counters)
+                if clients is None:
+                    obs.vanished.append(pid)
+                    gone.add(pid)
+                    continue
+                obs.drm.extend(clients)
+                if not clients and pid not in has_refs:
+                    continue                # DRM fds without usage stats: procfs lists nothing
             t = tasks.get(pid)
             if t is None:                   # not expected: the iterators describe each task
                 t = _task_from_proc(pid)
@@ -249,7 +291,7 @@ class BpfScanner:
             cmdline = cache.get(key) if cache is not None else None
             if cmdline is None:
                 try:
-                    cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid))
+                    cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
                 except OSError:
                     # gone since the iterator saw it: counted as procfs counts it
                     obs.vanished.append(pid)
@@ -264,6 +306,7 @@ class BpfScanner:
             fds = [r for r in fds if r.pid not in gone]
             maps = [m for m in maps if m.pid not in gone]
         obs.fds, obs.maps = fds, maps
+        obs.notes.extend(counter_notes(counters))
         if smaps:
             for pid in sorted({m.pid for m in maps}):
                 try:

@@ -2,8 +2,8 @@
 
 Kinds and names are not decided here: each record is turned back into the path the kernel's
 d_path would print (what readlink of /proc/PID/fd/N or the maps line shows), and the procfs
-readers' own classify functions decide, so both backends classify identically by
-construction. A pseudo file's path is "/" + dentry name + " (deleted)" (simple_dname), a
+backend's own filter (BUFFER_PREFIXES for fds) and classify() decide, so both backends
+classify identically by construction. A pseudo file's path is "/" + dentry name + " (deleted)" (simple_dname), a
 dma-buf's "/dmabuf:" + its name (dmabuf_dname); files with a real path (a /dev/shm file, a
 file on any tmpfs) come without R_PSEUDO and are read with readlink, as procfs would.
 
@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..observe import FdRef, KernelBuffer, MapRef
 from ..readers.fd import classify
-from ..readers.maps import classify_path
+from ..scan import BUFFER_PREFIXES
 
 R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 32, 64
 
@@ -58,6 +58,11 @@ def _readlink(path: str) -> Optional[str]:
         return None                   # closed or unmapped since the iterator saw it
 
 
+def classify_fd(target: str):
+    """What the procfs backend makes of an fd link: its prefix filter, then classify()."""
+    return classify(target) if target.startswith(BUFFER_PREFIXES) else None
+
+
 def _pseudo_kinds(classify_fn):
     """name field of a pseudo file -> classify_fn("/" + name + " (deleted)"), memoized;
     memfds, nearly every record, take the short way to the same answer."""
@@ -81,7 +86,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
                 want=None, readlink: Readlink = _readlink) -> None:
     """task_file records -> FdRef (and tasks, DRM fds (pid, fd, rdev)), in the iterator's
     order, which is procfs order: pids ascending, fds ascending."""
-    pseudo = _pseudo_kinds(classify)
+    pseudo = _pseudo_kinds(classify_fd)
     devs: Dict[int, str] = {}
     add = fds.append
     for tgid, fd, ino, size, dev, flags, count, name, exp in FD_REC.iter_unpack(data):
@@ -103,7 +108,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
             kp = pseudo(name)
         else:
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
-            kp = classify(target) if target is not None else None
+            kp = classify_fd(target) if target is not None else None
         if kp is None:
             continue
         d = devs.get(dev)
@@ -115,7 +120,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
                want=None, readlink: Readlink = _readlink) -> None:
     """task_vma records -> MapRef, pids ascending, addresses ascending (maps order)."""
-    pseudo = _pseudo_kinds(classify_path)
+    pseudo = _pseudo_kinds(classify)
     devs: Dict[int, str] = {}
     add = maps.append
     for tgid, flags, start, end, pgoff, ino, size, dev, _pad, name in VMA_REC.iter_unpack(data):
@@ -126,12 +131,12 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
                 tasks[tgid] = Task(tgid, end, start, _str(name))
             continue
         if flags & R_DMABUF:
-            kp = classify_path("/dmabuf:" + (_str(name) if flags & R_NAMED else ""))
+            kp = classify("/dmabuf:" + (_str(name) if flags & R_NAMED else ""))
         elif flags & R_PSEUDO and not flags & R_TRUNC:
             kp = pseudo(name)
         else:
             path = readlink("/proc/%d/map_files/%x-%x" % (tgid, start, end))
-            kp = classify_path(path) if path is not None else None
+            kp = classify(path) if path is not None else None
         if kp is None:
             continue
         kind = kp[0]
