@@ -323,8 +323,8 @@ class BpfScanner:
         """A Snapshot of this machine now. A reused scanner (top, serve) whose iterators
         return exactly the bytes of its last scan, with every holder still readable, returns
         that scan's Snapshot again with the new time: nothing it was built from changed
-        (cmdlines are cached per process start time; with smaps, or without iter/dmabuf,
-        every scan is built afresh)."""
+        (cmdlines are cached per process start time; with smaps, DRM clients or without
+        iter/dmabuf, every scan is built afresh)."""
         from ..build import build
         from ..scan import host_info
         from ..sources.base import now_iso
@@ -351,7 +351,9 @@ class BpfScanner:
             finally:
                 if paused:
                     gc.enable()
-            clean = not (obs.denied or obs.vanished)
+            # DRM clients' fdinfo (engine time, resident memory) moves without the records
+            # moving: a scan that read any is never reused
+            clean = not (obs.denied or obs.vanished or self.drm_fds)
             self._memo = ((raw, want, hostname, kernel), snap) if clean and not smaps else None
         return replace(snap, backend_reason=reason) if reason else snap
 
