@@ -100,24 +100,41 @@ def unavailable(obj: str = OBJECT) -> Optional[str]:
     return None
 
 
-def _gate(pid: int, fd: Optional[int]) -> Optional[str]:
+def _gate(pid: int) -> Optional[str]:
     """None if procfs would let this caller read the process, else "denied" or "vanished".
 
     The iterators see every process; /proc still applies its ptrace check (an LSM, a
-    non-dumpable process in another user namespace...). Ask it the way procfs meets it:
-    readlink of one of the process's fds, or opening its maps."""
-    if fd is not None:
-        try:
-            os.readlink("/proc/%d/fd/%d" % (pid, fd))
-            return None
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                return "denied"
+    process out of this caller's reach...). Ask /proc with the check its fd links use
+    (proc_fd_access_allowed): a readlink of /proc/PID/exe, one syscall."""
     try:
-        os.close(os.open("/proc/%d/maps" % pid, os.O_RDONLY | os.O_CLOEXEC))
+        os.readlink("/proc/%d/exe" % pid)
     except OSError as exc:
-        return "denied" if exc.errno in (errno.EACCES, errno.EPERM) else "vanished"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "denied"
+        if exc.errno == errno.ENOENT and os.path.isdir("/proc/%d" % pid):
+            return None                 # a zombie or kernel thread: readable, holds nothing
+        return "vanished"
     return None
+
+
+def _others_denied(exclude, want) -> Tuple[tuple, tuple]:
+    """(denied, vanished) among the processes holding nothing: procfs counts every process
+    it cannot read, so the bpf backend does too (and so shows nothing procfs would not, not
+    even that a process it may not read holds no buffers)."""
+    if want is None:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    else:
+        pids = sorted(want)
+    denied, vanished = [], []
+    for pid in pids:
+        if pid in exclude:
+            continue
+        why = _gate(pid)
+        if why == "denied":
+            denied.append(pid)
+        elif why == "vanished" and want is not None:
+            vanished.append(pid)        # asked for by pid, as procfs reports it
+    return tuple(denied), tuple(vanished)
 
 
 def _drm_clients(pid: int, fds: List[int], counters: Dict[str, int]) -> Optional[list]:
@@ -204,7 +221,8 @@ class BpfScanner:
         self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if cache_cmdline else None
         self.drm_fds: List[tuple] = []      # (pid, fd, kernel rdev) of DRM device fds, last scan
         self._memo = None                   # ((raw inputs, pids, host), Snapshot) of the last scan
-        self._gated: List[tuple] = []       # (pid, fd) of the holders the last scan checked
+        self._gated: List[int] = []         # the holders the last scan checked
+        self._others: tuple = ((), ())      # _others_denied() of the last scan
 
     # -- scanning ------------------------------------------------------------------------
     def _read(self) -> tuple:
@@ -251,22 +269,19 @@ class BpfScanner:
         parse_vmas(vmas, tasks, maps, pfnmap, want)
         self.drm_fds = drm
 
-        first_fd: Dict[int, int] = {}
-        for r in fds:
-            first_fd.setdefault(r.pid, r.fd)
         drm_pids = {pid for pid, _fd, _rdev in drm}
-        for pid, fd, _rdev in drm:
-            if pid not in first_fd or fd < first_fd[pid]:
-                first_fd[pid] = fd
-        holders = sorted(set(first_fd) | {m.pid for m in maps})
-        self._gated = [(pid, first_fd.get(pid)) for pid in holders]
+        has_refs = {r.pid for r in fds} | {m.pid for m in maps}
+        holders = sorted(has_refs | drm_pids)
+        self._gated = holders
+        self._others = _others_denied(set(holders), want)
+        obs.denied.extend(self._others[0])
+        obs.vanished.extend(self._others[1])
         cache = self._cmdlines
         fresh = {} if cache is not None else None
         gone = set()
         counters: Dict[str, int] = {}
-        has_refs = {r.pid for r in fds} | {m.pid for m in maps}
         for pid in holders:
-            why = _gate(pid, first_fd.get(pid))
+            why = _gate(pid)
             if why is not None:
                 (obs.denied if why == "denied" else obs.vanished).append(pid)
                 gone.add(pid)
@@ -336,7 +351,8 @@ class BpfScanner:
         memo = self._memo
         if (memo is not None and not smaps and raw[2] is not None and self._cmdlines is not None
                 and memo[0] == (raw, want, hostname, kernel)
-                and all(_gate(pid, fd) is None for pid, fd in self._gated)):
+                and all(_gate(pid) is None for pid in self._gated)
+                and _others_denied(set(self._gated), want) == self._others):
             snap = replace(memo[1], taken_at=taken_at)
         else:
             # tens of thousands of small objects and no cycles: the cyclic GC would only
@@ -353,7 +369,8 @@ class BpfScanner:
                     gc.enable()
             # DRM clients' fdinfo (engine time, resident memory) moves without the records
             # moving: a scan that read any is never reused
-            clean = not (obs.denied or obs.vanished or self.drm_fds)
+            gated = set(self._gated)
+            clean = not (self.drm_fds or [p for p in obs.denied + obs.vanished if p in gated])
             self._memo = ((raw, want, hostname, kernel), snap) if clean and not smaps else None
         return replace(snap, backend_reason=reason) if reason else snap
 
