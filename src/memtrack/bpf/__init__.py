@@ -6,13 +6,15 @@
 
 It runs only where the caller could already read every process through /proc (root, or
 CAP_SYS_PTRACE with CAP_SYS_ADMIN): the iterators bypass per-process ptrace checks, so the
-backend must never show more than procfs would. `unavailable()` says what is missing.
+backend must never show more than procfs would; on top of that every process is checked
+against /proc's own access rule and counted as denied where procfs would be refused.
+`unavailable()` says what is missing.
 
 What still comes from /proc and /sys: /proc/PID/cmdline of the processes holding buffers
 (cached per process start time by a reused scanner), /proc/sysvipc/shm (the SysV table),
-smaps with --smaps, a readlink for files with a real path (a /dev/shm file), and the dma-buf
-table from debugfs/sysfs on kernels before 6.16 (no iter/dmabuf). DRM device fds are found
-(`drm_fds`) for a DRM reader to read their fdinfo; ashmem fds (Android) are not reported.
+smaps with --smaps, the fdinfo of the DRM fds the iterator found, a readlink for files with
+a real path (a /dev/shm file), and the dma-buf table from debugfs/sysfs on kernels before
+6.16 (no iter/dmabuf). Ashmem fds (Android's misc device) are not reported.
 """
 from __future__ import annotations
 
