@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   while read -r cmd pkg; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    case $cmd in
+      /*) [ -e "$cmd" ] || missing+=("$pkg") ;;          # a file the package installs
+      *) command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg") ;;
+    esac
   done <<'PKGS'
 setpriv util-linux
 unshare util-linux
@@ -18,6 +21,9 @@ mksh mksh
 toybox toybox
 sshd openssh-server
 ssh openssh-client
+clang clang
+llvm-strip llvm
+/usr/include/bpf/bpf_helpers.h libbpf-dev
 PKGS
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq

@@ -116,6 +116,7 @@ class Snapshot:
     source: str = "live"
     host: Host = field(default_factory=Host)
     backend: str = "procfs"
+    backend_reason: Optional[str] = None   # why that backend ran (--backend auto's choice)
     scope: str = "all"                 # "all": every process was scanned; "pids": a subset
     smaps: bool = False                # whether in_rss was read
     buffers: Tuple[Buffer, ...] = ()
@@ -172,6 +173,7 @@ class Snapshot:
             "source": self.source,
             "host": {"hostname": self.host.hostname, "kernel": self.host.kernel},
             "backend": self.backend,
+            "backend_reason": self.backend_reason,
             "scope": self.scope,
             "smaps": self.smaps,
             "buffers": [_buffer_dict(b) for b in self.buffers],
@@ -389,7 +391,8 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
     return Snapshot(
         schema=SCHEMA, taken_at=_opt_str(doc.get("taken_at")) or "", source=_opt_str(doc.get("source")) or "",
         host=Host(hostname=_opt_str(h.get("hostname")), kernel=_opt_str(h.get("kernel"))),
-        backend=_opt_str(doc.get("backend")) or "procfs", scope=_opt_str(doc.get("scope")) or "all",
+        backend=_opt_str(doc.get("backend")) or "procfs",
+        backend_reason=_opt_str(doc.get("backend_reason")), scope=_opt_str(doc.get("scope")) or "all",
         smaps=smaps, buffers=tuple(buffers), processes=tuple(procs),
         kernel=KernelInfo(dmabuf_source=_opt_str(k.get("dmabuf_source")),
                           dmabuf_exported_bytes=_opt_int(k.get("dmabuf_exported_bytes")),

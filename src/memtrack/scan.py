@@ -43,6 +43,11 @@ def _read_optional(src, rel, obs, what):
 
 
 def read_kernel_tables(src, obs: Observations) -> None:
+    read_sysv_table(src, obs)
+    read_dmabuf_table(src, obs)
+
+
+def read_sysv_table(src, obs: Observations) -> None:
     text = _read_optional(src, SYSVIPC, obs, "SysV shm table")
     if text is not None:
         try:
@@ -50,6 +55,9 @@ def read_kernel_tables(src, obs: Observations) -> None:
             obs.sysv_source = "sysvipc"
         except ValueError as exc:
             obs.notes.append(f"/{SYSVIPC} malformed: {exc}")
+
+
+def read_dmabuf_table(src, obs: Observations) -> None:
     text = _read_optional(src, BUFINFO, obs, "dma-buf debugfs table")
     if text is not None:
         try:

@@ -41,6 +41,9 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="capture an Android device through adb (the one connected, or SERIAL) and analyze it here")
     g.add_argument("--ssh", metavar="HOST", default=d(None),
                    help="capture HOST through ssh (no Python needed there) and analyze it here")
+    g.add_argument("--backend", choices=("auto", "procfs", "bpf"), default=d("auto"),
+                   help="how to scan this machine: bpf reads kernel iterators (root, libbpf, "
+                        "BTF), procfs reads /proc text; auto: bpf where it can run (default)")
     g.add_argument("--smaps", action="store_true", default=d(False),
                    help="also read smaps: how much of each buffer is already counted in RSS (in_rss)")
     g.add_argument("--rules", metavar="FILE", default=d(None),
@@ -72,6 +75,8 @@ def load_snapshot(args, pids_for_scan=None) -> Snapshot:
     from ..sources import open_source
     from ..remote import target_from_args
     target = target_from_args(args)
+    if getattr(args, "backend", "auto") == "bpf" and (target is not None or getattr(args, "root", None) is not None):
+        raise MemtrackError("--backend bpf scans this machine; it cannot read --root, --adb or --ssh")
     if target is not None:
         from ..remote import TreeSource, transport_name
         tree = target.capture(pids=pids_for_scan, smaps=getattr(args, "smaps", False))
@@ -85,7 +90,8 @@ def load_snapshot(args, pids_for_scan=None) -> Snapshot:
             print("memtrack: note: this snapshot was saved without smaps: in_rss unknown", file=sys.stderr)
     else:
         try:
-            snap = scan(src, pids=pids_for_scan, smaps=getattr(args, "smaps", False))
+            snap = scan_source(src, getattr(args, "backend", "auto"), pids=pids_for_scan,
+                               smaps=getattr(args, "smaps", False))
         finally:
             src.close()
     return with_categories(snap, args, overwrite=not isinstance(src, Snapshot))
@@ -97,6 +103,26 @@ def with_categories(snap: Snapshot, args, overwrite: bool = True) -> Snapshot:
     from ..categories import categorize, load_rules
     path = getattr(args, "rules", None)
     return categorize(snap, load_rules(path), overwrite=overwrite or path is not None)
+
+
+def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> Snapshot:
+    """Scan with the backend --backend names; the snapshot records which ran and why."""
+    from dataclasses import replace
+    from ..bpf import BpfUnavailable, open_backend
+    from ..scan import scan
+    if not getattr(src, "live", False):
+        return scan(src, pids=pids, smaps=smaps)      # files: only procfs reads files
+    scanner, reason = open_backend(backend, live=True)
+    if scanner is not None:
+        try:
+            return scanner.scan(pids=pids, smaps=smaps, reason=reason)
+        except BpfUnavailable as exc:
+            if backend == "bpf":
+                raise BpfUnavailable(f"--backend bpf: {exc}") from None
+            reason = f"auto: bpf failed: {exc}"
+        finally:
+            scanner.close()
+    return replace(scan(src, pids=pids, smaps=smaps), backend_reason=reason)
 
 
 def report_skipped(snap: Snapshot, quiet: bool = False) -> None:

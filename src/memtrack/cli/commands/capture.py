@@ -39,6 +39,10 @@ def run(args) -> int:
     from ...capture import RecordingSource, write_archive
     from ...scan import scan
     from ...sources.live import LiveSource
+    if getattr(args, "backend", "auto") == "bpf" and not args.quiet:
+        # an archive is the files a scan read: only the procfs backend reads files
+        print("memtrack: note: capture records the /proc files it reads, so it scans with "
+              "procfs (--backend bpf ignored)", file=sys.stderr)
     rec = RecordingSource(LiveSource())
     pids = sorted(args.pid) if args.pid is not None else None
     snap = scan(rec, pids=pids, smaps=args.smaps)

@@ -1,0 +1,423 @@
+"""The BPF scan backend: the observations of the procfs backend, from kernel iterators.
+
+    from memtrack.bpf import BpfScanner
+    with BpfScanner() as s:          # loads and attaches once (tens of ms)
+        snap = s.scan()              # each scan: three iterator reads (a few ms)
+
+It runs only where the caller could already read every process through /proc (root, or
+CAP_SYS_PTRACE with CAP_SYS_ADMIN): the iterators bypass per-process ptrace checks, so the
+backend must never show more than procfs would; on top of that every process is checked
+against /proc's own access rule and counted as denied where procfs would be refused.
+`unavailable()` says what is missing.
+
+What still comes from /proc and /sys: /proc/PID/cmdline of the processes holding buffers
+(cached per process start time by a reused scanner), /proc/sysvipc/shm (the SysV table),
+smaps with --smaps, the fdinfo of the DRM fds the iterator found, a readlink for files with
+a real path (a /dev/shm file), and the dma-buf table from debugfs/sysfs on kernels before
+6.16 (no iter/dmabuf). Ashmem fds (Android's misc device) are not reported.
+"""
+from __future__ import annotations
+
+import errno
+import gc
+import os
+from dataclasses import replace
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from ..errors import MemtrackError
+from ..observe import Observations, ProcInfo, VmaRss
+
+OBJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                      "memtrack.bpf.o")
+BTF = "/sys/kernel/btf/vmlinux"
+
+CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE = 19, 21, 38, 39, 40
+
+
+class BpfUnavailable(MemtrackError):
+    """The bpf backend cannot run here; the text names the missing piece."""
+
+
+def _status_fields() -> Dict[str, str]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def _kernel_version() -> Tuple[int, int]:
+    rel = os.uname().release
+    parts = []
+    for p in rel.split(".")[:2]:
+        digits = ""
+        for c in p:
+            if not c.isdigit():
+                break
+            digits += c
+        parts.append(int(digits or 0))
+    while len(parts) < 2:
+        parts.append(0)
+    return parts[0], parts[1]
+
+
+PROC_PID_INIT_INO = 0xEFFFFFFC      # the initial pid namespace's inode number (fixed since 3.8)
+
+
+def _in_child_pid_ns() -> bool:
+    """NSpid only shows the levels the mounted /proc knows: with `unshare --pid
+    --mount-proc` it reads like the host's. The namespace inode does not lie."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino != PROC_PID_INIT_INO
+    except OSError:
+        return True
+
+
+def rights_problem() -> Optional[str]:
+    """None when the caller may use the iterators without seeing more than procfs shows."""
+    try:
+        st = _status_fields()
+        caps = int(st.get("CapEff", "0"), 16)
+    except (OSError, ValueError):
+        return "cannot read this process's capabilities (/proc/self/status)"
+
+    def has(c):
+        return bool(caps >> c & 1)
+    can_load = has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+    sees_all = has(CAP_SYS_PTRACE) and (has(CAP_SYS_ADMIN) or has(CAP_CHECKPOINT_RESTORE))
+    if not (can_load and sees_all):
+        return ("needs root: loading BPF needs CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN), and the "
+                "iterators see every process, so memtrack also requires CAP_SYS_PTRACE and "
+                "CAP_SYS_ADMIN, the rights that let procfs read them all")
+    if len(st.get("NSpid", "").split()) > 1 or _in_child_pid_ns():
+        return "runs in a pid namespace: the iterators report pids /proc here does not use"
+    return None
+
+
+def unavailable(obj: str = OBJECT) -> Optional[str]:
+    """Why the bpf backend cannot run (rights, libbpf, BTF, object), or None; the kernel's
+    own refusal is only known by loading (BpfScanner raises BpfUnavailable)."""
+    why = rights_problem()
+    if why:
+        return why
+    from .libbpf import available
+    why = available()
+    if why:
+        return why
+    if not os.path.exists(BTF):
+        return f"no kernel BTF ({BTF}): the kernel was built without CONFIG_DEBUG_INFO_BTF"
+    if _kernel_version() < (5, 12):
+        return "kernel too old: BPF task_vma iterators need Linux >= 5.12"
+    if not os.path.exists(obj):
+        return f"the BPF object is not installed ({obj})"
+    return None
+
+
+def _gate(pid: int) -> Optional[str]:
+    """None if procfs would let this caller read the process, else "denied" or "vanished".
+
+    The iterators see every process; /proc still applies its ptrace check (an LSM, a
+    process out of this caller's reach...). Ask /proc with the check its fd links use
+    (proc_fd_access_allowed): a readlink of /proc/PID/exe, one syscall."""
+    try:
+        os.readlink("/proc/%d/exe" % pid)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "denied"
+        if exc.errno == errno.ENOENT and os.path.isdir("/proc/%d" % pid):
+            return None                 # a zombie or kernel thread: readable, holds nothing
+        return "vanished"
+    return None
+
+
+def _others_denied(exclude, want) -> Tuple[tuple, tuple]:
+    """(denied, vanished) among the processes holding nothing: procfs counts every process
+    it cannot read, so the bpf backend does too (and so shows nothing procfs would not, not
+    even that a process it may not read holds no buffers)."""
+    if want is None:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    else:
+        pids = sorted(want)
+    denied, vanished = [], []
+    for pid in pids:
+        if pid in exclude:
+            continue
+        why = _gate(pid)
+        if why == "denied":
+            denied.append(pid)
+        elif why == "vanished" and want is not None:
+            vanished.append(pid)        # asked for by pid, as procfs reports it
+    return tuple(denied), tuple(vanished)
+
+
+def _drm_clients(pid: int, fds: List[int], counters: Dict[str, int]) -> Optional[list]:
+    """The DRM clients behind the DRM fds the iterator found, from their fdinfo text read as
+    the procfs backend reads it (only these fds: no walk of fd/); None if the process is gone."""
+    from ..errors import ProcessGone
+    from ..readers.drm import is_drm_path
+    from ..scan import _read_drm
+    from ..sources.live import LiveProc
+    try:
+        p = LiveProc("/proc", pid)
+    except ProcessGone:
+        return None
+    out = []
+    try:
+        for fd in fds:
+            try:
+                target = os.readlink("/proc/%d/fd/%d" % (pid, fd))
+            except OSError:
+                continue
+            if is_drm_path(target):
+                client = _read_drm(p, fd, str(fd), target, counters)
+                if client is not None:
+                    out.append(client)
+    finally:
+        p.close()
+    return out
+
+
+def _task_from_proc(pid: int):
+    """A task the iterators did not describe, from /proc/PID/status (never cached: -1)."""
+    from ..readers.proc import parse_status
+    from ..sources.live import read_at
+    from .records import Task
+    try:
+        comm, uid = parse_status(read_at("/proc/%d/status" % pid, single=True).decode("utf-8", "surrogateescape"))
+    except OSError:
+        return None
+    return Task(pid, uid, -1, comm)
+
+
+class _Given:
+    """A source holding one file already read (or the error reading it gave)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def read_text(self, rel):
+        from ..errors import translate_oserror
+        if isinstance(self.data, OSError):
+            raise translate_oserror(self.data)
+        return self.data.decode("utf-8", "surrogateescape")
+
+
+class BpfScanner:
+    """Loads the iterators once; scan() reads them into a Snapshot as often as needed."""
+
+    def __init__(self, obj: str = OBJECT, drm_major: int = 226, cache_cmdline: bool = True):
+        why = unavailable(obj)
+        if why:
+            raise BpfUnavailable(why)
+        from .libbpf import BpfObject, LibbpfError
+        from .records import ABI, STATE
+        init = {"state": STATE.pack(drm_major, ABI, 0, 0, 0, 0)}
+        self.has_dmabuf = _kernel_version() >= (6, 16)
+        self.notes: List[str] = []
+        try:
+            try:
+                self._obj = BpfObject(obj, init, skip=() if self.has_dmabuf else ("dmabuf",))
+            except LibbpfError as exc:
+                if not self.has_dmabuf:
+                    raise
+                # a kernel that says 6.16+ but lacks iter/dmabuf (a backport, a config)
+                self._obj = BpfObject(obj, init, skip=("dmabuf",))
+                self.has_dmabuf = False
+                self.notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
+            for name in ("task_file", "task_vma") + (("dmabuf",) if self.has_dmabuf else ()):
+                self._obj.attach(name)
+        except LibbpfError as exc:
+            obj_ = getattr(self, "_obj", None)
+            if obj_ is not None:
+                obj_.close()
+            raise BpfUnavailable(f"the kernel refused the BPF iterators: {exc}") from None
+        self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if cache_cmdline else None
+        self.drm_fds: List[tuple] = []      # (pid, fd, kernel rdev) of DRM device fds, last scan
+        self._memo = None                   # ((raw inputs, pids, host), Snapshot) of the last scan
+        self._gated: List[int] = []         # the holders the last scan checked
+        self._others: tuple = ((), ())      # _others_denied() of the last scan
+
+    # -- scanning ------------------------------------------------------------------------
+    def _read(self) -> tuple:
+        """Everything a scan reads that can change between scans, raw."""
+        from ..sources.live import read_at
+        from .libbpf import LibbpfError
+        try:
+            sysv = read_at("/proc/sysvipc/shm")
+        except OSError as exc:
+            sysv = exc
+        try:
+            return (self._obj.read("task_file"), self._obj.read("task_vma"),
+                    self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
+        except (LibbpfError, OSError) as exc:
+            raise BpfUnavailable(f"reading the BPF iterators failed: {exc}") from None
+
+    def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
+                raw: Optional[tuple] = None) -> Observations:
+        from ..readers.proc import parse_cmdline
+        from ..readers.smaps import parse_rss
+        from ..scan import counter_notes, read_dmabuf_table, read_sysv_table
+        from ..sources.live import LiveSource, read_at
+        from .records import parse_dmabufs, parse_files, parse_vmas
+
+        files, vmas, dmabufs, sysv = raw if raw is not None else self._read()
+        obs = Observations()
+        obs.notes.extend(self.notes)
+        read_sysv_table(_Given(sysv), obs)
+        if dmabufs is not None:
+            bufs = parse_dmabufs(dmabufs)
+            obs.kernel.extend(bufs)
+            obs.dmabuf_source = "dmabuf_iter"
+            obs.dmabuf_count = len(bufs)
+            obs.dmabuf_total = sum(b.size for b in bufs)
+        else:
+            read_dmabuf_table(LiveSource(), obs)
+        want = set(pids) if pids is not None else None
+        tasks: dict = {}
+        fds: list = []
+        maps: list = []
+        drm: list = []
+        pfnmap: set = set()
+        parse_files(files, tasks, fds, drm, want)
+        parse_vmas(vmas, tasks, maps, pfnmap, want)
+        self.drm_fds = drm
+
+        drm_pids = {pid for pid, _fd, _rdev in drm}
+        has_refs = {r.pid for r in fds} | {m.pid for m in maps}
+        holders = sorted(has_refs | drm_pids)
+        self._gated = holders
+        self._others = _others_denied(set(holders), want)
+        obs.denied.extend(self._others[0])
+        obs.vanished.extend(self._others[1])
+        cache = self._cmdlines
+        fresh = {} if cache is not None else None
+        gone = set()
+        counters: Dict[str, int] = {}
+        for pid in holders:
+            why = _gate(pid)
+            if why is not None:
+                (obs.denied if why == "denied" else obs.vanished).append(pid)
+                gone.add(pid)
+                continue
+            if pid in drm_pids:
+                clients = _drm_clients(pid, [fd for p, fd, _r in drm if p == pid], counters)
+                if clients is None:
+                    obs.vanished.append(pid)
+                    gone.add(pid)
+                    continue
+                obs.drm.extend(clients)
+                if not clients and pid not in has_refs:
+                    continue                # DRM fds without usage stats: procfs lists nothing
+            t = tasks.get(pid)
+            if t is None:                   # not expected: the iterators describe each task
+                t = _task_from_proc(pid)
+                if t is None:
+                    obs.vanished.append(pid)
+                    gone.add(pid)
+                    continue
+            key = (pid, t.start_time)
+            cmdline = cache.get(key) if cache is not None else None
+            if cmdline is None:
+                try:
+                    cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
+                except OSError:
+                    # gone since the iterator saw it: counted as procfs counts it
+                    obs.vanished.append(pid)
+                    gone.add(pid)
+                    continue
+            if fresh is not None:
+                fresh[key] = cmdline
+            obs.procs.append(ProcInfo(pid, t.comm, cmdline, t.uid))
+        if cache is not None:
+            self._cmdlines = fresh          # forget processes that went away
+        if gone:
+            fds = [r for r in fds if r.pid not in gone]
+            maps = [m for m in maps if m.pid not in gone]
+        obs.fds, obs.maps = fds, maps
+        obs.notes.extend(counter_notes(counters))
+        if smaps:
+            for pid in sorted({m.pid for m in maps}):
+                try:
+                    per_vma = parse_rss(read_at("/proc/%d/smaps" % pid))
+                except OSError:
+                    continue
+                for m in maps:
+                    if m.pid == pid and m.start in per_vma:
+                        obs.rss.append(VmaRss(pid, m.start, per_vma[m.start]))
+        return obs
+
+    def scan(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
+             reason: Optional[str] = None):
+        """A Snapshot of this machine now. A reused scanner (top, serve) whose iterators
+        return exactly the bytes of its last scan, with every holder still readable, returns
+        that scan's Snapshot again with the new time: nothing it was built from changed
+        (cmdlines are cached per process start time; with smaps, DRM clients or without
+        iter/dmabuf, every scan is built afresh)."""
+        from ..build import build
+        from ..scan import host_info
+        from ..sources.base import now_iso
+        from ..sources.live import LiveSource
+        taken_at = now_iso()
+        raw = self._read()
+        hostname, kernel = host_info(LiveSource())
+        want = None if pids is None else frozenset(pids)
+        memo = self._memo
+        if (memo is not None and not smaps and raw[2] is not None and self._cmdlines is not None
+                and memo[0] == (raw, want, hostname, kernel)
+                and all(_gate(pid) is None for pid in self._gated)
+                and _others_denied(set(self._gated), want) == self._others):
+            snap = replace(memo[1], taken_at=taken_at)
+        else:
+            # tens of thousands of small objects and no cycles: the cyclic GC would only
+            # rescan them, again and again as they are made (half the build time at 20k fds)
+            paused = gc.isenabled()
+            gc.disable()
+            try:
+                obs = self.collect(pids, smaps, raw=raw)
+                snap = build(obs, taken_at=taken_at, source="live", hostname=hostname,
+                             kernel=kernel, backend="bpf", scope="all" if pids is None else "pids",
+                             smaps=smaps)
+            finally:
+                if paused:
+                    gc.enable()
+            # DRM clients' fdinfo (engine time, resident memory) moves without the records
+            # moving: a scan that read any is never reused
+            gated = set(self._gated)
+            clean = not (self.drm_fds or [p for p in obs.denied + obs.vanished if p in gated])
+            self._memo = ((raw, want, hostname, kernel), snap) if clean and not smaps else None
+        return replace(snap, backend_reason=reason) if reason else snap
+
+    # -- lifetime ------------------------------------------------------------------------
+    def close(self) -> None:
+        obj = getattr(self, "_obj", None)
+        if obj is not None:
+            obj.close()
+            self._obj = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_backend(requested: str = "auto", live: bool = True):
+    """(scanner or None, reason) for --backend: a BpfScanner when bpf is to run, None for
+    procfs; `reason` says why, for Snapshot.backend_reason. `bpf` that cannot run raises
+    BpfUnavailable naming the missing piece."""
+    if requested == "procfs":
+        return None, "requested (--backend procfs)"
+    if not live:
+        if requested == "bpf":
+            raise BpfUnavailable("--backend bpf scans this machine; it cannot read --root")
+        return None, "auto: not a live scan"
+    if requested == "bpf":
+        try:
+            return BpfScanner(), "requested (--backend bpf)"
+        except BpfUnavailable as exc:
+            raise BpfUnavailable(f"--backend bpf: {exc}") from None
+    try:
+        return BpfScanner(), "auto: root, libbpf, BTF and the iterators are present"
+    except BpfUnavailable as exc:
+        return None, f"auto: bpf unavailable: {exc}"

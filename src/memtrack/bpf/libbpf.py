@@ -1,0 +1,165 @@
+"""The handful of libbpf calls memtrack needs, through ctypes on the system libbpf.so.1.
+
+open -> load -> set the config map -> attach_iter -> (per read) iter_create -> read() to EOF.
+libbpf's own messages are silenced (MEMTRACK_BPF_DEBUG=1 shows them).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Dict, Optional
+
+LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
+
+
+class LibbpfError(Exception):
+    """A libbpf step failed; str() is one line naming the step and the reason."""
+
+
+_lib = None
+
+
+def _load_lib():
+    global _lib
+    if _lib is not None:
+        return _lib
+    last = None
+    for name in LIBBPF_NAMES:
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+            break
+        except OSError as exc:
+            last = exc
+    else:
+        raise LibbpfError(f"libbpf.so.1 not found ({last}); Debian: apt install libbpf1")
+    vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    for fn, res, args in (
+        ("bpf_object__open_file", vp, [cp, vp]),
+        ("bpf_object__load", ci, [vp]),
+        ("bpf_object__close", None, [vp]),
+        ("bpf_object__find_program_by_name", vp, [vp, cp]),
+        ("bpf_object__find_map_by_name", vp, [vp, cp]),
+        ("bpf_map__fd", ci, [vp]),
+        ("bpf_map__value_size", ctypes.c_uint32, [vp]),
+        ("bpf_map_update_elem", ci, [ci, vp, vp, ctypes.c_uint64]),
+        ("bpf_program__set_autoload", ci, [vp, ctypes.c_bool]),
+        ("bpf_program__attach_iter", vp, [vp, vp]),
+        ("bpf_link__fd", ci, [vp]),
+        ("bpf_link__destroy", ci, [vp]),
+        ("bpf_iter_create", ci, [ci]),
+        ("libbpf_get_error", ctypes.c_long, [vp]),
+    ):
+        f = getattr(lib, fn)
+        f.restype, f.argtypes = res, args
+    # libbpf prints to stderr by default. Silence it rather than capture it: a ctypes
+    # callback would make libffi map a shared trampoline page into this process, a shared
+    # mapping memtrack would then report about itself. MEMTRACK_BPF_DEBUG=1 keeps the messages.
+    lib.libbpf_set_print.restype = vp
+    lib.libbpf_set_print.argtypes = [vp]
+    if not os.environ.get("MEMTRACK_BPF_DEBUG"):
+        lib.libbpf_set_print(None)
+    _lib = lib
+    return lib
+
+
+def available() -> Optional[str]:
+    """None when libbpf loads, else why not."""
+    try:
+        _load_lib()
+    except LibbpfError as exc:
+        return str(exc)
+    return None
+
+
+def _fail(step: str, err: int) -> LibbpfError:
+    err = abs(err) if err else ctypes.get_errno()
+    return LibbpfError(f"{step}: {os.strerror(err) if err else 'failed'} "
+                       "(MEMTRACK_BPF_DEBUG=1 shows libbpf's messages)")
+
+
+class BpfObject:
+    """A loaded object with its iterator programs attached; read(name) runs one iterator."""
+
+    def __init__(self, path: str, init: Optional[Dict[str, bytes]] = None, skip=()):
+        """Open and load `path`; `init` gives the first value (key 0) of array maps, set
+        right after load; `skip` names programs not to load."""
+        lib = self._lib = _load_lib()
+        self._obj = None
+        self._links: Dict[str, int] = {}
+        ctypes.set_errno(0)
+        obj = lib.bpf_object__open_file(path.encode(), None)
+        if not obj or lib.libbpf_get_error(obj):
+            raise _fail(f"cannot open {path}", lib.libbpf_get_error(obj) if obj else 0)
+        self._obj = obj
+        try:
+            for name in skip:
+                prog = lib.bpf_object__find_program_by_name(obj, name.encode())
+                if prog:
+                    lib.bpf_program__set_autoload(prog, False)
+            ctypes.set_errno(0)
+            err = lib.bpf_object__load(obj)
+            if err:
+                raise _fail("BPF object load failed", err)
+            for name, value in (init or {}).items():
+                self._init_map(name, value)
+        except BaseException:
+            self.close()
+            raise
+
+    def _init_map(self, name: str, value: bytes) -> None:
+        lib = self._lib
+        m = lib.bpf_object__find_map_by_name(self._obj, name.encode())
+        if not m:
+            raise LibbpfError(f"the BPF object has no map {name}")
+        if lib.bpf_map__value_size(m) != len(value):
+            raise LibbpfError(f"map {name} holds {lib.bpf_map__value_size(m)}-byte values, the "
+                              f"loader writes {len(value)}: object and loader do not match")
+        key = ctypes.c_uint32(0)
+        buf = ctypes.create_string_buffer(value, len(value))
+        ctypes.set_errno(0)
+        err = lib.bpf_map_update_elem(lib.bpf_map__fd(m), ctypes.byref(key), buf, 0)
+        if err:
+            raise _fail(f"setting map {name}", err)
+
+    def attach(self, name: str) -> None:
+        lib = self._lib
+        prog = lib.bpf_object__find_program_by_name(self._obj, name.encode())
+        if not prog:
+            raise LibbpfError(f"no program {name} in the BPF object")
+        ctypes.set_errno(0)
+        link = lib.bpf_program__attach_iter(prog, None)
+        if not link or lib.libbpf_get_error(link):
+            raise _fail(f"attach iter {name}", lib.libbpf_get_error(link) if link else 0)
+        self._links[name] = link
+
+    def read(self, name: str) -> bytes:
+        """Run iterator `name` once: everything it writes, in one buffer."""
+        lib = self._lib
+        fd = lib.bpf_iter_create(lib.bpf_link__fd(self._links[name]))
+        if fd < 0:
+            raise _fail(f"bpf_iter_create {name}", fd)
+        try:
+            parts = []
+            while True:
+                data = os.read(fd, 1 << 20)
+                if not data:
+                    break
+                parts.append(data)
+        finally:
+            os.close(fd)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        lib = self._lib
+        for link in self._links.values():
+            lib.bpf_link__destroy(link)
+        self._links = {}
+        if self._obj:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: GPL-2.0
+/* memtrack's BPF iterators: the facts the procfs readers get from /proc text, read straight
+ * from kernel objects in one read() each.
+ *
+ *   iter/task_file  one record per open file that can be a shared buffer: regular files on
+ *                   tmpfs/hugetlbfs/ramfs (memfd, /dev/shm, ...), dma-bufs, DRM char devices;
+ *                   plus one task record (comm, uid, start time) before a task's first one
+ *   iter/task_vma   one record per shared (VM_MAYSHARE, maps "s") mapping of such a file,
+ *                   with a task record (start = start time, end = uid, name = comm) first
+ *   iter/dmabuf     one record per dma-buf in the system (Linux >= 6.16)
+ *
+ * Everything else is filtered out here, in the kernel. Records are fixed-size so userspace
+ * parses a whole read with struct.iter_unpack; the layouts are mirrored in records.py.
+ * Only thread-group leaders are reported: /proc/<tgid> shows the leader's files and mm, and
+ * threads sharing them would repeat the same records.
+ */
+#include "core.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define TMPFS_MAGIC     0x01021994
+#define RAMFS_MAGIC     0x858458f6
+#define HUGETLBFS_MAGIC 0x958458f6
+#define DMA_BUF_MAGIC   0x444d4142
+
+#define S_IFMT  00170000
+#define S_IFREG 0100000
+#define S_IFCHR 0020000
+
+#define VM_MAYSHARE 0x00000080UL
+#define VM_PFNMAP   0x00000400UL
+
+/* record flags (records.py) */
+#define R_TASK     0x01   /* a task record: fd = uid, ino = start_time, name = comm */
+#define R_PSEUDO   0x02   /* a pseudo file: its path is the d_dname of its dentry name */
+#define R_DMABUF   0x04
+#define R_DRM      0x08   /* a DRM char device: dev = i_rdev */
+#define R_TRUNC    0x10   /* the name did not fit */
+#define R_NAMED    0x20   /* dma-buf with a name (DMA_BUF_SET_NAME) */
+#define R_PFNMAP   0x40
+
+#define NAME_LEN 64
+#define EXP_LEN  32
+
+struct fd_rec {
+	u32 tgid;
+	u32 fd;
+	u64 ino;
+	u64 size;
+	u32 dev;          /* kernel dev_t: MAJOR << 20 | MINOR */
+	u32 flags;
+	s64 count;        /* dma-buf: the file count, as fdinfo's count: prints it */
+	char name[NAME_LEN];
+	char exp[EXP_LEN];
+};
+
+struct vma_rec {
+	u32 tgid;
+	u32 flags;
+	u64 start;
+	u64 end;
+	u64 pgoff;
+	u64 ino;
+	u64 size;
+	u32 dev;
+	u32 pad;
+	char name[NAME_LEN];
+};
+
+struct dmabuf_rec {
+	u64 ino;
+	u64 size;
+	s64 count;
+	u32 flags;
+	u32 pad;
+	char exp[EXP_LEN];
+	char name[NAME_LEN];
+};
+
+/* Configuration (set by the loader) and the last task each iterator described. A map, not
+ * global variables: libbpf 1.x backs .rodata/.bss with MAP_SHARED|MAP_ANONYMOUS memory in
+ * the loading process, which memtrack would then report about itself as shared memory. */
+struct state {
+	u32 drm_major;          /* DRM char major (226); 0 = do not report DRM fds */
+	u32 abi;
+	u64 file_session;       /* (session, tgid) of the last task record, per iterator */
+	u64 vma_session;
+	u32 file_tgid;
+	u32 vma_tgid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, u32);
+	__type(value, struct state);
+} state SEC(".maps");
+
+static __always_inline struct state *get_state(void)
+{
+	u32 zero = 0;
+
+	return bpf_map_lookup_elem(&state, &zero);
+}
+
+static __always_inline bool buffer_fs(unsigned long magic)
+{
+	return magic == TMPFS_MAGIC || magic == HUGETLBFS_MAGIC || magic == RAMFS_MAGIC;
+}
+
+/* The count fdinfo and debugfs print. Both the iterators and fdinfo hold one reference of
+ * their own while they look, so fdinfo prints file_count - 1: so do we. */
+static __always_inline s64 file_count_less_one(struct file *f)
+{
+	if (bpf_core_field_exists(f->f_ref))
+		return BPF_CORE_READ(f, f_ref.refcnt.counter);      /* file_ref_t holds count - 1 */
+	return BPF_CORE_READ((struct file___old *)f, f_count.counter) - 1;
+}
+
+/* Name and flags of a file as d_path would print it: a pseudo file (memfd, SysV, shared
+ * anonymous) is "/" + its dentry name + " (deleted)" (simple_dname), a dma-buf is
+ * "/dmabuf:" + its name (dmabuf_dname); anything else needs a real path walk, left to
+ * userspace (readlink), which sees it without R_PSEUDO. */
+static __always_inline u32 file_name(struct file *file, char *name, char *exp, s64 *count,
+				     u64 *size)
+{
+	struct dentry *de = file->f_path.dentry;
+	struct inode *inode = file->f_inode;
+	u32 flags = 0;
+
+	if (inode->i_sb->s_magic == DMA_BUF_MAGIC) {
+		struct dma_buf *db = file->private_data;
+		const char *n = BPF_CORE_READ(db, name);
+
+		flags |= R_DMABUF | R_PSEUDO;
+		*size = BPF_CORE_READ(db, size);
+		if (count)
+			*count = file_count_less_one(file);
+		if (exp)
+			bpf_probe_read_kernel_str(exp, EXP_LEN, BPF_CORE_READ(db, exp_name));
+		if (n) {
+			flags |= R_NAMED;
+			bpf_probe_read_kernel_str(name, NAME_LEN, n);
+		}
+		return flags;
+	}
+	*size = inode->i_size;
+	if (de->d_op && de->d_op->d_dname &&
+	    (de->d_parent != de || de != file->f_path.mnt->mnt_root))
+		flags |= R_PSEUDO;
+	if (de->d_name.len >= NAME_LEN)
+		flags |= R_TRUNC;
+	bpf_probe_read_kernel_str(name, NAME_LEN, de->d_name.name);
+	return flags;
+}
+
+SEC("iter/task_file")
+int task_file(struct bpf_iter__task_file *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct fd_rec r = {};
+	struct state *st = get_state();
+	struct inode *inode;
+	umode_t mode;
+	unsigned long magic;
+	bool new_task;
+	long err = 0;
+
+	if (!st || !task || !file || task->pid != task->tgid)
+		return 0;
+	inode = file->f_inode;
+	magic = inode->i_sb->s_magic;
+	mode = inode->i_mode;
+	if (magic == DMA_BUF_MAGIC || (buffer_fs(magic) && (mode & S_IFMT) == S_IFREG)) {
+		r.flags = file_name(file, r.name, r.exp, &r.count, &r.size);
+		r.dev = inode->i_sb->s_dev;
+	} else if (st->drm_major && (mode & S_IFMT) == S_IFCHR &&
+		   (inode->i_rdev >> 20) == st->drm_major) {
+		r.flags = R_DRM;
+		r.dev = inode->i_rdev;
+	} else {
+		return 0;
+	}
+	r.ino = inode->i_ino;
+	r.tgid = task->tgid;
+	r.fd = ctx->fd;
+
+	new_task = st->file_tgid != r.tgid || st->file_session != ctx->meta->session_id;
+	if (new_task) {
+		struct fd_rec t = {};
+
+		t.flags = R_TASK;
+		t.tgid = r.tgid;
+		t.fd = task->real_cred->uid.val;
+		t.ino = task->start_time;
+		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), task->comm);
+		err = bpf_seq_write(seq, &t, sizeof(t));
+	}
+	if (!err)
+		err = bpf_seq_write(seq, &r, sizeof(r));
+	/* When the read buffer overflows, the kernel drops everything this run wrote and runs
+	 * it again for the same file in the next read(): remember the task only once both
+	 * records are really out, or the rerun would leave the task record out. */
+	if (!err && new_task) {
+		st->file_tgid = r.tgid;
+		st->file_session = ctx->meta->session_id;
+	}
+	return 0;
+}
+
+SEC("iter/task_vma")
+int task_vma(struct bpf_iter__task_vma *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct vm_area_struct *vma = ctx->vma;
+	struct vma_rec r = {};
+	struct file *file;
+	struct inode *inode;
+	struct state *st = get_state();
+	unsigned long magic, vm_flags;
+	bool new_task;
+	long err = 0;
+
+	if (!st || !task || !vma || task->pid != task->tgid)
+		return 0;
+	vm_flags = vma->vm_flags;
+	if (!(vm_flags & VM_MAYSHARE))
+		return 0;
+	file = vma->vm_file;
+	if (!file)
+		return 0;
+	inode = file->f_inode;
+	magic = inode->i_sb->s_magic;
+	if (magic != DMA_BUF_MAGIC && !(buffer_fs(magic) && (inode->i_mode & S_IFMT) == S_IFREG))
+		return 0;
+	r.tgid = task->tgid;
+	r.flags = file_name(file, r.name, 0, 0, &r.size);
+	if (vm_flags & VM_PFNMAP)
+		r.flags |= R_PFNMAP;
+	r.start = vma->vm_start;
+	r.end = vma->vm_end;
+	r.pgoff = vma->vm_pgoff;
+	r.ino = inode->i_ino;
+	r.dev = inode->i_sb->s_dev;
+	new_task = st->vma_tgid != r.tgid || st->vma_session != ctx->meta->session_id;
+	if (new_task) {
+		struct vma_rec t = {};
+
+		t.flags = R_TASK;
+		t.tgid = r.tgid;
+		t.start = task->start_time;
+		t.end = task->real_cred->uid.val;
+		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), task->comm);
+		err = bpf_seq_write(seq, &t, sizeof(t));
+	}
+	if (!err)
+		err = bpf_seq_write(seq, &r, sizeof(r));
+	if (!err && new_task) {            /* as in task_file: only once both are out */
+		st->vma_tgid = r.tgid;
+		st->vma_session = ctx->meta->session_id;
+	}
+	return 0;
+}
+
+SEC("iter/dmabuf")
+int dmabuf(struct bpf_iter__dmabuf *ctx)
+{
+	struct dma_buf *db = ctx->dmabuf;
+	struct dmabuf_rec r = {};
+	const char *n;
+
+	if (!db)
+		return 0;
+	r.ino = db->file->f_inode->i_ino;
+	r.size = db->size;
+	r.count = file_count_less_one(db->file);
+	bpf_probe_read_kernel_str(r.exp, EXP_LEN, db->exp_name);
+	n = db->name;
+	if (n) {
+		r.flags |= R_NAMED;
+		bpf_probe_read_kernel_str(r.name, NAME_LEN, n);
+	}
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}

@@ -1,0 +1,163 @@
+"""The iterators' binary records (memtrack.bpf.c) -> the observations the procfs readers emit.
+
+Kinds and names are not decided here: each record is turned back into the path the kernel's
+d_path would print (what readlink of /proc/PID/fd/N or the maps line shows), and the procfs
+backend's own filter (BUFFER_PREFIXES for fds) and classify() decide, so both backends
+classify identically by construction. A pseudo file's path is "/" + dentry name + " (deleted)" (simple_dname), a
+dma-buf's "/dmabuf:" + its name (dmabuf_dname); files with a real path (a /dev/shm file, a
+file on any tmpfs) come without R_PSEUDO and are read with readlink, as procfs would.
+
+size_from names the procfs interface that prints the same kernel field (i_size: "stat";
+dma_buf.size: "fdinfo"; the mapped file's i_size: "map_files"), so the two backends'
+snapshots compare equal; Snapshot.backend says which one ran.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from typing import Callable, Dict, List, Optional, Tuple
+
+from ..observe import FdRef, KernelBuffer, MapRef
+from ..readers.fd import classify
+from ..scan import BUFFER_PREFIXES
+
+R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 32, 64
+
+FD_REC = struct.Struct("<IIQQIIq64s32s")          # struct fd_rec
+VMA_REC = struct.Struct("<IIQQQQQII64s")          # struct vma_rec
+DMABUF_REC = struct.Struct("<QQqII32s64s")        # struct dmabuf_rec
+STATE = struct.Struct("<IIQQII")                  # struct state: drm_major, abi, then 0s
+ABI = 1
+PAGE_SIZE = mmap.PAGESIZE
+
+
+def _str(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def fmt_dev(kdev: int) -> str:
+    """Kernel dev_t (MAJOR << 20 | MINOR) as maps prints it."""
+    return "%02x:%02x" % (kdev >> 20, kdev & 0xFFFFF)
+
+
+class Task:
+    __slots__ = ("pid", "uid", "start_time", "comm")
+
+    def __init__(self, pid, uid, start_time, comm):
+        self.pid, self.uid, self.start_time, self.comm = pid, uid, start_time, comm
+
+
+Readlink = Callable[[str], Optional[str]]
+
+
+def _readlink(path: str) -> Optional[str]:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None                   # closed or unmapped since the iterator saw it
+
+
+def classify_fd(target: str):
+    """What the procfs backend makes of an fd link: its prefix filter, then classify()."""
+    return classify(target) if target.startswith(BUFFER_PREFIXES) else None
+
+
+def _pseudo_kinds(classify_fn):
+    """name field of a pseudo file -> classify_fn("/" + name + " (deleted)"), memoized;
+    memfds, nearly every record, take the short way to the same answer."""
+    memo: Dict[bytes, Optional[Tuple[str, Optional[str]]]] = {}
+
+    def kind(raw: bytes):
+        n = raw.split(b"\0", 1)[0]
+        if n.startswith(b"memfd:"):
+            return "memfd", n[6:].decode("utf-8", "surrogateescape")
+        kp = memo.get(n, False)
+        if kp is False:
+            kp = memo[n] = classify_fn("/" + n.decode("utf-8", "surrogateescape") + " (deleted)")
+        return kp
+    return kind
+
+
+_new = tuple.__new__                   # NamedTuple without its Python-level __new__
+
+
+def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List[tuple],
+                want=None, readlink: Readlink = _readlink) -> None:
+    """task_file records -> FdRef (and tasks, DRM fds (pid, fd, rdev)), in the iterator's
+    order, which is procfs order: pids ascending, fds ascending."""
+    pseudo = _pseudo_kinds(classify_fd)
+    devs: Dict[int, str] = {}
+    add = fds.append
+    for tgid, fd, ino, size, dev, flags, count, name, exp in FD_REC.iter_unpack(data):
+        if want is not None and tgid not in want:
+            continue
+        if flags & (R_TASK | R_DRM | R_DMABUF):
+            if flags & R_TASK:
+                tasks[tgid] = Task(tgid, fd, ino, _str(name))
+            elif flags & R_DRM:
+                drm.append((tgid, fd, dev))
+            else:
+                # fdinfo's name: and exp_name: values (stripped, as parse_fdinfo does), else
+                # the name in the link (classify: "/dmabuf:" + name, empty -> None)
+                n = _str(name) if flags & R_NAMED else ""
+                add(FdRef(tgid, fd, "dmabuf", "dmabuf", ino, size, n.strip() or n or None,
+                          _str(exp).strip() or None, count, "fdinfo"))
+            continue
+        if flags & R_PSEUDO and not flags & R_TRUNC:
+            kp = pseudo(name)
+        else:
+            target = readlink("/proc/%d/fd/%d" % (tgid, fd))
+            kp = classify_fd(target) if target is not None else None
+        if kp is None:
+            continue
+        d = devs.get(dev)
+        if d is None:
+            d = devs[dev] = fmt_dev(dev)
+        add(_new(FdRef, (tgid, fd, kp[0], d, ino, size, kp[1], None, None, "stat")))
+
+
+def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
+               want=None, readlink: Readlink = _readlink) -> None:
+    """task_vma records -> MapRef, pids ascending, addresses ascending (maps order)."""
+    pseudo = _pseudo_kinds(classify)
+    devs: Dict[int, str] = {}
+    add = maps.append
+    for tgid, flags, start, end, pgoff, ino, size, dev, _pad, name in VMA_REC.iter_unpack(data):
+        if want is not None and tgid not in want:
+            continue
+        if flags & R_TASK:
+            if tgid not in tasks:
+                tasks[tgid] = Task(tgid, end, start, _str(name))
+            continue
+        if flags & R_DMABUF:
+            kp = classify("/dmabuf:" + (_str(name) if flags & R_NAMED else ""))
+        elif flags & R_PSEUDO and not flags & R_TRUNC:
+            kp = pseudo(name)
+        else:
+            path = readlink("/proc/%d/map_files/%x-%x" % (tgid, start, end))
+            kp = classify(path) if path is not None else None
+        if kp is None:
+            continue
+        kind = kp[0]
+        if kind == "sysv":
+            fs, msize = "sysv", None      # sized by /proc/sysvipc/shm, as in procfs
+        elif kind == "dmabuf":
+            fs, msize = "dmabuf", size
+        else:
+            fs = devs.get(dev)
+            if fs is None:
+                fs = devs[dev] = fmt_dev(dev)
+            msize = size
+        if flags & R_PFNMAP:
+            pfnmap.add((tgid, start))
+        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize)))
+
+
+def parse_dmabufs(data: bytes) -> List[KernelBuffer]:
+    """iter/dmabuf records -> the kernel table debugfs bufinfo would give."""
+    out = []
+    for ino, size, count, flags, _pad, exp, name in DMABUF_REC.iter_unpack(data):
+        out.append(KernelBuffer("dmabuf", ino, size, _str(exp) or None,
+                                _str(name) if flags & R_NAMED else None, count, "dmabuf_iter"))
+    return out

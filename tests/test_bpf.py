@@ -1,0 +1,426 @@
+"""The BPF backend: record parsing (everywhere), and on a live machine where BPF can run,
+the same snapshot as the procfs backend on every way of holding a buffer."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from memtrack import bpf as mbpf
+from memtrack.bpf import records as R
+from memtrack.bpf import stamp
+from memtrack.observe import FdRef, MapRef
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SRC = os.path.join(ROOT, "src")
+
+_scanner = None
+
+
+def _why_not():
+    """Why the bpf backend cannot run here (rights, libbpf, BTF, the kernel refusing the
+    object), or None."""
+    global _scanner
+    why = mbpf.unavailable()
+    if why:
+        return why
+    try:
+        _scanner = mbpf.BpfScanner(cache_cmdline=False)
+    except mbpf.BpfUnavailable as exc:
+        return str(exc)
+    return None
+
+
+WHY_NOT = _why_not()
+
+
+def scanner():
+    """One loaded scanner for the module (loading is the slow part), or a skip."""
+    if WHY_NOT:
+        pytest.skip(f"bpf backend cannot run here: {WHY_NOT}")
+    return _scanner
+
+
+def cli(*args, env=None, preexec=None):
+    e = dict(os.environ, PYTHONPATH=SRC)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "memtrack", *args], capture_output=True,
+                          text=True, env=e, timeout=120)
+
+
+# -- records -> observations (no kernel needed) --------------------------------------------
+def fd_rec(tgid, fd, ino=0, size=0, dev=0, flags=0, count=0, name=b"", exp=b""):
+    return R.FD_REC.pack(tgid, fd, ino, size, dev, flags, count, name, exp)
+
+
+def vma_rec(tgid, flags, start, end, pgoff=0, ino=0, size=0, dev=0, name=b""):
+    return R.VMA_REC.pack(tgid, flags, start, end, pgoff, ino, size, dev, 0, name)
+
+
+def test_fmt_dev_decodes_the_kernel_encoding():
+    assert R.fmt_dev(1) == "00:01"
+    assert R.fmt_dev(259 << 20 | 3) == "103:03"
+    assert R.fmt_dev(0x1b) == "00:1b"
+
+
+def test_file_records_become_the_procfs_observations():
+    links = {"/proc/7/fd/9": "/dev/shm/pool (deleted)", "/proc/7/fd/10": "/tmp/not-a-buffer"}
+    data = b"".join([
+        fd_rec(7, 1000, ino=555, flags=R.R_TASK, name=b"comm"),
+        fd_rec(7, 3, 11, 4096, 1, R.R_PSEUDO, 0, b"memfd:wl_shm pool"),
+        fd_rec(7, 4, 12, 8192, 1, R.R_PSEUDO, 0, b"dev/zero"),
+        fd_rec(7, 5, 13, 100, 1, R.R_PSEUDO, 0, b"SYSV00000000"),        # not an fd kind
+        fd_rec(7, 6, 2, 2 << 20, 0, R.R_DMABUF | R.R_PSEUDO | R.R_NAMED, 3, b" cam ", b"nv_dmabuf"),
+        fd_rec(7, 7, 3, 4096, 0, R.R_DMABUF | R.R_PSEUDO, 1, b"", b"system"),
+        fd_rec(7, 8, 0, 0, 226 << 20 | 128, R.R_DRM),
+        fd_rec(7, 9, 14, 65536, 0x1b, 0, 0, b"pool"),                    # real path: readlink
+        fd_rec(7, 10, 15, 1, 0x1b, 0, 0, b"x"),
+        fd_rec(8, 3, 16, 1, 1, R.R_PSEUDO, 0, b"memfd:other"),           # filtered out by pid
+    ])
+    tasks, fds, drm = {}, [], []
+    R.parse_files(data, tasks, fds, drm, want={7}, readlink=links.get)
+    assert tasks[7].comm == "comm" and tasks[7].uid == 1000 and tasks[7].start_time == 555
+    assert drm == [(7, 8, 226 << 20 | 128)]
+    assert fds == [
+        FdRef(7, 3, "memfd", "00:01", 11, 4096, "wl_shm pool", None, None, "stat"),
+        FdRef(7, 4, "shmem", "00:01", 12, 8192, None, None, None, "stat"),
+        FdRef(7, 6, "dmabuf", "dmabuf", 2, 2 << 20, "cam", "nv_dmabuf", 3, "fdinfo"),
+        FdRef(7, 7, "dmabuf", "dmabuf", 3, 4096, None, "system", 1, "fdinfo"),
+        FdRef(7, 9, "shm", "00:1b", 14, 65536, "pool", None, None, "stat"),
+    ]
+
+
+def test_truncated_names_are_read_from_proc():
+    long = "memfd:" + "n" * 100
+    data = fd_rec(5, 3, 9, 10, 1, R.R_PSEUDO | R.R_TRUNC, 0, long[:63].encode())
+    fds = []
+    R.parse_files(data, {}, fds, [], readlink={"/proc/5/fd/3": "/" + long + " (deleted)"}.get)
+    assert fds[0].name == "n" * 100
+    fds = []
+    R.parse_files(data, {}, fds, [], readlink=lambda p: None)           # closed meanwhile
+    assert fds == []
+
+
+def test_vma_records_become_the_procfs_observations():
+    page = R.PAGE_SIZE
+    data = b"".join([
+        vma_rec(7, R.R_TASK, 555, 1000, name=b"comm"),
+        vma_rec(7, R.R_PSEUDO, 0x1000, 0x3000, 1, 11, 8192, 1, b"memfd:a"),
+        vma_rec(7, R.R_PSEUDO, 0x5000, 0x6000, 0, 3, 4096, 1, b"SYSV0000abcd"),
+        vma_rec(7, R.R_DMABUF | R.R_PSEUDO | R.R_PFNMAP, 0x7000, 0x9000, 0, 4, 1 << 20, 0, b""),
+        vma_rec(7, 0, 0xa000, 0xb000, 0, 20, 4096, 0x1b, b"f"),
+        vma_rec(7, R.R_PSEUDO, 0xc000, 0xd000, 0, 21, 4096, 1, b"i915"),  # GEM shmem: not a kind
+    ])
+    tasks, maps, pfn = {}, [], set()
+    R.parse_vmas(data, tasks, maps, pfn,
+                 readlink={"/proc/7/map_files/a000-b000": "/dev/shm/f"}.get)
+    assert tasks[7].uid == 1000
+    assert pfn == {(7, 0x7000)}
+    assert maps == [
+        MapRef(7, 0x1000, 0x3000, page, "memfd", "00:01", 11, "a", 8192),
+        MapRef(7, 0x5000, 0x6000, 0, "sysv", "sysv", 3, "0x0000abcd", None),
+        MapRef(7, 0x7000, 0x9000, 0, "dmabuf", "dmabuf", 4, None, 1 << 20),
+        MapRef(7, 0xa000, 0xb000, 0, "shm", "00:1b", 20, "f", 4096),
+    ]
+
+
+def test_dmabuf_records_become_the_kernel_table():
+    data = R.DMABUF_REC.pack(2, 2 << 20, 4, R.R_NAMED, 0, b"nv_dmabuf", b"camera-preview")
+    data += R.DMABUF_REC.pack(3, 4096, 1, 0, 0, b"system", b"")
+    bufs = R.parse_dmabufs(data)
+    assert [(b.inode, b.size, b.exporter, b.name, b.count) for b in bufs] == [
+        (2, 2 << 20, "nv_dmabuf", "camera-preview", 4), (3, 4096, "system", None, 1)]
+
+
+# -- the shipped object --------------------------------------------------------------------
+def test_shipped_object_is_built_from_the_current_source():
+    assert stamp.problems() == []
+
+
+@pytest.mark.skipif(not (shutil.which("clang") and shutil.which("llvm-strip")
+                         and os.path.exists("/usr/include/bpf/bpf_helpers.h")),
+                    reason="needs clang, llvm-strip and libbpf headers (Debian: clang llvm libbpf-dev)")
+def test_rebuilt_object_compiles_and_loads(tmp_path):
+    src = os.path.join(SRC, "memtrack", "bpf")
+    out = tmp_path / "memtrack.bpf.o"
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror", "-c",
+                    os.path.join(src, "memtrack.bpf.c"), "-o", str(out)], check=True)
+    subprocess.run(["llvm-strip", "-g", str(out)], check=True)
+    if WHY_NOT:
+        pytest.skip(f"built; cannot load here: {WHY_NOT}")
+    with mbpf.BpfScanner(obj=str(out)) as s:
+        snap = s.scan(pids=[os.getpid()])
+    assert snap.backend == "bpf"
+
+
+# -- choosing the backend ------------------------------------------------------------------
+def test_bpf_with_root_is_a_one_line_error(tmp_path):
+    r = cli("--backend", "bpf", "--root", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "--backend bpf" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+DROP = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+        "--bounding-set=-all"]
+
+
+@pytest.fixture
+def nobody_pythonpath():
+    """A copy of the package the nobody user can read (the checkout may be under /root)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run as an unprivileged user")
+    import pathlib
+    import tempfile
+    d = pathlib.Path(tempfile.mkdtemp(prefix="memtrack-bpf-nobody-"))
+    try:
+        shutil.copytree(os.path.join(SRC, "memtrack"), d / "memtrack",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for p in [d] + list(d.rglob("*")):
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        probe = subprocess.run(DROP + [sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
+                                       "import memtrack" % str(d)], capture_output=True, cwd="/")
+        if probe.returncode != 0:
+            pytest.skip("the nobody user cannot run this interpreter")
+        yield str(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_unprivileged_callers_never_get_bpf(nobody_pythonpath):
+    env = dict(os.environ, PYTHONPATH=nobody_pythonpath)
+    r = subprocess.run(DROP + [sys.executable, "-m", "memtrack", "--backend", "bpf"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd="/")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("memtrack: --backend bpf: needs root"), r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    r = subprocess.run(DROP + [sys.executable, "-m", "memtrack", "--json", "-q"],
+                       capture_output=True, text=True, env=env, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["backend"] == "procfs"
+    assert doc["backend_reason"].startswith("auto: bpf unavailable: needs root")
+
+
+def test_never_inside_a_pid_namespace():
+    """Inside `unshare --pid --mount-proc` the iterators would report host pids that /proc
+    there does not have (NSpid reads like the host's there: the namespace inode tells)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare")
+    env = dict(os.environ, PYTHONPATH=SRC)
+    base = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "memtrack"]
+    r = subprocess.run(base + ["--backend", "bpf"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "pid namespace" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    r = subprocess.run(base + ["--json", "-q"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["backend"] == "procfs"
+
+
+def test_auto_records_its_choice():
+    r = cli("--json", "-q", "-p", str(os.getpid()))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    if WHY_NOT is None:
+        assert doc["backend"] == "bpf" and doc["backend_reason"].startswith("auto:")
+    else:
+        assert doc["backend"] == "procfs" and WHY_NOT in doc["backend_reason"]
+    r = cli("--json", "-q", "--backend", "procfs", "-p", str(os.getpid()))
+    doc = json.loads(r.stdout)
+    assert doc["backend"] == "procfs" and doc["backend_reason"] == "requested (--backend procfs)"
+
+
+# -- live: both backends, one scenario -----------------------------------------------------
+@pytest.fixture(scope="module")
+def scenario():
+    p = subprocess.Popen([sys.executable, os.path.join(HERE, "bpf_scenario.py")],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        line = p.stdout.readline().split()
+        assert line and line[0] == "ready", "scenario did not start"
+        yield [int(x) for x in line[1:]]
+    finally:
+        p.stdin.close()
+        try:
+            os.killpg(p.pid, 9)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
+def comparable(snap, pids):
+    """The parts both backends must agree on, for these processes: buffers, refs, sizes,
+    accounting (the kernel-table source and notes legitimately differ)."""
+    doc = snap.restrict(pids=set(pids)).to_dict()
+    return {"buffers": doc["buffers"], "processes": doc["processes"], "totals": doc["totals"]}
+
+
+def procfs_scan(pids=None, smaps=False):
+    from memtrack.scan import scan
+    from memtrack.sources.live import LiveSource
+    return scan(LiveSource(), pids=pids, smaps=smaps)
+
+
+def test_scenario_holds_what_it_should(scenario):
+    snap = scanner().scan(pids=scenario)
+    kinds = sorted({b.kind for b in snap.buffers})
+    assert kinds == ["memfd", "shm", "shmem", "sysv"]
+    names = {b.name for b in snap.buffers}
+    assert {"fd only with spaces", "mapped", "map-only", "L" * 90, "M" * 80, "passed"} <= names
+    parent, child, receiver = scenario
+    passed = [b for b in snap.buffers if b.name == "passed"][0]
+    assert passed.holders == tuple(sorted(scenario)) and passed.size == 8 * R.PAGE_SIZE
+    maponly = [b for b in snap.buffers if b.name == "map-only"][0]
+    assert maponly.fd_refs == 0 and maponly.size == 2 * R.PAGE_SIZE
+
+
+def test_same_snapshot_as_procfs(scenario):
+    s = scanner()
+    full_a = procfs_scan()
+    full_b = s.scan()
+    a, b = comparable(full_a, scenario), comparable(full_b, scenario)
+    assert len(a["buffers"]) >= 10
+    assert b == a
+    # the processes /proc will not let this caller read (an LSM, another namespace's init):
+    # the iterators see them, the bpf backend must still count them as denied, not show them
+    assert set(full_b.skipped.denied) == set(full_a.skipped.denied)
+    assert not set(full_b.skipped.denied) & {p.pid for p in full_b.processes}
+
+
+def test_same_snapshot_as_procfs_for_some_pids(scenario):
+    a = procfs_scan(pids=scenario)
+    b = scanner().scan(pids=scenario)
+    assert a.scope == b.scope == "pids"
+    assert comparable(b, scenario) == comparable(a, scenario)
+
+
+def test_same_in_rss_with_smaps(scenario):
+    a = comparable(procfs_scan(pids=scenario, smaps=True), scenario)
+    b = comparable(scanner().scan(pids=scenario, smaps=True), scenario)
+    assert any(r.get("in_rss") for p in b["processes"] for r in p["refs"])
+    assert b == a
+
+
+def test_cli_json_same_as_procfs(scenario):
+    if WHY_NOT:
+        pytest.skip(f"bpf backend cannot run here: {WHY_NOT}")
+    pids = ",".join(map(str, scenario))
+    docs = []
+    for backend in ("procfs", "bpf"):
+        r = cli("--json", "-q", "--backend", backend, "-p", pids)
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert d["backend"] == backend
+        docs.append({k: d[k] for k in ("buffers", "processes", "totals")})
+    assert docs[0] == docs[1]
+
+
+def test_a_reused_scanner_sees_changes(scenario):
+    s = scanner()
+    first = s.scan(pids=scenario)
+    fd = os.memfd_create("appears-later")
+    os.ftruncate(fd, 3 * R.PAGE_SIZE)
+    try:
+        me = os.getpid()
+        later = s.scan(pids=scenario + [me])
+        mine = [b for b in later.buffers if b.name == "appears-later"]
+        assert len(mine) == 1 and mine[0].holders == (me,)
+        assert not [b for b in first.buffers if b.name == "appears-later"]
+    finally:
+        os.close(fd)
+    assert not [b for b in s.scan(pids=[os.getpid()]).buffers if b.name == "appears-later"]
+
+
+def test_cuda_dmabufs_same_with_both_backends():
+    """Real dma-bufs (NVIDIA): tests/cuda_dmabuf_compare.py; skipped without CUDA."""
+    import ctypes.util
+    if not ctypes.util.find_library("cuda"):
+        pytest.skip("no CUDA driver (libcuda): the dma-buf comparison needs an NVIDIA GPU")
+    r = subprocess.run([sys.executable, os.path.join(HERE, "cuda_dmabuf_compare.py")],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode == 77:
+        pytest.skip(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_reused_scanner_never_returns_a_stale_size():
+    s = scanner()
+    keep = s._cmdlines
+    s._cmdlines = {}                       # the memo works with the cmdline cache on
+    me = os.getpid()
+    fd = os.memfd_create("grows")
+    try:
+        os.ftruncate(fd, R.PAGE_SIZE)
+        first = s.scan(pids=[me])
+        again = s.scan(pids=[me])
+        assert again.buffers == first.buffers
+        os.ftruncate(fd, 3 * R.PAGE_SIZE)
+        grown = s.scan(pids=[me])
+        assert [b.size for b in grown.buffers if b.name == "grows"] == [3 * R.PAGE_SIZE]
+    finally:
+        os.close(fd)
+        s._cmdlines = keep
+        s._memo = None
+
+
+def test_backend_reason_survives_json():
+    from memtrack.model import Snapshot
+    snap = Snapshot(backend="bpf", backend_reason="auto: root, libbpf, BTF and the iterators")
+    back = Snapshot.from_dict(json.loads(snap.to_json()))
+    assert (back.backend, back.backend_reason) == ("bpf", snap.backend_reason)
+    assert Snapshot.from_dict(json.loads(Snapshot().to_json())).backend_reason is None
+
+
+def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
+    """auto: a scanner that loads but cannot read gives way to procfs, and says so;
+    bpf: a one-line error."""
+    from memtrack.cli import common
+    from memtrack.sources.live import LiveSource
+
+    class Broken:
+        def scan(self, **kw):
+            raise mbpf.BpfUnavailable("reading the BPF iterators failed: boom")
+
+        def close(self):
+            pass
+    monkeypatch.setattr(mbpf, "open_backend", lambda backend, live: (Broken(), "auto: test"))
+    snap = common.scan_source(LiveSource(), "auto", pids=[os.getpid()])
+    assert snap.backend == "procfs" and "boom" in snap.backend_reason
+    with pytest.raises(mbpf.BpfUnavailable, match="^--backend bpf: reading"):
+        common.scan_source(LiveSource(), "bpf", pids=[os.getpid()])
+
+
+@pytest.fixture
+def many_small_processes():
+    """400 processes holding one shared memfd by two fds (bench/load.py): the iterators'
+    output spans many read() buffers, with a task's first records at the boundaries."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        from load import Load
+    finally:
+        sys.path.pop(0)
+    with Load(procs=400, per_proc=1) as load:
+        yield load.pids
+
+
+def test_every_task_described_once_across_read_buffers(many_small_processes):
+    s = scanner()
+    pids = set(many_small_processes)
+    files, vmas, _dmabufs, _sysv = s._read()
+    for records, flag_at in ((R.FD_REC.iter_unpack(files), 5), (R.VMA_REC.iter_unpack(vmas), 1)):
+        described, holding = [], set()
+        for r in records:
+            if r[0] in pids:
+                (described.append(r[0]) if r[flag_at] & R.R_TASK else holding.add(r[0]))
+        assert holding == pids
+        assert sorted(described) == sorted(pids)          # each exactly once
+    a = comparable(procfs_scan(pids=pids), pids)
+    b = comparable(s.scan(pids=pids), pids)
+    assert [(p["pid"], p["comm"], p["uid"]) for p in b["processes"]] == \
+        [(p["pid"], p["comm"], p["uid"]) for p in a["processes"]]
+    assert b == a
