@@ -101,24 +101,43 @@ def account(snap: Snapshot) -> Accounting:
         if b.size is not None and b.holders:
             shares[b.id] = pss_shares(b.size, b.holders)
     for p in snap.processes:
-        pu = ProcessUsage()
+        pid = p.pid
+        acc: Dict[str, list] = {}          # kind -> [rss, pss, uss, mapped, in_rss, buffers, unknown]
         for r in p.refs:
             b = bmap[r.buffer]
-            u = Usage(mapped=r.mapped, buffers=1)
-            if b.size is None:
-                u.unknown = 1             # and its in_rss stays out too, or hidden would go negative
+            a = acc.get(b.kind)
+            if a is None:
+                a = acc[b.kind] = [0, 0, 0, 0, 0, 0, 0]
+            vmas = r.vmas
+            if vmas:
+                a[3] += sum(e - s for s, e, _ in vmas)
+            a[5] += 1
+            size = b.size
+            if size is None:
+                a[6] += 1                 # and its in_rss stays out too, or hidden would go negative
+                continue
+            a[0] += size
+            if r.in_rss:
+                a[4] += r.in_rss
+            holders = b.holders
+            if len(holders) == 1:
+                a[1] += size
+                a[2] += size
             else:
-                u.rss = b.size
-                u.in_rss = r.in_rss or 0
-                u.pss = shares.get(b.id, {}).get(p.pid, 0)
-                if len(b.holders) == 1:
-                    u.uss = b.size
+                sh = shares.get(b.id)
+                if sh:
+                    a[1] += sh.get(pid, 0)
+        pu = ProcessUsage()
+        for kind, v in acc.items():
+            u = Usage(*v)
+            pu.by_kind[kind] = u
             pu.total.add(u)
-            pu.by_kind.setdefault(b.kind, Usage()).add(u)
-        procs[p.pid] = pu
+            bk = by_kind.get(kind)
+            if bk is None:
+                bk = by_kind[kind] = Usage()
+            bk.add(u)
+        procs[pid] = pu
         total.add(pu.total)
-        for k, u in pu.by_kind.items():
-            by_kind.setdefault(k, Usage()).add(u)
     held = sum(b.size for b in snap.buffers if b.holders and b.size is not None)
     ko_bytes = ko_count = unattributed = 0
     for b in snap.buffers:
