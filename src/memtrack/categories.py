@@ -51,32 +51,53 @@ class Rule:
         return True
 
 
-def _condition(patterns: Sequence[str], where: str) -> Callable[[str], bool]:
-    """One predicate for a condition's patterns: the globs joined into one case-insensitive
-    regex, the `re:` patterns searched, and the answer cached per value (kinds, exporters
-    and process names repeat across thousands of buffers)."""
-    globs, searches = [], []
-    for text in patterns:
-        if not isinstance(text, str):
-            raise RulesError(f"{where}: patterns must be strings, got {text!r}")
-        if text.startswith("re:"):
-            try:
-                searches.append(re.compile(text[3:]))
-            except re.error as exc:
-                raise RulesError(f"{where}: bad regular expression {text[3:]!r}: {exc}") from None
-        else:
-            globs.append(fnmatch.translate(text))
-    glob = re.compile("|".join(globs), re.IGNORECASE) if globs else None
-    cache: Dict[str, bool] = {}
+class _Condition:
+    """One condition's patterns as a predicate: the globs joined into one case-insensitive
+    regex, the `re:` patterns searched, the answer cached per value (kinds, exporters and
+    process names repeat across thousands of buffers)."""
+    __slots__ = ("globs", "raw_globs", "searches", "glob", "cache")
 
-    def pred(v: str) -> bool:
-        hit = cache.get(v)
+    def __init__(self, patterns: Sequence[str], where: str):
+        self.globs, self.raw_globs, self.searches = [], [], []
+        for text in patterns:
+            if not isinstance(text, str):
+                raise RulesError(f"{where}: patterns must be strings, got {text!r}")
+            if text.startswith("re:"):
+                try:
+                    self.searches.append(re.compile(text[3:]))
+                except re.error as exc:
+                    raise RulesError(f"{where}: bad regular expression {text[3:]!r}: {exc}") from None
+            else:
+                self.globs.append(fnmatch.translate(text))
+                self.raw_globs.append(text)
+        self.glob = re.compile("|".join(self.globs), re.IGNORECASE) if self.globs else None
+        self.cache: Dict[str, bool] = {}
+
+    def __call__(self, v: str) -> bool:
+        hit = self.cache.get(v)
         if hit is None:
-            hit = bool((glob is not None and glob.match(v)) or any(rx.search(v) for rx in searches))
-            if len(cache) < 65536:
-                cache[v] = hit
+            hit = bool((self.glob is not None and self.glob.match(v)) or any(rx.search(v) for rx in self.searches))
+            if len(self.cache) < 65536:
+                self.cache[v] = hit
         return hit
-    return pred
+
+
+def _any_of(conds: Sequence["_Condition"]) -> Callable[[str], bool]:
+    """A fast test, true whenever any of these conditions could be (a superset): every glob
+    needs its longest literal piece somewhere in the value, so one search for all those
+    pieces rules most values out without running the globs."""
+    pieces, searches = [], []
+    for c in conds:
+        searches.extend(c.searches)
+        for g in c.raw_globs:
+            lit = max(re.split(r"[*?]|\[[^\]]*\]?", g), key=len)
+            if not lit:
+                return lambda v: True          # a glob like "*" or "?*": anything may match
+            pieces.append(re.escape(lit.lower()))
+    search = re.compile("|".join(pieces)).search if pieces else (lambda v: None)
+    if not searches:
+        return lambda v: search(v.lower()) is not None
+    return lambda v: search(v.lower()) is not None or any(r.search(v) for r in searches)
 
 
 # -- the TOML subset ---------------------------------------------------------------------
@@ -219,7 +240,7 @@ def parse_rules(text: str, path: str = "rules") -> Tuple[List[Rule], bool]:
             pats = [value] if isinstance(value, str) else value
             if not isinstance(pats, list) or not pats:
                 raise RulesError(f"{where}: `{key}` needs a pattern or a non-empty list of patterns")
-            conds.append((key, _condition(pats, where)))
+            conds.append((key, _Condition(pats, where)))
         rules.append(Rule(cat.strip(), tuple(conds), f"{path}:{lineno}"))
     return rules, repl
 
@@ -266,11 +287,18 @@ def _holder_names(snap: Snapshot) -> Dict[int, List[str]]:
 
 def categorize(snap: Snapshot, rules: Sequence[Rule], overwrite: bool = True) -> Snapshot:
     """The snapshot with each buffer's category set by the first matching rule (None when
-    none matches). overwrite=False keeps categories already set (a saved snapshot's)."""
+    none matches). overwrite=False keeps categories already set (a saved snapshot's).
+
+    Buffer names are nearly all distinct, everything else repeats: one regex tells whether a
+    name can matter to any rule; when it can't, the verdict depends only on kind, exporter
+    and holders, and is looked up instead of evaluated again."""
     bufs = []
     changed = False
     names = _holder_names(snap)
     empty: List[str] = []
+    name_conds = [pred for r in rules for fld, pred in r.conditions if fld == "name"]
+    name_matters = _any_of(name_conds) if name_conds else (lambda v: False)
+    memo: Dict[tuple, Optional[str]] = {}
     for b in snap.buffers:
         if b.category is not None and not overwrite:
             bufs.append(b)
@@ -278,13 +306,25 @@ def categorize(snap: Snapshot, rules: Sequence[Rule], overwrite: bool = True) ->
         holders = b.holders
         procs = names.get(holders[0], empty) if len(holders) == 1 else \
             [n for pid in holders for n in names.get(pid, empty)]
-        values = {"kind": (b.kind,), "exporter": (b.exporter or "",), "name": (b.name or "",),
-                  "process": procs}
+        name = b.name or ""
+        key = None
+        if not name_matters(name):
+            key = (b.kind, b.exporter or "", tuple(procs))
+            if key in memo:
+                cat = memo[key]
+                if cat != b.category:
+                    b = evolve(b, category=cat)
+                    changed = True
+                bufs.append(b)
+                continue
+        values = {"kind": (b.kind,), "exporter": (b.exporter or "",), "name": (name,), "process": procs}
         cat = None
         for r in rules:
             if r.matches(values):
                 cat = r.category
                 break
+        if key is not None:
+            memo[key] = cat
         if cat != b.category:
             b = evolve(b, category=cat)
             changed = True
