@@ -23,6 +23,7 @@ Schema version 1 (``meta`` key ``schema``):
 from __future__ import annotations
 
 import json
+import contextlib
 import os
 import sqlite3
 import time
@@ -83,6 +84,22 @@ def _check_schema(con: sqlite3.Connection, path: str) -> None:
     if row[0] != str(SCHEMA_VERSION):
         raise SourceError(f"{path}: history schema {row[0]} (this memtrack reads {SCHEMA_VERSION})")
 
+
+
+@contextlib.contextmanager
+def write_transaction(con):
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error: a snapshot is stored whole or
+    not at all (a killed recorder loses at most the one in progress)."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        raise
 
 class Recorder:
     """rec = Recorder("history.db"); rec.add(snapshot); ...; rec.close()"""
@@ -171,58 +188,53 @@ class Recorder:
             keep = {r.buffer for p in procs for r in p.refs}
             buffers = [b for b in buffers if b.id in keep or not b.holders]
         con = self.con
-        con.execute("BEGIN IMMEDIATE")
         try:
-            if not self._host_written:
-                con.execute("UPDATE runs SET hostname = ?, kernel = ? WHERE id = ?",
-                            (snap.host.hostname, snap.host.kernel, self.run))
-                self._host_written = True
-            sid = con.execute(
-                "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
-                "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
-                 snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
-                 len(snap.skipped.denied))).lastrowid
-            bids = {}
-            cats: Dict[str, List[int]] = {}
-            for b in buffers:
-                key = (b.kind, b.dev, b.inode, b.size, b.exporter, b.name, b.category,
-                       b.kernel_count if b.kind == "sysv" else None)
-                bids[b.id] = self._intern(self._buffers, "buffers",
-                                          "kind, dev, inode, size, exporter, name, category, nattch", key)
-                if b.holders and b.size is not None:
-                    c = cats.setdefault(category_of(b), [0, 0])
-                    c[0] += b.size
-                    c[1] += 1
-            refs, usage = {}, {}
-            for p in procs:
-                prow = self._intern(self._procs, "processes", "pid, comm, cmdline, uid",
-                                    (p.pid, p.comm, p.cmdline, p.uid))
-                u = acct.processes[p.pid].total
-                usage[prow] = (u.rss, u.pss, u.uss, u.buffers, u.mapped)
-                for r in p.refs:
-                    key = (prow, bids[r.buffer], ",".join(map(str, r.fds)),
-                           ";".join("%x-%x+%x" % v for v in r.vmas))
-                    refs[self._intern(self._refs, "refs", "process, buffer, fds, vmas", key)] = True
+            with write_transaction(con):
+                if not self._host_written:
+                    con.execute("UPDATE runs SET hostname = ?, kernel = ? WHERE id = ?",
+                                (snap.host.hostname, snap.host.kernel, self.run))
+                    self._host_written = True
+                sid = con.execute(
+                    "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
+                    "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
+                     snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
+                     len(snap.skipped.denied))).lastrowid
+                bids = {}
+                cats: Dict[str, List[int]] = {}
+                for b in buffers:
+                    key = (b.kind, b.dev, b.inode, b.size, b.exporter, b.name, b.category,
+                           b.kernel_count if b.kind == "sysv" else None)
+                    bids[b.id] = self._intern(self._buffers, "buffers",
+                                              "kind, dev, inode, size, exporter, name, category, nattch", key)
+                    if b.holders and b.size is not None:
+                        c = cats.setdefault(category_of(b), [0, 0])
+                        c[0] += b.size
+                        c[1] += 1
+                refs, usage = {}, {}
+                for p in procs:
+                    prow = self._intern(self._procs, "processes", "pid, comm, cmdline, uid",
+                                        (p.pid, p.comm, p.cmdline, p.uid))
+                    u = acct.processes[p.pid].total
+                    usage[prow] = (u.rss, u.pss, u.uss, u.buffers, u.mapped)
+                    for r in p.refs:
+                        key = (prow, bids[r.buffer], ",".join(map(str, r.fds)),
+                               ";".join("%x-%x+%x" % v for v in r.vmas))
+                        refs[self._intern(self._refs, "refs", "process, buffer, fds, vmas", key)] = True
 
-            def span(table, cols):
-                def insert(key, value, sid):
-                    vals = (key,) + (tuple(value) if isinstance(value, (tuple, list)) else ())
-                    marks = ",".join("?" * (len(vals) + 1))
-                    return con.execute(f"INSERT INTO {table}({cols}, first) VALUES ({marks})",
-                                       vals + (sid,)).lastrowid
-                return insert
-            self._spans("buffer_spans", dict.fromkeys(bids.values(), True), sid, span("buffer_spans", "buffer"))
-            self._spans("ref_spans", refs, sid, span("ref_spans", "ref"))
-            self._spans("usage_spans", usage, sid, span("usage_spans", "process, rss, pss, uss, buffers, mapped"))
-            self._spans("category_spans", {k: tuple(v) for k, v in cats.items()}, sid,
-                        span("category_spans", "category, bytes, buffers"))
-            con.execute("COMMIT")
+                def span(table, cols):
+                    def insert(key, value, sid):
+                        vals = (key,) + (tuple(value) if isinstance(value, (tuple, list)) else ())
+                        marks = ",".join("?" * (len(vals) + 1))
+                        return con.execute(f"INSERT INTO {table}({cols}, first) VALUES ({marks})",
+                                           vals + (sid,)).lastrowid
+                    return insert
+                self._spans("buffer_spans", dict.fromkeys(bids.values(), True), sid, span("buffer_spans", "buffer"))
+                self._spans("ref_spans", refs, sid, span("ref_spans", "ref"))
+                self._spans("usage_spans", usage, sid, span("usage_spans", "process, rss, pss, uss, buffers, mapped"))
+                self._spans("category_spans", {k: tuple(v) for k, v in cats.items()}, sid,
+                            span("category_spans", "category, bytes, buffers"))
         except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             # the in-memory view of open spans may now be ahead of the database: start over
             self._reload_open()
             self._same = None
@@ -239,19 +251,11 @@ class Recorder:
         """The same facts as the previous snapshot (the incremental scanner hands back the
         same objects when nothing moved): one row, every span simply stays open."""
         con = self.con
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(con):
             sid = con.execute(
                 "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
                 "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (self.run, t, snap.taken_at) + self._same[3]).lastrowid
-            con.execute("COMMIT")
-        except BaseException:
-            try:
-                con.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
         self._prev = sid
         self.snapshots += 1
         return sid

@@ -322,40 +322,38 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     return obs
 
 
+# counter -> what it means for the reader of the snapshot ({n}: the count; {X_pids}: the
+# first pids of the counter X_pids)
+_COUNTER_NOTES = (
+    ("fdinfo_unreadable", "fdinfo unreadable for {n} buffer fds: their exporter/name/count are unknown"),
+    ("mapstat_denied", "sizes of {n} map-only buffer mappings unknown: stat of /proc/PID/map_files "
+                       "needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE"),
+    ("anon_dmabuf", "{n} dma-buf fds from a kernel before 5.3 (anon_inode:dmabuf): buffers cannot be "
+                    "told apart, each fd is counted as its own buffer"),
+    ("drm_unreadable", "fdinfo unreadable for {n} DRM fds: their GPU clients are left out"),
+    ("drm_no_stats", "{n} DRM fds have no drm-driver in fdinfo (driver without usage stats, or a "
+                     "kernel before 5.19): GPU memory unknown for them"),
+    ("drm_no_client_id", "{n} DRM fds have no drm-client-id: each counts as its own client (dup'd "
+                         "fds may be counted twice)"),
+    ("bad_fdinfo", "{n} dma-buf fdinfo files with impossible numbers (ino, size or count over 64 "
+                   "bits or negative): those values ignored, in pids {bad_fdinfo_pids}"),
+    ("bad_maps_lines", "{n} maps lines with impossible numbers (over 64 bits, end before start) "
+                       "left out, in pids {bad_maps_pids}"),
+    ("no_identity", "{n} buffer fds had no inode in fdinfo and no stat data: left out"),
+)
+
+
 def counter_notes(counters: Dict[str, int]):
     """The notes a scan's per-fd counters call for (shared with the incremental scanner)."""
     notes = []
-    if counters.get("fdinfo_unreadable"):
-        notes.append(f"fdinfo unreadable for {counters['fdinfo_unreadable']} buffer fds: "
-                     "their exporter/name/count are unknown")
-    if counters.get("mapstat_denied"):
-        notes.append(f"sizes of {counters['mapstat_denied']} map-only buffer mappings unknown: "
-                     "stat of /proc/PID/map_files needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE")
-    if counters.get("anon_dmabuf"):
-        notes.append(f"{counters['anon_dmabuf']} dma-buf fds from a kernel before 5.3 "
-                     "(anon_inode:dmabuf): buffers cannot be told apart, each fd is counted "
-                     "as its own buffer")
-    if counters.get("drm_unreadable"):
-        notes.append(f"fdinfo unreadable for {counters['drm_unreadable']} DRM fds: their GPU "
-                     "clients are left out")
-    if counters.get("drm_no_stats"):
-        notes.append(f"{counters['drm_no_stats']} DRM fds have no drm-driver in fdinfo (driver "
-                     "without usage stats, or a kernel before 5.19): GPU memory unknown for them")
-    if counters.get("drm_no_client_id"):
-        notes.append(f"{counters['drm_no_client_id']} DRM fds have no drm-client-id: each counts "
-                     "as its own client (dup'd fds may be counted twice)")
-    if counters.get("bad_fdinfo"):
-        pl = sorted(counters["bad_fdinfo_pids"])
-        notes.append(f"{counters['bad_fdinfo']} dma-buf fdinfo files with impossible numbers (ino, size "
-                     f"or count over 64 bits or negative): those values ignored, in pids "
-                     f"{', '.join(map(str, pl[:5]))}" + (", ..." if len(pl) > 5 else ""))
-    if counters.get("bad_maps_lines"):
-        pl = counters["bad_maps_pids"]
-        notes.append(f"{counters['bad_maps_lines']} maps lines with impossible numbers (over 64 bits, "
-                     f"end before start) left out, in pids {', '.join(map(str, pl[:5]))}"
-                     + (", ..." if len(pl) > 5 else ""))
-    if counters.get("no_identity"):
-        notes.append(f"{counters['no_identity']} buffer fds had no inode in fdinfo and no stat data: left out")
+    for key, text in _COUNTER_NOTES:
+        n = counters.get(key)
+        if n:
+            pids = {}
+            for name in ("bad_fdinfo_pids", "bad_maps_pids"):
+                pl = sorted(set(counters.get(name, ())))
+                pids[name] = ", ".join(map(str, pl[:5])) + (", ..." if len(pl) > 5 else "")
+            notes.append(text.format(n=n, **pids))
     return notes
 
 
