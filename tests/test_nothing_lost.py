@@ -4,7 +4,7 @@ new complete one, never a part, and the file is always readable by `memtrack --r
 Each writer runs in a forked child (no interpreter start-up, so 50 writes stay quick); the
 parent kills it after a random delay drawn around the time one write takes, and lets every
 fifth one finish so new versions do land. WRITERS is the list to extend: the Prometheus
-textfile (issue 5) and the SQLite history (issue 4) writers go there as further entries."""
+Prometheus textfile and the SQLite history (which grows in place: it must stay intact)."""
 from __future__ import annotations
 
 import os
@@ -29,6 +29,8 @@ WRITES = 50
 class Writer(NamedTuple):
     write: Callable[[str, int], None]     # in the child: write version i to path
     read: Callable[[str], object]         # in the parent: load it (raises if unreadable)
+    suffix: str = ".json"
+    snapshot: bool = True                 # `memtrack --root` reads it
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +60,38 @@ def writers(big):
             # -p changes with i, so each version differs from the one before
             write=lambda path, i: main(["--root", big, "--json", "-q", "-p", str(100 + i % 80), "-o", path]),
             read=memtrack.load),
-        # "prometheus-textfile": Writer(...),   # TODO(lead): issue 5's textfile writer
-        # "history-sqlite": Writer(...),        # TODO(lead): issue 4's recorder (one transaction per scan)
+        "prometheus-textfile": Writer(
+            write=lambda path, i: main(["--root", big, "textfile", "-q", "-p", str(100 + i % 80), "-o", path]),
+            read=_read_textfile, suffix=".prom", snapshot=False),
+        "history-sqlite": Writer(
+            # one more snapshot of this machine per write (record watches live machines only)
+            write=lambda path, i: main(["record", "-q", "-n", "1", "-i", "0", "--backend", "procfs",
+                                        "-p", str(os.getppid()), "-o", path]),
+            read=_read_history, suffix=".db", snapshot=False),
     }
+
+
+def _read_textfile(path):
+    """Complete: every metric family the exporter writes is there, and it parses."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with open(path) as f:
+        text = f.read()
+    names = {fam.name for fam in text_string_to_metric_families(text)}
+    assert {"memtrack_buffer_bytes", "memtrack_scrape_skipped_processes"} <= names, names
+    assert text.endswith("\n")
+
+
+def _read_history(path):
+    import sqlite3
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        n = con.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+    finally:
+        con.close()
+    r = run_memtrack("report", path, "-q")
+    assert r.returncode == 0, r.stderr
+    return n
 
 
 def _run_child(fn) -> int:
@@ -77,10 +108,12 @@ def _run_child(fn) -> int:
     return pid
 
 
-@pytest.mark.parametrize("name", ["capture-archive", "json-snapshot"])
+@pytest.mark.parametrize("name", ["capture-archive", "json-snapshot", "prometheus-textfile", "history-sqlite"])
 def test_kill_9_at_random_points_leaves_old_or_new(tmp_path, big_fixture, name):
     w = writers(big_fixture)[name]
-    path = str(tmp_path / ("out.tar.gz" if "archive" in name else "out.json"))
+    if name == "prometheus-textfile":
+        pytest.importorskip("prometheus_client")
+    path = str(tmp_path / ("out.tar.gz" if "archive" in name else "out" + w.suffix))
     # a first complete version, and how long one write takes
     t0 = time.monotonic()
     pid = _run_child(lambda: w.write(path, 0))
@@ -112,8 +145,13 @@ def test_kill_9_at_random_points_leaves_old_or_new(tmp_path, big_fixture, name):
         else:
             w.read(path)
     assert finished >= WRITES // 5 and changed >= 1
-    r = run_memtrack("--root", path, "--json", "-q")
-    assert r.returncode == 0 and r.stdout.startswith("{"), r.stderr
+    if name == "history-sqlite":
+        # a database grows in place: every finished write added its snapshot, none was torn
+        assert w.read(path) >= 1 + finished
+        return
+    if w.snapshot:
+        r = run_memtrack("--root", path, "--json", "-q")
+        assert r.returncode == 0 and r.stdout.startswith("{"), r.stderr
     # the temp files of killed writers stay beside the target (nothing can remove them at
     # SIGKILL): they never take the target's name, and memtrack never reads them
     leftovers = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
