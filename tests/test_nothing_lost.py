@@ -3,7 +3,7 @@ new complete one, never a part, and the file is always readable by `memtrack --r
 
 Each writer runs in a forked child (no interpreter start-up, so 50 writes stay quick); the
 parent kills it after a random delay drawn around the time one write takes, and lets every
-fifth one finish so new versions do land. WRITERS is the list to extend: the Prometheus
+fifth one finish so new versions do land. Writers: the capture archive, a JSON snapshot, the
 Prometheus textfile and the SQLite history (which grows in place: it must stay intact)."""
 from __future__ import annotations
 
