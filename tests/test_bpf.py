@@ -424,3 +424,22 @@ def test_every_task_described_once_across_read_buffers(many_small_processes):
     assert [(p["pid"], p["comm"], p["uid"]) for p in b["processes"]] == \
         [(p["pid"], p["comm"], p["uid"]) for p in a["processes"]]
     assert b == a
+
+
+def test_top_record_serve_refresh_with_one_loaded_object(scenario):
+    """The long-running views keep the bpf object loaded across refreshes."""
+    from memtrack.incremental import BpfRefresher, IncrementalScanner, live_refresher
+    assert isinstance(live_refresher("procfs"), IncrementalScanner)
+    if WHY_NOT is not None:
+        pytest.skip(WHY_NOT)
+    r = live_refresher("auto")
+    try:
+        assert isinstance(r, BpfRefresher)
+        scanner = r.scanner
+        first = r.refresh()
+        second = r.refresh()
+        assert r.scanner is scanner and r.fallback is None
+        assert first.backend == second.backend == "bpf"
+        assert set(scenario) <= {p.pid for p in second.processes}
+    finally:
+        r.close()

@@ -219,3 +219,59 @@ class IncrementalScanner:
 
     def close(self) -> None:
         self.src.close()
+
+
+class BpfRefresher:
+    """The IncrementalScanner interface over the BPF backend: the object is loaded once and
+    each refresh reads the iterators (the scanner hands back its last snapshot when the
+    iterators return exactly the same records). Should a read fail under --backend auto, the
+    refresher falls back to the incremental procfs scanner for good, and says why."""
+
+    def __init__(self, scanner, requested: str, smaps: bool, verify_every: int, reason: Optional[str]):
+        self.scanner, self.requested, self.smaps = scanner, requested, smaps
+        self.verify_every, self.reason = verify_every, reason
+        self.fallback: Optional[IncrementalScanner] = None
+        self.stats = RefreshStats()
+        self.last = None
+
+    def refresh(self):
+        if self.fallback is not None:
+            snap = self.fallback.refresh()
+            self.stats = self.fallback.stats
+            return snap
+        from .bpf import BpfUnavailable
+        t0 = time.perf_counter()
+        try:
+            snap = self.scanner.scan(smaps=self.smaps, reason=self.reason)
+        except BpfUnavailable as exc:
+            if self.requested == "bpf":
+                raise
+            self.close()
+            self.fallback = IncrementalScanner(smaps=self.smaps, verify_every=self.verify_every)
+            snap = self.fallback.refresh()
+            self.stats = self.fallback.stats
+            return replace(snap, backend_reason=f"auto: bpf failed: {exc}")
+        st = RefreshStats()
+        st.processes = len(snap.processes)
+        same = self.last is not None and snap.buffers is self.last.buffers
+        st.reused = st.processes if same else 0
+        st.reread = 0 if same else st.processes
+        st.seconds = time.perf_counter() - t0
+        self.stats, self.last = st, snap
+        return snap
+
+    def close(self) -> None:
+        if self.scanner is not None:
+            self.scanner.close()
+            self.scanner = None
+
+
+def live_refresher(backend: str = "auto", smaps: bool = False, verify_every: int = 30):
+    """What top, record and serve refresh this machine with: the BPF backend loaded once
+    where it runs (--backend), else the incremental procfs scanner. Both have refresh() and
+    stats."""
+    from .bpf import open_backend
+    scanner, reason = open_backend(backend, live=True)
+    if scanner is None:
+        return IncrementalScanner(smaps=smaps, verify_every=verify_every)
+    return BpfRefresher(scanner, backend, smaps, verify_every, reason)

@@ -53,14 +53,14 @@ def _stop(signum, frame):
 
 def run(args) -> int:
     from ...history import Recorder, check_path_writable
-    from ...incremental import IncrementalScanner
+    from ...incremental import live_refresher
     if args.root:
         raise MemtrackError("record watches this machine; --root is for reading captures")
     if args.interval < 0 or (args.count is not None and args.count < 1):
         raise MemtrackError("--interval must be >= 0 and --count >= 1")
     check_path_writable(args.output)
     # -p narrows what is stored, not what is scanned: pss needs every holder
-    scanner = IncrementalScanner(smaps=args.smaps, verify_every=args.verify_every)
+    scanner = live_refresher(getattr(args, "backend", "auto"), args.smaps, args.verify_every)
     categorized = categorizer(args)
     rec = Recorder(args.output, interval=args.interval)
     old = signal.signal(signal.SIGTERM, _stop)

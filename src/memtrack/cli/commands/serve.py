@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ...errors import MemtrackError
-from ..common import load_snapshot
+from ..common import load_snapshot, with_categories
 
 NAME = "serve"
 HELP = "serve Prometheus metrics over HTTP (/metrics); scans at most once per --min-interval"
@@ -21,13 +21,26 @@ def add_arguments(p):
                    help="a pid label on the per-process metrics (one series per process: mind the cardinality)")
 
 
+def snapshot_source(args):
+    """What each scan calls. This machine: one refresher kept for the server's life (the bpf
+    object loaded once; else procfs re-reading only processes that changed). A capture, a
+    device or a saved snapshot: read again as given. The collector never calls it twice at
+    once (scrapes share a scan), which the refresher needs."""
+    live = not (args.root or getattr(args, "adb", None) is not None or getattr(args, "ssh", None))
+    if not live:
+        return lambda: load_snapshot(args)
+    from ...incremental import live_refresher
+    refresher = live_refresher(args.backend, args.smaps)
+    return lambda: with_categories(refresher.refresh(), args)
+
+
 def run(args) -> int:
     from ...views.prometheus import require_client
     from ...exporter import MemtrackCollector, make_server
     require_client()
     if not args.min_interval >= 0:
         raise MemtrackError("--min-interval must be 0 or more seconds")
-    collector = MemtrackCollector(lambda: load_snapshot(args), args.min_interval, per_pid=args.per_pid)
+    collector = MemtrackCollector(snapshot_source(args), args.min_interval, per_pid=args.per_pid)
     server = make_server(args.listen, collector)     # bound first: a bad address costs no scan
     try:
         collector.prime()

@@ -36,8 +36,9 @@ class TopState:
     """What the view shows; kept apart from rendering so keys re-render without rescanning."""
 
     def __init__(self, args):
-        from ...incremental import IncrementalScanner
-        self.scanner = IncrementalScanner(smaps=args.smaps, verify_every=args.verify_every)
+        from ...incremental import live_refresher
+        # the bpf object (where --backend picks it) is loaded once, here, not per refresh
+        self.scanner = live_refresher(getattr(args, "backend", "auto"), args.smaps, args.verify_every)
         self.sort = args.sort
         kinds = sorted(args.kind) if args.kind else None
         self.kind_cycle = [None] + list(KINDS)
