@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Set
 
@@ -128,7 +129,9 @@ def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> S
 def report_skipped(snap: Snapshot, quiet: bool = False) -> None:
     sk = snap.skipped
     if sk.denied:
-        print(f"memtrack: access denied for {plural(len(sk.denied), 'process')} (run as root to see them)",
+        hint = ("even to root: the kernel refused ptrace access" if hasattr(os, "geteuid") and os.geteuid() == 0
+                and snap.source == "live" else "run as root to see them")
+        print(f"memtrack: access denied for {plural(len(sk.denied), 'process')} ({hint})",
               file=sys.stderr)
     if sk.unreadable:
         print(f"memtrack: {plural(len(sk.unreadable), 'process')} could not be read", file=sys.stderr)
