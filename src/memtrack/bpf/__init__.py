@@ -404,14 +404,14 @@ class BpfScanner:
 
 def open_backend(requested: str = "auto", live: bool = True):
     """(scanner or None, reason) for --backend: a BpfScanner when bpf is to run, None for
-    procfs; `reason` says why, for Snapshot.backend_reason. `bpf` that cannot run raises
+    procfs; `reason` says why, for Snapshot.backend_reason (None for a non-live source). `bpf` that cannot run raises
     BpfUnavailable naming the missing piece."""
     if requested == "procfs":
         return None, "requested (--backend procfs)"
     if not live:
         if requested == "bpf":
             raise BpfUnavailable("--backend bpf scans this machine; it cannot read --root")
-        return None, "auto: not a live scan"
+        return None, None          # files are read as files: there is no choice to explain
     if requested == "bpf":
         try:
             return BpfScanner(), "requested (--backend bpf)"

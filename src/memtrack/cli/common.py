@@ -98,12 +98,19 @@ def load_snapshot(args, pids_for_scan=None) -> Snapshot:
     return with_categories(snap, args, overwrite=not isinstance(src, Snapshot))
 
 
-def with_categories(snap: Snapshot, args, overwrite: bool = True) -> Snapshot:
-    """Buffer categories from the rules in force. A saved snapshot keeps the categories it
-    was saved with unless --rules names a file."""
+def categorizer(args, overwrite: bool = True):
+    """snap -> snap with categories, by the rules in force, loaded and compiled once: a
+    command that refreshes (record, serve) keeps the rules and their per-value caches. A
+    saved snapshot keeps the categories it was saved with unless --rules names a file."""
     from ..categories import categorize, load_rules
     path = getattr(args, "rules", None)
-    return categorize(snap, load_rules(path), overwrite=overwrite or path is not None)
+    rules = load_rules(path)
+    overwrite = overwrite or path is not None
+    return lambda snap: categorize(snap, rules, overwrite=overwrite)
+
+
+def with_categories(snap: Snapshot, args, overwrite: bool = True) -> Snapshot:
+    return categorizer(args, overwrite)(snap)
 
 
 def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> Snapshot:
@@ -111,9 +118,7 @@ def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> S
     from dataclasses import replace
     from ..bpf import BpfUnavailable, open_backend
     from ..scan import scan
-    if not getattr(src, "live", False):
-        return scan(src, pids=pids, smaps=smaps)      # files: only procfs reads files
-    scanner, reason = open_backend(backend, live=True)
+    scanner, reason = open_backend(backend, live=getattr(src, "live", False))
     if scanner is not None:
         try:
             return scanner.scan(pids=pids, smaps=smaps, reason=reason)
@@ -123,7 +128,8 @@ def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> S
             reason = f"auto: bpf failed: {exc}"
         finally:
             scanner.close()
-    return replace(scan(src, pids=pids, smaps=smaps), backend_reason=reason)
+    snap = scan(src, pids=pids, smaps=smaps)
+    return replace(snap, backend_reason=reason) if reason else snap
 
 
 def report_skipped(snap: Snapshot, quiet: bool = False) -> None:

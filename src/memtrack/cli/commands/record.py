@@ -8,7 +8,7 @@ import sys
 import time
 
 from ...errors import MemtrackError
-from ..common import report_skipped
+from ..common import categorizer, report_skipped
 
 NAME = "record"
 HELP = "append a snapshot every INTERVAL seconds to an SQLite history (for report, plot, export-trace)"
@@ -34,17 +34,6 @@ def add_arguments(p):
     p.add_argument("--verify-every", type=int, default=30, metavar="K",
                    help="re-read every process at least once per K snapshots even if its "
                         "signature did not change (default 30; 1 = full scans)")
-
-
-def categorizer(args):
-    """Issue 3's category rules, resolved once for the whole recording, where that code is
-    present; otherwise buffers keep the category they have (none)."""
-    try:
-        from ...categories import categorize, load_rules
-    except ImportError:
-        return lambda snap: snap
-    rules = load_rules(getattr(args, "rules", None))
-    return lambda snap: categorize(snap, rules)
 
 
 def _stop(signum, frame):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ...errors import MemtrackError
-from ..common import load_snapshot, with_categories
+from ..common import categorizer, load_snapshot
 
 NAME = "serve"
 HELP = "serve Prometheus metrics over HTTP (/metrics); scans at most once per --min-interval"
@@ -31,7 +31,8 @@ def snapshot_source(args):
         return lambda: load_snapshot(args)
     from ...incremental import live_refresher
     refresher = live_refresher(args.backend, args.smaps)
-    return lambda: with_categories(refresher.refresh(), args)
+    categorized = categorizer(args)
+    return lambda: categorized(refresher.refresh())
 
 
 def run(args) -> int:
