@@ -93,3 +93,4 @@ def assert_rich(per, pids):
         # memfd 3 + 7 + 6 MiB, shm 2, sysv 5, shared anonymous 4: 27 MiB, all sizes known
         assert total["rss"] == 27 << 20, total
         assert total["unknown_size"] == 0, total
+

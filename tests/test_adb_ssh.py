@@ -16,16 +16,9 @@ import pytest
 import memtrack
 from memtrack import remote
 
-from remote_util import HELPERS, SRC, Holders, assert_rich, numbers
+from remote_util import HELPERS, SRC, assert_rich, numbers
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="map_files sizes need root")
-
-
-@pytest.fixture(scope="module")
-def holders():
-    h = Holders()
-    yield h
-    h.close()
 
 
 @pytest.fixture

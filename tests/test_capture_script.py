@@ -17,14 +17,9 @@ from memtrack.scan import scan
 
 from remote_util import SCRIPT, SRC, Holders, android_path, assert_rich, busybox_path, numbers
 
+
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="map_files sizes need root")
-
-
-@pytest.fixture(scope="module")
-def holders():
-    h = Holders()
-    yield h
-    h.close()
 
 
 def run_script(cmd, args, env=None):
@@ -229,15 +224,8 @@ def test_stream_drop_records():
 
 def test_script_captures_a_real_dmabuf_where_cuda_exists(tmp_path):
     """Where a GPU is: a CUDA dma-buf (nv_dmabuf) through the script, fdinfo and all."""
-    from test_tag import EXPORTER, _cuda_present
-    if not _cuda_present():
-        pytest.skip("no CUDA driver (libcuda.so.1) on this machine")
-    holder = subprocess.Popen([sys.executable, "-c", EXPORTER], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        line = holder.stdout.readline().split()
-        if not line or line[0] == "SKIP":
-            pytest.skip(" ".join(line[1:]) or "the CUDA exporter died")
+    from test_tag import cuda_dmabuf_holder
+    with cuda_dmabuf_holder() as (holder, _fd):
         pids = [holder.pid]
         live = memtrack.scan(None, pids=pids)
         tree = remote.decode(run_script(["dash"], ["-f", "stream", "-p", str(holder.pid)]))
@@ -245,9 +233,6 @@ def test_script_captures_a_real_dmabuf_where_cuda_exists(tmp_path):
         assert numbers(snap, pids) == numbers(live, pids)
         bufs = [b for b in snap.buffers if b.kind == "dmabuf" and b.holders == (holder.pid,)]
         assert [(b.size, b.exporter) for b in bufs] == [(2 << 20, "nv_dmabuf")]
-    finally:
-        holder.stdin.close()
-        holder.wait()
 
 
 @needs_root

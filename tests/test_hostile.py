@@ -51,6 +51,17 @@ def base_tree():
     return t
 
 
+def raw_tar_body(t: Tree) -> io.BytesIO:
+    """A tree's members written by hand, header and padded data, and no end blocks: the
+    test appends whatever broken tail it needs."""
+    buf = io.BytesIO()
+    for ti, data in tar_entries(t):
+        buf.write(ti.tobuf(tarfile.PAX_FORMAT))
+        if data:
+            buf.write(data + b"\0" * (-len(data) % 512))
+    return buf
+
+
 def tar_entries(t: Tree):
     """(TarInfo, data) pairs of a kfixture tree, with its directories."""
     files, links = t._all()
@@ -195,12 +206,7 @@ def test_10_gb_member_is_skipped_without_being_read(tmp_path):
 
 
 def test_10_gb_declared_in_a_gzip_with_no_data_is_a_truncated_archive(tmp_path):
-    entries = tar_entries(base_tree())
-    buf = io.BytesIO()
-    for ti, data in entries:
-        buf.write(ti.tobuf(tarfile.PAX_FORMAT))
-        if data:
-            buf.write(data + b"\0" * (-len(data) % 512))
+    buf = raw_tar_body(base_tree())
     big = tarfile.TarInfo("proc/10/big")
     big.size = 1 << 40                                   # 1 TiB: skipping it must not spin
     buf.write(big.tobuf(tarfile.PAX_FORMAT) + b"\0" * 4096)   # then the stream ends
@@ -246,12 +252,7 @@ def test_truncated_in_the_middle_keeps_what_came_before(tmp_path):
 
 
 def test_corrupt_header_mid_archive_is_said_not_silent(tmp_path):
-    entries = tar_entries(base_tree())
-    buf = io.BytesIO()
-    for ti, data in entries:
-        buf.write(ti.tobuf(tarfile.PAX_FORMAT))
-        if data:
-            buf.write(data + b"\0" * (-len(data) % 512))
+    buf = raw_tar_body(base_tree())
     buf.write(b"\x01garbage header" + b"\x7f" * 497 + b"\0" * 1024)
     path = tmp_path / "bad.tgz"
     path.write_bytes(gzip.compress(buf.getvalue()))

@@ -2,6 +2,7 @@
 pidfd_getfd on a real child, and a real dma-buf exported from CUDA where a GPU exists."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -132,18 +133,30 @@ def _cuda_present():
         return False
 
 
-@pytest.mark.skipif(not _cuda_present(), reason="no CUDA driver (libcuda.so.1) on this machine")
-def test_tag_a_cuda_dmabuf_from_another_process():
-    from memtrack.cli import main
-    from memtrack.scan import scan
-    from memtrack.sources.live import LiveSource
+@contextlib.contextmanager
+def cuda_dmabuf_holder():
+    """(process, fd): a child holding 2 MiB of CUDA memory exported as a dma-buf; the test
+    is skipped where CUDA can't export one."""
+    if not _cuda_present():
+        pytest.skip("no CUDA driver (libcuda.so.1) on this machine")
     holder = subprocess.Popen([sys.executable, "-c", EXPORTER], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
         line = holder.stdout.readline().split()
         if not line or line[0] == "SKIP":
             pytest.skip(" ".join(line[1:]) or "the CUDA exporter died")
-        fd = int(line[1])
+        yield holder, int(line[1])
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+@pytest.mark.skipif(not _cuda_present(), reason="no CUDA driver (libcuda.so.1) on this machine")
+def test_tag_a_cuda_dmabuf_from_another_process():
+    from memtrack.cli import main
+    from memtrack.scan import scan
+    from memtrack.sources.live import LiveSource
+    with cuda_dmabuf_holder() as (holder, fd):
         assert os.readlink(f"/proc/{holder.pid}/fd/{fd}").startswith("/dmabuf:")
         # this test process is the second process: it names the holder's buffer through memtrack
         assert main(["tag", str(holder.pid), str(fd), "memtrack-cuda-test"]) == 0
@@ -153,6 +166,3 @@ def test_tag_a_cuda_dmabuf_from_another_process():
         assert len(named) == 1
         assert named[0].size == 2 << 20 and named[0].exporter == "nv_dmabuf"
         assert named[0].holders == (holder.pid,)
-    finally:
-        holder.stdin.close()
-        holder.wait()
