@@ -30,7 +30,7 @@ def _why_not():
     if why:
         return why
     try:
-        _scanner = mbpf.BpfScanner(cache_cmdline=False)
+        _scanner = mbpf.BpfScanner(reuse=False)
     except mbpf.BpfUnavailable as exc:
         return str(exc)
     return None
@@ -349,23 +349,20 @@ def test_cuda_dmabufs_same_with_both_backends():
 
 
 def test_a_reused_scanner_never_returns_a_stale_size():
-    s = scanner()
-    keep = s._cmdlines
-    s._cmdlines = {}                       # the memo works with the cmdline cache on
+    scanner()
     me = os.getpid()
     fd = os.memfd_create("grows")
     try:
-        os.ftruncate(fd, R.PAGE_SIZE)
-        first = s.scan(pids=[me])
-        again = s.scan(pids=[me])
-        assert again.buffers == first.buffers
-        os.ftruncate(fd, 3 * R.PAGE_SIZE)
-        grown = s.scan(pids=[me])
-        assert [b.size for b in grown.buffers if b.name == "grows"] == [3 * R.PAGE_SIZE]
+        with mbpf.BpfScanner() as s:           # reuse: the memo is on
+            os.ftruncate(fd, R.PAGE_SIZE)
+            first = s.scan(pids=[me])
+            again = s.scan(pids=[me])
+            assert again.buffers == first.buffers
+            os.ftruncate(fd, 3 * R.PAGE_SIZE)
+            grown = s.scan(pids=[me])
+            assert [b.size for b in grown.buffers if b.name == "grows"] == [3 * R.PAGE_SIZE]
     finally:
         os.close(fd)
-        s._cmdlines = keep
-        s._memo = None
 
 
 def test_backend_reason_survives_json():
@@ -443,3 +440,64 @@ def test_top_record_serve_refresh_with_one_loaded_object(scenario):
         assert set(scenario) <= {p.pid for p in second.processes}
     finally:
         r.close()
+
+
+def _same(a, b):
+    return a.buffers == b.buffers and a.processes == b.processes and a.skipped == b.skipped
+
+
+def test_a_reused_scanner_walks_only_the_mappings_that_moved():
+    """Reuse re-walks a process's VMAs only when iter/task says its mm moved: after each
+    change (map, close leaving the map only, unmap, dup2, exit) the reused scanner's snapshot
+    equals a fresh full scan's, with verification off so the mm sequence alone decides."""
+    from livekids import Kid
+    fresh = scanner()
+    with Kid() as a, Kid() as b, mbpf.BpfScanner(verify_every=0) as s:
+        pids = [a.pid, b.pid]
+
+        def check(moved):
+            """moved: the kids whose VMAs must have been walked again, and only those (other
+            processes on the machine may move too)"""
+            got = s.scan(pids=pids)
+            assert _same(got, fresh.scan(pids=pids))
+            if moved is not None:
+                assert s.walked is not None and s.reused_vmas > 0
+                assert s.walked & set(pids) == set(moved)
+            return got
+
+        fa = a.add("pool-a", 4 * R.PAGE_SIZE)
+        fb = b.add("pool-b", 2 * R.PAGE_SIZE)
+        check(None)
+        check([])                           # nothing moved: no walk
+        a.map(fa)
+        snap = check([a.pid])
+        assert [p.refs[0].vmas for p in snap.processes if p.pid == a.pid][0]
+        a.close(fa)                         # map-only now: fds moved, the mm did not
+        snap = check([])
+        ref = [p.refs for p in snap.processes if p.pid == a.pid][0]
+        assert len(ref) == 1 and ref[0].fds == () and len(ref[0].vmas) == 1
+        b.map(fb)
+        b.dup2(fb, 40)
+        check([b.pid])
+        a.unmap(fa)
+        snap = check([a.pid])
+        assert a.pid not in {p.pid for p in snap.processes}
+        b.stop()
+        snap = check([])
+        assert b.pid in snap.skipped.vanished
+
+
+def test_a_kernel_without_per_process_iterators_walks_everything(monkeypatch):
+    from memtrack.bpf.libbpf import LibbpfError
+    from livekids import Kid
+    with Kid() as k, mbpf.BpfScanner(verify_every=0) as s:
+        fd = k.add("pool", R.PAGE_SIZE)
+        s.scan(pids=[k.pid])
+
+        def refuse(name, pid):
+            raise LibbpfError("attach iter task_vma for pid: Invalid argument")
+        monkeypatch.setattr(s._obj, "read_pid", refuse)
+        k.map(fd)
+        snap = s.scan(pids=[k.pid])
+        assert snap.processes[0].refs[0].vmas
+        assert s._per_pid is False and s.walked is None and s.reused_vmas == 0

@@ -131,24 +131,80 @@ def _gate(pid: int) -> Optional[str]:
     return None
 
 
-def _others_denied(exclude, want) -> Tuple[tuple, tuple]:
+def _others_denied(exclude, want, gate=_gate) -> Tuple[tuple, tuple]:
     """(denied, vanished) among the processes holding nothing: procfs counts every process
     it cannot read, so the bpf backend does too (and so shows nothing procfs would not, not
-    even that a process it may not read holds no buffers)."""
-    if want is None:
-        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    else:
+    even that a process it may not read holds no buffers). The list is /proc's: the task
+    iterator is not asked, it may not list every process /proc does (in this project's
+    sandbox it skips pid 1)."""
+    if want is not None:
         pids = sorted(want)
+    else:
+        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
     denied, vanished = [], []
     for pid in pids:
         if pid in exclude:
             continue
-        why = _gate(pid)
+        why = gate(pid)
         if why == "denied":
             denied.append(pid)
         elif why == "vanished" and want is not None:
             vanished.append(pid)        # asked for by pid, as procfs reports it
     return tuple(denied), tuple(vanished)
+
+
+class _GateCache:
+    """_gate() verdicts kept between scans of a reused scanner, each for as long as the
+    process keeps its identity: start time, credentials (a task gets a new struct cred on
+    every change: setuid, capabilities...) and mm (a new one on exec), the inputs of /proc's
+    ptrace check that can move. What the iterators cannot see (an LSM policy changed under
+    a running process) is caught by re-asking every process once every `every` scans, a
+    rotating slice."""
+
+    def __init__(self, every: int):
+        self.every = max(0, int(every))
+        self.memo: Dict[int, tuple] = {}
+        self.ident: Dict[int, tuple] = {}
+        self.gen = 0
+
+    def start(self, ident: Dict[int, tuple]) -> None:
+        """A new scan: `ident` is pid -> (start_time, cred, mm) from iter/task."""
+        self.gen += 1
+        self.ident = ident
+        memo = self.memo
+        for pid in [p for p in memo if p not in ident]:
+            del memo[pid]
+
+    def __call__(self, pid: int) -> Optional[str]:
+        ident = self.ident.get(pid)
+        m = self.memo.get(pid)
+        k = self.every
+        if (m is not None and ident is not None and m[0] == ident
+                and not (k and (pid + self.gen) % k == 0)):
+            return m[1]
+        why = _gate(pid)
+        if ident is not None and why != "vanished":
+            self.memo[pid] = (ident, why)
+        else:
+            self.memo.pop(pid, None)
+        return why
+
+
+def _split_by_tgid(data: bytes, size: int) -> Dict[int, bytes]:
+    """Records (tgid first, grouped by tgid as the task iterators write them) -> tgid -> its
+    records."""
+    out: Dict[int, bytes] = {}
+    if not data:
+        return out
+    tgids = memoryview(data).cast("I")[::size // 4]
+    start = 0
+    cur = tgids[0]
+    for i, t in enumerate(tgids):
+        if t != cur:
+            out[cur] = data[start * size:i * size]
+            cur, start = t, i
+    out[cur] = data[start * size:]
+    return out
 
 
 def _drm_clients(pid: int, fds: List[int], counters: Dict[str, int]) -> Optional[list]:
@@ -204,9 +260,23 @@ class _Given:
 
 
 class BpfScanner:
-    """Loads the iterators once; scan() reads them into a Snapshot as often as needed."""
+    """Loads the iterators once; scan() reads them into a Snapshot as often as needed.
 
-    def __init__(self, obj: str = OBJECT, drm_major: int = 226, cache_cmdline: bool = True):
+    A reused scanner (`reuse`, the default: top, serve, record) carries from one scan to the
+    next what cannot have changed, and so reads much less each time:
+      - mappings: iter/task says, per process, the mm's change sequence (it moves on every
+        mmap, munmap, mremap, mprotect...); only the processes whose sequence moved (or that
+        are new) are walked again, each with an iter/task_vma of its own. A mapped file's
+        size or a dma-buf's name can change without the mm moving: every process is walked
+        again once every `verify_every` scans (a rotating slice), so a stale one lives at
+        most that many scans;
+      - /proc's access verdicts, per process identity (_GateCache);
+      - cmdlines, per process start time;
+      - the Snapshot itself, when every input is byte-identical to the last scan's.
+    `reuse=False` reads and builds everything every time (what a one-shot command does)."""
+
+    def __init__(self, obj: str = OBJECT, drm_major: int = 226, reuse: bool = True,
+                 verify_every: int = 30):
         why = unavailable(obj)
         if why:
             raise BpfUnavailable(why)
@@ -225,20 +295,68 @@ class BpfScanner:
                 self._obj = BpfObject(obj, init, skip=("dmabuf",))
                 self.has_dmabuf = False
                 self.notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
-            for name in ("task_file", "task_vma") + (("dmabuf",) if self.has_dmabuf else ()):
+            for name in ("task_file", "task_vma", "task_mm") + (("dmabuf",) if self.has_dmabuf else ()):
                 self._obj.attach(name)
         except LibbpfError as exc:
             obj_ = getattr(self, "_obj", None)
             if obj_ is not None:
                 obj_.close()
             raise BpfUnavailable(f"the kernel refused the BPF iterators: {exc}") from None
-        self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if cache_cmdline else None
+        self.reuse = reuse
+        self.verify_every = max(0, int(verify_every))
+        self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if reuse else None
+        self._gates = _GateCache(verify_every if reuse else 1)
         self.drm_fds: List[tuple] = []      # (pid, fd, kernel rdev) of DRM device fds, last scan
         self._memo = None                   # ((raw inputs, pids, host), Snapshot) of the last scan
         self._gated: List[int] = []         # the holders the last scan checked
         self._others: tuple = ((), ())      # _others_denied() of the last scan
+        self._tasks: Dict[int, tuple] = {}  # pid -> (start_time, mm seq or None, cred, mm)
+        self._vma_parts: Optional[Dict[int, bytes]] = None   # pid -> its task_vma records
+        self._per_pid = True                # the kernel runs an iterator for one process (6.1+)
+        self.walked: Optional[set] = None   # pids whose VMAs the last read walked (None: all)
+        self.reused_vmas = 0                # processes whose VMA records it carried over
 
     # -- scanning ------------------------------------------------------------------------
+    def _read_tasks(self) -> Dict[int, tuple]:
+        from .records import T_SEQ, TASK_REC
+        return {tgid: (start, seq if flags & T_SEQ else None, cred, mm)
+                for tgid, flags, start, seq, cred, mm in TASK_REC.iter_unpack(self._obj.read("task_mm"))}
+
+    def _read_vmas(self, tasks: Dict[int, tuple]) -> bytes:
+        """The task_vma records of every process: walked afresh where the mm may have moved
+        (tasks was read before this, so a change racing the walk shows next time)."""
+        from .libbpf import LibbpfError
+        from .records import VMA_REC
+        old = self._vma_parts
+        if (not self.reuse or old is None or not self._per_pid
+                or any(t[1] is None for t in tasks.values())):
+            data = self._obj.read("task_vma")
+            if self.reuse:
+                self._vma_parts = _split_by_tgid(data, VMA_REC.size)
+            self.walked, self.reused_vmas = None, 0
+            return data
+        prev, k, gen = self._tasks, self.verify_every, self._gates.gen
+        parts: Dict[int, bytes] = {}
+        walked = set()
+        for tgid in sorted(tasks):
+            t = tasks[tgid]
+            p = prev.get(tgid)
+            if p is not None and p[:2] == t[:2] and not (k and (tgid + gen) % k == 0):
+                data = old.get(tgid)
+            else:
+                walked.add(tgid)
+                try:
+                    data = self._obj.read_pid("task_vma", tgid)
+                except LibbpfError:
+                    self._per_pid = False        # a kernel before 6.1: whole walks from now on
+                    self._vma_parts = None
+                    return self._read_vmas(tasks)
+            if data:
+                parts[tgid] = data
+        self._vma_parts = parts
+        self.walked, self.reused_vmas = walked, len(tasks) - len(walked)
+        return b"".join(parts.values())
+
     def _read(self) -> tuple:
         """Everything a scan reads that can change between scans, raw."""
         from ..sources.live import read_at
@@ -248,8 +366,12 @@ class BpfScanner:
         except OSError as exc:
             sysv = exc
         try:
-            return (self._obj.read("task_file"), self._obj.read("task_vma"),
-                    self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
+            tasks = self._read_tasks()
+            self._gates.start({pid: (t[0], t[2], t[3]) for pid, t in tasks.items()})
+            files = self._obj.read("task_file")
+            vmas = self._read_vmas(tasks)
+            self._tasks = tasks
+            return (files, vmas, self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
         except (LibbpfError, OSError) as exc:
             raise BpfUnavailable(f"reading the BPF iterators failed: {exc}") from None
 
@@ -283,11 +405,12 @@ class BpfScanner:
         parse_vmas(vmas, tasks, maps, pfnmap, want)
         self.drm_fds = drm
 
+        gate = self._gates
         drm_pids = {pid for pid, _fd, _rdev in drm}
         has_refs = {r.pid for r in fds} | {m.pid for m in maps}
         holders = sorted(has_refs | drm_pids)
         self._gated = holders
-        self._others = _others_denied(set(holders), want)
+        self._others = _others_denied(set(holders), want, gate)
         obs.denied.extend(self._others[0])
         obs.vanished.extend(self._others[1])
         cache = self._cmdlines
@@ -295,7 +418,7 @@ class BpfScanner:
         gone = set()
         counters: Dict[str, int] = {}
         for pid in holders:
-            why = _gate(pid)
+            why = gate(pid)
             if why is not None:
                 (obs.denied if why == "denied" else obs.vanished).append(pid)
                 gone.add(pid)
@@ -349,11 +472,10 @@ class BpfScanner:
 
     def scan(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
              reason: Optional[str] = None):
-        """A Snapshot of this machine now. A reused scanner (top, serve) whose iterators
-        return exactly the bytes of its last scan, with every holder still readable, returns
-        that scan's Snapshot again with the new time: nothing it was built from changed
-        (cmdlines are cached per process start time; with smaps, DRM clients or without
-        iter/dmabuf, every scan is built afresh)."""
+        """A Snapshot of this machine now. A reused scanner (top, serve) whose inputs are
+        exactly the bytes of its last scan, with every holder still readable, returns that
+        scan's Snapshot again with the new time: nothing it was built from changed (with
+        smaps, DRM clients or without iter/dmabuf, every scan is built afresh)."""
         from ..build import build
         from ..scan import host_info
         from ..sources.base import now_iso
@@ -363,10 +485,11 @@ class BpfScanner:
         hostname, kernel = host_info(LiveSource())
         want = None if pids is None else frozenset(pids)
         memo = self._memo
-        if (memo is not None and not smaps and raw[2] is not None and self._cmdlines is not None
+        gate = self._gates
+        if (memo is not None and not smaps and raw[2] is not None and self.reuse
                 and memo[0] == (raw, want, hostname, kernel)
-                and all(_gate(pid) is None for pid in self._gated)
-                and _others_denied(set(self._gated), want) == self._others):
+                and all(gate(pid) is None for pid in self._gated)
+                and _others_denied(set(self._gated), want, gate) == self._others):
             snap = replace(memo[1], taken_at=taken_at)
         else:
             # tens of thousands of small objects and no cycles: the cyclic GC would only

@@ -43,13 +43,23 @@ struct bpf_iter_meta {
 struct kuid { u32 val; };
 struct cred { struct kuid uid; };
 
+struct mm_struct;
+
 struct task_struct {
 	int pid;
 	int tgid;
 	char comm[16];
 	u64 start_time;
 	const struct cred *real_cred;
+	const struct cred *cred;
+	struct mm_struct *mm;
 };
+
+/* mm->mm_lock_seq moves on every mmap write-lock cycle (mmap, munmap, mremap, mprotect...):
+ * a seqcount_t since 6.13, an int in 6.4-6.12, absent without CONFIG_PER_VMA_LOCK. */
+struct seqcount___mt { unsigned int sequence; };
+struct mm_struct___seq { struct seqcount___mt mm_lock_seq; };
+struct mm_struct___int { int mm_lock_seq; };
 
 struct super_block {
 	dev_t s_dev;
@@ -123,6 +133,8 @@ struct bpf_iter__task_vma {
 	struct task_struct *task;
 	struct vm_area_struct *vma;
 };
+
+struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; };
 
 struct bpf_iter__dmabuf {
 	struct bpf_iter_meta *meta;

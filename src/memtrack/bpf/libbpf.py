@@ -12,6 +12,12 @@ from typing import Dict, Optional
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
 
 
+class _IterAttachOpts(ctypes.Structure):
+    """struct bpf_iter_attach_opts"""
+    _fields_ = [("sz", ctypes.c_size_t), ("link_info", ctypes.c_void_p),
+                ("link_info_len", ctypes.c_uint32)]
+
+
 class LibbpfError(Exception):
     """A libbpf step failed; str() is one line naming the step and the reason."""
 
@@ -86,6 +92,7 @@ class BpfObject:
         lib = self._lib = _load_lib()
         self._obj = None
         self._links: Dict[str, int] = {}
+        self._progs: Dict[str, int] = {}
         ctypes.set_errno(0)
         obj = lib.bpf_object__open_file(path.encode(), None)
         if not obj or lib.libbpf_get_error(obj):
@@ -131,11 +138,31 @@ class BpfObject:
         if not link or lib.libbpf_get_error(link):
             raise _fail(f"attach iter {name}", lib.libbpf_get_error(link) if link else 0)
         self._links[name] = link
+        self._progs[name] = prog
 
     def read(self, name: str) -> bytes:
         """Run iterator `name` once: everything it writes, in one buffer."""
+        return self._run(self._links[name], name)
+
+    def read_pid(self, name: str, pid: int) -> bytes:
+        """Run the task iterator `name` over one process only (a link made for it, Linux >=
+        6.1: union bpf_iter_link_info's task.pid); a process that is gone gives b""."""
         lib = self._lib
-        fd = lib.bpf_iter_create(lib.bpf_link__fd(self._links[name]))
+        info = (ctypes.c_uint32 * 4)(0, pid, 0, 0)       # tid, pid, pid_fd, (union tail)
+        opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts),
+                               ctypes.cast(info, ctypes.c_void_p), ctypes.sizeof(info))
+        ctypes.set_errno(0)
+        link = lib.bpf_program__attach_iter(self._progs[name], ctypes.byref(opts))
+        if not link or lib.libbpf_get_error(link):
+            raise _fail(f"attach iter {name} for pid {pid}", lib.libbpf_get_error(link) if link else 0)
+        try:
+            return self._run(link, name)
+        finally:
+            lib.bpf_link__destroy(link)
+
+    def _run(self, link, name: str) -> bytes:
+        lib = self._lib
+        fd = lib.bpf_iter_create(lib.bpf_link__fd(link))
         if fd < 0:
             raise _fail(f"bpf_iter_create {name}", fd)
         try:
@@ -154,6 +181,7 @@ class BpfObject:
         for link in self._links.values():
             lib.bpf_link__destroy(link)
         self._links = {}
+        self._progs = {}
         if self._obj:
             lib.bpf_object__close(self._obj)
             self._obj = None

@@ -8,6 +8,9 @@
  *   iter/task_vma   one record per shared (VM_MAYSHARE, maps "s") mapping of such a file,
  *                   with a task record (start = start time, end = uid, name = comm) first
  *   iter/dmabuf     one record per dma-buf in the system (Linux >= 6.16)
+ *   iter/task       task_mm: per task its mm change sequence and identity, so a refresh
+ *                   re-reads (one iter/task_vma per process) only the mappings that can
+ *                   have moved
  *
  * Everything else is filtered out here, in the kernel. Records are fixed-size so userspace
  * parses a whole read with struct.iter_unpack; the layouts are mirrored in records.py.
@@ -156,6 +159,30 @@ static __always_inline u32 file_name(struct file *file, char *name, char *exp, s
 	return flags;
 }
 
+/* The record of an open file memtrack reports, into *r; 0 if it is not one. */
+static __always_inline int file_record(struct state *st, struct task_struct *task, u32 fd,
+				       struct file *file, struct fd_rec *r)
+{
+	struct inode *inode = file->f_inode;
+	unsigned long magic = inode->i_sb->s_magic;
+	umode_t mode = inode->i_mode;
+
+	if (magic == DMA_BUF_MAGIC || (buffer_fs(magic) && (mode & S_IFMT) == S_IFREG)) {
+		r->flags = file_name(file, r->name, r->exp, &r->count, &r->size);
+		r->dev = inode->i_sb->s_dev;
+	} else if (st->drm_major && (mode & S_IFMT) == S_IFCHR &&
+		   (inode->i_rdev >> 20) == st->drm_major) {
+		r->flags = R_DRM;
+		r->dev = inode->i_rdev;
+	} else {
+		return 0;
+	}
+	r->ino = inode->i_ino;
+	r->tgid = task->tgid;
+	r->fd = fd;
+	return 1;
+}
+
 SEC("iter/task_file")
 int task_file(struct bpf_iter__task_file *ctx)
 {
@@ -164,30 +191,13 @@ int task_file(struct bpf_iter__task_file *ctx)
 	struct file *file = ctx->file;
 	struct fd_rec r = {};
 	struct state *st = get_state();
-	struct inode *inode;
-	umode_t mode;
-	unsigned long magic;
 	bool new_task;
 	long err = 0;
 
 	if (!st || !task || !file || task->pid != task->tgid)
 		return 0;
-	inode = file->f_inode;
-	magic = inode->i_sb->s_magic;
-	mode = inode->i_mode;
-	if (magic == DMA_BUF_MAGIC || (buffer_fs(magic) && (mode & S_IFMT) == S_IFREG)) {
-		r.flags = file_name(file, r.name, r.exp, &r.count, &r.size);
-		r.dev = inode->i_sb->s_dev;
-	} else if (st->drm_major && (mode & S_IFMT) == S_IFCHR &&
-		   (inode->i_rdev >> 20) == st->drm_major) {
-		r.flags = R_DRM;
-		r.dev = inode->i_rdev;
-	} else {
+	if (!file_record(st, task, ctx->fd, file, &r))
 		return 0;
-	}
-	r.ino = inode->i_ino;
-	r.tgid = task->tgid;
-	r.fd = ctx->fd;
 
 	new_task = st->file_tgid != r.tgid || st->file_session != ctx->meta->session_id;
 	if (new_task) {
@@ -209,6 +219,56 @@ int task_file(struct bpf_iter__task_file *ctx)
 		st->file_tgid = r.tgid;
 		st->file_session = ctx->meta->session_id;
 	}
+	return 0;
+}
+
+/* iter/task: one record per thread-group leader, cheap (no file or VMA is visited): what a
+ * refresh needs to know whether a task's mappings may have moved (the mm change sequence)
+ * and whether /proc's access verdict for it may have changed (its credentials, its mm). */
+struct task_rec {
+	u32 tgid;
+	u32 flags;        /* T_SEQ: seq is the mm change sequence (or the task has no mm) */
+	u64 start_time;
+	u64 seq;
+	u64 cred;         /* the task's real_cred: a new one on every credential change */
+	u64 mm;           /* the task's mm: a new one on exec */
+};
+
+#define T_SEQ 0x01
+
+static __always_inline u64 mm_seq(struct mm_struct *mm, u32 *flags)
+{
+	if (!mm) {
+		*flags |= T_SEQ;
+		return 0;
+	}
+	if (bpf_core_field_exists(((struct mm_struct___seq *)mm)->mm_lock_seq)) {
+		*flags |= T_SEQ;
+		return BPF_CORE_READ((struct mm_struct___seq *)mm, mm_lock_seq.sequence);
+	}
+	if (bpf_core_field_exists(((struct mm_struct___int *)mm)->mm_lock_seq)) {
+		*flags |= T_SEQ;
+		return (u32)BPF_CORE_READ((struct mm_struct___int *)mm, mm_lock_seq);
+	}
+	return 0;
+}
+
+SEC("iter/task")
+int task_mm(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct task_rec r = {};
+	struct mm_struct *mm;
+
+	if (!task || task->pid != task->tgid)
+		return 0;
+	mm = BPF_CORE_READ(task, mm);
+	r.tgid = task->tgid;
+	r.start_time = task->start_time;
+	r.seq = mm_seq(mm, &r.flags);
+	r.cred = (u64)BPF_CORE_READ(task, real_cred);
+	r.mm = (u64)mm;
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }
 
@@ -288,3 +348,4 @@ int dmabuf(struct bpf_iter__dmabuf *ctx)
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }
+

@@ -28,6 +28,8 @@ FD_REC = struct.Struct("<IIQQIIq64s32s")          # struct fd_rec
 VMA_REC = struct.Struct("<IIQQQQQII64s")          # struct vma_rec
 DMABUF_REC = struct.Struct("<QQqII32s64s")        # struct dmabuf_rec
 STATE = struct.Struct("<IIQQII")                  # struct state: drm_major, abi, then 0s
+TASK_REC = struct.Struct("<IIQQQQ")               # struct task_rec (task_mm)
+T_SEQ = 1
 ABI = 1
 PAGE_SIZE = mmap.PAGESIZE
 
