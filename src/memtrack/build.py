@@ -44,6 +44,15 @@ def _resolver(obs: Observations):
     return {k: next(iter(v)) for k, v in devs.items() if len(v) == 1}
 
 
+def order_key(k) -> tuple:
+    """The order of buffers in a Snapshot, from their identity (kind, fs, inode): by kind,
+    then inode; anonymous (pre-5.3) dma-bufs last, by (pid, fd). Unique per identity."""
+    kind, fs, inode = k
+    if fs == "anon":
+        return (_KIND_ORDER[kind], 1, 0, "", inode)
+    return (_KIND_ORDER.get(kind, 99), 0, inode, fs or "", ())
+
+
 def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kernel=None,
           backend: str = "procfs", scope: str = "all", smaps: bool = False,
           extra_notes=()) -> Snapshot:
@@ -131,15 +140,9 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         if fs != "anon":
             seen_ids[(kind, inode)] += 1
 
-    def order(k):
-        kind, fs, inode = k
-        if fs == "anon":
-            return (_KIND_ORDER[kind], 1, 0, "", inode)
-        return (_KIND_ORDER.get(kind, 99), 0, inode, fs or "", ())
-
     buffers = []
     refs_by_pid: Dict[int, List[Ref]] = defaultdict(list)
-    for k in sorted(accs, key=order):
+    for k in sorted(accs, key=order_key):
         a = accs[k]
         kind, fs, inode = k
         if fs == "anon":
