@@ -485,6 +485,35 @@ def test_a_reused_scanner_walks_only_the_mappings_that_moved():
         b.stop()
         snap = check([])
         assert b.pid in snap.skipped.vanished
+        assert s._rebuilder.partial_builds >= 5          # patched, not built again
+
+
+def test_a_reused_whole_machine_scan_is_patched_right():
+    """The same over the whole machine (no pid list): the reused scanner's view of the kids
+    equals a fresh full scan's after each change, from patched snapshots."""
+    from livekids import Kid
+    fresh = scanner()
+    with Kid() as a, Kid() as b, mbpf.BpfScanner(verify_every=0) as s:
+        kids = {a.pid, b.pid}
+
+        def check():
+            got, want = s.scan().restrict(pids=kids), fresh.scan().restrict(pids=kids)
+            assert got.buffers == want.buffers and got.processes == want.processes
+
+        check()
+        fa = a.add("whole-a", 4 * R.PAGE_SIZE)
+        check()
+        fb = b.add("whole-b", R.PAGE_SIZE)
+        b.map(fb)
+        a.map(fa)
+        check()
+        a.close(fa)
+        b.dup2(fb, 41)
+        check()
+        a.unmap(fa)
+        b.close(fb)
+        check()
+        assert s._rebuilder.partial_builds >= 4
 
 
 def test_a_kernel_without_per_process_iterators_walks_everything(monkeypatch):
@@ -501,3 +530,13 @@ def test_a_kernel_without_per_process_iterators_walks_everything(monkeypatch):
         snap = s.scan(pids=[k.pid])
         assert snap.processes[0].refs[0].vmas
         assert s._per_pid is False and s.walked is None and s.reused_vmas == 0
+
+
+def test_records_split_by_process():
+    from memtrack.bpf import _split_by_tgid
+    recs = [fd_rec(5, 3), fd_rec(5, 4), fd_rec(7, 3), fd_rec(9, 3), fd_rec(9, 8)]
+    parts = _split_by_tgid(b"".join(recs), R.FD_REC.size)
+    assert parts == {5: recs[0] + recs[1], 7: recs[2], 9: recs[3] + recs[4]}
+    assert _split_by_tgid(b"", R.FD_REC.size) == {}
+    out_of_order = _split_by_tgid(recs[2] + recs[0] + recs[3] + recs[1], R.FD_REC.size)
+    assert out_of_order == {7: recs[2], 5: recs[0] + recs[1], 9: recs[3]}

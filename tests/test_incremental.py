@@ -49,6 +49,33 @@ def test_refresh_rereads_only_changed_processes():
         b.stop()                                    # gone: dropped, not served from cache
         snap = sc.refresh()
         assert b.pid not in snap.process_map and names(snap, a.pid) == ["alpha", "gamma"]
+        assert facts(snap) == facts(scan(LiveSource(), pids=[a.pid, b.pid]))
+        assert sc._rebuilder.partial_builds >= 3   # the changed refreshes were patched
+
+
+def test_whole_machine_refresh_is_patched_right():
+    """Over every process: after each change the refreshed view of the kids equals a full
+    scan's, and the refreshes were patches of the last snapshot, not whole builds."""
+    with Kid() as a, Kid() as b:
+        kids = {a.pid, b.pid}
+        sc = IncrementalScanner(verify_every=0)
+
+        def check():
+            got = sc.refresh().restrict(pids=kids)
+            want = scan(LiveSource()).restrict(pids=kids)
+            assert got.buffers == want.buffers and got.processes == want.processes
+
+        check()
+        fa = a.add("w-alpha", 8192)
+        check()
+        fb = b.add("w-beta", 4096)
+        b.map(fb)
+        a.map(fa)
+        check()
+        a.close(fa)
+        b.dup2(fb, 42)
+        check()
+        assert sc._rebuilder.partial_builds >= 3
 
 
 def test_verification_bounds_staleness():

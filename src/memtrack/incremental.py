@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Dict, Iterable, List, Optional
 
-from .build import build
+from .rebuild import Part, Rebuilder
 from .errors import ProcessGone
 from .model import Snapshot
 from .observe import Observations
@@ -125,6 +125,7 @@ class IncrementalScanner:
         self.last: Optional[Snapshot] = None
         self._parts: Dict[int, _Part] = {}
         self._tables = None
+        self._rebuilder = Rebuilder()
         self._host = host_info(src)
         root = getattr(src, "proc_root", None)
         self._proc_root = root if getattr(src, "live", False) and root else None
@@ -177,14 +178,15 @@ class IncrementalScanner:
             if sub.vanished or sub.unreadable:
                 part.sig = None
             new[pid] = part
-        changed = len(new) != len(old) or any(
-            pid not in old or _facts(old[pid].obs) != _facts(new[pid].obs) for pid, _ in todo)
+        moved = {pid for pid in old if pid not in new}
+        moved.update(pid for pid, _ in todo
+                     if pid not in old or _facts(old[pid].obs) != _facts(new[pid].obs))
         stats.reread = len(todo)
         stats.reused = len(pids) - len(todo)
         tables = (obs.kernel, obs.dmabuf_source, obs.dmabuf_total, obs.dmabuf_count,
                   obs.sysv_source, obs.notes)
         self._parts = new
-        if not changed and self.last is not None and tables == self._tables and src.live:
+        if not moved and self.last is not None and tables == self._tables and src.live:
             # nothing moved: the previous snapshot is this one (building is the costly part)
             self.generation += 1
             snap = replace(self.last, taken_at=taken_at)
@@ -192,13 +194,19 @@ class IncrementalScanner:
             self.stats, self.last = stats, snap
             return snap
         self._tables = tables
+        # each process's fds, maps and ProcInfo go to the Rebuilder as its part; everything
+        # else it observed (skipped, DRM clients, smaps Rss) is merged machine-wide
         counters: Dict[str, int] = {}
+        parts: Dict[int, Part] = {}
         for pid in pids:
             part = new.get(pid)
             if part is None:
                 continue
-            for name, records in _per_process_lists(part.obs):
-                getattr(obs, name).extend(records)
+            o = part.obs
+            parts[pid] = Part(o.fds, o.maps, o.procs[0] if o.procs else None)
+            for name, records in _per_process_lists(o):
+                if name not in ("fds", "maps", "procs"):
+                    getattr(obs, name).extend(records)
             for key, n in part.counters.items():
                 counters[key] = counters.get(key, 0) + n
         obs.notes.extend(counter_notes(counters))
@@ -209,9 +217,10 @@ class IncrementalScanner:
                 scope = "pids"
         self.generation += 1
         hostname, kernel = self._host
-        snap = build(obs, taken_at=taken_at, source=src.label, hostname=hostname, kernel=kernel,
-                     backend="procfs", scope=scope, smaps=self.smaps,
-                     extra_notes=list(getattr(src, "problems", ())))
+        snap = self._rebuilder.build(
+            obs, parts, moved if src.live else None, taken_at=taken_at, source=src.label,
+            hostname=hostname, kernel=kernel, backend="procfs", scope=scope, smaps=self.smaps,
+            extra_notes=list(getattr(src, "problems", ())))
         stats.seconds = time.perf_counter() - t0
         self.stats = stats
         self.last = snap

@@ -19,13 +19,14 @@ a real path (a /dev/shm file), and the dma-buf table from debugfs/sysfs on kerne
 from __future__ import annotations
 
 import errno
-import gc
+from bisect import bisect_right
 import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
+from ..rebuild import Rebuilder
 
 OBJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                       "memtrack.bpf.o")
@@ -192,18 +193,25 @@ class _GateCache:
 
 def _split_by_tgid(data: bytes, size: int) -> Dict[int, bytes]:
     """Records (tgid first, grouped by tgid as the task iterators write them) -> tgid -> its
-    records."""
+    records. The iterators go by ascending pid, so group ends are found by bisection."""
     out: Dict[int, bytes] = {}
     if not data:
         return out
-    tgids = memoryview(data).cast("I")[::size // 4]
-    start = 0
-    cur = tgids[0]
-    for i, t in enumerate(tgids):
-        if t != cur:
-            out[cur] = data[start * size:i * size]
-            cur, start = t, i
-    out[cur] = data[start * size:]
+    tgids = memoryview(data).cast("I")[::size // 4].tolist()
+    n = len(tgids)
+    if tgids != sorted(tgids):              # not expected: one pass then
+        start = 0
+        for i in range(1, n + 1):
+            if i == n or tgids[i] != tgids[start]:
+                out[tgids[start]] = out.get(tgids[start], b"") + data[start * size:i * size]
+                start = i
+        return out
+    i = 0
+    while i < n:
+        t = tgids[i]
+        j = bisect_right(tgids, t, i)
+        out[t] = data[i * size:j * size]
+        i = j
     return out
 
 
@@ -313,6 +321,8 @@ class BpfScanner:
         self._tasks: Dict[int, tuple] = {}  # pid -> (start_time, mm seq or None, cred, mm)
         self._vma_parts: Optional[Dict[int, bytes]] = None   # pid -> its task_vma records
         self._per_pid = True                # the kernel runs an iterator for one process (6.1+)
+        self._state = None                  # what _rescan() patches: see _scan_whole()
+        self._rebuilder = Rebuilder()
         self.walked: Optional[set] = None   # pids whose VMAs the last read walked (None: all)
         self.reused_vmas = 0                # processes whose VMA records it carried over
 
@@ -375,15 +385,11 @@ class BpfScanner:
         except (LibbpfError, OSError) as exc:
             raise BpfUnavailable(f"reading the BPF iterators failed: {exc}") from None
 
-    def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
-                raw: Optional[tuple] = None) -> Observations:
-        from ..readers.proc import parse_cmdline
-        from ..readers.smaps import parse_rss
-        from ..scan import counter_notes, read_dmabuf_table, read_sysv_table
-        from ..sources.live import LiveSource, read_at
-        from .records import parse_dmabufs, parse_files, parse_vmas
-
-        files, vmas, dmabufs, sysv = raw if raw is not None else self._read()
+    def _tables(self, dmabufs, sysv) -> Observations:
+        """Observations holding the machine-wide tables: SysV segments, dma-bufs."""
+        from ..scan import read_dmabuf_table, read_sysv_table
+        from ..sources.live import LiveSource
+        from .records import parse_dmabufs
         obs = Observations()
         obs.notes.extend(self.notes)
         read_sysv_table(_Given(sysv), obs)
@@ -395,6 +401,38 @@ class BpfScanner:
             obs.dmabuf_total = sum(b.size for b in bufs)
         else:
             read_dmabuf_table(LiveSource(), obs)
+        return obs
+
+    @staticmethod
+    def _describe(pid: int, t, cache, fresh) -> Optional[ProcInfo]:
+        """ProcInfo of a holder from its task record and /proc/PID/cmdline (cached per start
+        time in `cache`, kept in `fresh`), or None if it is gone."""
+        from ..readers.proc import parse_cmdline
+        from ..sources.live import read_at
+        if t is None:                       # not expected: the iterators describe each task
+            t = _task_from_proc(pid)
+            if t is None:
+                return None
+        key = (pid, t.start_time)
+        cmdline = cache.get(key) if cache is not None else None
+        if cmdline is None:
+            try:
+                cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
+            except OSError:
+                return None                 # gone since the iterator saw it, as procfs counts it
+        if fresh is not None:
+            fresh[key] = cmdline
+        return ProcInfo(pid, t.comm, cmdline, t.uid)
+
+    def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
+                raw: Optional[tuple] = None) -> Observations:
+        from ..readers.smaps import parse_rss
+        from ..scan import counter_notes
+        from ..sources.live import read_at
+        from .records import parse_files, parse_vmas
+
+        files, vmas, dmabufs, sysv = raw if raw is not None else self._read()
+        obs = self._tables(dmabufs, sysv)
         want = set(pids) if pids is not None else None
         tasks: dict = {}
         fds: list = []
@@ -432,26 +470,12 @@ class BpfScanner:
                 obs.drm.extend(clients)
                 if not clients and pid not in has_refs:
                     continue                # DRM fds without usage stats: procfs lists nothing
-            t = tasks.get(pid)
-            if t is None:                   # not expected: the iterators describe each task
-                t = _task_from_proc(pid)
-                if t is None:
-                    obs.vanished.append(pid)
-                    gone.add(pid)
-                    continue
-            key = (pid, t.start_time)
-            cmdline = cache.get(key) if cache is not None else None
-            if cmdline is None:
-                try:
-                    cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
-                except OSError:
-                    # gone since the iterator saw it: counted as procfs counts it
-                    obs.vanished.append(pid)
-                    gone.add(pid)
-                    continue
-            if fresh is not None:
-                fresh[key] = cmdline
-            obs.procs.append(ProcInfo(pid, t.comm, cmdline, t.uid))
+            info = self._describe(pid, tasks.get(pid), cache, fresh)
+            if info is None:
+                obs.vanished.append(pid)
+                gone.add(pid)
+                continue
+            obs.procs.append(info)
         if cache is not None:
             self._cmdlines = fresh          # forget processes that went away
         if gone:
@@ -474,16 +498,18 @@ class BpfScanner:
              reason: Optional[str] = None):
         """A Snapshot of this machine now. A reused scanner (top, serve) whose inputs are
         exactly the bytes of its last scan, with every holder still readable, returns that
-        scan's Snapshot again with the new time: nothing it was built from changed (with
-        smaps, DRM clients or without iter/dmabuf, every scan is built afresh)."""
-        from ..build import build
-        from ..scan import host_info
+        scan's Snapshot again with the new time; when some processes' records moved, it
+        parses and describes only those and patches the last Snapshot (rebuild.Rebuilder).
+        With smaps or DRM clients every scan is read and built whole."""
+        from ..scan import host_info, no_gc
         from ..sources.base import now_iso
         from ..sources.live import LiveSource
         taken_at = now_iso()
         raw = self._read()
         hostname, kernel = host_info(LiveSource())
         want = None if pids is None else frozenset(pids)
+        meta = dict(taken_at=taken_at, source="live", hostname=hostname, kernel=kernel,
+                    backend="bpf", scope="all" if pids is None else "pids", smaps=smaps)
         memo = self._memo
         gate = self._gates
         if (memo is not None and not smaps and raw[2] is not None and self.reuse
@@ -494,22 +520,108 @@ class BpfScanner:
         else:
             # tens of thousands of small objects and no cycles: the cyclic GC would only
             # rescan them, again and again as they are made (half the build time at 20k fds)
-            paused = gc.isenabled()
-            gc.disable()
-            try:
-                obs = self.collect(pids, smaps, raw=raw)
-                snap = build(obs, taken_at=taken_at, source="live", hostname=hostname,
-                             kernel=kernel, backend="bpf", scope="all" if pids is None else "pids",
-                             smaps=smaps)
-            finally:
-                if paused:
-                    gc.enable()
+            with no_gc():
+                got = None
+                state = self._state
+                if state is not None and state[0] == (want, hostname, kernel) and not smaps:
+                    got = self._rescan(raw, want, meta)
+                if got is None:
+                    got = self._scan_whole(raw, pids, want, smaps, meta)
+            snap, obs = got
             # DRM clients' fdinfo (engine time, resident memory) moves without the records
             # moving: a scan that read any is never reused
             gated = set(self._gated)
             clean = not (self.drm_fds or [p for p in obs.denied + obs.vanished if p in gated])
             self._memo = ((raw, want, hostname, kernel), snap) if clean and not smaps else None
         return replace(snap, backend_reason=reason) if reason else snap
+
+    def _scan_whole(self, raw, pids, want, smaps, meta):
+        """collect() and build everything; a reused scanner keeps the pieces for _rescan."""
+        from ..build import build
+        from ..rebuild import Part
+        from .records import FD_REC, VMA_REC
+        obs = self.collect(pids, smaps, raw=raw)
+        self._state = None
+        if not self.reuse or smaps or self.drm_fds:
+            return build(obs, **meta), obs
+        fds_by: Dict[int, list] = {}
+        maps_by: Dict[int, list] = {}
+        for r in obs.fds:
+            fds_by.setdefault(r.pid, []).append(r)
+        for m in obs.maps:
+            maps_by.setdefault(m.pid, []).append(m)
+        parts = {p.pid: Part(fds_by.get(p.pid, []), maps_by.get(p.pid, []), p) for p in obs.procs}
+        gated = set(self._gated)
+        status = {pid: "denied" for pid in obs.denied if pid in gated}
+        status.update((pid, "vanished") for pid in obs.vanished if pid in gated)
+        vparts = self._vma_parts if self._vma_parts is not None else _split_by_tgid(raw[1], VMA_REC.size)
+        self._state = ((want, meta["hostname"], meta["kernel"]), _split_by_tgid(raw[0], FD_REC.size),
+                       vparts, parts, status)
+        return self._rebuilder.build(obs, parts, None, **meta), obs
+
+    def _rescan(self, raw, want, meta):
+        """The scan after a reused scanner's last one: only the processes whose records (or
+        access verdict) changed are parsed and described again, and the snapshot is
+        patched; None where that cannot be done (DRM fds appeared)."""
+        from ..rebuild import Part
+        from .records import FD_REC, VMA_REC, parse_files, parse_vmas
+        files, vmas, dmabufs, sysv = raw
+        key, old_f, old_v, old_parts, old_status = self._state
+        fparts = _split_by_tgid(files, FD_REC.size)
+        vparts = self._vma_parts if self._vma_parts is not None else _split_by_tgid(vmas, VMA_REC.size)
+        pids = set(fparts) | set(vparts) | set(old_f) | set(old_v)
+        if want is not None:
+            pids &= want
+        changed = {p for p in pids if fparts.get(p) != old_f.get(p) or vparts.get(p) != old_v.get(p)}
+        gate = self._gates
+        for pid in (set(old_parts) | set(old_status)) - changed:
+            if gate(pid) != old_status.get(pid):
+                changed.add(pid)
+        order = sorted(changed)
+        tasks: dict = {}
+        fds: list = []
+        maps: list = []
+        drm: list = []
+        parse_files(b"".join(fparts.get(p, b"") for p in order), tasks, fds, drm, want)
+        if drm:
+            return None
+        parse_vmas(b"".join(vparts.get(p, b"") for p in order), tasks, maps, set(), want)
+        fds_by: Dict[int, list] = {}
+        maps_by: Dict[int, list] = {}
+        for r in fds:
+            fds_by.setdefault(r.pid, []).append(r)
+        for m in maps:
+            maps_by.setdefault(m.pid, []).append(m)
+        parts, status = dict(old_parts), dict(old_status)
+        cache = self._cmdlines
+        for pid in order:
+            parts.pop(pid, None)
+            status.pop(pid, None)
+            f, m = fds_by.get(pid, []), maps_by.get(pid, [])
+            if not f and not m:
+                continue                    # holds nothing (any more)
+            why = gate(pid)
+            if why is not None:
+                status[pid] = why
+                continue
+            info = self._describe(pid, tasks.get(pid), cache, cache)
+            if info is None:
+                status[pid] = "vanished"
+                continue
+            parts[pid] = Part(f, m, info)
+        if cache is not None and len(cache) > 2 * len(parts) + 64:
+            self._cmdlines = {k: v for k, v in cache.items() if k[0] in parts}
+        obs = self._tables(dmabufs, sysv)
+        holders = sorted(set(parts) | set(status))
+        self._gated = holders
+        self._others = _others_denied(set(holders), want, gate)
+        obs.denied.extend(self._others[0])
+        obs.vanished.extend(self._others[1])
+        obs.denied.extend(p for p, why in status.items() if why == "denied")
+        obs.vanished.extend(p for p, why in status.items() if why == "vanished")
+        self.drm_fds = []
+        self._state = (key, fparts, vparts, parts, status)
+        return self._rebuilder.build(obs, parts, changed, **meta), obs
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
