@@ -637,10 +637,11 @@ class BpfScanner:
         self.close()
 
 
-def open_backend(requested: str = "auto", live: bool = True):
+def open_backend(requested: str = "auto", live: bool = True, reuse: bool = False):
     """(scanner or None, reason) for --backend: a BpfScanner when bpf is to run, None for
-    procfs; `reason` says why, for Snapshot.backend_reason (None for a non-live source). `bpf` that cannot run raises
-    BpfUnavailable naming the missing piece."""
+    procfs; `reason` says why, for Snapshot.backend_reason (None for a non-live source). `bpf`
+    that cannot run raises BpfUnavailable naming the missing piece. `reuse`: a scanner that
+    will scan again (top, serve, record), keeping what the next scan can reuse."""
     if requested == "procfs":
         return None, "requested (--backend procfs)"
     if not live:
@@ -649,10 +650,10 @@ def open_backend(requested: str = "auto", live: bool = True):
         return None, None          # files are read as files: there is no choice to explain
     if requested == "bpf":
         try:
-            return BpfScanner(), "requested (--backend bpf)"
+            return BpfScanner(reuse=reuse), "requested (--backend bpf)"
         except BpfUnavailable as exc:
             raise BpfUnavailable(f"--backend bpf: {exc}") from None
     try:
-        return BpfScanner(), "auto: root, libbpf, BTF and the iterators are present"
+        return BpfScanner(reuse=reuse), "auto: root, libbpf, BTF and the iterators are present"
     except BpfUnavailable as exc:
         return None, f"auto: bpf unavailable: {exc}"
