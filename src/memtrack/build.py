@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from collections import defaultdict
 from operator import itemgetter
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .model import KINDS, GpuClient, Host, KernelInfo, Process, Skipped, Snapshot, new_buffer, new_ref
 from .observe import Observations
 
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 _NOT_DEV = ("dmabuf", "sysv", "anon")     # identity fs values that name no device
+_INODE = itemgetter(2)
 _KIND_INODE = itemgetter(0, 2)
 
-# What is known of one buffer while the observations are merged: a list, not an object
-# (a big scan makes tens of thousands), indexed by these. FDS: pid -> [fd, ...];
-# VMAS: None until the buffer is seen mapped, then pid -> [(start, end, offset), ...].
+# What is known of one buffer while the observations are merged. Most buffers are seen
+# once, by one fd: for them it is that FdRef itself. Any second sighting opens it into a
+# list (not an object: a big scan has tens of thousands) indexed by these. FDS: pid ->
+# [fd, ...]; VMAS: None until the buffer is seen mapped, then pid -> [(start, end, offset), ...].
 SIZE, SIZE_FROM, EXPORTER, NAME, COUNT, KERNEL_COUNT, DEV, FDS, VMAS = range(9)
 
 
@@ -40,6 +42,16 @@ def _resolver(obs: Observations):
     return {k: next(iter(v)) for k, v in devs.items() if len(v) == 1}
 
 
+def _device(k) -> Optional[str]:
+    kind, fs, _inode = k
+    return None if kind == "dmabuf" or fs in _NOT_DEV else fs
+
+
+def _open(k, r) -> list:
+    """The accumulator of a buffer seen so far through one fd, the FdRef r."""
+    return [r.size, r.size_from, r.exporter, r.name, r.count, None, _device(k), {r.pid: [r.fd]}, None]
+
+
 def _order(k):
     kind, fs, inode = k
     if fs == "anon":
@@ -49,7 +61,7 @@ def _order(k):
 
 def _shared_ids(accs) -> set:
     """(kind, inode) pairs that two filesystems share: their ids name the device too."""
-    if len(set(map(_KIND_INODE, accs))) == len(accs):
+    if len(set(map(_INODE, accs))) == len(accs) or len(set(map(_KIND_INODE, accs))) == len(accs):
         return set()                   # the usual case, told in C
     seen = defaultdict(int)
     for kind, fs, inode in accs:
@@ -64,7 +76,8 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     resolved = _resolver(obs)
     accs: Dict[tuple, list] = {}
     get = accs.get
-    for pid, fd, kind, fs, inode, size, name, exporter, count, size_from in obs.fds:
+    for r in obs.fds:
+        pid, fd, kind, fs, inode, size, name, exporter, count, size_from = r
         if kind == "dmabuf":
             k = ("dmabuf", "dmabuf", inode) if inode is not None else ("dmabuf", "anon", (pid, fd))
         else:
@@ -73,9 +86,10 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             k = (kind, fs, inode)
         a = get(k)
         if a is None:
-            dev = None if kind == "dmabuf" or fs in _NOT_DEV else fs
-            accs[k] = [size, size_from, exporter, name, count, None, dev, {pid: [fd]}, None]
+            accs[k] = r
             continue
+        if a.__class__ is not list:
+            a = accs[k] = _open(k, a)
         if a[SIZE] is None and size is not None:
             a[SIZE], a[SIZE_FROM] = size, size_from
         if a[EXPORTER] is None:
@@ -102,6 +116,8 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         if a is None:
             a = accs[k] = [None, None, None, name, None, None, dev, {}, {pid: [(start, end, offset)]}]
         else:
+            if a.__class__ is not list:
+                a = accs[k] = _open(k, a)
             if a[DEV] is None:
                 a[DEV] = dev
             if a[NAME] is None:
@@ -126,8 +142,9 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         k = (kb.kind, kb.kind, kb.inode)   # dmabuf and sysv: fs is the kind itself
         a = get(k)
         if a is None:
-            a = accs[k] = [None, None, None, None, None, None,
-                           None if kb.kind in _NOT_DEV else kb.kind, {}, None]
+            a = accs[k] = [None, None, None, None, None, None, _device(k), {}, None]
+        elif a.__class__ is not list:
+            a = accs[k] = _open(k, a)
         if kb.size is not None and a[SIZE] is None:
             a[SIZE], a[SIZE_FROM] = kb.size, kb.source
         if a[EXPORTER] is None:
@@ -138,7 +155,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     if unmatched:
         notes.append(f"{unmatched} dma-bufs in the kernel table have no inode (kernel before 5.3): "
                      "they count in the exported total but cannot be matched to processes")
-    for m in obs.maps:
+    for m in obs.maps:             # every mapped buffer is a list by now
         if m.size is not None:
             kind = m.kind
             a = accs[(kind, kind if kind in ("dmabuf", "sysv") else m.fs, m.inode)]
@@ -155,10 +172,11 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     shared = _shared_ids(accs)
     unmapped_rss = 0 if smaps else None
     buffers = []
+    add_buffer = buffers.append
     refs_by_pid: Dict[int, list] = defaultdict(list)
     for k in sorted(accs, key=_order):
         kind, fs, inode = k
-        size, size_from, exporter, name, count, kernel_count, dev, fds, vmas = accs[k]
+        a = accs[k]
         if fs == "anon":
             bid = "dmabuf:anon:%d:%d" % inode
             inode = None
@@ -166,6 +184,13 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             bid = f"{kind}:{inode}@{fs or '?'}"
         else:
             bid = f"{kind}:{inode}"
+        if a.__class__ is not list:    # one fd of one process
+            pid, fd, _, _, _, size, name, exporter, count, size_from = a
+            refs_by_pid[pid].append(new_ref(bid, (fd,), (), unmapped_rss))
+            add_buffer(new_buffer(bid, kind, inode, None if kind == "dmabuf" or fs in _NOT_DEV else fs,
+                                  size, exporter, name, None, (pid,), 1, 0, count, size_from))
+            continue
+        size, size_from, exporter, name, count, kernel_count, dev, fds, vmas = a
         nfds = nmaps = 0
         if vmas is None:               # held by fds only: most buffers
             holders = tuple(fds) if len(fds) == 1 else tuple(sorted(fds))
@@ -188,7 +213,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                     if size is not None and in_rss > size:
                         in_rss = size
                 refs_by_pid[pid].append(new_ref(bid, tuple(sorted(fdl)), tuple(sorted(vmal)), in_rss))
-        buffers.append(new_buffer(
+        add_buffer(new_buffer(
             bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
             kernel_count if kernel_count is not None else count, size_from))
     gpu = build_gpu(obs)
