@@ -42,6 +42,15 @@ def _resolver(obs: Observations):
     return {k: next(iter(v)) for k, v in devs.items() if len(v) == 1}
 
 
+class _Ones(dict):
+    """n -> (n,), one tuple for each n: most buffers have one holder and most references one
+    fd, and the pids and fd numbers repeat (an allocation and a GC-tracked object saved)."""
+
+    def __missing__(self, n):
+        t = self[n] = (n,)
+        return t
+
+
 def _device(k) -> Optional[str]:
     kind, fs, _inode = k
     return None if kind == "dmabuf" or fs in _NOT_DEV else fs
@@ -173,6 +182,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     unmapped_rss = 0 if smaps else None
     buffers = []
     add_buffer = buffers.append
+    ones = _Ones()
     refs_by_pid: Dict[int, list] = defaultdict(list)
     for k in sorted(accs, key=_order):
         kind, fs, inode = k
@@ -186,20 +196,19 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             bid = f"{kind}:{inode}"
         if a.__class__ is not list:    # one fd of one process
             pid, fd, _, _, _, size, name, exporter, count, size_from = a
-            refs_by_pid[pid].append(new_ref(bid, (fd,), (), unmapped_rss))
+            refs_by_pid[pid].append(new_ref(bid, ones[fd], (), unmapped_rss))
             add_buffer(new_buffer(bid, kind, inode, None if kind == "dmabuf" or fs in _NOT_DEV else fs,
-                                  size, exporter, name, None, (pid,), 1, 0, count, size_from))
+                                  size, exporter, name, None, ones[pid], 1, 0, count, size_from))
             continue
         size, size_from, exporter, name, count, kernel_count, dev, fds, vmas = a
         nfds = nmaps = 0
         if vmas is None:               # held by fds only: most buffers
-            holders = tuple(fds) if len(fds) == 1 else tuple(sorted(fds))
+            holders = tuple(sorted(fds))
             for pid in holders:
                 fdl = fds[pid]
-                if len(fdl) > 1:
-                    fdl.sort()
                 nfds += len(fdl)
-                refs_by_pid[pid].append(new_ref(bid, tuple(fdl), (), unmapped_rss))
+                fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
+                refs_by_pid[pid].append(new_ref(bid, fdl, (), unmapped_rss))
         else:
             holders = tuple(sorted(fds.keys() | vmas.keys()))
             for pid in holders:
