@@ -80,7 +80,7 @@ def main():
         with Load(procs=args.procs, per_proc=args.fds):
             observed = {"procfs": collect(LiveSource())}
             if not why:
-                with mbpf.BpfScanner(cache_cmdline=False) as scanner:
+                with mbpf.BpfScanner() as scanner:
                     raw = scanner._read()
                     observed["bpf"] = scanner.collect(raw=raw)
         print(f"load: {args.procs} processes x {args.fds} memfds; this tree against {args.ref} "

@@ -61,7 +61,9 @@ def _open(k, r) -> list:
     return [r.size, r.size_from, r.exporter, r.name, r.count, None, _device(k), {r.pid: [r.fd]}, None]
 
 
-def _order(k):
+def order_key(k) -> tuple:
+    """The order of buffers in a Snapshot, from their identity (kind, fs, inode): by kind,
+    then inode; anonymous (pre-5.3) dma-bufs last, by (pid, fd). Unique per identity."""
     kind, fs, inode = k
     if fs == "anon":
         return (_KIND_ORDER[kind], 1, 0, "", inode)
@@ -184,7 +186,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     add_buffer = buffers.append
     ones = _Ones()
     refs_by_pid: Dict[int, list] = defaultdict(list)
-    for k in sorted(accs, key=_order):
+    for k in sorted(accs, key=order_key):
         kind, fs, inode = k
         a = accs[k]
         if fs == "anon":
