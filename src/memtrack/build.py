@@ -223,7 +223,8 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                     in_rss = rss_by_ref.get((pid, k), 0)
                     if size is not None and in_rss > size:
                         in_rss = size
-                refs_by_pid[pid].append(new_ref(bid, tuple(sorted(fdl)), tuple(sorted(vmal)), in_rss))
+                fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
+                refs_by_pid[pid].append(new_ref(bid, fdl, tuple(vmal) if len(vmal) < 2 else tuple(sorted(vmal)), in_rss))
         add_buffer(new_buffer(
             bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
             kernel_count if kernel_count is not None else count, size_from))
