@@ -58,7 +58,8 @@ def _device(k) -> Optional[str]:
 
 def _open(k, r) -> list:
     """The accumulator of a buffer seen so far through one fd, the FdRef r."""
-    return [r.size, r.size_from, r.exporter, r.name, r.count, None, _device(k), {r.pid: [r.fd]}, None]
+    pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from = r
+    return [size, size_from, exporter, name, count, None, _device(k), {pid: [fd]}, None]
 
 
 def order_key(k) -> tuple:
