@@ -5,6 +5,12 @@ capture without the fdstat sidecar) carries no device; it joins the one device t
 observations of the same kind and inode show, if exactly one does. Sizes come, in this
 order, from the fd (fdinfo or stat), the kernel tables, then a stat of map_files: never
 from a mapping's length.
+
+Cost: a big scan has tens of thousands of buffers, nearly all held through one fd of one
+process. The Buffer and Ref objects made for them are most of the time (model.fast_factory
+makes them at half __init__'s cost); the merging around them is kept to one dict lookup
+per record and no container for a buffer seen once. tests/reference_build.py says the same
+rules the plain way; test_build.py checks both agree.
 """
 from __future__ import annotations
 
@@ -197,7 +203,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             bid = f"{kind}:{inode}@{fs or '?'}"
         else:
             bid = f"{kind}:{inode}"
-        if a.__class__ is not list:    # one fd of one process
+        if a.__class__ is not list:    # one fd of one process; the device is _device(k), inline
             pid, fd, _, _, _, size, name, exporter, count, size_from = a
             refs_by_pid[pid].append(new_ref(bid, ones[fd], (), unmapped_rss))
             add_buffer(new_buffer(bid, kind, inode, None if kind == "dmabuf" or fs in _NOT_DEV else fs,
@@ -205,7 +211,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             continue
         size, size_from, exporter, name, count, kernel_count, dev, fds, vmas = a
         nfds = nmaps = 0
-        if vmas is None:               # held by fds only: most buffers
+        if vmas is None:               # held by fds only
             holders = tuple(sorted(fds))
             for pid in holders:
                 fdl = fds[pid]
@@ -225,7 +231,8 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                     if size is not None and in_rss > size:
                         in_rss = size
                 fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
-                refs_by_pid[pid].append(new_ref(bid, fdl, tuple(vmal) if len(vmal) < 2 else tuple(sorted(vmal)), in_rss))
+                vmal = tuple(vmal) if len(vmal) < 2 else tuple(sorted(vmal))
+                refs_by_pid[pid].append(new_ref(bid, fdl, vmal, in_rss))
         add_buffer(new_buffer(
             bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
             kernel_count if kernel_count is not None else count, size_from))
