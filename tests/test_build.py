@@ -116,3 +116,25 @@ def test_random_observations_reach_every_rule():
                  "size_from=stat", "size_from=None", "shared", "kernel-only", "one holder",
                  "kind=zzz", "kind=sysv", "several fds", "fd and map", "in_rss"):
         assert case in seen, case
+
+
+def test_fast_factory_instances_are_plain_instances():
+    """new_buffer/new_ref skip the frozen __init__; nothing else may tell the difference."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from memtrack.model import Buffer, Ref, evolve, new_buffer, new_ref
+    args = ("memfd:7", "memfd", 7, "00:01", 4096, None, "pool", None, (3, 9), 2, 1, None, "stat")
+    for fast, slow in ((new_buffer(*args), Buffer(*args)),
+                       (new_ref("memfd:7", (4,), ((0x1000, 0x2000, 0),), 4096),
+                        Ref("memfd:7", (4,), ((0x1000, 0x2000, 0),), 4096))):
+        assert type(fast) is type(slow)
+        assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+        assert vars(fast) == vars(slow) and list(vars(fast)) == list(vars(slow))
+        assert dataclasses.asdict(fast) == dataclasses.asdict(slow)
+        assert pickle.loads(pickle.dumps(fast)) == slow and copy.copy(fast) == slow
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.fds = ()
+        first = dataclasses.fields(fast)[0].name
+        assert dataclasses.replace(fast, **{first: "x"}) == evolve(slow, **{first: "x"})
