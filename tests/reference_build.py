@@ -5,8 +5,8 @@ Everything is grouped first, then each buffer is decided from its group alone: n
 carried between records, no shortcuts for the common case."""
 from __future__ import annotations
 
-from memtrack.build import build_gpu
-from memtrack.model import KINDS, Buffer, Host, KernelInfo, Process, Ref, Skipped, Snapshot
+from memtrack.build import assemble
+from memtrack.model import KINDS, Buffer, Ref
 
 NO_DEVICE = ("dmabuf", "sysv", "anon")
 
@@ -114,23 +114,10 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
             holders=tuple(holders), fd_refs=len(fds), map_refs=len(maps),
             kernel_count=kernel_count if kernel_count is not None else count, size_from=size_from))
 
-    gpu = build_gpu(obs)
-    info = {p.pid: p for p in obs.procs}
-    processes = []
-    for pid in sorted(set(refs) | {g.pid for g in gpu}):
-        p = info.get(pid)
-        processes.append(Process(pid=pid, comm=p.comm if p else "", cmdline=p.cmdline if p else "",
-                                 uid=p.uid if p else None, refs=tuple(refs.get(pid, ()))))
     notes = list(obs.notes) + list(extra_notes)
     if unmatched:
         notes.append(f"{len(unmatched)} dma-bufs in the kernel table have no inode (kernel before 5.3): "
                      "they count in the exported total but cannot be matched to processes")
-    return Snapshot(
-        taken_at=taken_at, source=source, host=Host(hostname=hostname, kernel=kernel),
-        backend=backend, scope=scope, smaps=smaps, buffers=tuple(buffers),
-        processes=tuple(processes),
-        kernel=KernelInfo(dmabuf_source=obs.dmabuf_source, dmabuf_exported_bytes=obs.dmabuf_total,
-                          dmabuf_exported_count=obs.dmabuf_count, sysv_source=obs.sysv_source),
-        skipped=Skipped(denied=tuple(sorted(obs.denied)), vanished=tuple(sorted(obs.vanished)),
-                        unreadable=tuple(sorted(obs.unreadable))),
-        notes=tuple(notes), gpu=gpu)
+    # processes, tables and skips around the buffers: as build() does it (not what is tested)
+    return assemble(obs, buffers, refs, notes, taken_at=taken_at, source=source, hostname=hostname,
+                    kernel=kernel, backend=backend, scope=scope, smaps=smaps)

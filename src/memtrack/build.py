@@ -236,13 +236,22 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         add_buffer(new_buffer(
             bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
             kernel_count if kernel_count is not None else count, size_from))
+    return assemble(obs, buffers, refs_by_pid, notes, taken_at=taken_at, source=source,
+                    hostname=hostname, kernel=kernel, backend=backend, scope=scope, smaps=smaps)
+
+
+def assemble(obs: Observations, buffers: list, refs_by_pid: Dict[int, list], notes: list, *,
+             taken_at: str, source: str, hostname, kernel, backend: str, scope: str,
+             smaps: bool) -> Snapshot:
+    """The Snapshot around the buffers made and each pid's references to them: a Process
+    for every pid holding a reference or a DRM client; the tables and skips as observed."""
     gpu = build_gpu(obs)
     info = {p.pid: p for p in obs.procs}
     processes = []
     for pid in sorted(set(refs_by_pid) | {g.pid for g in gpu}):
         pi = info.get(pid)
         processes.append(Process(pid, pi.comm if pi else "", pi.cmdline if pi else "",
-                                 pi.uid if pi else None, tuple(refs_by_pid[pid])))
+                                 pi.uid if pi else None, tuple(refs_by_pid.get(pid, ()))))
     return Snapshot(
         taken_at=taken_at, source=source, host=Host(hostname=hostname, kernel=kernel),
         backend=backend, scope=scope, smaps=smaps, buffers=tuple(buffers),
