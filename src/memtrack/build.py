@@ -5,28 +5,32 @@ capture without the fdstat sidecar) carries no device; it joins the one device t
 observations of the same kind and inode show, if exactly one does. Sizes come, in this
 order, from the fd (fdinfo or stat), the kernel tables, then a stat of map_files: never
 from a mapping's length.
+
+Cost: a big scan has tens of thousands of buffers, nearly all held through one fd of one
+process. The Buffer and Ref objects made for them are most of the time (model.fast_factory
+makes them at half __init__'s cost); the merging around them is kept to one dict lookup
+per record and no container for a buffer seen once. tests/reference_build.py says the same
+rules the plain way; test_build.py checks both agree.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from operator import itemgetter
 from typing import Dict, List, Optional
 
 from .model import KINDS, GpuClient, Host, KernelInfo, Process, Skipped, Snapshot, new_buffer, new_ref
 from .observe import Observations
 
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
+_NOT_DEV = ("dmabuf", "sysv", "anon")     # identity fs values that name no device
+_INODE = itemgetter(2)
+_KIND_INODE = itemgetter(0, 2)
 
-
-class _Acc:
-    __slots__ = ("kind", "fs", "inode", "size", "size_from", "exporter", "name", "count",
-                 "kernel_count", "dev", "refs")
-
-    def __init__(self, kind, fs, inode):
-        self.kind, self.fs, self.inode = kind, fs, inode
-        self.size = self.size_from = self.exporter = self.name = self.count = None
-        self.kernel_count = None
-        self.dev = fs if fs not in ("dmabuf", "sysv", "anon") else None
-        self.refs = {}                   # pid -> ([fd, ...], [(start, end, offset), ...])
+# What is known of one buffer while the observations are merged. Most buffers are seen
+# once, by one fd: for them it is that FdRef itself. Any second sighting opens it into a
+# list (not an object: a big scan has tens of thousands) indexed by these. FDS: pid ->
+# [fd, ...]; VMAS: None until the buffer is seen mapped, then pid -> [(start, end, offset), ...].
+SIZE, SIZE_FROM, EXPORTER, NAME, COUNT, KERNEL_COUNT, DEV, FDS, VMAS = range(9)
 
 
 def _resolver(obs: Observations):
@@ -44,6 +48,26 @@ def _resolver(obs: Observations):
     return {k: next(iter(v)) for k, v in devs.items() if len(v) == 1}
 
 
+class _Ones(dict):
+    """n -> (n,), one tuple for each n: most buffers have one holder and most references one
+    fd, and the pids and fd numbers repeat (an allocation and a GC-tracked object saved)."""
+
+    def __missing__(self, n):
+        t = self[n] = (n,)
+        return t
+
+
+def _device(k) -> Optional[str]:
+    kind, fs, _inode = k
+    return None if kind == "dmabuf" or fs in _NOT_DEV else fs
+
+
+def _open(k, r) -> list:
+    """The accumulator of a buffer seen so far through one fd, the FdRef r."""
+    pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from = r
+    return [size, size_from, exporter, name, count, None, _device(k), {pid: [fd]}, None]
+
+
 def order_key(k) -> tuple:
     """The order of buffers in a Snapshot, from their identity (kind, fs, inode): by kind,
     then inode; anonymous (pre-5.3) dma-bufs last, by (pid, fd). Unique per identity."""
@@ -53,13 +77,25 @@ def order_key(k) -> tuple:
     return (_KIND_ORDER.get(kind, 99), 0, inode, fs or "", ())
 
 
+def _shared_ids(accs) -> set:
+    """(kind, inode) pairs that two filesystems share: their ids name the device too."""
+    if len(set(map(_INODE, accs))) == len(accs) or len(set(map(_KIND_INODE, accs))) == len(accs):
+        return set()                   # the usual case, told in C
+    seen = defaultdict(int)
+    for kind, fs, inode in accs:
+        if fs != "anon":
+            seen[(kind, inode)] += 1
+    return {k for k, n in seen.items() if n > 1}
+
+
 def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kernel=None,
           backend: str = "procfs", scope: str = "all", smaps: bool = False,
           extra_notes=()) -> Snapshot:
     resolved = _resolver(obs)
-    accs: Dict[tuple, _Acc] = {}
+    accs: Dict[tuple, list] = {}
     get = accs.get
-    for pid, fd, kind, fs, inode, size, name, exporter, count, size_from in obs.fds:
+    for r in obs.fds:
+        pid, fd, kind, fs, inode, size, name, exporter, count, size_from = r
         if kind == "dmabuf":
             k = ("dmabuf", "dmabuf", inode) if inode is not None else ("dmabuf", "anon", (pid, fd))
         else:
@@ -68,37 +104,51 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             k = (kind, fs, inode)
         a = get(k)
         if a is None:
-            a = accs[k] = _Acc(*k)
-            a.size, a.size_from, a.exporter, a.name, a.count = size, size_from, exporter, name, count
-        else:
-            if a.size is None and size is not None:
-                a.size, a.size_from = size, size_from
-            if a.exporter is None:
-                a.exporter = exporter
-            if a.name is None:
-                a.name = name
-            if a.count is None:
-                a.count = count
-        per = a.refs.get(pid)
+            accs[k] = r
+            continue
+        if a.__class__ is not list:
+            a = accs[k] = _open(k, a)
+        if a[SIZE] is None and size is not None:
+            a[SIZE], a[SIZE_FROM] = size, size_from
+        if a[EXPORTER] is None:
+            a[EXPORTER] = exporter
+        if a[NAME] is None:
+            a[NAME] = name
+        if a[COUNT] is None:
+            a[COUNT] = count
+        fds = a[FDS]
+        per = fds.get(pid)
         if per is None:
-            a.refs[pid] = ([fd], [])
+            fds[pid] = [fd]
         else:
-            per[0].append(fd)
+            per.append(fd)
     vma_key = {}
     for pid, start, end, offset, kind, fs, inode, name, _size in obs.maps:
-        k = (kind, kind if kind in ("dmabuf", "sysv") else fs, inode)
+        if kind == "dmabuf" or kind == "sysv":
+            k = (kind, kind, inode)
+            dev = None
+        else:
+            k = (kind, fs, inode)
+            dev = fs
         a = get(k)
         if a is None:
-            a = accs[k] = _Acc(*k)
-        per = a.refs.get(pid)
-        if per is None:
-            a.refs[pid] = ([], [(start, end, offset)])
+            a = accs[k] = [None, None, None, name, None, None, dev, {}, {pid: [(start, end, offset)]}]
         else:
-            per[1].append((start, end, offset))
-        if a.dev is None and kind not in ("dmabuf", "sysv"):
-            a.dev = fs
-        if a.name is None:
-            a.name = name
+            if a.__class__ is not list:
+                a = accs[k] = _open(k, a)
+            if a[DEV] is None:
+                a[DEV] = dev
+            if a[NAME] is None:
+                a[NAME] = name
+            vmas = a[VMAS]
+            if vmas is None:
+                a[VMAS] = {pid: [(start, end, offset)]}
+            else:
+                per = vmas.get(pid)
+                if per is None:
+                    vmas[pid] = [(start, end, offset)]
+                else:
+                    per.append((start, end, offset))
         if smaps:
             vma_key[(pid, start)] = k
     notes: List[str] = list(obs.notes) + list(extra_notes)
@@ -110,23 +160,25 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         k = (kb.kind, kb.kind, kb.inode)   # dmabuf and sysv: fs is the kind itself
         a = get(k)
         if a is None:
-            a = accs[k] = _Acc(*k)
-        if kb.size is not None and a.size is None:
-            a.size, a.size_from = kb.size, kb.source
-        if a.exporter is None:
-            a.exporter = kb.exporter
-        if a.name is None:
-            a.name = kb.name
-        a.kernel_count = kb.count
+            a = accs[k] = [None, None, None, None, None, None, _device(k), {}, None]
+        elif a.__class__ is not list:
+            a = accs[k] = _open(k, a)
+        if kb.size is not None and a[SIZE] is None:
+            a[SIZE], a[SIZE_FROM] = kb.size, kb.source
+        if a[EXPORTER] is None:
+            a[EXPORTER] = kb.exporter
+        if a[NAME] is None:
+            a[NAME] = kb.name
+        a[KERNEL_COUNT] = kb.count
     if unmatched:
         notes.append(f"{unmatched} dma-bufs in the kernel table have no inode (kernel before 5.3): "
                      "they count in the exported total but cannot be matched to processes")
-    for m in obs.maps:
+    for m in obs.maps:             # every mapped buffer is a list by now
         if m.size is not None:
             kind = m.kind
             a = accs[(kind, kind if kind in ("dmabuf", "sysv") else m.fs, m.inode)]
-            if a.size is None:
-                a.size, a.size_from = m.size, "map_files"
+            if a[SIZE] is None:
+                a[SIZE], a[SIZE_FROM] = m.size, "map_files"
 
     rss_by_ref: Dict[tuple, int] = defaultdict(int)
     for v in obs.rss:
@@ -135,49 +187,71 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             rss_by_ref[(v.pid, k)] += v.rss
 
     # ids: "kind:inode", qualified by device only where two filesystems share the number
-    seen_ids = defaultdict(int)
-    for (kind, fs, inode) in accs:
-        if fs != "anon":
-            seen_ids[(kind, inode)] += 1
-
+    shared = _shared_ids(accs)
+    unmapped_rss = 0 if smaps else None
     buffers = []
-    refs_by_pid: Dict[int, List[Ref]] = defaultdict(list)
+    add_buffer = buffers.append
+    ones = _Ones()
+    refs_by_pid: Dict[int, list] = defaultdict(list)
     for k in sorted(accs, key=order_key):
-        a = accs[k]
         kind, fs, inode = k
+        a = accs[k]
         if fs == "anon":
             bid = "dmabuf:anon:%d:%d" % inode
             inode = None
-        elif seen_ids[(kind, inode)] > 1:
+        elif shared and (kind, inode) in shared:
             bid = f"{kind}:{inode}@{fs or '?'}"
         else:
             bid = f"{kind}:{inode}"
-        holders = sorted(a.refs)
+        if a.__class__ is not list:    # one fd of one process; the device is _device(k), inline
+            pid, fd, _, _, _, size, name, exporter, count, size_from = a
+            refs_by_pid[pid].append(new_ref(bid, ones[fd], (), unmapped_rss))
+            add_buffer(new_buffer(bid, kind, inode, None if kind == "dmabuf" or fs in _NOT_DEV else fs,
+                                  size, exporter, name, None, ones[pid], 1, 0, count, size_from))
+            continue
+        size, size_from, exporter, name, count, kernel_count, dev, fds, vmas = a
         nfds = nmaps = 0
-        for pid in holders:
-            fdl, vmal = a.refs[pid]
-            nfds += len(fdl)
-            nmaps += len(vmal)
-            if len(fdl) > 1:
-                fdl.sort()
-            if len(vmal) > 1:
-                vmal.sort()
-            in_rss = None
-            if smaps:
-                in_rss = rss_by_ref.get((pid, k), 0) if vmal else 0
-                if a.size is not None and in_rss > a.size:
-                    in_rss = a.size
-            refs_by_pid[pid].append(new_ref(bid, tuple(fdl), tuple(vmal), in_rss))
-        buffers.append(new_buffer(
-            bid, kind, inode, a.dev, a.size, a.exporter, a.name, None, tuple(holders), nfds, nmaps,
-            a.kernel_count if a.kernel_count is not None else a.count, a.size_from))
+        if vmas is None:               # held by fds only
+            holders = tuple(sorted(fds))
+            for pid in holders:
+                fdl = fds[pid]
+                nfds += len(fdl)
+                fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
+                refs_by_pid[pid].append(new_ref(bid, fdl, (), unmapped_rss))
+        else:
+            holders = tuple(sorted(fds.keys() | vmas.keys()))
+            for pid in holders:
+                fdl = fds.get(pid, ())
+                vmal = vmas.get(pid, ())
+                nfds += len(fdl)
+                nmaps += len(vmal)
+                in_rss = unmapped_rss
+                if smaps and vmal:
+                    in_rss = rss_by_ref.get((pid, k), 0)
+                    if size is not None and in_rss > size:
+                        in_rss = size
+                fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
+                vmal = tuple(vmal) if len(vmal) < 2 else tuple(sorted(vmal))
+                refs_by_pid[pid].append(new_ref(bid, fdl, vmal, in_rss))
+        add_buffer(new_buffer(
+            bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
+            kernel_count if kernel_count is not None else count, size_from))
+    return assemble(obs, buffers, refs_by_pid, notes, taken_at=taken_at, source=source,
+                    hostname=hostname, kernel=kernel, backend=backend, scope=scope, smaps=smaps)
+
+
+def assemble(obs: Observations, buffers: list, refs_by_pid: Dict[int, list], notes: list, *,
+             taken_at: str, source: str, hostname, kernel, backend: str, scope: str,
+             smaps: bool) -> Snapshot:
+    """The Snapshot around the buffers made and each pid's references to them: a Process
+    for every pid holding a reference or a DRM client; the tables and skips as observed."""
     gpu = build_gpu(obs)
     info = {p.pid: p for p in obs.procs}
     processes = []
     for pid in sorted(set(refs_by_pid) | {g.pid for g in gpu}):
         pi = info.get(pid)
         processes.append(Process(pid, pi.comm if pi else "", pi.cmdline if pi else "",
-                                 pi.uid if pi else None, tuple(refs_by_pid[pid])))
+                                 pi.uid if pi else None, tuple(refs_by_pid.get(pid, ()))))
     return Snapshot(
         taken_at=taken_at, source=source, host=Host(hostname=hostname, kernel=kernel),
         backend=backend, scope=scope, smaps=smaps, buffers=tuple(buffers),

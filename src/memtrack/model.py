@@ -412,15 +412,17 @@ def field_names(cls) -> List[str]:
 
 def fast_factory(cls):
     """A constructor taking every field positionally, for the builder's hot loop: a frozen
-    dataclass's __init__ pays one object.__setattr__ per field, this fills __dict__ at once
-    (about 3x faster). The instances are identical to ones made by __init__."""
-    names = tuple(field_names(cls))
-    new = object.__new__
-
-    def make(*values):
-        obj = new(cls)
-        obj.__dict__.update(zip(names, values))
-        return obj
+    dataclass's __init__ pays one object.__setattr__ per field; this stores into the new
+    instance's __dict__ directly (generated code, as dataclasses itself makes __init__),
+    about twice as fast. The instances are identical to ones made by __init__, down to the
+    dict's shared keys."""
+    names = field_names(cls)
+    assert not {"_new", "_cls", "_o", "_d"} & set(names)
+    body = "".join(f"    _d[{n!r}] = {n}\n" for n in names)
+    ns = {"_new": object.__new__, "_cls": cls}
+    exec(f"def make({', '.join(names)}):\n    _o = _new(_cls)\n    _d = _o.__dict__\n{body}    return _o\n", ns)
+    make = ns["make"]
+    make.__qualname__ = make.__name__ = f"new_{cls.__name__.lower()}"
     return make
 
 

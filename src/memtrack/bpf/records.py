@@ -66,12 +66,11 @@ def classify_fd(target: str):
 
 
 def _pseudo_kinds(classify_fn):
-    """name field of a pseudo file -> classify_fn("/" + name + " (deleted)"), memoized;
-    memfds, nearly every record, take the short way to the same answer."""
+    """name field of a pseudo file, up to its NUL -> classify_fn("/" + name + " (deleted)"),
+    memoized; memfds, nearly every record, take the short way to the same answer."""
     memo: Dict[bytes, Optional[Tuple[str, Optional[str]]]] = {}
 
-    def kind(raw: bytes):
-        n = raw.split(b"\0", 1)[0]
+    def kind(n: bytes):
         if n.startswith(b"memfd:"):
             return "memfd", n[6:].decode("utf-8", "surrogateescape")
         kp = memo.get(n, False)
@@ -81,6 +80,9 @@ def _pseudo_kinds(classify_fn):
     return kind
 
 
+# a pseudo file (its path is its name) that is not a task, DRM or dma-buf record, and whose
+# name fit: the flags of nearly every record
+_PSEUDO_MASK = R_PSEUDO | R_TRUNC | R_TASK | R_DRM | R_DMABUF
 _new = tuple.__new__                   # NamedTuple without its Python-level __new__
 
 
@@ -94,7 +96,16 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
     for tgid, fd, ino, size, dev, flags, count, name, exp in FD_REC.iter_unpack(data):
         if want is not None and tgid not in want:
             continue
-        if flags & (R_TASK | R_DRM | R_DMABUF):
+        if flags & _PSEUDO_MASK == R_PSEUDO:
+            n = name.partition(b"\0")[0]
+            if n.startswith(b"memfd:"):    # pseudo(n), without the call
+                kind, bname = "memfd", n[6:].decode("utf-8", "surrogateescape")
+            else:
+                kp = pseudo(n)
+                if kp is None:
+                    continue
+                kind, bname = kp
+        elif flags & (R_TASK | R_DRM | R_DMABUF):
             if flags & R_TASK:
                 tasks[tgid] = Task(tgid, fd, ino, _str(name))
             elif flags & R_DRM:
@@ -106,17 +117,16 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
                 add(FdRef(tgid, fd, "dmabuf", "dmabuf", ino, size, n.strip() or n or None,
                           _str(exp).strip() or None, count, "fdinfo"))
             continue
-        if flags & R_PSEUDO and not flags & R_TRUNC:
-            kp = pseudo(name)
         else:
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
             kp = classify_fd(target) if target is not None else None
-        if kp is None:
-            continue
+            if kp is None:
+                continue
+            kind, bname = kp
         d = devs.get(dev)
         if d is None:
             d = devs[dev] = fmt_dev(dev)
-        add(_new(FdRef, (tgid, fd, kp[0], d, ino, size, kp[1], None, None, "stat")))
+        add(_new(FdRef, (tgid, fd, kind, d, ino, size, bname, None, None, "stat")))
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
@@ -135,7 +145,7 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
         if flags & R_DMABUF:
             kp = classify("/dmabuf:" + (_str(name) if flags & R_NAMED else ""))
         elif flags & R_PSEUDO and not flags & R_TRUNC:
-            kp = pseudo(name)
+            kp = pseudo(name.partition(b"\0")[0])
         else:
             path = readlink("/proc/%d/map_files/%x-%x" % (tgid, start, end))
             kp = classify(path) if path is not None else None
