@@ -409,6 +409,7 @@ def test_every_task_described_once_across_read_buffers(many_small_processes):
     s = scanner()
     pids = set(many_small_processes)
     files, vmas, _dmabufs, _sysv = s._read()
+    vmas = mbpf._resolved(vmas)
     for records, flag_at in ((R.FD_REC.iter_unpack(files), 5), (R.VMA_REC.iter_unpack(vmas), 1)):
         described, holding = [], set()
         for r in records:

@@ -215,6 +215,33 @@ def _split_by_tgid(data: bytes, size: int) -> Dict[int, bytes]:
     return out
 
 
+class _Pending:
+    """An iterator read running in a thread of its own: the kernel walks (read() releases
+    the GIL) while this thread reads and parses the other iterators. get() gives the bytes."""
+
+    def __init__(self, fn):
+        import threading
+        self._value = self._error = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn):
+        try:
+            self._value = fn()
+        except Exception as exc:         # raised by get(), in the caller's thread
+            self._error = exc
+
+    def get(self) -> bytes:
+        self._thread.join()
+        if self._error is not None:
+            raise BpfUnavailable(f"reading the BPF iterators failed: {self._error}") from None
+        return self._value
+
+
+def _resolved(data):
+    return data.get() if isinstance(data, _Pending) else data
+
+
 def _drm_clients(pid: int, fds: List[int], counters: Dict[str, int]) -> Optional[list]:
     """The DRM clients behind the DRM fds the iterator found, from their fdinfo text read as
     the procfs backend reads it (only these fds: no walk of fd/); None if the process is gone."""
@@ -332,19 +359,18 @@ class BpfScanner:
         return {tgid: (start, seq if flags & T_SEQ else None, cred, mm)
                 for tgid, flags, start, seq, cred, mm in TASK_REC.iter_unpack(self._obj.read("task_mm"))}
 
-    def _read_vmas(self, tasks: Dict[int, tuple]) -> bytes:
+    def _read_vmas(self, tasks: Dict[int, tuple]):
         """The task_vma records of every process: walked afresh where the mm may have moved
-        (tasks was read before this, so a change racing the walk shows next time)."""
+        (tasks was read before this, so a change racing the walk shows next time). A walk of
+        every process runs in a thread (a _Pending), beside the read of the other iterators
+        and the parse of the files; _scan_whole keeps its records per process."""
         from .libbpf import LibbpfError
-        from .records import VMA_REC
         old = self._vma_parts
         if (not self.reuse or old is None or not self._per_pid
                 or any(t[1] is None for t in tasks.values())):
-            data = self._obj.read("task_vma")
-            if self.reuse:
-                self._vma_parts = _split_by_tgid(data, VMA_REC.size)
+            self._vma_parts = None
             self.walked, self.reused_vmas = None, 0
-            return data
+            return _Pending(lambda: self._obj.read("task_vma"))
         prev, k, gen = self._tasks, self.verify_every, self._gates.gen
         parts: Dict[int, bytes] = {}
         walked = set()
@@ -378,8 +404,8 @@ class BpfScanner:
         try:
             tasks = self._read_tasks()
             self._gates.start({pid: (t[0], t[2], t[3]) for pid, t in tasks.items()})
-            files = self._obj.read("task_file")
             vmas = self._read_vmas(tasks)
+            files = self._obj.read("task_file")
             self._tasks = tasks
             return (files, vmas, self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
         except (LibbpfError, OSError) as exc:
@@ -440,7 +466,7 @@ class BpfScanner:
         drm: list = []
         pfnmap: set = set()
         parse_files(files, tasks, fds, drm, want)
-        parse_vmas(vmas, tasks, maps, pfnmap, want)
+        parse_vmas(_resolved(vmas), tasks, maps, pfnmap, want)
         self.drm_fds = drm
 
         gate = self._gates
@@ -512,6 +538,8 @@ class BpfScanner:
                     backend="bpf", scope="all" if pids is None else "pids", smaps=smaps)
         memo = self._memo
         gate = self._gates
+        if memo is not None and isinstance(raw[1], _Pending):
+            raw = (raw[0], raw[1].get()) + raw[2:]
         if (memo is not None and not smaps and raw[2] is not None and self.reuse
                 and memo[0] == (raw, want, hostname, kernel)
                 and all(gate(pid) is None for pid in self._gated)
@@ -528,6 +556,7 @@ class BpfScanner:
                 if got is None:
                     got = self._scan_whole(raw, pids, want, smaps, meta)
             snap, obs = got
+            raw = (raw[0], _resolved(raw[1])) + raw[2:]
             # DRM clients' fdinfo (engine time, resident memory) moves without the records
             # moving: a scan that read any is never reused
             gated = set(self._gated)
@@ -554,7 +583,9 @@ class BpfScanner:
         gated = set(self._gated)
         status = {pid: "denied" for pid in obs.denied if pid in gated}
         status.update((pid, "vanished") for pid in obs.vanished if pid in gated)
-        vparts = self._vma_parts if self._vma_parts is not None else _split_by_tgid(raw[1], VMA_REC.size)
+        vparts = self._vma_parts
+        if vparts is None:
+            vparts = self._vma_parts = _split_by_tgid(_resolved(raw[1]), VMA_REC.size)
         self._state = ((want, meta["hostname"], meta["kernel"]), _split_by_tgid(raw[0], FD_REC.size),
                        vparts, parts, status)
         return self._rebuilder.build(obs, parts, None, **meta), obs
@@ -568,7 +599,9 @@ class BpfScanner:
         files, vmas, dmabufs, sysv = raw
         key, old_f, old_v, old_parts, old_status = self._state
         fparts = _split_by_tgid(files, FD_REC.size)
-        vparts = self._vma_parts if self._vma_parts is not None else _split_by_tgid(vmas, VMA_REC.size)
+        vparts = self._vma_parts
+        if vparts is None:
+            vparts = self._vma_parts = _split_by_tgid(_resolved(vmas), VMA_REC.size)
         pids = set(fparts) | set(vparts) | set(old_f) | set(old_v)
         if want is not None:
             pids &= want
