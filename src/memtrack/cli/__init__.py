@@ -6,6 +6,7 @@ and run(args) -> exit code; they are discovered, so adding a command touches no 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import pkgutil
@@ -81,6 +82,8 @@ def main(argv=None) -> int:
         print(f"memtrack: internal error: {type(exc).__name__}: {exc} "
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 70
+    finally:
+        gc.unfreeze()           # get_snapshot froze the snapshot's objects for the command
 
 
 def _safe_stdout():
