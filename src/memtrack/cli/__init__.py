@@ -96,7 +96,7 @@ def _parser(argv):
     module's name take the full parser."""
     modnames = {m.replace("_", "-"): m for m in _module_names()}
     default = modnames.get(DEFAULT)
-    if default is not None and "--adb" not in argv and "--" not in argv:
+    if default is not None and not {"-h", "--help", "--adb", "--"} & set(argv):
         ps = _commands([default])
         probe = _top(_Probe)
         probe.add_argument("command", nargs="?")
