@@ -7,8 +7,9 @@ snapshot, building and encoding those was most of the time after the scan. Each 
 reference is one f-string; strings go through json's own C string encoder (the one
 json.dumps uses with ensure_ascii=False, so quotes, control characters, non-ASCII and lone
 surrogates come out the same), and what repeats (kinds, devices, exporters, categories,
-holder and fd tuples, empty mappings) is encoded once. The small parts around them (host,
-kernel, totals, gpu, filter) go through the json encoder itself, as the dicts to_dict uses.
+sizes, counts, holder and fd tuples, empty mappings) is encoded once. The small parts around
+them (host, kernel, totals, gpu, filter) go through the json encoder itself, as the dicts
+to_dict uses.
 
 It relies on the model's types (int fields hold ints, string fields strings or None, tuples
 are tuples), which the builder and Snapshot.from_dict guarantee.
@@ -28,6 +29,15 @@ class _Strings(dict):
 
     def __missing__(self, v):
         s = self[v] = "null" if v is None else _str(v)
+        return s
+
+
+class _Numbers(dict):
+    """Optional int -> its JSON text, for values that repeat (sizes, counts)."""
+    __slots__ = ()
+
+    def __missing__(self, v):
+        s = self[v] = "null" if v is None else str(v)
         return s
 
 
@@ -64,17 +74,18 @@ def snapshot_json(snap, filt: Optional[dict] = None) -> str:
 def _buffers(bufs, S, I):
     """({buffer id: its JSON text}, the buffers' JSON objects joined by commas)."""
     enc = _str
+    N = _Numbers()
     ids: Dict[str, str] = {}
     out = []
     add = out.append
     for b in bufs:
         ids[b.id] = i = enc(b.id)
-        inode, size, name, count = b.inode, b.size, b.name, b.kernel_count
+        inode, name = b.inode, b.name
         add(f'{{"id":{i},"kind":{S[b.kind]},"dev":{S[b.dev]},'
-            f'"inode":{"null" if inode is None else inode},"size":{"null" if size is None else size},'
+            f'"inode":{"null" if inode is None else inode},"size":{N[b.size]},'
             f'"exporter":{S[b.exporter]},"name":{"null" if name is None else enc(name)},'
-            f'"category":{S[b.category]},"holders":[{I[b.holders]}],"fd_refs":{b.fd_refs},'
-            f'"map_refs":{b.map_refs},"kernel_count":{"null" if count is None else count},'
+            f'"category":{S[b.category]},"holders":[{I[b.holders]}],"fd_refs":{N[b.fd_refs]},'
+            f'"map_refs":{N[b.map_refs]},"kernel_count":{N[b.kernel_count]},'
             f'"size_from":{S[b.size_from]}}}')
     return ids, ",".join(out)
 
