@@ -216,7 +216,7 @@ class Snapshot:
 
     def to_json(self, indent: Optional[int] = None, filt: Optional[dict] = None) -> str:
         """Compact by default, and then written by json_out without building to_dict()'s
-        document (the same bytes, several times faster). With an indent, json falls back
+        document (the same bytes, twice as fast or more). With an indent, json falls back
         from its C encoder (5x slower on a big machine's snapshot); `jq .` pretty-prints."""
         from .scan import no_gc
         with no_gc():

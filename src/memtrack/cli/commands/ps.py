@@ -5,6 +5,7 @@ import argparse
 
 from ...account import account
 from ...model import KINDS
+from ...views.table import Column, human, render, to_csv
 from ..common import emit, emit_json, prepare
 
 NAME = "ps"
@@ -41,7 +42,6 @@ def run(args) -> int:
     snap, view = prepare(args)
     if args.json:
         return emit_json(view, args)
-    from ...views.table import Column, human, render, to_csv     # not needed for --json
     acct = account(snap)
     kinds = [k for k in KINDS if any(k in acct.processes[p.pid].by_kind for p in view.processes)]
     if args.kind:
@@ -125,14 +125,12 @@ def run(args) -> int:
 
 def sized(n, unknown, raw=False) -> str:
     """A size that excludes buffers of unknown size: '?' if that is all there is, else 'N+'."""
-    from ...views.table import human
     if not unknown:
         return human(n, raw)
     return "?" if n == 0 else human(n, raw) + "+"
 
 
 def summary_lines(snap, acct, raw=False) -> str:
-    from ...views.table import human
     k = snap.kernel
     parts = [f"held by processes: {human(acct.held_bytes, raw)}"]
     if k.dmabuf_source:
