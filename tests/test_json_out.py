@@ -3,6 +3,7 @@ bytes json.dumps(to_dict()) gives, on every snapshot we can make: each kernel-fo
 fixture tests build, the real capture, a live scan, generated snapshots, hostile names."""
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -218,6 +219,7 @@ def test_cli_json_bytes(tmp_path):
                                     (["--json", "-p", "21"], {21}, None, {"pids": [21]}),
                                     (["--json", "--kind", "dmabuf"], None, {"dmabuf"}, {"kinds": ["dmabuf"]})):
         assert main(["--root", path, "-q", "-o", str(out)] + argv) == 0
+        assert gc.get_freeze_count() == 0         # what the command froze is back to the collector
         data = out.read_bytes()
         view = replace(snap, taken_at=json.loads(data)["taken_at"]).restrict(pids=pids, kinds=kinds)
         assert data == (old_json(view, filt) + "\n").encode("utf-8", "backslashreplace")
