@@ -155,3 +155,53 @@ def test_json_carries_categories(tmp_path):
         assert main(["buffers", "--root", REAL_CAPTURE, "--json"]) == 0
     doc = json.loads(out.getvalue())
     assert {b["id"]: b["category"] for b in doc["buffers"]}["memfd:2053"] == "MULTIMEDIA"
+
+
+# -- the shortcuts (name prefilter, verdicts looked up) agree with the rules one by one ------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from memtrack.model import KINDS, Buffer, Process, Snapshot  # noqa: E402
+
+WORDS = ["cam", "Camera", "pipewire", "wl_shm", "mesa", "x", "", "İ", "Σς", "a\nb", "[", "*"]
+TEXT = st.one_of(st.sampled_from(WORDS), st.text(st.sampled_from("aAcmIİ-*?[]\n_Σς.x"), max_size=8))
+PATTERN = st.one_of(TEXT, TEXT.map(lambda t: f"*{t}*"), TEXT.map(lambda t: f"{t}?"),
+                    st.sampled_from(["*", "?*", "re:^$", "re:a$", "re:(?i)CAM", "[a-c]*", "*[!x]"]))
+
+
+def brute_force(snap, rules):
+    """Every rule tried on every buffer, as the rules file says."""
+    names = {p.pid: [n for n in (p.comm, os.path.basename(p.cmdline.split(" ", 1)[0]) if p.cmdline else "")
+                     if n] for p in snap.processes}
+    out = {}
+    for b in snap.buffers:
+        values = {"kind": (b.kind,), "exporter": (b.exporter or "",), "name": (b.name or "",),
+                  "process": [n for pid in b.holders for n in names.get(pid, [])]}
+        out[b.id] = next((r.category for r in rules if r.matches(values)), None)
+    return out
+
+
+@st.composite
+def rules_and_snapshot(draw):
+    text = ""
+    for i in range(draw(st.integers(1, 5))):
+        text += f'[[rule]]\ncategory = "C{i}"\n'
+        for key in draw(st.sets(st.sampled_from(["kind", "exporter", "name", "process"]), max_size=3)):
+            pats = draw(st.lists(PATTERN, min_size=1, max_size=3))
+            text += f"{key} = [{', '.join(json.dumps(p, ensure_ascii=False) for p in pats)}]\n"
+    rules, _ = parse_rules(text, "t")
+    pids = list(range(1, draw(st.integers(1, 5)) + 1))
+    procs = tuple(Process(pid, draw(TEXT), draw(TEXT)) for pid in pids)
+    bufs = tuple(Buffer(f"b{i}", draw(st.sampled_from(KINDS)), i, exporter=draw(st.one_of(st.none(), TEXT)),
+                        name=draw(st.one_of(st.none(), TEXT)),
+                        holders=tuple(sorted(draw(st.sets(st.sampled_from(pids), max_size=3)))))
+                 for i in range(draw(st.integers(0, 30))))
+    return rules, Snapshot(buffers=bufs, processes=procs)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules_and_snapshot())
+def test_categorize_agrees_with_every_rule_tried(case):
+    rules, snap = case
+    assert cats(categorize(snap, rules)) == brute_force(snap, rules)

@@ -96,37 +96,50 @@ def account(snap: Snapshot) -> Accounting:
     total = Usage()
     by_kind: Dict[str, Usage] = {}
     shares: Dict[str, Dict[int, int]] = {}
-    bmap = snap.buffer_map
+    # buffer id -> (kind, size, pss shares or None); shares None and size known: held alone
+    facts: Dict[str, tuple] = {}
+    held = ko_bytes = ko_count = unattributed = 0
     for b in snap.buffers:
-        if b.size is not None and b.holders:
-            shares[b.id] = pss_shares(b.size, b.holders)
+        size, holders = b.size, b.holders
+        sh = None
+        if holders:
+            if size is not None:
+                held += size
+                if len(holders) == 1:
+                    shares[b.id] = {holders[0]: size}     # what pss_shares gives, cheaper
+                else:
+                    sh = shares[b.id] = pss_shares(size, holders)
+        else:
+            verdict = is_kernel_only(snap, b)
+            if verdict:
+                ko_count += 1
+                ko_bytes += size or 0
+            elif verdict is None:
+                unattributed += size or 0
+        facts[b.id] = (b.kind, size, sh, len(holders) == 1)
     for p in snap.processes:
         pid = p.pid
         acc: Dict[str, list] = {}          # kind -> [rss, pss, uss, mapped, in_rss, buffers, unknown]
         for r in p.refs:
-            b = bmap[r.buffer]
-            a = acc.get(b.kind)
+            kind, size, sh, alone = facts[r.buffer]
+            a = acc.get(kind)
             if a is None:
-                a = acc[b.kind] = [0, 0, 0, 0, 0, 0, 0]
+                a = acc[kind] = [0, 0, 0, 0, 0, 0, 0]
             vmas = r.vmas
             if vmas:
                 a[3] += sum(e - s for s, e, _ in vmas)
             a[5] += 1
-            size = b.size
             if size is None:
                 a[6] += 1                 # and its in_rss stays out too, or hidden would go negative
                 continue
             a[0] += size
             if r.in_rss:
                 a[4] += r.in_rss
-            holders = b.holders
-            if len(holders) == 1:
+            if alone:
                 a[1] += size
                 a[2] += size
-            else:
-                sh = shares.get(b.id)
-                if sh:
-                    a[1] += sh.get(pid, 0)
+            elif sh:
+                a[1] += sh.get(pid, 0)
         pu = ProcessUsage()
         for kind, v in acc.items():
             u = Usage(*v)
@@ -138,15 +151,6 @@ def account(snap: Snapshot) -> Accounting:
             bk.add(u)
         procs[pid] = pu
         total.add(pu.total)
-    held = sum(b.size for b in snap.buffers if b.holders and b.size is not None)
-    ko_bytes = ko_count = unattributed = 0
-    for b in snap.buffers:
-        verdict = is_kernel_only(snap, b)
-        if verdict:
-            ko_count += 1
-            ko_bytes += b.size or 0
-        elif verdict is None:
-            unattributed += b.size or 0
     # Without the kernel's dma-buf table, or with processes unread, the kernel-only figure
     # would be a guess: say so (None) rather than print a number.
     knowable = snap.complete and snap.kernel.dmabuf_source is not None

@@ -25,10 +25,11 @@ import fnmatch
 import os
 import re
 from dataclasses import dataclass, replace
+from itertools import repeat
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import MemtrackError
-from .model import Snapshot, evolve
+from .model import Snapshot
 
 FIELDS = ("kind", "exporter", "name", "process")
 DEFAULT_RULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "rules.toml")
@@ -82,22 +83,28 @@ class _Condition:
         return hit
 
 
-def _any_of(conds: Sequence["_Condition"]) -> Callable[[str], bool]:
-    """A fast test, true whenever any of these conditions could be (a superset): every glob
-    needs its longest literal piece somewhere in the value, so one search for all those
-    pieces rules most values out without running the globs."""
-    pieces, searches = [], []
+def _may_match(conds: Sequence["_Condition"], values: List[str]) -> list:
+    """For each value, whether any of these conditions could match it (a superset, as a
+    truth value): every glob needs its longest literal piece somewhere in the value, so one
+    search for all those pieces rules most values out without running the globs."""
+    first: Dict[str, List[str]] = {}
+    searches = []
     for c in conds:
         searches.extend(c.searches)
         for g in c.raw_globs:
-            lit = max(re.split(r"[*?]|\[[^\]]*\]?", g), key=len)
+            lit = max(re.split(r"[*?]|\[[^\]]*\]?", g), key=len).lower()
             if not lit:
-                return lambda v: True          # a glob like "*" or "?*": anything may match
-            pieces.append(re.escape(lit.lower()))
-    search = re.compile("|".join(pieces)).search if pieces else (lambda v: None)
-    if not searches:
-        return lambda v: search(v.lower()) is not None
-    return lambda v: search(v.lower()) is not None or any(r.search(v) for r in searches)
+                return [True] * len(values)    # a glob like "*" or "?*": anything may match
+            first.setdefault(lit[0], []).append(re.escape(lit[1:]))
+    # the pieces grouped by first character: twice as fast to search as a plain alternation
+    pattern = "|".join(re.escape(ch) + "(?:" + "|".join(rests) + ")" for ch, rests in first.items())
+    if not pattern:
+        out = [None] * len(values)
+    else:
+        out = list(map(re.compile(pattern).search, map(str.lower, values)))
+    if searches:
+        out = [hit or any(r.search(v) for r in searches) for hit, v in zip(out, values)]
+    return out
 
 
 # -- the TOML subset ---------------------------------------------------------------------
@@ -273,7 +280,7 @@ def load_rules(path: Optional[str] = None, use_user_file: bool = True) -> List[R
     return mine if repl else mine + defaults
 
 
-def _holder_names(snap: Snapshot) -> Dict[int, List[str]]:
+def _holder_names(snap: Snapshot) -> Dict[int, Tuple[str, ...]]:
     out = {}
     for p in snap.processes:
         names = []
@@ -281,7 +288,7 @@ def _holder_names(snap: Snapshot) -> Dict[int, List[str]]:
             names.append(p.comm)
         if p.cmdline:
             names.append(os.path.basename(p.cmdline.split(" ", 1)[0]))
-        out[p.pid] = names
+        out[p.pid] = tuple(names)
     return out
 
 
@@ -289,44 +296,47 @@ def categorize(snap: Snapshot, rules: Sequence[Rule], overwrite: bool = True) ->
     """The snapshot with each buffer's category set by the first matching rule (None when
     none matches). overwrite=False keeps categories already set (a saved snapshot's).
 
-    Buffer names are nearly all distinct, everything else repeats: one regex tells whether a
-    name can matter to any rule; when it can't, the verdict depends only on kind, exporter
-    and holders, and is looked up instead of evaluated again."""
-    bufs = []
-    changed = False
+    Buffer names are nearly all distinct, everything else repeats: one pass over all the
+    names tells which can matter to any rule; for the others the verdict depends only on
+    kind, exporter and holders, and is looked up instead of evaluated again."""
     names = _holder_names(snap)
-    empty: List[str] = []
+    empty: Tuple[str, ...] = ()
     name_conds = [pred for r in rules for fld, pred in r.conditions if fld == "name"]
-    name_matters = _any_of(name_conds) if name_conds else (lambda v: False)
-    memo: Dict[tuple, Optional[str]] = {}
-    for b in snap.buffers:
-        if b.category is not None and not overwrite:
-            bufs.append(b)
-            continue
+    buffers = snap.buffers
+    matters = _may_match(name_conds, [b.name or "" for b in buffers]) if name_conds else repeat(False)
+    by_holders: Dict[tuple, Optional[str]] = {}   # (kind, exporter, holders, name or None) -> category
+    by_names: Dict[tuple, Optional[str]] = {}     # (kind, exporter, holder names, name or None) -> category
+
+    def verdict(b, name_key):
         holders = b.holders
         procs = names.get(holders[0], empty) if len(holders) == 1 else \
-            [n for pid in holders for n in names.get(pid, empty)]
-        name = b.name or ""
-        key = None
-        if not name_matters(name):
-            key = (b.kind, b.exporter or "", tuple(procs))
-            if key in memo:
-                cat = memo[key]
-                if cat != b.category:
-                    b = evolve(b, category=cat)
-                    changed = True
-                bufs.append(b)
-                continue
-        values = {"kind": (b.kind,), "exporter": (b.exporter or "",), "name": (name,), "process": procs}
-        cat = None
-        for r in rules:
-            if r.matches(values):
-                cat = r.category
-                break
-        if key is not None:
-            memo[key] = cat
+            tuple(n for pid in holders for n in names.get(pid, empty))
+        key = (b.kind, b.exporter or "", procs, name_key)
+        cat = by_names.get(key, by_names)
+        if cat is by_names:
+            values = {"kind": (b.kind,), "exporter": (b.exporter or "",), "name": (b.name or "",),
+                      "process": procs}
+            cat = by_names[key] = next((r.category for r in rules if r.matches(values)), None)
+        return cat
+
+    bufs = []
+    keep = bufs.append
+    changed = False
+    new, set_dict = object.__new__, object.__setattr__
+    for b, matter in zip(buffers, matters):
+        if b.category is not None and not overwrite:
+            keep(b)
+            continue
+        key = (b.kind, b.exporter, b.holders, (b.name or "") if matter else None)
+        cat = by_holders.get(key, by_holders)
+        if cat is by_holders:
+            cat = by_holders[key] = verdict(b, key[3])
         if cat != b.category:
-            b = evolve(b, category=cat)
+            # evolve(b, category=cat), inlined: this runs for every buffer of a fresh scan
+            d = b.__dict__.copy()
+            d["category"] = cat
+            b = new(type(b))
+            set_dict(b, "__dict__", d)
             changed = True
-        bufs.append(b)
+        keep(b)
     return replace(snap, buffers=tuple(bufs)) if changed else snap

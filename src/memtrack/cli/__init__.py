@@ -2,14 +2,18 @@
 
 Each command is a module in memtrack/cli/commands/ defining NAME, HELP, add_arguments(parser)
 and run(args) -> exit code; they are discovered, so adding a command touches no other file.
+A command whose NAME is its module's name (with - for _) runs without the other modules
+being imported (see _parser); any other NAME still works, through the full parser.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import pkgutil
 import sys
+from typing import Iterable, List, Optional
 
 from .. import __version__
 from ..errors import MemtrackError
@@ -18,26 +22,37 @@ from .common import add_common
 DEFAULT = "ps"
 
 
-def _commands():
+def _module_names() -> List[str]:
     from . import commands
+    return [info.name for info in pkgutil.iter_modules(commands.__path__) if not info.name.startswith("_")]
+
+
+def _commands(modnames: Optional[Iterable[str]] = None) -> dict:
+    """{NAME: module} of these command modules (default: all), in listing order."""
     mods = {}
-    for info in pkgutil.iter_modules(commands.__path__):
-        if info.name.startswith("_"):
-            continue
-        mod = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for modname in _module_names() if modnames is None else modnames:
+        mod = importlib.import_module(f"{__name__}.commands.{modname}")
         mods[mod.NAME] = mod
     return dict(sorted(mods.items(), key=lambda kv: (getattr(kv[1], "ORDER", 50), kv[0])))
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
+def _top(parser_class=argparse.ArgumentParser):
+    parser = parser_class(
         prog="memtrack",
         description="Which process holds how much shared-buffer memory (dma-buf, memfd, "
                     "POSIX/SysV shm, shared anonymous, ashmem). Without a command: `ps`.")
     parser.add_argument("--version", action="version", version=f"memtrack {__version__}")
     add_common(parser, suppress=False)
+    return parser
+
+
+def build_parser(mods: Optional[dict] = None):
+    """The parser and {NAME: module}, with a subparser for each command module in `mods`
+    (default: every one)."""
+    parser = _top()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    mods = _commands()
+    if mods is None:
+        mods = _commands()
     for name, mod in mods.items():
         # resolve: a command may give a common option its own meaning (capture's -o,
         # dmabuf-dump's -b and -o as Android's tool has them); its own option wins
@@ -48,6 +63,55 @@ def build_parser():
     # `memtrack -p 1` and `memtrack --json` are `ps`: its own options must parse at top level too
     mods[DEFAULT].add_arguments(parser)
     return parser, mods
+
+
+class _Unsure(Exception):
+    pass
+
+
+class _Probe(argparse.ArgumentParser):
+    """The top-level options, then the first positional and all that follows: which command
+    a command line names, as the full parser reads it. What it can't settle raises."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**dict(kwargs, add_help=False))
+        self.add_argument("-h", "--help", nargs=0, action=_UnsureAction)
+
+    def error(self, message):
+        raise _Unsure(message)
+
+
+class _UnsureAction(argparse.Action):
+    def __call__(self, *args, **kwargs):
+        raise _Unsure("help")
+
+
+def _parser(argv):
+    """build_parser() for this command line. Importing every command module and building
+    every subparser costs ~20 ms where modules are compiled at each start (more than the
+    JSON of a big machine takes to write): when the command line names a command by its
+    module's name (dmabuf_dump.py is dmabuf-dump), or none, only that module and ps are
+    imported, and only their subparsers built. Help, errors, --adb (a command name after it
+    is rewritten), `--` (argparse hands it to the subparsers) and a NAME that is not its
+    module's name take the full parser."""
+    modnames = {m.replace("_", "-"): m for m in _module_names()}
+    default = modnames.get(DEFAULT)
+    if default is not None and not {"-h", "--help", "--adb", "--"} & set(argv):
+        ps = _commands([default])
+        probe = _top(_Probe)
+        probe.add_argument("command", nargs="?")
+        probe.add_argument("rest", nargs=argparse.REMAINDER)
+        ps[DEFAULT].add_arguments(probe)
+        try:
+            name = probe.parse_known_args(argv)[0].command
+            name = DEFAULT if name is None else name
+        except _Unsure:
+            name = None
+        if name in modnames:
+            mods = _commands({default, modnames[name]})
+            if name in mods:
+                return build_parser(mods)
+    return build_parser()
 
 
 def _adb_before_command(argv, mods):
@@ -63,7 +127,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     _safe_stdout()
     try:
-        parser, mods = build_parser()
+        parser, mods = _parser(argv)
         args = parser.parse_args(_adb_before_command(argv, mods))
         name = args.command or DEFAULT
         return mods[name].run(args) or 0
@@ -81,6 +145,8 @@ def main(argv=None) -> int:
         print(f"memtrack: internal error: {type(exc).__name__}: {exc} "
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 70
+    finally:
+        gc.unfreeze()           # get_snapshot froze the snapshot's objects for the command
 
 
 def _safe_stdout():

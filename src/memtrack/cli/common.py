@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from typing import Optional, Set
@@ -64,8 +65,15 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def get_snapshot(args, pids_for_scan=None) -> Snapshot:
-    """The snapshot the options name. -p restricts the view, not the scan: pss needs every holder."""
-    snap = load_snapshot(args, pids_for_scan)
+    """The snapshot the options name, for a command that runs once. -p restricts the view,
+    not the scan: pss needs every holder."""
+    from ..scan import no_gc
+    with no_gc():
+        snap = load_snapshot(args, pids_for_scan)
+    # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
+    # end of the command: keep the cyclic collector from walking them all again (main()
+    # unfreezes them when it returns).
+    gc.freeze()
     report_skipped(snap, quiet=getattr(args, "quiet", False))
     return snap
 
@@ -74,8 +82,10 @@ def load_snapshot(args, pids_for_scan=None) -> Snapshot:
     """get_snapshot without the notes on stderr (for servers that scan again and again)."""
     from ..scan import scan
     from ..sources import open_source
-    from ..remote import target_from_args
-    target = target_from_args(args)
+    target = None
+    if getattr(args, "adb", None) is not None or getattr(args, "ssh", None):
+        from ..remote import target_from_args      # only then: it imports subprocess, tarfile...
+        target = target_from_args(args)
     if getattr(args, "backend", "auto") == "bpf" and (target is not None or getattr(args, "root", None) is not None):
         raise MemtrackError("--backend bpf scans this machine; it cannot read --root, --adb or --ssh")
     if target is not None:
