@@ -217,11 +217,20 @@ def _split_by_tgid(data: bytes, size: int) -> Dict[int, bytes]:
 
 class _Pending:
     """An iterator read running in a thread of its own: the kernel walks (read() releases
-    the GIL) while this thread reads and parses the other iterators. get() gives the bytes."""
+    the GIL) while this thread reads and parses the other iterators. get() gives the bytes.
+
+    Between two read()s the walking thread needs the GIL back; at the default switch
+    interval (5 ms) a busy parser would keep it waiting that long each time, so the
+    interval is short (0.2 ms) until get()."""
+
+    SWITCH = 0.0002
 
     def __init__(self, fn):
+        import sys
         import threading
         self._value = self._error = None
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, self.SWITCH))
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self._thread.start()
 
@@ -231,8 +240,16 @@ class _Pending:
         except Exception as exc:         # raised by get(), in the caller's thread
             self._error = exc
 
+    def restore(self) -> None:
+        """The switch interval as it was (get() does it; so must whoever drops this)."""
+        import sys
+        if self._switch is not None:
+            sys.setswitchinterval(self._switch)
+            self._switch = None
+
     def get(self) -> bytes:
         self._thread.join()
+        self.restore()
         if self._error is not None:
             raise BpfUnavailable(f"reading the BPF iterators failed: {self._error}") from None
         return self._value
@@ -405,9 +422,15 @@ class BpfScanner:
             tasks = self._read_tasks()
             self._gates.start({pid: (t[0], t[2], t[3]) for pid, t in tasks.items()})
             vmas = self._read_vmas(tasks)
-            files = self._obj.read("task_file")
+            try:
+                files = self._obj.read("task_file")
+                dmabufs = self._obj.read("dmabuf") if self.has_dmabuf else None
+            except BaseException:
+                if isinstance(vmas, _Pending):
+                    vmas.restore()
+                raise
             self._tasks = tasks
-            return (files, vmas, self._obj.read("dmabuf") if self.has_dmabuf else None, sysv)
+            return (files, vmas, dmabufs, sysv)
         except (LibbpfError, OSError) as exc:
             raise BpfUnavailable(f"reading the BPF iterators failed: {exc}") from None
 
@@ -527,11 +550,19 @@ class BpfScanner:
         scan's Snapshot again with the new time; when some processes' records moved, it
         parses and describes only those and patches the last Snapshot (rebuild.Rebuilder).
         With smaps or DRM clients every scan is read and built whole."""
-        from ..scan import host_info, no_gc
         from ..sources.base import now_iso
-        from ..sources.live import LiveSource
         taken_at = now_iso()
         raw = self._read()
+        pending = raw[1] if isinstance(raw[1], _Pending) else None
+        try:
+            return self._scan(raw, pids, smaps, reason, taken_at)
+        finally:
+            if pending is not None:
+                pending.restore()
+
+    def _scan(self, raw, pids, smaps, reason, taken_at):
+        from ..scan import host_info, no_gc
+        from ..sources.live import LiveSource
         hostname, kernel = host_info(LiveSource())
         want = None if pids is None else frozenset(pids)
         meta = dict(taken_at=taken_at, source="live", hostname=hostname, kernel=kernel,
