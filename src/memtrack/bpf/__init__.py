@@ -215,22 +215,37 @@ def _split_by_tgid(data: bytes, size: int) -> Dict[int, bytes]:
     return out
 
 
+_switch = [0, None]          # [threads wanting a short switch interval, the interval before]
+
+
+def _fast_switch(on: bool) -> None:
+    import sys
+    if on:
+        if _switch[0] == 0:
+            _switch[1] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch[1], _Pending.SWITCH))
+        _switch[0] += 1
+    else:
+        _switch[0] -= 1
+        if _switch[0] == 0:
+            sys.setswitchinterval(_switch[1])
+
+
 class _Pending:
     """An iterator read running in a thread of its own: the kernel walks (read() releases
     the GIL) while this thread reads and parses the other iterators. get() gives the bytes.
 
     Between two read()s the walking thread needs the GIL back; at the default switch
     interval (5 ms) a busy parser would keep it waiting that long each time, so the
-    interval is short (0.2 ms) until get()."""
+    interval is short (0.2 ms) until get() (or restore())."""
 
     SWITCH = 0.0002
 
     def __init__(self, fn):
-        import sys
         import threading
         self._value = self._error = None
-        self._switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch, self.SWITCH))
+        self._fast = True
+        _fast_switch(True)
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self._thread.start()
 
@@ -242,10 +257,9 @@ class _Pending:
 
     def restore(self) -> None:
         """The switch interval as it was (get() does it; so must whoever drops this)."""
-        import sys
-        if self._switch is not None:
-            sys.setswitchinterval(self._switch)
-            self._switch = None
+        if self._fast:
+            self._fast = False
+            _fast_switch(False)
 
     def get(self) -> bytes:
         self._thread.join()
