@@ -280,7 +280,7 @@ def live_refresher(backend: str = "auto", smaps: bool = False, verify_every: int
     where it runs (--backend), else the incremental procfs scanner. Both have refresh() and
     stats."""
     from .bpf import open_backend
-    scanner, reason = open_backend(backend, live=True, reuse=True)
+    scanner, reason = open_backend(backend, live=True, reuse=True, verify_every=verify_every)
     if scanner is None:
         return IncrementalScanner(smaps=smaps, verify_every=verify_every)
     return BpfRefresher(scanner, backend, smaps, verify_every, reason)

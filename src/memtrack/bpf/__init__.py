@@ -353,15 +353,16 @@ class BpfScanner:
         self.notes: List[str] = []
         try:
             try:
-                self._obj = BpfObject(obj, init, skip=() if self.has_dmabuf else ("dmabuf",))
+                self._obj = BpfObject(obj, init, skip=self._unused(reuse, self.has_dmabuf))
             except LibbpfError as exc:
                 if not self.has_dmabuf:
                     raise
                 # a kernel that says 6.16+ but lacks iter/dmabuf (a backport, a config)
-                self._obj = BpfObject(obj, init, skip=("dmabuf",))
+                self._obj = BpfObject(obj, init, skip=self._unused(reuse, False))
                 self.has_dmabuf = False
                 self.notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
-            for name in ("task_file", "task_vma", "task_mm") + (("dmabuf",) if self.has_dmabuf else ()):
+            for name in ("task_file", "task_vma") + (("task_mm",) if reuse else ()) + \
+                    (("dmabuf",) if self.has_dmabuf else ()):
                 self._obj.attach(name)
         except LibbpfError as exc:
             obj_ = getattr(self, "_obj", None)
@@ -384,9 +385,17 @@ class BpfScanner:
         self.walked: Optional[set] = None   # pids whose VMAs the last read walked (None: all)
         self.reused_vmas = 0                # processes whose VMA records it carried over
 
+    @staticmethod
+    def _unused(reuse: bool, dmabuf: bool) -> tuple:
+        """The programs not to load: iter/dmabuf where the kernel has none, task_mm where
+        no scan follows (it only serves reuse)."""
+        return (() if reuse else ("task_mm",)) + (() if dmabuf else ("dmabuf",))
+
     # -- scanning ------------------------------------------------------------------------
     def _read_tasks(self) -> Dict[int, tuple]:
         from .records import T_SEQ, TASK_REC
+        if not self.reuse:
+            return {}
         return {tgid: (start, seq if flags & T_SEQ else None, cred, mm)
                 for tgid, flags, start, seq, cred, mm in TASK_REC.iter_unpack(self._obj.read("task_mm"))}
 
@@ -715,7 +724,8 @@ class BpfScanner:
         self.close()
 
 
-def open_backend(requested: str = "auto", live: bool = True, reuse: bool = False):
+def open_backend(requested: str = "auto", live: bool = True, reuse: bool = False,
+                 verify_every: int = 30):
     """(scanner or None, reason) for --backend: a BpfScanner when bpf is to run, None for
     procfs; `reason` says why, for Snapshot.backend_reason (None for a non-live source). `bpf`
     that cannot run raises BpfUnavailable naming the missing piece. `reuse`: a scanner that
@@ -728,10 +738,11 @@ def open_backend(requested: str = "auto", live: bool = True, reuse: bool = False
         return None, None          # files are read as files: there is no choice to explain
     if requested == "bpf":
         try:
-            return BpfScanner(reuse=reuse), "requested (--backend bpf)"
+            return BpfScanner(reuse=reuse, verify_every=verify_every), "requested (--backend bpf)"
         except BpfUnavailable as exc:
             raise BpfUnavailable(f"--backend bpf: {exc}") from None
     try:
-        return BpfScanner(reuse=reuse), "auto: root, libbpf, BTF and the iterators are present"
+        return (BpfScanner(reuse=reuse, verify_every=verify_every),
+                "auto: root, libbpf, BTF and the iterators are present")
     except BpfUnavailable as exc:
         return None, f"auto: bpf unavailable: {exc}"
