@@ -171,3 +171,38 @@ def test_output_option_writes_atomically_and_reads_back(tmp_path, big_fixture, c
     rc = main(["--root", big_fixture, "--json", "-q", "-o", str(tmp_path / "no" / "such" / "dir.json")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "No such file" in err
+
+
+def test_output_to_a_device_a_fifo_or_a_symlink_replaces_no_node(tmp_path, big_fixture, capsys):
+    """-o /dev/null must not become a plain file (renaming over it did, as root); a FIFO is
+    written to; a symlink stays a link and its file gets the snapshot, mode kept."""
+    import stat
+    import threading
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    assert main(["--root", big_fixture, "--json", "-q", "-o", str(null)]) == 0
+    assert stat.S_ISCHR(os.stat(null).st_mode) and os.stat(null).st_rdev == os.makedev(1, 3)
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    assert main(["--root", big_fixture, "--json", "-q", "-o", str(fifo)]) == 0
+    reader.join(10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert got[0].startswith(b"{") and got[0].rstrip().endswith(b"}")
+
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "link.json"
+    os.symlink("real.json", link)
+    assert main(["--root", big_fixture, "--json", "-q", "-o", str(link)]) == 0
+    assert os.path.islink(link) and os.readlink(link) == "real.json"
+    assert memtrack.load(str(real)) == memtrack.load(str(link))
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o600
+
+    rc = main(["--root", big_fixture, "--json", "-q", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "directory" in err

@@ -1,16 +1,35 @@
 """Atomic file replacement: write a temp file beside the target, fsync, rename. A reader (or
-a crash at any point) sees the old file or the new one, never a half-written one."""
+a crash at any point) sees the old file or the new one, never a half-written one.
+
+Only files are replaced. A symlink is followed (the file it names is replaced, the link
+stays); a target that exists and is not a regular file (/dev/null, a FIFO, a terminal) is
+written in place: renaming over it would put a plain file where a device node was."""
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: int = 0o644):
-    """with atomic_open(path) as f: f.write(b"...")  -- binary file object; renamed on success."""
-    d = os.path.dirname(os.path.abspath(path))
+    """with atomic_open(path) as f: f.write(b"...")  -- binary file object; renamed on success.
+    An existing file keeps its permission bits; a new one gets `mode`."""
+    path = os.path.realpath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{path} is a directory")
+        with open(path, "wb") as f:         # a device, a FIFO: write to it, replace nothing
+            yield f
+        return
+    if st is not None:
+        mode = stat.S_IMODE(st.st_mode)
+    d = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
