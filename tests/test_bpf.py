@@ -541,3 +541,27 @@ def test_records_split_by_process():
     assert _split_by_tgid(b"", R.FD_REC.size) == {}
     out_of_order = _split_by_tgid(recs[2] + recs[0] + recs[3] + recs[1], R.FD_REC.size)
     assert out_of_order == {7: recs[2], 5: recs[0] + recs[1], 9: recs[3]}
+
+
+def test_a_reused_scanner_sees_a_renamed_shm_file():
+    """The light records stand for a name by its dentry hash: a rename must show, as in a
+    fresh scan (a /dev/shm file's path comes from readlink)."""
+    scanner()
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    me = os.getpid()
+    path = f"/dev/shm/mt-rename-{me}"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, R.PAGE_SIZE)
+        with mbpf.BpfScanner(verify_every=0) as s:
+            first = s.scan(pids=[me])
+            assert [b.name for b in first.buffers if b.kind == "shm"] == [os.path.basename(path)]
+            os.rename(path, path + "-moved")
+            path += "-moved"
+            again = s.scan(pids=[me])
+            assert [b.name for b in again.buffers if b.kind == "shm"] == [os.path.basename(path)]
+            assert _same(again, scanner().scan(pids=[me]))
+    finally:
+        os.close(fd)
+        os.unlink(path)

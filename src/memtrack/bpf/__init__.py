@@ -348,7 +348,7 @@ class BpfScanner:
             raise BpfUnavailable(why)
         from .libbpf import BpfObject, LibbpfError
         from .records import ABI, STATE
-        init = {"state": STATE.pack(drm_major, ABI, 0, 0, 0, 0)}
+        init = {"state": STATE.pack(drm_major, ABI, 0, 0, 0, 0, 0, 0, 0)}
         self.has_dmabuf = _kernel_version() >= (6, 16)
         self.notes: List[str] = []
         try:
@@ -361,7 +361,7 @@ class BpfScanner:
                 self._obj = BpfObject(obj, init, skip=self._unused(reuse, False))
                 self.has_dmabuf = False
                 self.notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
-            for name in ("task_file", "task_vma") + (("task_mm",) if reuse else ()) + \
+            for name in ("task_file", "task_vma") + (("task_mm", "task_file_lite") if reuse else ()) + \
                     (("dmabuf",) if self.has_dmabuf else ()):
                 self._obj.attach(name)
         except LibbpfError as exc:
@@ -382,6 +382,8 @@ class BpfScanner:
         self._per_pid = True                # the kernel runs an iterator for one process (6.1+)
         self._state = None                  # what _rescan() patches: see _scan_whole()
         self._rebuilder = Rebuilder()
+        self._lite_parts: Dict[int, bytes] = {}         # pid -> its task_file_lite records
+        self._file_parts: Optional[Dict[int, bytes]] = None   # pid -> its task_file records
         self.walked: Optional[set] = None   # pids whose VMAs the last read walked (None: all)
         self.reused_vmas = 0                # processes whose VMA records it carried over
 
@@ -389,7 +391,7 @@ class BpfScanner:
     def _unused(reuse: bool, dmabuf: bool) -> tuple:
         """The programs not to load: iter/dmabuf where the kernel has none, task_mm where
         no scan follows (it only serves reuse)."""
-        return (() if reuse else ("task_mm",)) + (() if dmabuf else ("dmabuf",))
+        return (() if reuse else ("task_mm", "task_file_lite")) + (() if dmabuf else ("dmabuf",))
 
     # -- scanning ------------------------------------------------------------------------
     def _read_tasks(self) -> Dict[int, tuple]:
@@ -433,8 +435,38 @@ class BpfScanner:
         self.walked, self.reused_vmas = walked, len(tasks) - len(walked)
         return b"".join(parts.values())
 
+    def _read_files(self):
+        """task_file's records: the bytes of one walk; for a reused scanner, {pid: its
+        records}, read again (one iter/task_file per process) only where the light records
+        (no names) moved since the last scan, or the last scan had none of them."""
+        from .libbpf import LibbpfError
+        from .records import FD_REC, LITE_REC
+        if not self.reuse:
+            return self._obj.read("task_file")
+        # the light walk first: a change racing the full reads shows in the next one
+        lite = _split_by_tgid(self._obj.read("task_file_lite"), LITE_REC.size)
+        old_lite, old = self._lite_parts, self._file_parts
+        if old is None or not self._per_pid:
+            parts = _split_by_tgid(self._obj.read("task_file"), FD_REC.size)
+        else:
+            parts = {}
+            for tgid, chunk in lite.items():
+                data = old.get(tgid)
+                if data is None or old_lite.get(tgid) != chunk:
+                    try:
+                        data = self._obj.read_pid("task_file", tgid)
+                    except LibbpfError:
+                        self._per_pid = False      # a kernel before 6.1: whole walks
+                        self._file_parts = None
+                        return self._read_files()
+                if data:
+                    parts[tgid] = data
+        self._lite_parts, self._file_parts = lite, parts
+        return parts
+
     def _read(self) -> tuple:
-        """Everything a scan reads that can change between scans, raw."""
+        """Everything a scan reads that can change between scans, raw. For a reused scanner
+        the task_file records come as {pid: its records} (see _read_files)."""
         from ..sources.live import read_at
         from .libbpf import LibbpfError
         try:
@@ -446,7 +478,7 @@ class BpfScanner:
             self._gates.start({pid: (t[0], t[2], t[3]) for pid, t in tasks.items()})
             vmas = self._read_vmas(tasks)
             try:
-                files = self._obj.read("task_file")
+                files = self._read_files()
                 dmabufs = self._obj.read("dmabuf") if self.has_dmabuf else None
             except BaseException:
                 if isinstance(vmas, _Pending):
@@ -504,6 +536,8 @@ class BpfScanner:
         from .records import parse_files, parse_vmas
 
         files, vmas, dmabufs, sysv = raw if raw is not None else self._read()
+        if isinstance(files, dict):
+            files = b"".join(files[pid] for pid in sorted(files))
         obs = self._tables(dmabufs, sysv)
         want = set(pids) if pids is not None else None
         tasks: dict = {}
@@ -640,8 +674,8 @@ class BpfScanner:
         vparts = self._vma_parts
         if vparts is None:
             vparts = self._vma_parts = _split_by_tgid(_resolved(raw[1]), VMA_REC.size)
-        self._state = ((want, meta["hostname"], meta["kernel"]), _split_by_tgid(raw[0], FD_REC.size),
-                       vparts, parts, status)
+        fparts = raw[0] if isinstance(raw[0], dict) else _split_by_tgid(raw[0], FD_REC.size)
+        self._state = ((want, meta["hostname"], meta["kernel"]), fparts, vparts, parts, status)
         return self._rebuilder.build(obs, parts, None, **meta), obs
 
     def _rescan(self, raw, want, meta):
@@ -652,7 +686,7 @@ class BpfScanner:
         from .records import FD_REC, VMA_REC, parse_files, parse_vmas
         files, vmas, dmabufs, sysv = raw
         key, old_f, old_v, old_parts, old_status = self._state
-        fparts = _split_by_tgid(files, FD_REC.size)
+        fparts = files if isinstance(files, dict) else _split_by_tgid(files, FD_REC.size)
         vparts = self._vma_parts
         if vparts is None:
             vparts = self._vma_parts = _split_by_tgid(_resolved(vmas), VMA_REC.size)

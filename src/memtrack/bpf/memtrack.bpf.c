@@ -92,6 +92,9 @@ struct state {
 	u64 vma_session;
 	u32 file_tgid;
 	u32 vma_tgid;
+	u64 lite_session;
+	u32 lite_tgid;
+	u32 pad;
 };
 
 struct {
@@ -218,6 +221,102 @@ int task_file(struct bpf_iter__task_file *ctx)
 	if (!err && new_task) {
 		st->file_tgid = r.tgid;
 		st->file_session = ctx->meta->session_id;
+	}
+	return 0;
+}
+
+/* iter/task_file, light: for refreshes, per buffer file what task_file's record says, but
+ * no names: a dentry's name is stood for by its hash and length (a rename changes them),
+ * a dma-buf's name (at most 32 bytes, DMA_BUF_NAME_LEN) by its bytes folded into a word.
+ * A third the bytes and no string copies: a reader compares these with the last scan's and
+ * reads task_file again (for one process) only where they moved. */
+struct lite_rec {
+	u32 tgid;
+	u32 fd;
+	u64 ino;
+	u64 size;
+	u32 dev;
+	u32 flags;
+	s64 count;
+	u64 name;         /* d_name.hash_len, or the folded dma-buf name; task: comm[8..16] */
+};
+
+static __always_inline int lite_record(struct state *st, struct task_struct *task, u32 fd,
+				       struct file *file, struct lite_rec *r)
+{
+	struct inode *inode = file->f_inode;
+	unsigned long magic = inode->i_sb->s_magic;
+	umode_t mode = inode->i_mode;
+
+	if (magic == DMA_BUF_MAGIC) {
+		struct dma_buf *db = file->private_data;
+		const char *n = BPF_CORE_READ(db, name);
+		u64 w[4] = {};
+
+		r->flags = R_DMABUF | R_PSEUDO;
+		r->size = BPF_CORE_READ(db, size);
+		r->count = file_count_less_one(file);
+		if (n) {
+			r->flags |= R_NAMED;
+			bpf_probe_read_kernel_str(w, sizeof(w), n);
+		}
+		r->name = w[0] ^ (w[1] * 3) ^ (w[2] * 5) ^ (w[3] * 7) ^ (u64)BPF_CORE_READ(db, exp_name);
+		r->dev = inode->i_sb->s_dev;
+	} else if (buffer_fs(magic) && (mode & S_IFMT) == S_IFREG) {
+		struct dentry *de = file->f_path.dentry;
+
+		r->size = inode->i_size;
+		r->name = de->d_name.hash_len;
+		if (de->d_op && de->d_op->d_dname &&
+		    (de->d_parent != de || de != file->f_path.mnt->mnt_root))
+			r->flags |= R_PSEUDO;
+		if (de->d_name.len >= NAME_LEN)
+			r->flags |= R_TRUNC;
+		r->dev = inode->i_sb->s_dev;
+	} else if (st->drm_major && (mode & S_IFMT) == S_IFCHR &&
+		   (inode->i_rdev >> 20) == st->drm_major) {
+		r->flags = R_DRM;
+		r->dev = inode->i_rdev;
+	} else {
+		return 0;
+	}
+	r->ino = inode->i_ino;
+	r->tgid = task->tgid;
+	r->fd = fd;
+	return 1;
+}
+
+SEC("iter/task_file")
+int task_file_lite(struct bpf_iter__task_file *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct lite_rec r = {};
+	struct state *st = get_state();
+	bool new_task;
+	long err = 0;
+
+	if (!st || !task || !file || task->pid != task->tgid)
+		return 0;
+	if (!lite_record(st, task, ctx->fd, file, &r))
+		return 0;
+	new_task = st->lite_tgid != r.tgid || st->lite_session != ctx->meta->session_id;
+	if (new_task) {
+		struct lite_rec t = {};
+
+		t.flags = R_TASK;
+		t.tgid = r.tgid;
+		t.fd = task->real_cred->uid.val;
+		t.ino = task->start_time;
+		bpf_probe_read_kernel(&t.size, 16, task->comm);   /* comm: size and name */
+		err = bpf_seq_write(seq, &t, sizeof(t));
+	}
+	if (!err)
+		err = bpf_seq_write(seq, &r, sizeof(r));
+	if (!err && new_task) {            /* as in task_file: only once both are out */
+		st->lite_tgid = r.tgid;
+		st->lite_session = ctx->meta->session_id;
 	}
 	return 0;
 }
