@@ -389,8 +389,8 @@ class BpfScanner:
 
     @staticmethod
     def _unused(reuse: bool, dmabuf: bool) -> tuple:
-        """The programs not to load: iter/dmabuf where the kernel has none, task_mm where
-        no scan follows (it only serves reuse)."""
+        """The programs not to load: iter/dmabuf where the kernel has none; task_mm and
+        task_file_lite where no scan follows (they only serve reuse)."""
         return (() if reuse else ("task_mm", "task_file_lite")) + (() if dmabuf else ("dmabuf",))
 
     # -- scanning ------------------------------------------------------------------------
@@ -443,10 +443,13 @@ class BpfScanner:
         from .records import FD_REC, LITE_REC
         if not self.reuse:
             return self._obj.read("task_file")
+        if not self._per_pid:                   # a kernel before 6.1: whole walks only
+            self._lite_parts, self._file_parts = {}, None
+            return _split_by_tgid(self._obj.read("task_file"), FD_REC.size)
         # the light walk first: a change racing the full reads shows in the next one
         lite = _split_by_tgid(self._obj.read("task_file_lite"), LITE_REC.size)
         old_lite, old = self._lite_parts, self._file_parts
-        if old is None or not self._per_pid:
+        if old is None:
             parts = _split_by_tgid(self._obj.read("task_file"), FD_REC.size)
         else:
             parts = {}
@@ -456,8 +459,7 @@ class BpfScanner:
                     try:
                         data = self._obj.read_pid("task_file", tgid)
                     except LibbpfError:
-                        self._per_pid = False      # a kernel before 6.1: whole walks
-                        self._file_parts = None
+                        self._per_pid = False
                         return self._read_files()
                 if data:
                     parts[tgid] = data
