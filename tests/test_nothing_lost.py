@@ -152,10 +152,16 @@ def test_kill_9_at_random_points_leaves_old_or_new(tmp_path, big_fixture, name):
     if w.snapshot:
         r = run_memtrack("--root", path, "--json", "-q")
         assert r.returncode == 0 and r.stdout.startswith("{"), r.stderr
-    # the temp files of killed writers stay beside the target (nothing can remove them at
-    # SIGKILL): they never take the target's name, and memtrack never reads them
+    # a killed writer's temp file stays beside the target (nothing can remove it at SIGKILL):
+    # it never takes the target's name, memtrack never reads it, and the next writer of the
+    # target removes it: at most the last killed writer's is left, and one more write clears it
     leftovers = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     assert all(f.startswith("." + os.path.basename(path) + ".") for f in leftovers)
+    assert len(leftovers) <= 1, leftovers
+    pid = _run_child(lambda: w.write(path, WRITES + 1))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
 def test_output_option_writes_atomically_and_reads_back(tmp_path, big_fixture, capsys):
@@ -206,3 +212,25 @@ def test_output_to_a_device_a_fifo_or_a_symlink_replaces_no_node(tmp_path, big_f
     rc = main(["--root", big_fixture, "--json", "-q", "-o", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "directory" in err
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_writer(tmp_path):
+    from memtrack.util.atomic import _temp_prefix, atomic_write
+    target = tmp_path / "out.json"
+    prefix = _temp_prefix(str(target))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        stale = tmp_path / f"{prefix}{dead.pid}.abc.tmp"
+        running = tmp_path / f"{prefix}{alive.pid}.def.tmp"
+        elsewhere = tmp_path / f".out.json.otherhost.{dead.pid}.ghi.tmp"
+        for f in (stale, running, elsewhere):
+            f.write_bytes(b"half a snapshot")
+        atomic_write(str(target), b"{}")
+        assert target.read_bytes() == b"{}"
+        assert not stale.exists()                          # its writer is gone: removed
+        assert running.exists() and elsewhere.exists()     # a live writer's, another host's
+    finally:
+        alive.kill()
+        alive.wait()
