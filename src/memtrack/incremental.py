@@ -248,18 +248,17 @@ class BpfRefresher:
             snap = self.fallback.refresh()
             self.stats = self.fallback.stats
             return snap
-        from .bpf import BpfUnavailable
+        from .bpf import BpfUnavailable, fallback_reason
         t0 = time.perf_counter()
         try:
             snap = self.scanner.scan(smaps=self.smaps, reason=self.reason)
         except BpfUnavailable as exc:
-            if self.requested == "bpf":
-                raise
+            reason = fallback_reason(self.requested, exc)
             self.close()
             self.fallback = IncrementalScanner(smaps=self.smaps, verify_every=self.verify_every)
             snap = self.fallback.refresh()
             self.stats = self.fallback.stats
-            return replace(snap, backend_reason=f"auto: bpf failed: {exc}")
+            return replace(snap, backend_reason=reason)
         st = RefreshStats()
         st.processes = len(snap.processes)
         same = self.last is not None and snap.buffers is self.last.buffers

@@ -760,6 +760,14 @@ class BpfScanner:
         self.close()
 
 
+def fallback_reason(requested: str, exc: BpfUnavailable) -> str:
+    """A bpf scan failed after loading: under --backend bpf that is the command's error
+    (raised); under auto procfs takes over, and this says why (Snapshot.backend_reason)."""
+    if requested == "bpf":
+        raise BpfUnavailable(f"--backend bpf: {exc}") from None
+    return f"auto: bpf failed: {exc}"
+
+
 def open_backend(requested: str = "auto", live: bool = True, reuse: bool = False,
                  verify_every: int = 30):
     """(scanner or None, reason) for --backend: a BpfScanner when bpf is to run, None for

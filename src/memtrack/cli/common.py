@@ -126,16 +126,14 @@ def with_categories(snap: Snapshot, args, overwrite: bool = True) -> Snapshot:
 def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> Snapshot:
     """Scan with the backend --backend names; the snapshot records which ran and why."""
     from dataclasses import replace
-    from ..bpf import BpfUnavailable, open_backend
+    from ..bpf import BpfUnavailable, fallback_reason, open_backend
     from ..scan import scan
     scanner, reason = open_backend(backend, live=getattr(src, "live", False))
     if scanner is not None:
         try:
             return scanner.scan(pids=pids, smaps=smaps, reason=reason)
         except BpfUnavailable as exc:
-            if backend == "bpf":
-                raise BpfUnavailable(f"--backend bpf: {exc}") from None
-            reason = f"auto: bpf failed: {exc}"
+            reason = fallback_reason(backend, exc)
         finally:
             scanner.close()
     snap = scan(src, pids=pids, smaps=smaps)
