@@ -261,9 +261,9 @@ class BpfRefresher:
             return replace(snap, backend_reason=reason)
         st = RefreshStats()
         st.processes = len(snap.processes)
-        same = self.last is not None and snap.buffers is self.last.buffers
-        st.reused = st.processes if same else 0
-        st.reread = 0 if same else st.processes
+        n = self.scanner.reparsed
+        st.reread = st.processes if n is None else min(n, st.processes)
+        st.reused = st.processes - st.reread
         st.seconds = time.perf_counter() - t0
         self.stats, self.last = st, snap
         return snap

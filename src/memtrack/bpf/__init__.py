@@ -384,6 +384,7 @@ class BpfScanner:
         self._rebuilder = Rebuilder()
         self._lite_parts: Dict[int, bytes] = {}         # pid -> its task_file_lite records
         self._file_parts: Optional[Dict[int, bytes]] = None   # pid -> its task_file records
+        self.reparsed: Optional[int] = None  # processes the last scan parsed again (None: all)
         self.walked: Optional[set] = None   # pids whose VMAs the last read walked (None: all)
         self.reused_vmas = 0                # processes whose VMA records it carried over
 
@@ -635,12 +636,14 @@ class BpfScanner:
                 and all(gate(pid) is None for pid in self._gated)
                 and _others_denied(set(self._gated), want, gate) == self._others):
             snap = replace(memo[1], taken_at=taken_at)
+            self.reparsed = 0
         else:
             # tens of thousands of small objects and no cycles: the cyclic GC would only
             # rescan them, again and again as they are made (half the build time at 20k fds)
             with no_gc():
                 got = None
                 state = self._state
+                self.reparsed = None
                 if state is not None and state[0] == (want, hostname, kernel) and not smaps:
                     got = self._rescan(raw, want, meta)
                 if got is None:
@@ -743,6 +746,7 @@ class BpfScanner:
         obs.denied.extend(p for p, why in status.items() if why == "denied")
         obs.vanished.extend(p for p, why in status.items() if why == "vanished")
         self.drm_fds = []
+        self.reparsed = len(changed)
         self._state = (key, fparts, vparts, parts, status)
         return self._rebuilder.build(obs, parts, changed, **meta), obs
 
