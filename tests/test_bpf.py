@@ -565,3 +565,32 @@ def test_a_reused_scanner_sees_a_renamed_shm_file():
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def test_verification_bounds_a_stale_map_only_size():
+    """A map-only memfd resized through another process moves no mm sequence: a reused
+    scanner sees it when its rotating verification reaches the mapping process, within
+    verify_every scans (and, with verification off, never: the known limit)."""
+    from livekids import Kid
+    fresh = scanner()
+
+    def size(snap):
+        return [b.size for b in snap.buffers if b.name == "grows-unseen"]
+
+    for every in (0, 3):
+        with Kid() as k, mbpf.BpfScanner(verify_every=every) as s:
+            fd = k.add("grows-unseen", R.PAGE_SIZE)
+            k.map(fd)
+            k.close(fd)                                 # map-only now
+            first = s.scan(pids=[k.pid])
+            assert size(first) == [R.PAGE_SIZE]
+            start, end, _ = first.processes[0].refs[0].vmas[0]
+            other = os.open(f"/proc/{k.pid}/map_files/{start:x}-{end:x}", os.O_RDWR)
+            os.ftruncate(other, 4 * R.PAGE_SIZE)
+            os.close(other)
+            assert size(fresh.scan(pids=[k.pid])) == [4 * R.PAGE_SIZE]
+            seen = [size(s.scan(pids=[k.pid])) for _ in range(3)]
+            if every:
+                assert [4 * R.PAGE_SIZE] in seen
+            else:
+                assert seen == [[R.PAGE_SIZE]] * 3

@@ -333,9 +333,10 @@ class BpfScanner:
       - mappings: iter/task says, per process, the mm's change sequence (it moves on every
         mmap, munmap, mremap, mprotect...); only the processes whose sequence moved (or that
         are new) are walked again, each with an iter/task_vma of its own. A mapped file's
-        size or a dma-buf's name can change without the mm moving: every process is walked
-        again once every `verify_every` scans (a rotating slice), so a stale one lives at
-        most that many scans;
+        size or a dma-buf's name can change without the mm moving: every process that maps a
+        buffer is walked again once every `verify_every` scans (a rotating slice), so a stale
+        one lives at most that many scans (one that maps none can only start to by mapping,
+        which moves its sequence);
       - /proc's access verdicts, per process identity (_GateCache);
       - cmdlines, per process start time;
       - the Snapshot itself, when every input is byte-identical to the last scan's.
@@ -420,9 +421,11 @@ class BpfScanner:
         for tgid in sorted(tasks):
             t = tasks[tgid]
             p = prev.get(tgid)
-            if p is not None and p[:2] == t[:2] and not (k and (tgid + gen) % k == 0):
-                data = old.get(tgid)
-            else:
+            data = old.get(tgid)
+            # what the sequence cannot see (a mapped file resized through another process, a
+            # dma-buf renamed) is only in processes that map a buffer: only those are verified
+            moved = p is None or p[:2] != t[:2]
+            if moved or (data and k and (tgid + gen) % k == 0):
                 walked.add(tgid)
                 try:
                     data = self._obj.read_pid("task_vma", tgid)
