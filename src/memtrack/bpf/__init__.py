@@ -349,7 +349,7 @@ class BpfScanner:
             raise BpfUnavailable(why)
         from .libbpf import BpfObject, LibbpfError
         from .records import ABI, STATE
-        init = {"state": STATE.pack(drm_major, ABI, 0, 0, 0, 0, 0, 0, 0)}
+        init = {"state": STATE.pack(drm_major, ABI, *[0] * 8)}
         self.has_dmabuf = _kernel_version() >= (6, 16)
         self.notes: List[str] = []
         try:
@@ -362,7 +362,7 @@ class BpfScanner:
                 self._obj = BpfObject(obj, init, skip=self._unused(reuse, False))
                 self.has_dmabuf = False
                 self.notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
-            for name in ("task_file", "task_vma") + (("task_mm", "task_file_lite") if reuse else ()) + \
+            for name in ("task_file", "task_vma") + (("task_mm", "task_sum") if reuse else ()) + \
                     (("dmabuf",) if self.has_dmabuf else ()):
                 self._obj.attach(name)
         except LibbpfError as exc:
@@ -383,7 +383,7 @@ class BpfScanner:
         self._per_pid = True                # the kernel runs an iterator for one process (6.1+)
         self._state = None                  # what _rescan() patches: see _scan_whole()
         self._rebuilder = Rebuilder()
-        self._lite_parts: Dict[int, bytes] = {}         # pid -> its task_file_lite records
+        self._sums: Dict[int, tuple] = {}               # pid -> (buffer files, hash): task_sum
         self._file_parts: Optional[Dict[int, bytes]] = None   # pid -> its task_file records
         self.reparsed: Optional[int] = None  # processes the last scan parsed again (None: all)
         self.walked: Optional[set] = None   # pids whose VMAs the last read walked (None: all)
@@ -392,8 +392,8 @@ class BpfScanner:
     @staticmethod
     def _unused(reuse: bool, dmabuf: bool) -> tuple:
         """The programs not to load: iter/dmabuf where the kernel has none; task_mm and
-        task_file_lite where no scan follows (they only serve reuse)."""
-        return (() if reuse else ("task_mm", "task_file_lite")) + (() if dmabuf else ("dmabuf",))
+        task_sum where no scan follows (they only serve reuse)."""
+        return (() if reuse else ("task_mm", "task_sum")) + (() if dmabuf else ("dmabuf",))
 
     # -- scanning ------------------------------------------------------------------------
     def _read_tasks(self) -> Dict[int, tuple]:
@@ -441,25 +441,25 @@ class BpfScanner:
 
     def _read_files(self):
         """task_file's records: the bytes of one walk; for a reused scanner, {pid: its
-        records}, read again (one iter/task_file per process) only where the light records
-        (no names) moved since the last scan, or the last scan had none of them."""
+        records}, read again (one iter/task_file per process) only where the process's sum
+        (task_sum: a hash of its records, no names copied) moved since the last scan."""
         from .libbpf import LibbpfError
-        from .records import FD_REC, LITE_REC
+        from .records import FD_REC, SUM_REC
         if not self.reuse:
             return self._obj.read("task_file")
         if not self._per_pid:                   # a kernel before 6.1: whole walks only
-            self._lite_parts, self._file_parts = {}, None
+            self._sums, self._file_parts = {}, None
             return _split_by_tgid(self._obj.read("task_file"), FD_REC.size)
-        # the light walk first: a change racing the full reads shows in the next one
-        lite = _split_by_tgid(self._obj.read("task_file_lite"), LITE_REC.size)
-        old_lite, old = self._lite_parts, self._file_parts
+        # the sums first: a change racing the full reads shows in the next scan
+        sums = {tgid: (n, h) for tgid, n, h in SUM_REC.iter_unpack(self._obj.read("task_sum"))}
+        old_sums, old = self._sums, self._file_parts
         if old is None:
             parts = _split_by_tgid(self._obj.read("task_file"), FD_REC.size)
         else:
             parts = {}
-            for tgid, chunk in lite.items():
+            for tgid, sum_ in sums.items():
                 data = old.get(tgid)
-                if data is None or old_lite.get(tgid) != chunk:
+                if data is None or old_sums.get(tgid) != sum_:
                     try:
                         data = self._obj.read_pid("task_file", tgid)
                     except LibbpfError:
@@ -467,7 +467,7 @@ class BpfScanner:
                         return self._read_files()
                 if data:
                     parts[tgid] = data
-        self._lite_parts, self._file_parts = lite, parts
+        self._sums, self._file_parts = sums, parts
         return parts
 
     def _read(self) -> tuple:

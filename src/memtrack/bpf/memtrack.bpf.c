@@ -8,6 +8,7 @@
  *   iter/task_vma   one record per shared (VM_MAYSHARE, maps "s") mapping of such a file,
  *                   with a task record (start = start time, end = uid, name = comm) first
  *   iter/dmabuf     one record per dma-buf in the system (Linux >= 6.16)
+ *   task_sum        (iter/task_file) per task a hash of what task_file would write of it
  *   iter/task       task_mm: per task its mm change sequence and identity, so a refresh
  *                   re-reads (one iter/task_vma per process) only the mappings that can
  *                   have moved
@@ -92,9 +93,10 @@ struct state {
 	u64 vma_session;
 	u32 file_tgid;
 	u32 vma_tgid;
-	u64 lite_session;
-	u32 lite_tgid;
-	u32 pad;
+	u64 sum_session;        /* task_sum: the task whose sum is still to go out */
+	u64 sum_hash;
+	u32 sum_tgid;
+	u32 sum_n;
 };
 
 struct {
@@ -225,11 +227,12 @@ int task_file(struct bpf_iter__task_file *ctx)
 	return 0;
 }
 
-/* iter/task_file, light: for refreshes, per buffer file what task_file's record says, but
- * no names: a dentry's name is stood for by its hash and length (a rename changes them),
- * a dma-buf's name (at most 32 bytes, DMA_BUF_NAME_LEN) by its bytes folded into a word.
- * A third the bytes and no string copies: a reader compares these with the last scan's and
- * reads task_file again (for one process) only where they moved. */
+/* iter/task_file, summed: for refreshes, per task one record holding a hash of what
+ * task_file would say of its buffer files and of the task (uid, start time, comm), with no
+ * names copied: a dentry's name is stood for by its hash and length (a rename changes
+ * them), a dma-buf's name (at most 32 bytes, DMA_BUF_NAME_LEN) by its bytes folded into a
+ * word. A reader compares the sums with the last scan's and reads task_file again (for one
+ * process) only where they moved. */
 struct lite_rec {
 	u32 tgid;
 	u32 fd;
@@ -238,7 +241,7 @@ struct lite_rec {
 	u32 dev;
 	u32 flags;
 	s64 count;
-	u64 name;         /* d_name.hash_len, or the folded dma-buf name; task: comm[8..16] */
+	u64 name;         /* d_name.hash_len, or the folded dma-buf name */
 };
 
 static __always_inline int lite_record(struct state *st, struct task_struct *task, u32 fd,
@@ -286,38 +289,74 @@ static __always_inline int lite_record(struct state *st, struct task_struct *tas
 	return 1;
 }
 
+struct sum_rec {
+	u32 tgid;
+	u32 n;            /* buffer files */
+	u64 hash;
+};
+
+static __always_inline u64 mix(u64 h, u64 w)
+{
+	h ^= w;
+	h *= 0x100000001b3ULL;
+	return h ^ (h >> 29);
+}
+
+static __always_inline long sum_out(struct seq_file *seq, struct state *st)
+{
+	struct sum_rec t = { .tgid = st->sum_tgid, .n = st->sum_n, .hash = st->sum_hash };
+
+	return bpf_seq_write(seq, &t, sizeof(t));
+}
+
 SEC("iter/task_file")
-int task_file_lite(struct bpf_iter__task_file *ctx)
+int task_sum(struct bpf_iter__task_file *ctx)
 {
 	struct seq_file *seq = ctx->meta->seq;
 	struct task_struct *task = ctx->task;
 	struct file *file = ctx->file;
-	struct lite_rec r = {};
 	struct state *st = get_state();
-	bool new_task;
-	long err = 0;
+	struct lite_rec r = {};
+	const u64 *w = (const u64 *)&r;
+	bool open;
+	u64 h;
+	u32 n;
 
-	if (!st || !task || !file || task->pid != task->tgid)
+	if (!st)
+		return 0;
+	open = st->sum_session == ctx->meta->session_id && st->sum_n;
+	if (!task) {                    /* the end: the last task's sum */
+		if (open && !sum_out(seq, st))
+			st->sum_n = 0;
+		return 0;
+	}
+	if (!file || task->pid != task->tgid)
 		return 0;
 	if (!lite_record(st, task, ctx->fd, file, &r))
 		return 0;
-	new_task = st->lite_tgid != r.tgid || st->lite_session != ctx->meta->session_id;
-	if (new_task) {
-		struct lite_rec t = {};
+	if (open && st->sum_tgid == r.tgid) {
+		h = st->sum_hash;
+		n = st->sum_n;
+	} else {
+		u64 comm[2] = {};
 
-		t.flags = R_TASK;
-		t.tgid = r.tgid;
-		t.fd = task->real_cred->uid.val;
-		t.ino = task->start_time;
-		bpf_probe_read_kernel(&t.size, 16, task->comm);   /* comm: size and name */
-		err = bpf_seq_write(seq, &t, sizeof(t));
+		/* the last task's sum goes out first; on overflow nothing is kept and the kernel
+		 * runs this again for the same file in the next read() */
+		if (open && sum_out(seq, st))
+			return 0;
+		bpf_probe_read_kernel(comm, sizeof(comm), task->comm);
+		h = mix(mix(mix(0xcbf29ce484222325ULL, task->start_time),
+			    ((u64)task->real_cred->uid.val << 32) | r.tgid), comm[0]);
+		h = mix(h, comm[1]);
+		n = 0;
 	}
-	if (!err)
-		err = bpf_seq_write(seq, &r, sizeof(r));
-	if (!err && new_task) {            /* as in task_file: only once both are out */
-		st->lite_tgid = r.tgid;
-		st->lite_session = ctx->meta->session_id;
-	}
+#pragma unroll
+	for (int i = 0; i < sizeof(r) / 8; i++)
+		h = mix(h, w[i]);
+	st->sum_session = ctx->meta->session_id;
+	st->sum_tgid = r.tgid;
+	st->sum_hash = h;
+	st->sum_n = n + 1;
 	return 0;
 }
 
