@@ -127,6 +127,38 @@ static __always_inline s64 file_count_less_one(struct file *f)
 	return BPF_CORE_READ((struct file___old *)f, f_count.counter) - 1;
 }
 
+/* What kind of open file this is to memtrack: a shared buffer (dma-buf, or a regular file
+ * on tmpfs/hugetlbfs/ramfs), a DRM device, or nothing to report. */
+#define F_NONE   0
+#define F_BUFFER 1
+#define F_DRM    2
+
+static __always_inline int file_kind(struct state *st, struct inode *inode)
+{
+	unsigned long magic = inode->i_sb->s_magic;
+	umode_t mode = inode->i_mode;
+
+	if (magic == DMA_BUF_MAGIC || (buffer_fs(magic) && (mode & S_IFMT) == S_IFREG))
+		return F_BUFFER;
+	if (st->drm_major && (mode & S_IFMT) == S_IFCHR && (inode->i_rdev >> 20) == st->drm_major)
+		return F_DRM;
+	return F_NONE;
+}
+
+/* R_PSEUDO and R_TRUNC of a file on a filesystem (not a dma-buf): see file_name. */
+static __always_inline u32 dentry_flags(struct file *file)
+{
+	struct dentry *de = file->f_path.dentry;
+	u32 flags = 0;
+
+	if (de->d_op && de->d_op->d_dname &&
+	    (de->d_parent != de || de != file->f_path.mnt->mnt_root))
+		flags |= R_PSEUDO;
+	if (de->d_name.len >= NAME_LEN)
+		flags |= R_TRUNC;
+	return flags;
+}
+
 /* Name and flags of a file as d_path would print it: a pseudo file (memfd, SysV, shared
  * anonymous) is "/" + its dentry name + " (deleted)" (simple_dname), a dma-buf is
  * "/dmabuf:" + its name (dmabuf_dname); anything else needs a real path walk, left to
@@ -155,13 +187,8 @@ static __always_inline u32 file_name(struct file *file, char *name, char *exp, s
 		return flags;
 	}
 	*size = inode->i_size;
-	if (de->d_op && de->d_op->d_dname &&
-	    (de->d_parent != de || de != file->f_path.mnt->mnt_root))
-		flags |= R_PSEUDO;
-	if (de->d_name.len >= NAME_LEN)
-		flags |= R_TRUNC;
 	bpf_probe_read_kernel_str(name, NAME_LEN, de->d_name.name);
-	return flags;
+	return flags | dentry_flags(file);
 }
 
 /* The record of an open file memtrack reports, into *r; 0 if it is not one. */
@@ -169,18 +196,16 @@ static __always_inline int file_record(struct state *st, struct task_struct *tas
 				       struct file *file, struct fd_rec *r)
 {
 	struct inode *inode = file->f_inode;
-	unsigned long magic = inode->i_sb->s_magic;
-	umode_t mode = inode->i_mode;
+	int kind = file_kind(st, inode);
 
-	if (magic == DMA_BUF_MAGIC || (buffer_fs(magic) && (mode & S_IFMT) == S_IFREG)) {
+	if (kind == F_NONE)
+		return 0;
+	if (kind == F_BUFFER) {
 		r->flags = file_name(file, r->name, r->exp, &r->count, &r->size);
 		r->dev = inode->i_sb->s_dev;
-	} else if (st->drm_major && (mode & S_IFMT) == S_IFCHR &&
-		   (inode->i_rdev >> 20) == st->drm_major) {
+	} else {
 		r->flags = R_DRM;
 		r->dev = inode->i_rdev;
-	} else {
-		return 0;
 	}
 	r->ino = inode->i_ino;
 	r->tgid = task->tgid;
@@ -248,10 +273,14 @@ static __always_inline int lite_record(struct state *st, struct task_struct *tas
 				       struct file *file, struct lite_rec *r)
 {
 	struct inode *inode = file->f_inode;
-	unsigned long magic = inode->i_sb->s_magic;
-	umode_t mode = inode->i_mode;
+	int kind = file_kind(st, inode);
 
-	if (magic == DMA_BUF_MAGIC) {
+	if (kind == F_NONE)
+		return 0;
+	if (kind == F_DRM) {
+		r->flags = R_DRM;
+		r->dev = inode->i_rdev;
+	} else if (inode->i_sb->s_magic == DMA_BUF_MAGIC) {
 		struct dma_buf *db = file->private_data;
 		const char *n = BPF_CORE_READ(db, name);
 		u64 w[4] = {};
@@ -265,23 +294,11 @@ static __always_inline int lite_record(struct state *st, struct task_struct *tas
 		}
 		r->name = w[0] ^ (w[1] * 3) ^ (w[2] * 5) ^ (w[3] * 7) ^ (u64)BPF_CORE_READ(db, exp_name);
 		r->dev = inode->i_sb->s_dev;
-	} else if (buffer_fs(magic) && (mode & S_IFMT) == S_IFREG) {
-		struct dentry *de = file->f_path.dentry;
-
-		r->size = inode->i_size;
-		r->name = de->d_name.hash_len;
-		if (de->d_op && de->d_op->d_dname &&
-		    (de->d_parent != de || de != file->f_path.mnt->mnt_root))
-			r->flags |= R_PSEUDO;
-		if (de->d_name.len >= NAME_LEN)
-			r->flags |= R_TRUNC;
-		r->dev = inode->i_sb->s_dev;
-	} else if (st->drm_major && (mode & S_IFMT) == S_IFCHR &&
-		   (inode->i_rdev >> 20) == st->drm_major) {
-		r->flags = R_DRM;
-		r->dev = inode->i_rdev;
 	} else {
-		return 0;
+		r->size = inode->i_size;
+		r->name = file->f_path.dentry->d_name.hash_len;
+		r->flags = dentry_flags(file);
+		r->dev = inode->i_sb->s_dev;
 	}
 	r->ino = inode->i_ino;
 	r->tgid = task->tgid;
@@ -420,7 +437,7 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	struct file *file;
 	struct inode *inode;
 	struct state *st = get_state();
-	unsigned long magic, vm_flags;
+	unsigned long vm_flags;
 	bool new_task;
 	long err = 0;
 
@@ -433,8 +450,7 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	if (!file)
 		return 0;
 	inode = file->f_inode;
-	magic = inode->i_sb->s_magic;
-	if (magic != DMA_BUF_MAGIC && !(buffer_fs(magic) && (inode->i_mode & S_IFMT) == S_IFREG))
+	if (file_kind(st, inode) != F_BUFFER)
 		return 0;
 	r.tgid = task->tgid;
 	r.flags = file_name(file, r.name, 0, 0, &r.size);
