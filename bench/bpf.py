@@ -29,12 +29,7 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SRC = os.path.join(ROOT, "src")
-OUT = os.path.join(HERE, "out")
-sys.path.insert(0, SRC)
-sys.path.insert(0, HERE)
+from benchlib import OUT, HERE, SRC, timed  # noqa: E402 (puts src/ on sys.path)
 
 
 def build_walker():
@@ -44,15 +39,6 @@ def build_walker():
         os.makedirs(OUT, exist_ok=True)
         subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
     return exe
-
-
-def timed(fn, rounds):
-    out = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(out), out
 
 
 def main():

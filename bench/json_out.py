@@ -29,21 +29,11 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-SRC = os.path.join(ROOT, "src")
-OUT = os.path.join(HERE, "out")
-sys.path.insert(0, SRC)
-sys.path.insert(0, HERE)
+from benchlib import OUT, ROOT, SRC, timed as _timed  # noqa: E402 (puts src/ on sys.path)
 
 
 def timed(fn, rounds):
-    out = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(out)
+    return _timed(fn, rounds)[0]
 
 
 def export(ref: str) -> str:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import timed  # noqa: E402 (puts src/ on sys.path)
 
 from memtrack.incremental import IncrementalScanner  # noqa: E402
 from memtrack.build import build  # noqa: E402
@@ -44,15 +44,6 @@ def spawn(n: int, extra_fds: int = 0):
             for fd in pair:
                 os.close(fd)
     return kids
-
-
-def timed(fn, repeat):
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out), out
 
 
 def main():
@@ -108,7 +99,7 @@ def main():
         print(f"  patched snapshots: {sc._rebuilder.partial_builds}, whole builds: "
               f"{sc._rebuilder.full_builds}")
         for label, t in results.items():
-            print(f"{label:36s} {t * 1000:8.1f} ms  ({t * 1e6 / max(1, len(os.listdir('/proc'))):6.1f} us/process)")
+            print(f"{label:36s} {t:8.1f} ms  ({t * 1e3 / max(1, len(os.listdir('/proc'))):6.1f} us/process)")
         for label, t in results.items():
             if label != "full scan":
                 print(f"ratio full / {label}: {full / t:.1f}x")

@@ -273,6 +273,14 @@ def _resolved(data):
     return data.get() if isinstance(data, _Pending) else data
 
 
+def _by_pid(records) -> Dict[int, list]:
+    """Records (FdRef, MapRef: pid first) -> pid -> its records, in their order."""
+    out: Dict[int, list] = {}
+    for r in records:
+        out.setdefault(r.pid, []).append(r)
+    return out
+
+
 def _drm_clients(pid: int, fds: List[int], counters: Dict[str, int]) -> Optional[list]:
     """The DRM clients behind the DRM fds the iterator found, from their fdinfo text read as
     the procfs backend reads it (only these fds: no walk of fd/); None if the process is gone."""
@@ -403,12 +411,22 @@ class BpfScanner:
         return {tgid: (start, seq if flags & T_SEQ else None, cred, mm)
                 for tgid, flags, start, seq, cred, mm in TASK_REC.iter_unpack(self._obj.read("task_mm"))}
 
+    def _read_pid(self, name: str, tgid: int) -> Optional[bytes]:
+        """Iterator `name` over one process; None where the kernel cannot (before 6.1: a
+        per-process link is refused), which turns this scanner to whole walks for good."""
+        from .libbpf import LibbpfError
+        try:
+            return self._obj.read_pid(name, tgid)
+        except LibbpfError:
+            self._per_pid = False
+            self._vma_parts = self._file_parts = None
+            return None
+
     def _read_vmas(self, tasks: Dict[int, tuple]):
         """The task_vma records of every process: walked afresh where the mm may have moved
         (tasks was read before this, so a change racing the walk shows next time). A walk of
         every process runs in a thread (a _Pending), beside the read of the other iterators
         and the parse of the files; _scan_whole keeps its records per process."""
-        from .libbpf import LibbpfError
         old = self._vma_parts
         if (not self.reuse or old is None or not self._per_pid
                 or any(t[1] is None for t in tasks.values())):
@@ -427,11 +445,8 @@ class BpfScanner:
             moved = p is None or p[:2] != t[:2]
             if moved or (data and k and (tgid + gen) % k == 0):
                 walked.add(tgid)
-                try:
-                    data = self._obj.read_pid("task_vma", tgid)
-                except LibbpfError:
-                    self._per_pid = False        # a kernel before 6.1: whole walks from now on
-                    self._vma_parts = None
+                data = self._read_pid("task_vma", tgid)
+                if data is None:
                     return self._read_vmas(tasks)
             if data:
                 parts[tgid] = data
@@ -443,7 +458,6 @@ class BpfScanner:
         """task_file's records: the bytes of one walk; for a reused scanner, {pid: its
         records}, read again (one iter/task_file per process) only where the process's sum
         (task_sum: a hash of its records, no names copied) moved since the last scan."""
-        from .libbpf import LibbpfError
         from .records import FD_REC, SUM_REC
         if not self.reuse:
             return self._obj.read("task_file")
@@ -460,10 +474,8 @@ class BpfScanner:
             for tgid, sum_ in sums.items():
                 data = old.get(tgid)
                 if data is None or old_sums.get(tgid) != sum_:
-                    try:
-                        data = self._obj.read_pid("task_file", tgid)
-                    except LibbpfError:
-                        self._per_pid = False
+                    data = self._read_pid("task_file", tgid)
+                    if data is None:
                         return self._read_files()
                 if data:
                     parts[tgid] = data
@@ -669,12 +681,7 @@ class BpfScanner:
         self._state = None
         if not self.reuse or smaps or self.drm_fds:
             return build(obs, **meta), obs
-        fds_by: Dict[int, list] = {}
-        maps_by: Dict[int, list] = {}
-        for r in obs.fds:
-            fds_by.setdefault(r.pid, []).append(r)
-        for m in obs.maps:
-            maps_by.setdefault(m.pid, []).append(m)
+        fds_by, maps_by = _by_pid(obs.fds), _by_pid(obs.maps)
         parts = {p.pid: Part(fds_by.get(p.pid, []), maps_by.get(p.pid, []), p) for p in obs.procs}
         gated = set(self._gated)
         status = {pid: "denied" for pid in obs.denied if pid in gated}
@@ -715,12 +722,7 @@ class BpfScanner:
         if drm:
             return None
         parse_vmas(b"".join(vparts.get(p, b"") for p in order), tasks, maps, set(), want)
-        fds_by: Dict[int, list] = {}
-        maps_by: Dict[int, list] = {}
-        for r in fds:
-            fds_by.setdefault(r.pid, []).append(r)
-        for m in maps:
-            maps_by.setdefault(m.pid, []).append(m)
+        fds_by, maps_by = _by_pid(fds), _by_pid(maps)
         parts, status = dict(old_parts), dict(old_status)
         cache = self._cmdlines
         for pid in order:

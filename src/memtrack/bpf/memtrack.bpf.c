@@ -258,7 +258,7 @@ int task_file(struct bpf_iter__task_file *ctx)
  * them), a dma-buf's name (at most 32 bytes, DMA_BUF_NAME_LEN) by its bytes folded into a
  * word. A reader compares the sums with the last scan's and reads task_file again (for one
  * process) only where they moved. */
-struct lite_rec {
+struct sum_fields {
 	u32 tgid;
 	u32 fd;
 	u64 ino;
@@ -267,10 +267,10 @@ struct lite_rec {
 	u32 flags;
 	s64 count;
 	u64 name;         /* d_name.hash_len, or the folded dma-buf name */
-};
+};                        /* never written: task_sum hashes it */
 
-static __always_inline int lite_record(struct state *st, struct task_struct *task, u32 fd,
-				       struct file *file, struct lite_rec *r)
+static __always_inline int sum_record(struct state *st, struct task_struct *task, u32 fd,
+				       struct file *file, struct sum_fields *r)
 {
 	struct inode *inode = file->f_inode;
 	int kind = file_kind(st, inode);
@@ -333,7 +333,7 @@ int task_sum(struct bpf_iter__task_file *ctx)
 	struct task_struct *task = ctx->task;
 	struct file *file = ctx->file;
 	struct state *st = get_state();
-	struct lite_rec r = {};
+	struct sum_fields r = {};
 	const u64 *w = (const u64 *)&r;
 	bool open;
 	u64 h;
@@ -349,7 +349,7 @@ int task_sum(struct bpf_iter__task_file *ctx)
 	}
 	if (!file || task->pid != task->tgid)
 		return 0;
-	if (!lite_record(st, task, ctx->fd, file, &r))
+	if (!sum_record(st, task, ctx->fd, file, &r))
 		return 0;
 	if (open && st->sum_tgid == r.tgid) {
 		h = st->sum_hash;

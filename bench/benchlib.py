@@ -1,0 +1,26 @@
+"""What the benchmarks share: where things are (importing this puts src/ and bench/ on
+sys.path) and one timer."""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SRC = os.path.join(ROOT, "src")
+OUT = os.path.join(HERE, "out")
+for _p in (SRC, HERE):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+
+def timed(fn, rounds: int):
+    """(median ms, every run's ms) of `rounds` calls of fn()."""
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(out), out
