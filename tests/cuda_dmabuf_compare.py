@@ -83,9 +83,34 @@ def debugfs_table():
     return sorted((b.inode, b.size, b.exporter, b.name, b.count) for b in bufs)
 
 
+def same(a, b, pids, want, label, out=None):
+    """Print the bpf snapshot's dma-bufs of these pids and every difference from procfs."""
+    ok = True
+    mine = [x for x in b.restrict(pids=pids).buffers if x.kind == "dmabuf"]
+    print(f"[{label}]")
+    for x in mine:
+        print(f"  {x.id} size={x.size} exporter={x.exporter} name={x.name} holders={x.holders} "
+              f"fd_refs={x.fd_refs} kernel_count={x.kernel_count}")
+    if len(mine) != want or any(x.holders != tuple(sorted(pids)) for x in mine):
+        print(f"FAIL [{label}]: the exported buffers are not all seen, held by parent and child")
+        ok = False
+    da, db = (x.restrict(pids=pids).to_dict() for x in (a, b))
+    for key in ("buffers", "processes", "totals"):
+        if da[key] != db[key]:
+            print(f"FAIL [{label}]: {key} differ:\n procfs {json.dumps(da[key])}\n"
+                  f" bpf    {json.dumps(db[key])}")
+            ok = False
+    if out:
+        for name, d in (("procfs", da), ("bpf", db)):
+            with open(os.path.join(out, f"{label}-{name}.json"), "w") as f:
+                json.dump(d, f, indent=1, sort_keys=True)
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--buffers", type=int, default=3)
+    ap.add_argument("--out", help="write each round's two snapshots (these pids) as JSON here")
     args = ap.parse_args()
     from memtrack import bpf as mbpf
     why = mbpf.unavailable()
@@ -112,32 +137,36 @@ def main():
         from memtrack.sources.live import LiveSource
         pids = {os.getpid(), child}
         kernel = debugfs_table()
-        a = scan(LiveSource())
-        with mbpf.BpfScanner() as s:
+        with mbpf.BpfScanner() as s:           # reused across the two rounds, as in top/serve
+            a = scan(LiveSource())
             b = s.scan()
             iter_table = sorted((k.inode, k.size, k.exporter, k.name, k.count)
                                 for k in s.collect().kernel if k.kind == "dmabuf")
-        mine = [x for x in b.restrict(pids=pids).buffers if x.kind == "dmabuf"]
-        print(f"procfs: dma-buf table from {a.kernel.dmabuf_source}, "
-              f"{a.kernel.dmabuf_exported_count} buffers, {a.kernel.dmabuf_exported_bytes} bytes")
-        print(f"bpf:    dma-buf table from {b.kernel.dmabuf_source}, "
-              f"{b.kernel.dmabuf_exported_count} buffers, {b.kernel.dmabuf_exported_bytes} bytes")
-        for x in mine:
-            print(f"  {x.id} size={x.size} exporter={x.exporter} name={x.name} holders={x.holders} "
-                  f"fd_refs={x.fd_refs} kernel_count={x.kernel_count}")
-        ok = True
-        if len(mine) != args.buffers or any(x.holders != tuple(sorted(pids)) for x in mine):
-            print("FAIL: the exported buffers are not all seen, held by parent and child")
-            ok = False
-        da, db = (x.restrict(pids=pids).to_dict() for x in (a, b))
-        for key in ("buffers", "processes", "totals"):
-            if da[key] != db[key]:
-                print(f"FAIL: {key} differ:\n procfs {json.dumps(da[key])}\n bpf    {json.dumps(db[key])}")
-                ok = False
-        if kernel is not None:
-            print(f"debugfs bufinfo: {kernel}\niter/dmabuf:     {iter_table}")
-            if b.kernel.dmabuf_source == "dmabuf_iter" and kernel != iter_table:
-                print("FAIL: iter/dmabuf and debugfs bufinfo differ")
+            print(f"procfs: dma-buf table from {a.kernel.dmabuf_source}, "
+                  f"{a.kernel.dmabuf_exported_count} buffers, {a.kernel.dmabuf_exported_bytes} bytes")
+            print(f"bpf:    dma-buf table from {b.kernel.dmabuf_source}, "
+                  f"{b.kernel.dmabuf_exported_count} buffers, {b.kernel.dmabuf_exported_bytes} bytes")
+            ok = same(a, b, pids, args.buffers, "fresh", args.out)
+            if kernel is not None:
+                print(f"debugfs bufinfo: {kernel}\niter/dmabuf:     {iter_table}")
+                if b.kernel.dmabuf_source == "dmabuf_iter" and kernel != iter_table:
+                    print("FAIL: iter/dmabuf and debugfs bufinfo differ")
+                    ok = False
+            # Round two, through the reused scanner: rename a buffer every holder shares and
+            # close the parent's second fd; the refresh must see both, like a fresh procfs scan.
+            renamed = True
+            try:
+                fcntl.ioctl(fds[0], DMA_BUF_SET_NAME_B, b"memtrack-cuda-renamed\0")
+            except OSError as exc:
+                print(f"note: a second DMA_BUF_SET_NAME was refused ({exc}); no rename checked")
+                renamed = False
+            os.close(fds.pop())
+            b2 = s.scan()
+            a2 = scan(LiveSource())
+            ok = same(a2, b2, pids, args.buffers, "reused", args.out) and ok
+            if renamed and not any(x.name == "memtrack-cuda-renamed"
+                                   for x in b2.restrict(pids=pids).buffers):
+                print("FAIL: the reused bpf scanner missed the rename")
                 ok = False
         print("IDENTICAL" if ok else "DIFFERENT")
         return 0 if ok else 1
