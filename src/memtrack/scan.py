@@ -385,7 +385,14 @@ class no_gc:
     """A scan allocates ~10 objects per buffer reference and frees none of them: the cyclic
     collector would walk that growing heap again and again for nothing. Pause it; and
     before it runs again, move what was made to its oldest generation (freeze, unfreeze),
-    or the first young collection after the pause would walk all of it (10-30 ms)."""
+    or the first young collection after the pause would walk all of it (10-30 ms).
+
+    While a one-shot command holds the heap frozen (hold_frozen), what is made stays frozen.
+    Whether it does is this module's flag, not gc.get_freeze_count(): that walks the whole
+    frozen list, and some interpreters (3.12) start with objects frozen, which made a
+    refresher keep every snapshot frozen and pay a walk of all of them per refresh."""
+
+    held = False
 
     def __enter__(self):
         self.was = gc.isenabled()
@@ -394,11 +401,24 @@ class no_gc:
     def __exit__(self, *exc):
         if self.was:
             if hasattr(gc, "freeze"):
-                frozen = gc.get_freeze_count()
                 gc.freeze()
-                if not frozen:          # a one-shot command may have frozen the heap for good
+                if not no_gc.held:
                     gc.unfreeze()
             gc.enable()
+
+
+def hold_frozen():
+    """For a command that runs once: freeze everything made so far (its snapshot, kept to
+    the end) so the collector never walks it again, until thaw()."""
+    if hasattr(gc, "freeze"):
+        gc.freeze()
+        no_gc.held = True
+
+
+def thaw():
+    no_gc.held = False
+    if hasattr(gc, "unfreeze"):
+        gc.unfreeze()
 
 
 def _finish(src, obs, taken_at, pids, smaps, build):

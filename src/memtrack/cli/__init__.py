@@ -146,7 +146,11 @@ def main(argv=None) -> int:
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 70
     finally:
-        gc.unfreeze()           # get_snapshot froze the snapshot's objects for the command
+        held = sys.modules.get("memtrack.scan")   # get_snapshot froze the snapshot's objects
+        if held is not None:
+            held.thaw()
+        elif hasattr(gc, "unfreeze"):
+            gc.unfreeze()
 
 
 def _safe_stdout():

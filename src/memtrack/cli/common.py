@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 from typing import Optional, Set
@@ -67,13 +66,13 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
 def get_snapshot(args, pids_for_scan=None) -> Snapshot:
     """The snapshot the options name, for a command that runs once. -p restricts the view,
     not the scan: pss needs every holder."""
-    from ..scan import no_gc
+    from ..scan import hold_frozen, no_gc
     with no_gc():
         snap = load_snapshot(args, pids_for_scan)
     # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
     # end of the command: keep the cyclic collector from walking them all again (main()
-    # unfreezes them when it returns).
-    gc.freeze()
+    # thaws them when it returns).
+    hold_frozen()
     report_skipped(snap, quiet=getattr(args, "quiet", False))
     return snap
 
