@@ -49,6 +49,20 @@ def test_sort_reverse_pid_kind_filters(tmp_path):
     assert {row["pid"]: int(row["pss"]) for row in rows} == {"12": 2 * MiB, "11": 2 * MiB}
 
 
+def test_line_under_the_table_follows_kind(tmp_path):
+    """Under --kind the held, kernel-only and dma-buf figures are those of the kinds shown:
+    a machine-wide held figure beside the dma-buf total read as a discrepancy."""
+    root = make_tree(tmp_path)
+    last = run_memtrack("--root", root, "-b").stdout.splitlines()[-1]
+    assert last == (f"held by processes: {7 * MiB}; dma-buf exported: {11 * MiB} (debugfs); "
+                    f"kernel-only: {8 * MiB}")
+    last = run_memtrack("--root", root, "-b", "--kind", "dmabuf").stdout.splitlines()[-1]
+    assert last == (f"held by processes (dmabuf): {3 * MiB}; dma-buf exported: {11 * MiB} "
+                    f"(debugfs); kernel-only: {8 * MiB}")
+    last = run_memtrack("--root", root, "-b", "--kind", "memfd").stdout.splitlines()[-1]
+    assert last == f"held by processes (memfd): {4 * MiB}; kernel-only: 0"
+
+
 def test_memtrack_ps_subcommand_equals_default(tmp_path):
     root = make_tree(tmp_path)
     assert run_memtrack("--root", root).stdout == run_memtrack("ps", "--root", root).stdout

@@ -136,6 +136,18 @@ def test_top_once_in_a_pipe(kid):
     assert r.stdout.splitlines()[3].split()[:4] == ["PID", "Rss", "Pss", "Uss"]
 
 
+def test_top_header_figures_follow_the_kinds_shown(kid):
+    """--kind memfd: the header's figures are memfd's, so no dma-buf total beside them."""
+    heads = {}
+    for kind in ("memfd", "dmabuf"):
+        r = run_memtrack("top", "--once", "--kind", kind, "-p", str(kid.pid))
+        assert r.returncode == 0, r.stderr
+        heads[kind] = r.stdout.splitlines()[1]
+    assert heads["memfd"].startswith("held by processes: ")
+    assert "dma-buf exported" not in heads["memfd"]
+    assert "dma-buf exported" in heads["dmabuf"]
+
+
 @pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
 def test_top_quits_cleanly_on_q_and_ctrl_c(kid, key):
     t = PtyTop("-d", "0.2", "-p", str(kid.pid))

@@ -12,7 +12,7 @@ Buffers of unknown size add nothing and are counted in ``unknown``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Tuple
 
 from .model import Snapshot
 
@@ -98,25 +98,21 @@ def account(snap: Snapshot) -> Accounting:
     shares: Dict[str, Dict[int, int]] = {}
     # buffer id -> (kind, size, pss shares or None); shares None and size known: held alone
     facts: Dict[str, tuple] = {}
-    held = ko_bytes = ko_count = unattributed = 0
+    held = 0
+    unheld = []
     for b in snap.buffers:
         size, holders = b.size, b.holders
         sh = None
-        if holders:
-            if size is not None:
-                held += size
-                if len(holders) == 1:
-                    shares[b.id] = {holders[0]: size}     # what pss_shares gives, cheaper
-                else:
-                    sh = shares[b.id] = pss_shares(size, holders)
-        else:
-            verdict = is_kernel_only(snap, b)
-            if verdict:
-                ko_count += 1
-                ko_bytes += size or 0
-            elif verdict is None:
-                unattributed += size or 0
+        if not holders:
+            unheld.append(b)
+        elif size is not None:
+            held += size
+            if len(holders) == 1:
+                shares[b.id] = {holders[0]: size}     # what pss_shares gives, cheaper
+            else:
+                sh = shares[b.id] = pss_shares(size, holders)
         facts[b.id] = (b.kind, size, sh, len(holders) == 1)
+    ko_bytes, ko_count, unattributed = _unheld(snap, unheld)
     for p in snap.processes:
         pid = p.pid
         acc: Dict[str, list] = {}          # kind -> [rss, pss, uss, mapped, in_rss, buffers, unknown]
@@ -151,11 +147,39 @@ def account(snap: Snapshot) -> Accounting:
             bk.add(u)
         procs[pid] = pu
         total.add(pu.total)
-    # Without the kernel's dma-buf table, or with processes unread, the kernel-only figure
-    # would be a guess: say so (None) rather than print a number.
-    knowable = snap.complete and snap.kernel.dmabuf_source is not None
     return Accounting(
         processes=procs, total=total, by_kind=by_kind, shares=shares, held_bytes=held,
-        kernel_only_bytes=ko_bytes if knowable else None,
-        kernel_only_buffers=ko_count if knowable else None,
-        unattributed_bytes=unattributed)
+        kernel_only_bytes=ko_bytes, kernel_only_buffers=ko_count, unattributed_bytes=unattributed)
+
+
+def footing(snap: Snapshot, kinds=None) -> Tuple[int, Optional[int], Optional[int], int]:
+    """(held bytes, kernel-only bytes, kernel-only buffers, unattributed bytes) over the
+    buffers of these kinds (all kinds by default): Accounting's figures of the same names,
+    for the line under a table that shows only some kinds."""
+    held = 0
+    unheld = []
+    for b in snap.buffers:
+        if kinds is not None and b.kind not in kinds:
+            continue
+        if not b.holders:
+            unheld.append(b)
+        elif b.size is not None:
+            held += b.size
+    return (held,) + _unheld(snap, unheld)
+
+
+def _unheld(snap: Snapshot, buffers) -> Tuple[Optional[int], Optional[int], int]:
+    """(kernel-only bytes, kernel-only buffers, unattributed bytes) of buffers no process
+    holds. Without the kernel's dma-buf table, or with processes unread, the kernel-only
+    figures would be a guess: say so (None) rather than print a number."""
+    ko_bytes = ko_count = unattributed = 0
+    for b in buffers:
+        verdict = is_kernel_only(snap, b)
+        if verdict:
+            ko_count += 1
+            ko_bytes += b.size or 0
+        elif verdict is None:
+            unattributed += b.size or 0
+    if not (snap.complete and snap.kernel.dmabuf_source is not None):
+        return None, None, unattributed
+    return ko_bytes, ko_count, unattributed

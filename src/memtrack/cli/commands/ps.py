@@ -115,7 +115,7 @@ def run(args) -> int:
         foot.append(human(sum(gpu.get(p.pid, 0) for p in procs), raw))
     foot.append(f"TOTAL ({len(procs)} processes)")
     out = render(cols, rows, [foot], max_last=100)
-    out += summary_lines(snap, acct, raw)
+    out += summary_lines(snap, acct, raw, args.kind)
     if unknown_procs:
         out += (f"+ {unknown_procs} processes hold buffers whose size could not be known "
                 "(not counted; see `memtrack buffers`)\n")
@@ -130,16 +130,26 @@ def sized(n, unknown, raw=False) -> str:
     return "?" if n == 0 else human(n, raw) + "+"
 
 
-def summary_lines(snap, acct, raw=False) -> str:
+def summary_lines(snap, acct, raw=False, kinds=None) -> str:
+    """The line under the table: what processes hold, the kernel's dma-buf total, what is
+    held by no process. Under --kind, over the buffers of those kinds only (and the dma-buf
+    total only where dmabuf is among them), so the figures compare with the columns."""
     k = snap.kernel
-    parts = [f"held by processes: {human(acct.held_bytes, raw)}"]
-    if k.dmabuf_source:
+    if kinds:
+        from ...account import footing
+        held, ko, _, unattributed = footing(snap, kinds)
+        label = f"held by processes ({','.join(sorted(kinds))})"
+    else:
+        held, ko, unattributed = acct.held_bytes, acct.kernel_only_bytes, acct.unattributed_bytes
+        label = "held by processes"
+    parts = [f"{label}: {human(held, raw)}"]
+    if k.dmabuf_source and (not kinds or "dmabuf" in kinds):
         parts.append(f"dma-buf exported: {human(k.dmabuf_exported_bytes, raw)} ({k.dmabuf_source})")
-    if acct.kernel_only_bytes is not None:
-        parts.append(f"kernel-only: {human(acct.kernel_only_bytes, raw)}")
+    if ko is not None:
+        parts.append(f"kernel-only: {human(ko, raw)}")
     else:
         why = "no kernel dma-buf table" if not k.dmabuf_source else "some processes unread"
         parts.append(f"kernel-only: unknown ({why})")
-    if acct.unattributed_bytes:
-        parts.append(f"unattributed: {human(acct.unattributed_bytes, raw)}")
+    if unattributed:
+        parts.append(f"unattributed: {human(unattributed, raw)}")
     return "; ".join(parts) + "\n"

@@ -132,14 +132,21 @@ def render(state: TopState, height=None):
 
     rows = state.rows()
     tot = [sum(r[1][i] for r in rows) for i in range(4)]
-    ko = acct.kernel_only_bytes
+    shown = {state.kind} if state.kind else state.kinds
+    if shown:                                      # the figures of the kinds in the table
+        from ...account import footing
+        held, ko, _, _ = footing(snap, shown)
+    else:
+        held, ko = acct.held_bytes, acct.kernel_only_bytes
     exported = snap.kernel.dmabuf_exported_bytes
     head = Text()
     head.append(f"memtrack top  {time.strftime('%H:%M:%S')}  refresh {state.frame}", style="bold")
     head.append(f"  sort: {state.sort}  kind: {state.kind or (','.join(sorted(state.kinds)) if state.kinds else 'all')}\n")
-    head.append(f"held by processes: {human(acct.held_bytes, raw)}   pss total: {human(tot[1], raw)}   "
-                f"kernel-only: {'unknown' if ko is None else human(ko, raw)}   "
-                f"dma-buf exported: {'unknown' if exported is None else human(exported, raw)}\n")
+    head.append(f"held by processes: {human(held, raw)}   pss total: {human(tot[1], raw)}   "
+                f"kernel-only: {'unknown' if ko is None else human(ko, raw)}"
+                + ("" if shown and "dmabuf" not in shown else
+                   f"   dma-buf exported: {'unknown' if exported is None else human(exported, raw)}")
+                + "\n")
     head.append(f"{len(rows)} processes, {len(snap.buffers)} buffers; scan {st.seconds * 1000:.0f} ms, "
                 f"{st.reread} of {st.processes} processes re-read"
                 + (f"; {len(snap.skipped.denied)} denied" if snap.skipped.denied else "")
