@@ -646,7 +646,7 @@ class BpfScanner:
         gate = self._gates
         if memo is not None and isinstance(raw[1], _Pending):
             raw = (raw[0], raw[1].get()) + raw[2:]
-        if (memo is not None and not smaps and raw[2] is not None and self.reuse
+        if (memo is not None and not smaps and raw[2] is not None
                 and memo[0] == (raw, want, hostname, kernel)
                 and all(gate(pid) is None for pid in self._gated)
                 and _others_denied(set(self._gated), want, gate) == self._others):
@@ -669,7 +669,10 @@ class BpfScanner:
             # moving: a scan that read any is never reused
             gated = set(self._gated)
             clean = not (self.drm_fds or [p for p in obs.denied + obs.vanished if p in gated])
-            self._memo = ((raw, want, hostname, kernel), snap) if clean and not smaps else None
+            # (a one-shot scanner keeps none: its next scan would wait for the VMA walk to
+            # compare the inputs, where it parses the files meanwhile)
+            self._memo = ((raw, want, hostname, kernel), snap) \
+                if clean and not smaps and self.reuse else None
         return replace(snap, backend_reason=reason) if reason else snap
 
     def _scan_whole(self, raw, pids, want, smaps, meta):
