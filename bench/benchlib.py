@@ -16,10 +16,13 @@ for _p in (SRC, HERE):
         sys.path.insert(0, _p)
 
 
-def timed(fn, rounds: int):
-    """(median ms, every run's ms) of `rounds` calls of fn()."""
+def timed(fn, rounds: int, between=None):
+    """(median ms, every run's ms) of `rounds` calls of fn(); between(), if given, runs
+    untimed before each call (to drop what the last one made, say)."""
     out = []
     for _ in range(rounds):
+        if between is not None:
+            between()
         t = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t) * 1e3)
