@@ -594,3 +594,163 @@ def test_verification_bounds_a_stale_map_only_size():
                 assert [4 * R.PAGE_SIZE] in seen
             else:
                 assert seen == [[R.PAGE_SIZE]] * 3
+
+
+# -- what a reused scanner must not miss (each once seen stale for good) ---------------------
+_KID_EXEC = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+step = sys.argv[1]
+if step == "first":
+    fd = os.memfd_create("kept-over-exec", 0)        # no CLOEXEC: it survives the exec
+    os.ftruncate(fd, 8192)
+    if "map" in sys.argv[2:]:
+        libc.mmap(None, 8192, 3, 1, fd, 0)
+        os.close(fd)                                   # map-only
+print("ready", flush=True)
+line = sys.stdin.readline().strip()
+if line == "exec":
+    os.execv(sys.executable, [sys.executable, "-c", sys.argv[-1], "second", sys.argv[-1]])
+if line == "rename":
+    libc.prctl(15, b"renamed-kid", 0, 0, 0)           # PR_SET_NAME
+    os.setresuid(1000, 1000, 1000)
+    print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _kid(*args):
+    k = subprocess.Popen([sys.executable, "-c", _KID_EXEC, "first", *args, _KID_EXEC],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert k.stdout.readline().strip() == "ready"
+    return k
+
+
+def _told(k, what):
+    k.stdin.write(what + "\n")
+    k.stdin.flush()
+
+
+def test_a_reused_scanner_sees_an_exec():
+    """An exec keeps the pid, the start time and (without CLOEXEC) the buffer fds: the
+    records do not move, but the cmdline does, and the cmdline cache was keyed by start time."""
+    fresh = scanner()
+    k = _kid("fd")
+    try:
+        with mbpf.BpfScanner(verify_every=0) as s:
+            before = s.scan(pids=[k.pid])
+            assert "first" in before.processes[0].cmdline
+            _told(k, "exec")
+            assert k.stdout.readline().strip() == "ready"
+            for _ in range(2):
+                got = s.scan(pids=[k.pid])
+                assert "second" in got.processes[0].cmdline
+                assert _same(got, fresh.scan(pids=[k.pid]))
+    finally:
+        k.kill()
+        k.wait()
+
+
+def test_a_reused_scanner_sees_a_map_only_holder_renamed_and_setuid():
+    """A process that only maps a buffer is described by its VMA walk's task record; a new
+    comm (PR_SET_NAME) or uid moves no mm sequence, but must show (verification off)."""
+    fresh = scanner()
+    k = _kid("map")
+    try:
+        with mbpf.BpfScanner(verify_every=0) as s:
+            first = s.scan(pids=[k.pid])
+            assert first.processes[0].uid == 0 and first.processes[0].refs[0].fds == ()
+            _told(k, "rename")
+            assert k.stdout.readline().strip() == "done"
+            got = s.scan(pids=[k.pid])
+            assert (got.processes[0].comm, got.processes[0].uid) == ("renamed-kid", 1000)
+            assert _same(got, fresh.scan(pids=[k.pid]))
+    finally:
+        k.kill()
+        k.wait()
+
+
+def test_a_reused_scanner_sees_a_shm_directory_renamed():
+    """A /dev/shm file's name is its link: renaming its directory moves no record and no
+    dentry of the file, yet the link reads otherwise."""
+    scanner()
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    me = os.getpid()
+    d = f"/dev/shm/mt-dir-{me}"
+    os.mkdir(d)
+    fd = os.open(f"{d}/buf", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, R.PAGE_SIZE)
+        with mbpf.BpfScanner(verify_every=0) as s:
+            assert [b.name for b in s.scan(pids=[me]).buffers if b.kind == "shm"] == [f"mt-dir-{me}/buf"]
+            os.rename(d, d + "-moved")
+            d += "-moved"
+            got = s.scan(pids=[me])
+            assert [b.name for b in got.buffers if b.kind == "shm"] == [f"mt-dir-{me}-moved/buf"]
+            assert _same(got, scanner().scan(pids=[me]))
+    finally:
+        os.close(fd)
+        os.unlink(f"{d}/buf")
+        os.rmdir(d)
+
+
+def test_a_change_undone_across_the_sum_read_is_not_kept():
+    """task_sum is read before a process's records: a buffer opened between the two reads
+    and closed after leaves the process's sum as it was. The records of that passing state
+    must not be kept by later scans (here the open is timed into that window by a hook)."""
+    from livekids import Kid
+    fresh = scanner()
+    with Kid() as k, mbpf.BpfScanner(verify_every=0) as s:
+        k.add("steady", R.PAGE_SIZE)
+        s.scan(pids=[k.pid])
+        k.add("moved", R.PAGE_SIZE)                 # the sum moves: the records are read
+        real, passing = s._obj.read_pid, []
+
+        def read_pid(name, pid):
+            if name == "task_file" and pid == k.pid and not passing:
+                passing.append(k.add("passing", 1 << 20))
+            return real(name, pid)
+        s._obj.read_pid = read_pid
+        assert "passing" in {b.name for b in s.scan(pids=[k.pid]).buffers}
+        s._obj.read_pid = real
+        k.close(passing[0])
+        for _ in range(2):
+            got = s.scan(pids=[k.pid])
+            assert "passing" not in {b.name for b in got.buffers}
+            assert _same(got, fresh.scan(pids=[k.pid]))
+
+
+def test_a_failed_refresh_leaves_nothing_half_done(monkeypatch):
+    """A scan that fails while patching (memory, a bug) must not leave the next scans
+    diffing against state it never finished: they see every change since."""
+    from livekids import Kid
+    fresh = scanner()
+    with Kid() as k, mbpf.BpfScanner(verify_every=0) as s:
+        k.add("before", R.PAGE_SIZE)
+        s.scan(pids=[k.pid])
+        k.add("during", 1 << 20)
+        monkeypatch.setattr(s._rebuilder, "build", lambda *a, **kw: (_ for _ in ()).throw(MemoryError("injected")))
+        with pytest.raises(MemoryError):
+            s.scan(pids=[k.pid])
+        monkeypatch.undo()
+        for _ in range(2):
+            got = s.scan(pids=[k.pid])
+            assert "during" in {b.name for b in got.buffers}
+            assert _same(got, fresh.scan(pids=[k.pid]))
+
+
+def test_collect_restores_the_switch_interval_when_it_fails(monkeypatch):
+    s = scanner()
+    before = sys.getswitchinterval()
+
+    def broken(*a, **kw):
+        raise ValueError("injected")
+    monkeypatch.setattr(R, "parse_files", broken)
+    with pytest.raises(ValueError):
+        s.collect()
+    assert sys.getswitchinterval() == before

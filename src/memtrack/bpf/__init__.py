@@ -261,12 +261,30 @@ class _Pending:
             self._fast = False
             _fast_switch(False)
 
-    def get(self) -> bytes:
+    def wait(self) -> None:
+        """Let the walk finish (its result or error dropped), the switch interval restored."""
         self._thread.join()
         self.restore()
+
+    def get(self) -> bytes:
+        self.wait()
         if self._error is not None:
             raise BpfUnavailable(f"reading the BPF iterators failed: {self._error}") from None
         return self._value
+
+
+class _Links:
+    """A readlink for the parsers that keeps, per process, what each link it read said (a
+    file with a real path is named by its link: a reused scanner reads them again)."""
+
+    def __init__(self):
+        self.by_pid: Dict[int, Dict[str, Optional[str]]] = {}
+
+    def __call__(self, path: str) -> Optional[str]:
+        from .records import _readlink
+        target = _readlink(path)
+        self.by_pid.setdefault(int(path.split("/", 3)[2]), {})[path] = target
+        return target
 
 
 def _resolved(data):
@@ -386,7 +404,9 @@ class BpfScanner:
         self._memo = None                   # ((raw inputs, pids, host), Snapshot) of the last scan
         self._gated: List[int] = []         # the holders the last scan checked
         self._others: tuple = ((), ())      # _others_denied() of the last scan
-        self._tasks: Dict[int, tuple] = {}  # pid -> (start_time, mm seq or None, cred, mm)
+        self._tasks: Dict[int, tuple] = {}  # pid -> (start_time, mm seq or None, cred, mm, comm)
+        self._last_tasks: Dict[int, tuple] = {}   # the same, of the scan before
+        self._links: Dict[int, Dict[str, Optional[str]]] = {}   # pid -> readlinks its parse made
         self._vma_parts: Optional[Dict[int, bytes]] = None   # pid -> its task_vma records
         self._per_pid = True                # the kernel runs an iterator for one process (6.1+)
         self._state = None                  # what _rescan() patches: see _scan_whole()
@@ -408,8 +428,9 @@ class BpfScanner:
         from .records import T_SEQ, TASK_REC
         if not self.reuse:
             return {}
-        return {tgid: (start, seq if flags & T_SEQ else None, cred, mm)
-                for tgid, flags, start, seq, cred, mm in TASK_REC.iter_unpack(self._obj.read("task_mm"))}
+        return {tgid: (start, seq if flags & T_SEQ else None, cred, mm, comm)
+                for tgid, flags, start, seq, cred, mm, comm
+                in TASK_REC.iter_unpack(self._obj.read("task_mm"))}
 
     def _read_pid(self, name: str, tgid: int) -> Optional[bytes]:
         """Iterator `name` over one process; None where the kernel cannot (before 6.1: a
@@ -441,8 +462,10 @@ class BpfScanner:
             p = prev.get(tgid)
             data = old.get(tgid)
             # what the sequence cannot see (a mapped file resized through another process, a
-            # dma-buf renamed) is only in processes that map a buffer: only those are verified
-            moved = p is None or p[:2] != t[:2]
+            # dma-buf renamed) is only in processes that map a buffer: only those are verified.
+            # Moved: the sequence, or what the walk's task record says (an exec, whose new mm
+            # may reach the old sequence; a new uid or comm)
+            moved = p != t
             if moved or (data and k and (tgid + gen) % k == 0):
                 walked.add(tgid)
                 data = self._read_pid("task_vma", tgid)
@@ -467,16 +490,26 @@ class BpfScanner:
         # the sums first: a change racing the full reads shows in the next scan
         sums = {tgid: (n, h) for tgid, n, h in SUM_REC.iter_unpack(self._obj.read("task_sum"))}
         old_sums, old = self._sums, self._file_parts
+        # A change between the sum and the records read could be undone before the next
+        # scan, whose sum would then match records of a state that no longer exists: where
+        # the sum moved across the read, none is kept, so the next scan reads again.
         if old is None:
             parts = _split_by_tgid(self._obj.read("task_file"), FD_REC.size)
+            after = {tgid: (n, h) for tgid, n, h in SUM_REC.iter_unpack(self._obj.read("task_sum"))}
+            sums = {tgid: s for tgid, s in sums.items() if after.get(tgid) == s}
         else:
             parts = {}
-            for tgid, sum_ in sums.items():
+            for tgid, sum_ in list(sums.items()):
                 data = old.get(tgid)
                 if data is None or old_sums.get(tgid) != sum_:
                     data = self._read_pid("task_file", tgid)
                     if data is None:
                         return self._read_files()
+                    after = self._read_pid("task_sum", tgid)
+                    if after is None:
+                        return self._read_files()
+                    if [s[1:] for s in SUM_REC.iter_unpack(after)] != [sum_]:
+                        del sums[tgid]
                 if data:
                     parts[tgid] = data
         self._sums, self._file_parts = sums, parts
@@ -500,9 +533,9 @@ class BpfScanner:
                 dmabufs = self._obj.read("dmabuf") if self.has_dmabuf else None
             except BaseException:
                 if isinstance(vmas, _Pending):
-                    vmas.restore()
+                    vmas.wait()             # no walk may outlive this scan (close() frees links)
                 raise
-            self._tasks = tasks
+            self._last_tasks, self._tasks = self._tasks, tasks
             return (files, vmas, dmabufs, sysv)
         except (LibbpfError, OSError) as exc:
             raise BpfUnavailable(f"reading the BPF iterators failed: {exc}") from None
@@ -548,12 +581,21 @@ class BpfScanner:
 
     def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
                 raw: Optional[tuple] = None) -> Observations:
+        """The observations of one scan (of `raw`, what _read() gave, or a new read)."""
+        raw = raw if raw is not None else self._read()
+        try:
+            return self._collect(pids, smaps, raw)
+        finally:
+            if isinstance(raw[1], _Pending):
+                raw[1].wait()               # the walk ended, the switch interval restored
+
+    def _collect(self, pids, smaps, raw) -> Observations:
         from ..readers.smaps import parse_rss
         from ..scan import counter_notes
         from ..sources.live import read_at
         from .records import parse_files, parse_vmas
 
-        files, vmas, dmabufs, sysv = raw if raw is not None else self._read()
+        files, vmas, dmabufs, sysv = raw
         if isinstance(files, dict):
             files = b"".join(files[pid] for pid in sorted(files))
         obs = self._tables(dmabufs, sysv)
@@ -563,8 +605,10 @@ class BpfScanner:
         maps: list = []
         drm: list = []
         pfnmap: set = set()
-        parse_files(files, tasks, fds, drm, want)
-        parse_vmas(_resolved(vmas), tasks, maps, pfnmap, want)
+        links = _Links()
+        parse_files(files, tasks, fds, drm, want, links)
+        parse_vmas(_resolved(vmas), tasks, maps, pfnmap, want, links)
+        self._links = links.by_pid if self.reuse else {}
         self.drm_fds = drm
 
         gate = self._gates
@@ -646,7 +690,8 @@ class BpfScanner:
         gate = self._gates
         if memo is not None and isinstance(raw[1], _Pending):
             raw = (raw[0], raw[1].get()) + raw[2:]
-        if (memo is not None and not smaps and raw[2] is not None
+        stale = self._stale() if self._state is not None else set()
+        if (memo is not None and not smaps and raw[2] is not None and not stale
                 and memo[0] == (raw, want, hostname, kernel)
                 and all(gate(pid) is None for pid in self._gated)
                 and _others_denied(set(self._gated), want, gate) == self._others):
@@ -660,7 +705,13 @@ class BpfScanner:
                 state = self._state
                 self.reparsed = None
                 if state is not None and state[0] == (want, hostname, kernel) and not smaps:
-                    got = self._rescan(raw, want, meta)
+                    try:
+                        got = self._rescan(raw, want, meta, stale)
+                    except BaseException:
+                        # nothing half-done may serve the next scan: it starts afresh
+                        self._state = self._memo = None
+                        self._rebuilder = Rebuilder()
+                        raise
                 if got is None:
                     got = self._scan_whole(raw, pids, want, smaps, meta)
             snap, obs = got
@@ -696,10 +747,42 @@ class BpfScanner:
         self._state = ((want, meta["hostname"], meta["kernel"]), fparts, vparts, parts, status)
         return self._rebuilder.build(obs, parts, None, **meta), obs
 
-    def _rescan(self, raw, want, meta):
+    def _stale(self) -> set:
+        """Holders whose records may be unchanged while what a scan says of them moved: an
+        exec, a new uid or comm (the task's identity); a link the parse resolved that now
+        reads otherwise (a /dev/shm directory renamed); and, in a rotating slice (each
+        holder once every verify_every scans), a cmdline rewritten in place."""
+        from ..readers.proc import parse_cmdline
+        from ..sources.live import read_at
+        from .records import _readlink
+        out = set()
+        last, now = self._last_tasks, self._tasks
+        parts, status = self._state[3], self._state[4]
+        for pid in parts.keys() | status.keys():
+            a, b = last.get(pid), now.get(pid)
+            if a is not None and b is not None and (a[0], a[2], a[3], a[4]) != (b[0], b[2], b[3], b[4]):
+                out.add(pid)
+        for pid, links in self._links.items():
+            if any(_readlink(path) != target for path, target in links.items()):
+                out.add(pid)
+        k, gen = self.verify_every, self._gates.gen
+        if k:
+            for pid, part in parts.items():
+                if (pid + gen) % k == 0 and pid not in out:
+                    try:
+                        cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
+                    except OSError:
+                        cmdline = None
+                    if cmdline != part.proc.cmdline:
+                        out.add(pid)
+        if out and self._cmdlines:
+            self._cmdlines = {key: v for key, v in self._cmdlines.items() if key[0] not in out}
+        return out
+
+    def _rescan(self, raw, want, meta, stale=frozenset()):
         """The scan after a reused scanner's last one: only the processes whose records (or
-        access verdict) changed are parsed and described again, and the snapshot is
-        patched; None where that cannot be done (DRM fds appeared)."""
+        access verdict, or what _stale() found) changed are parsed and described again, and
+        the snapshot is patched; None where that cannot be done (DRM fds appeared)."""
         from ..rebuild import Part
         from .records import FD_REC, VMA_REC, parse_files, parse_vmas
         files, vmas, dmabufs, sysv = raw
@@ -712,6 +795,7 @@ class BpfScanner:
         if want is not None:
             pids &= want
         changed = {p for p in pids if fparts.get(p) != old_f.get(p) or vparts.get(p) != old_v.get(p)}
+        changed |= stale & pids
         gate = self._gates
         for pid in (set(old_parts) | set(old_status)) - changed:
             if gate(pid) != old_status.get(pid):
@@ -721,10 +805,11 @@ class BpfScanner:
         fds: list = []
         maps: list = []
         drm: list = []
-        parse_files(b"".join(fparts.get(p, b"") for p in order), tasks, fds, drm, want)
+        links = _Links()
+        parse_files(b"".join(fparts.get(p, b"") for p in order), tasks, fds, drm, want, links)
         if drm:
             return None
-        parse_vmas(b"".join(vparts.get(p, b"") for p in order), tasks, maps, set(), want)
+        parse_vmas(b"".join(vparts.get(p, b"") for p in order), tasks, maps, set(), want, links)
         fds_by, maps_by = _by_pid(fds), _by_pid(maps)
         parts, status = dict(old_parts), dict(old_status)
         cache = self._cmdlines
@@ -755,8 +840,12 @@ class BpfScanner:
         obs.vanished.extend(p for p, why in status.items() if why == "vanished")
         self.drm_fds = []
         self.reparsed = len(changed)
+        snap = self._rebuilder.build(obs, parts, changed, **meta)
+        for pid in order:
+            self._links.pop(pid, None)
+        self._links.update(links.by_pid)
         self._state = (key, fparts, vparts, parts, status)
-        return self._rebuilder.build(obs, parts, changed, **meta), obs
+        return snap, obs
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:

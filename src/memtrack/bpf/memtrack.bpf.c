@@ -255,7 +255,7 @@ int task_file(struct bpf_iter__task_file *ctx)
 /* iter/task_file, summed: for refreshes, per task one record holding a hash of what
  * task_file would say of its buffer files and of the task (uid, start time, comm), with no
  * names copied: a dentry's name is stood for by its hash and length (a rename changes
- * them), a dma-buf's name (at most 32 bytes, DMA_BUF_NAME_LEN) by its bytes folded into a
+ * them), a dma-buf's name (at most 32 bytes, DMA_BUF_NAME_LEN) by its bytes mixed into a
  * word. A reader compares the sums with the last scan's and reads task_file again (for one
  * process) only where they moved. */
 struct sum_fields {
@@ -268,6 +268,13 @@ struct sum_fields {
 	s64 count;
 	u64 name;         /* d_name.hash_len, or the folded dma-buf name */
 };                        /* never written: task_sum hashes it */
+
+static __always_inline u64 mix(u64 h, u64 w)
+{
+	h ^= w;
+	h *= 0x100000001b3ULL;
+	return h ^ (h >> 29);
+}
 
 static __always_inline int sum_record(struct state *st, struct task_struct *task, u32 fd,
 				       struct file *file, struct sum_fields *r)
@@ -292,7 +299,9 @@ static __always_inline int sum_record(struct state *st, struct task_struct *task
 			r->flags |= R_NAMED;
 			bpf_probe_read_kernel_str(w, sizeof(w), n);
 		}
-		r->name = w[0] ^ (w[1] * 3) ^ (w[2] * 5) ^ (w[3] * 7) ^ (u64)BPF_CORE_READ(db, exp_name);
+		/* multiplied through word by word: an xor of the words, as before, let two
+		 * printable names collide, and a rename between them went unseen */
+		r->name = mix(mix(mix(mix((u64)BPF_CORE_READ(db, exp_name), w[0]), w[1]), w[2]), w[3]);
 		r->dev = inode->i_sb->s_dev;
 	} else {
 		r->size = inode->i_size;
@@ -311,13 +320,6 @@ struct sum_rec {
 	u32 n;            /* buffer files */
 	u64 hash;
 };
-
-static __always_inline u64 mix(u64 h, u64 w)
-{
-	h ^= w;
-	h *= 0x100000001b3ULL;
-	return h ^ (h >> 29);
-}
 
 static __always_inline long sum_out(struct seq_file *seq, struct state *st)
 {
@@ -387,6 +389,7 @@ struct task_rec {
 	u64 seq;
 	u64 cred;         /* the task's real_cred: a new one on every credential change */
 	u64 mm;           /* the task's mm: a new one on exec */
+	char comm[16];    /* what a task record of task_vma would say (PR_SET_NAME moves it) */
 };
 
 #define T_SEQ 0x01
@@ -423,6 +426,7 @@ int task_mm(struct bpf_iter__task *ctx)
 	r.seq = mm_seq(mm, &r.flags);
 	r.cred = (u64)BPF_CORE_READ(task, real_cred);
 	r.mm = (u64)mm;
+	bpf_probe_read_kernel(r.comm, sizeof(r.comm), task->comm);
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }
