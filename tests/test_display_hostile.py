@@ -1,0 +1,162 @@
+"""Names from other processes in every output: a real process whose comm, cmdline, memfd and
+/dev/shm names hold undecodable bytes and control characters, and kfixture trees for what
+a test machine can't make (dma-buf exporters). No output may crash, hold a surrogate that
+cannot be written, or carry a control character raw to a terminal."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from kfixture import Tree
+from livehelpers import SRC, run_memtrack
+from memtrack.cli import main
+
+ENV = dict(os.environ, PYTHONPATH=SRC)
+
+HOSTILE = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(15, ctypes.c_char_p(b"\xff\xfe\x1b[31mbad"), 0, 0, 0)      # PR_SET_NAME
+fds = []
+for name in (b"\xff\xfeinvalid\x1b]0;X\x07", b"pool\x1b[2J"):
+    fd = os.memfd_create(os.fsdecode(name), 0)
+    os.ftruncate(fd, 8192)
+    fds.append(fd)
+path = os.fsdecode(b"/dev/shm/\xffweird\nname-%d" % os.getpid())
+fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.unlink(path)
+os.ftruncate(fd, 4096)
+fds.append(fd)
+print(os.getpid(), flush=True)
+sys.stdin.read()
+"""
+COMM = "\\xff\\xfe\\x1b[31mbad"              # the comm as the views write it
+MiB = 1 << 20
+FF = "@FF@"                                  # stands for the byte 0xff in kfixture trees
+EXPORTER = "nv\x1b[31m" + FF
+BUFNAME = "buf\x1b]0;X\x07" + FF
+
+
+def clean(text: str) -> None:
+    """Nothing a terminal would act on, no undecodable byte left (as a surrogate, or as
+    the \\udcXX that the CLI's stdout writes for one it is handed)."""
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), ascii(text)
+    text.encode("utf-8")
+    assert "\\udc" not in text, ascii(text)
+
+
+def cli(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def esc(s: str) -> str:
+    """A fixture name as the views write it."""
+    return s.replace(FF, "\\xff").replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+
+
+@pytest.fixture
+def dmabuf_tree(tmp_path):
+    """Two processes share a dma-buf whose exporter and name hold an escape sequence and the
+    byte 0xff, and one process's comm and cmdline do too."""
+    t = Tree()
+    t.proc(30, "bad" + FF + "\x1b[31mc", cmdline="app\x1b[2J" + FF).dmabuf(3, 7, MiB, EXPORTER, BUFNAME)
+    t.proc(31, "peer").dmabuf(4, 7, MiB, EXPORTER, BUFNAME)
+    t.bufinfo([{"size": MiB, "exporter": EXPORTER, "ino": 7, "count": 2, "name": BUFNAME}])
+    root = t.write_dir(str(tmp_path / "tree"))
+    for d, _dirs, files in os.walk(os.fsencode(root)):     # FF becomes the byte itself
+        for f in files:
+            path = os.path.join(d, f)
+            if os.path.islink(path):
+                target = os.readlink(path)
+                os.unlink(path)
+                os.symlink(target.replace(FF.encode(), b"\xff"), path)
+            else:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                with open(path, "wb") as fh:
+                    fh.write(data.replace(FF.encode(), b"\xff"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    script = tmp_path_factory.mktemp("hostile") / "hostile.py"
+    script.write_text(HOSTILE)
+    # the cmdline is bytes too: an undecodable argument and a clear-screen sequence
+    p = subprocess.Popen([os.fsencode(sys.executable), os.fsencode(script), b"\xff\xfe\x1b[2Jarg"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        line = p.stdout.readline()
+        if not line:
+            raise RuntimeError("the hostile process failed to start")
+        yield int(line)
+    finally:
+        p.stdin.close()
+        p.wait(timeout=20)
+
+
+# -- 1. Prometheus label values -------------------------------------------------------------
+
+@pytest.mark.parametrize("per_pid", [False, True])
+def test_textfile_with_hostile_names_writes_valid_escaped_labels(hostile, tmp_path, per_pid):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+    out = tmp_path / "h.prom"
+    p = run_memtrack("--backend", "procfs", "textfile", "-q", "-o", str(out),
+                     *(["--per-pid"] if per_pid else []), timeout=120)
+    assert p.returncode == 0, p.stderr
+    text = out.read_bytes().decode("utf-8")          # strict: valid UTF-8
+    assert "\x1b" not in text
+    pss = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "memtrack_process_pss_bytes" and s.labels["comm"] == COMM \
+                    and s.labels.get("pid", str(hostile)) == str(hostile):
+                pss[s.labels["kind"]] = s.value
+    if per_pid:
+        assert pss == {"memfd": 2 * 8192, "shm": 4096}
+    else:                                    # summed over every process of that name
+        assert pss["memfd"] >= 2 * 8192 and pss["shm"] >= 4096, pss
+
+
+def test_serve_answers_scrapes_with_hostile_names(hostile):
+    pytest.importorskip("prometheus_client")
+    import urllib.request
+    srv = subprocess.Popen([sys.executable, "-m", "memtrack", "--backend", "procfs", "serve",
+                            "--listen", "127.0.0.1:0", "--min-interval", "3600"],
+                           stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/metrics", srv.stderr.readline())
+        assert m
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/metrics", timeout=120) as r:
+            assert r.status == 200
+            text = r.read().decode("utf-8")
+    finally:
+        srv.terminate()
+        _, err = srv.communicate(timeout=20)
+    assert 'memtrack_processes{comm="%s"}' % COMM.replace("\\", "\\\\") in text
+    assert "Traceback" not in err, err
+
+
+def test_textfile_escapes_a_hostile_exporter(dmabuf_tree, tmp_path):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client.parser import text_string_to_metric_families
+    out = tmp_path / "h.prom"
+    p = run_memtrack("--root", dmabuf_tree, "textfile", "-q", "-o", str(out), timeout=120)
+    assert p.returncode == 0, p.stderr
+    text = out.read_bytes().decode("utf-8")
+    clean(text)
+    got = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in ("memtrack_buffer_bytes", "memtrack_process_pss_bytes"):
+                got[s.name, s.labels.get("exporter") or s.labels.get("comm")] = s.value
+    assert got == {("memtrack_buffer_bytes", esc(EXPORTER)): MiB,
+                   ("memtrack_process_pss_bytes", esc("bad" + FF + "\x1b[31mc")): MiB / 2,
+                   ("memtrack_process_pss_bytes", "peer"): MiB / 2}
