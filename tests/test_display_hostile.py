@@ -4,6 +4,8 @@ a test machine can't make (dma-buf exporters). No output may crash, hold a surro
 cannot be written, or carry a control character raw to a terminal."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import subprocess
@@ -89,7 +91,7 @@ def hostile(tmp_path_factory):
     script = tmp_path_factory.mktemp("hostile") / "hostile.py"
     script.write_text(HOSTILE)
     # the cmdline is bytes too: an undecodable argument and a clear-screen sequence
-    p = subprocess.Popen([os.fsencode(sys.executable), os.fsencode(script), b"\xff\xfe\x1b[2Jarg"],
+    p = subprocess.Popen([os.fsencode(sys.executable), os.fsencode(script), b"\xff\xfe\x1b[2Jarg", b"[/bold]"],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         line = p.stdout.readline()
@@ -160,3 +162,63 @@ def test_textfile_escapes_a_hostile_exporter(dmabuf_tree, tmp_path):
     assert got == {("memtrack_buffer_bytes", esc(EXPORTER)): MiB,
                    ("memtrack_process_pss_bytes", esc("bad" + FF + "\x1b[31mc")): MiB / 2,
                    ("memtrack_process_pss_bytes", "peer"): MiB / 2}
+
+
+# -- 2. control characters and undecodable bytes in every view ------------------------------
+
+def test_matrix_header_escapes_a_hostile_comm(hostile, capsys):
+    rc, out, err = cli(capsys, "--backend", "procfs", "matrix", "-p", str(hostile))
+    assert rc == 0, err
+    clean(out)
+    assert out.splitlines()[0].split()[4] == f"{COMM}:{hostile}"
+    assert "\\xff\\xfeinvalid\\x1b]0;X\\x07" in out
+
+
+def test_top_once_in_a_pipe_escapes_names_and_reads_no_markup(hostile):
+    pytest.importorskip("rich")
+    p = run_memtrack("--backend", "procfs", "top", "--once", "-p", str(hostile), timeout=120,
+                     env_extra={"COLUMNS": "400"})
+    assert p.returncode == 0, p.stderr
+    clean(p.stdout)
+    # the cmdline: its undecodable bytes were replaced when read, its ESC is escaped here,
+    # and "[/bold]" is shown, not taken for rich markup (which failed on it: rc 70)
+    assert "\\x1b[2Jarg [/bold]" in p.stdout
+
+
+def test_csv_writes_every_text_field_by_one_rule(hostile, capsys):
+    rc, out, err = cli(capsys, "--backend", "procfs", "ps", "--csv", "-p", str(hostile))
+    assert rc == 0, err
+    clean(out)
+    row = list(csv.DictReader(io.StringIO(out)))[0]
+    assert row["comm"] == COMM
+    assert row["cmdline"].endswith("\\x1b[2Jarg [/bold]")
+    rc, out, err = cli(capsys, "--backend", "procfs", "buffers", "--csv", "-p", str(hostile))
+    clean(out)
+    names = {r["name"] for r in csv.DictReader(io.StringIO(out))}
+    assert {"\\xff\\xfeinvalid\\x1b]0;X\\x07", "pool\\x1b[2J"} <= names
+    assert any(n.startswith("\\xffweird\\x0aname-") for n in names), names
+    rc, out, err = cli(capsys, "--backend", "procfs", "matrix", "--csv", "-p", str(hostile))
+    clean(out)
+    assert f"{COMM}:{hostile}" in next(csv.reader(io.StringIO(out)))
+
+
+@pytest.mark.parametrize("mode", [[], ["-o", "csv"], ["30"], ["30", "-o", "csv"], ["-a"], ["-a", "-o", "csv"],
+                                  ["-b"], ["-b", "-o", "csv"]])
+def test_dmabuf_dump_escapes_names_in_every_mode(dmabuf_tree, capsys, mode):
+    rc, out, err = cli(capsys, "--root", dmabuf_tree, "dmabuf-dump", *mode)
+    assert rc == 0, err
+    clean(out)
+    if "-a" in mode:                         # the grid names processes
+        assert esc("bad" + FF + "\x1b[31mc") + ":30" in out
+    else:
+        assert esc(EXPORTER) in out
+    if not mode or mode[0] == "30":
+        assert esc(BUFNAME) in out
+
+
+@pytest.mark.parametrize("cmd", [["summary", "--by", "exporter"], ["summary", "--by", "name"],
+                                 ["summary", "--by", "exporter", "--csv"], ["matrix"], ["buffers", "--csv"]])
+def test_table_and_csv_views_of_a_hostile_dmabuf(dmabuf_tree, capsys, cmd):
+    rc, out, err = cli(capsys, "--root", dmabuf_tree, *cmd)
+    assert rc == 0, err
+    clean(out)

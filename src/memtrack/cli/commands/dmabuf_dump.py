@@ -13,6 +13,7 @@ from typing import Dict, List
 
 from ...account import account
 from ...errors import MemtrackError
+from ...views.table import printable
 from ..common import check_exclusive, emit, get_snapshot
 from .matrix import cells
 
@@ -34,7 +35,11 @@ def add_arguments(p):
 
 def _comm(snap, pid) -> str:
     p = snap.process_map.get(pid)
-    return p.comm if p and p.comm else "N/A"
+    return printable(p.comm) if p and p.comm else "N/A"
+
+
+def _exporter(b) -> str:
+    return printable(b.exporter or "<unknown>")
 
 
 def _kb(n) -> int:
@@ -62,7 +67,7 @@ def per_process(snap, view, csv: bool) -> str:
             out.append("%22s %16s %16s %16s %16s %22s\n" % ("Name", "Rss", "Pss", "nr_procs", "Inode", "Exporter"))
         for b in mine:
             share = acct.shares.get(b.id, {}).get(p.pid, 0)
-            name, exp = b.name or "<unknown>", b.exporter or "<unknown>"
+            name, exp = printable(b.name or "<unknown>"), _exporter(b)
             if csv:
                 out.append('"%s",%d,%d,%d,%d,%s\n' % (name, _kb(b.size), _kb(share), len(b.holders),
                                                      b.inode or 0, exp))
@@ -148,15 +153,16 @@ def per_buffer(snap, csv: bool) -> str:
     bufs = sorted((b for b in snap.buffers if b.kind == "dmabuf"), key=lambda b: b.inode or 0)
     exporters: Dict[str, List[int]] = {}
     for b in bufs:
-        e = exporters.setdefault(b.exporter or "<unknown>", [0, 0])
+        e = exporters.setdefault(_exporter(b), [0, 0])
         e[0] += 1
         e[1] += b.size or 0
     out.append(f"\n\n{SEP} DMA-BUF per-buffer stats {SEP}\n")
     out.append('"Dmabuf Inode","Size(bytes)","Exporter Name"\n' if csv else
                "    Dmabuf Inode |     Size(bytes) |    Exporter Name                    |\n")
     for b in bufs:
-        out.append('%d,%d,"%s"\n' % (b.inode or 0, b.size or 0, b.exporter or "") if csv else
-                   "%16d |%16d | %16s \n" % (b.inode or 0, b.size or 0, b.exporter or ""))
+        exp = printable(b.exporter or "")
+        out.append('%d,%d,"%s"\n' % (b.inode or 0, b.size or 0, exp) if csv else
+                   "%16d |%16d | %16s \n" % (b.inode or 0, b.size or 0, exp))
     out.append(f"\n\n{SEP} DMA-BUF exporter stats {SEP}\n")
     out.append('"Exporter Name","Total Count","Total Size(bytes)"\n' if csv else
                "      Exporter Name              | Total Count |     Total Size(bytes)   |\n")

@@ -122,7 +122,7 @@ def render(state: TopState, height=None):
     from rich.table import Table
     from rich.text import Text
     from ...history import oneline
-    from ...views.table import human
+    from ...views.table import human, printable
     raw = state.raw
     snap, acct = state.snap, state.acct
     st = state.scanner.stats
@@ -160,8 +160,9 @@ def render(state: TopState, height=None):
     if height is not None:
         limit = max(1, height - 6 - (len(state.events) + 1 if state.events else 0))
     for p, u, dlast, dstart in rows[:limit]:
+        # a Text, not a str: rich would read a name's "[/b]" as markup (and fail on it)
         table.add_row(str(p.pid), human(u[0], raw), human(u[1], raw), human(u[2], raw), signed(dlast),
-                      signed(dstart), str(u[3]), oneline(p.name, 200))
+                      signed(dstart), str(u[3]), Text(printable(oneline(p.name, 200))))
     parts = [head, table]
     if limit is not None and len(rows) > limit:
         parts.append(Text(f"... {len(rows) - limit} more"))
@@ -170,8 +171,9 @@ def render(state: TopState, height=None):
         for stamp, e in state.events:
             b = e.buffer
             what = f"fd {e.fd}" if e.via == "fd" else "map"
-            ev.append(f"{stamp} {e.pid} {e.comm}: {'acquired' if e.action == 'acquire' else 'released'} "
-                      f"{what} {b.id}{' ' + repr(b.name) if b.name else ''} {human(b.size, raw)}\n")
+            line = (f"{stamp} {e.pid} {e.comm}: {'acquired' if e.action == 'acquire' else 'released'} "
+                    f"{what} {b.id}{' ' + repr(b.name) if b.name else ''} {human(b.size, raw)}")
+            ev.append(printable(line) + "\n")     # comm and name come from the process
         parts.append(ev)
     parts.append(Text("keys: p r u d sort (pss rss uss delta)  k kind  q quit", style="dim"))
     return Group(*parts)
