@@ -222,3 +222,57 @@ def test_table_and_csv_views_of_a_hostile_dmabuf(dmabuf_tree, capsys, cmd):
     rc, out, err = cli(capsys, "--root", dmabuf_tree, *cmd)
     assert rc == 0, err
     clean(out)
+
+
+# -- 3. -o FILE in every command that prints --------------------------------------------------
+
+AMD = ("pos:\t0\nflags:\t02100002\nmnt_id:\t24\nino:\t1082\n"
+       "drm-driver:\tamdgpu\ndrm-client-id:\t30\ndrm-pdev:\t0000:04:00.0\n"
+       "drm-total-vram:\t36152 KiB\ndrm-resident-vram:\t36152 KiB\n")
+
+
+@pytest.mark.parametrize("cmd, want", [
+    (["summary"], "TOTAL"), (["summary", "--csv"], "category,buffers,bytes"), (["summary", "--json"], '"by"'),
+    (["matrix"], "nr_procs"), (["matrix", "--csv"], "buffer,kind"), (["matrix", "--json"], '"schema"'),
+    (["gpu"], "amdgpu"), (["gpu", "--csv"], "pid,driver"), (["gpu", "--json"], '"gpu"'),
+    (["dmabuf-dump"], "dmabuf total"), (["dmabuf-dump", "-o", "csv"], "TOTALS"), (["dmabuf-dump", "-a"], "Table"),
+    (["dmabuf-dump", "-b"], "per-buffer"), (["dmabuf-dump", "--json"], '"schema"'),
+])
+def test_output_file_is_written_not_stdout(tmp_path, capsys, cmd, want):
+    t = Tree()
+    t.proc(40, "game").dmabuf(3, 7, MiB, "amdgpu", "fb").fd(4, "/dev/dri/renderD128", AMD)
+    t.bufinfo([{"size": MiB, "exporter": "amdgpu", "ino": 7}])
+    root = t.write_dir(str(tmp_path / "tree"))
+    out = tmp_path / "out.txt"
+    out.write_text("old\n")
+    rc, stdout, err = cli(capsys, "--root", root, *cmd, "--output", str(out))
+    assert rc == 0, err
+    assert stdout == ""
+    assert want in out.read_text()
+    rc, again, err = cli(capsys, "--root", root, *cmd)   # the same text as on stdout
+    assert again == out.read_text()
+
+
+def test_top_output_file_holds_the_frames(tmp_path):
+    pytest.importorskip("rich")
+    out = tmp_path / "top.txt"
+    p = run_memtrack("--backend", "procfs", "top", "-n", "2", "-d", "0", "-o", str(out), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ""
+    text = out.read_text()
+    assert "refresh 1" in text and "refresh 2" in text and "\x1b" not in text
+    p = run_memtrack("--backend", "procfs", "top", "--once", "-o", str(out), timeout=120)
+    assert p.returncode == 0 and p.stdout == "" and "refresh 1" in out.read_text()
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["-o", "F"], "needs --once or -n N"),
+    (["--json", "--once"], "no --json or --csv"),
+    (["--csv", "-n", "1"], "no --json or --csv"),
+])
+def test_top_refuses_what_it_cannot_honour(tmp_path, argv, want):
+    pytest.importorskip("rich")
+    p = run_memtrack("top", *[str(tmp_path / a) if a == "F" else a for a in argv], timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("memtrack: ") and want in p.stderr, p.stderr
+    assert not (tmp_path / "F").exists() and p.stdout == ""

@@ -192,15 +192,15 @@ def run(args) -> int:
         view = view.restrict(pids={args.dump_pid})
     if args.json:
         filt = {"kinds": ["dmabuf"]} if args.dump_pid is None else {"kinds": ["dmabuf"], "pids": [args.dump_pid]}
-        emit(view.to_json(filt=filt) + "\n")
+        emit(view.to_json(filt=filt) + "\n", args)
         return 0
     out = ""
     if args.per_buffer:
         out += per_buffer(snap, csv)
         if not args.table:
-            emit(out)
+            emit(out, args)
             return 0
         out += "\n\n"
     out += table(snap, view, csv) if args.table else per_process(snap, view, csv)
-    emit(out)
+    emit(out, args)
     return 0

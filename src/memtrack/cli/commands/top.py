@@ -6,6 +6,7 @@ re-read. Keys: p/r/u/d sort by pss/rss/uss/delta, k cycles the kind filter, q qu
 from __future__ import annotations
 
 import collections
+import io
 import os
 import select
 import sys
@@ -187,12 +188,17 @@ def run(args) -> int:
                             "(or pip install rich)") from None
     if args.root:
         raise MemtrackError("top watches this machine; use ps --root for a capture")
+    if args.json or args.csv:
+        raise MemtrackError("top has no --json or --csv output (ps --json and ps --csv have the same figures)")
+    if args.output and not args.once and args.frames is None:
+        raise MemtrackError("top -o FILE needs --once or -n N: it writes the frames once they are all shown")
     if args.delay < 0 or (args.frames is not None and args.frames < 1):
         raise MemtrackError("--delay must be >= 0 and --frames >= 1")
     state = TopState(args)
-    console = Console()
+    sink = io.StringIO() if args.output else None      # -o: the frames, written at the end
+    console = Console(file=sink)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=132)           # a pipe: wide enough for the numbers and a name
+        console = Console(file=sink, width=132)   # a pipe: wide enough for the numbers and a name
     interactive = console.is_terminal and not args.once and sys.stdin.isatty()
     try:
         if not interactive:
@@ -203,15 +209,24 @@ def run(args) -> int:
 
 
 def _plain(state, console, args) -> int:
-    """Frames printed one after another and flushed: for pipes, logs and --once."""
+    """Frames printed one after another and flushed: for pipes, logs and --once. With -o,
+    written to the file at the end, atomically (those shown until a Ctrl-C, if one comes)."""
+    from ..common import emit
     frames = 1 if args.once else args.frames
-    while True:
-        state.refresh()
-        console.print(render(state))
-        console.file.flush()
-        if frames is not None and state.frame >= frames:
-            return 0
-        time.sleep(args.delay)
+    try:
+        while True:
+            state.refresh()
+            console.print(render(state))
+            console.file.flush()
+            if frames is not None and state.frame >= frames:
+                break
+            time.sleep(args.delay)
+    except KeyboardInterrupt:
+        if not args.output:
+            raise
+    if args.output:
+        emit(console.file.getvalue(), args)
+    return 0
 
 
 def _live(state, console, args) -> int:
