@@ -276,3 +276,30 @@ def test_top_refuses_what_it_cannot_honour(tmp_path, argv, want):
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("memtrack: ") and want in p.stderr, p.stderr
     assert not (tmp_path / "F").exists() and p.stdout == ""
+
+
+# -- 4. top's numbers, and a reader that goes away ---------------------------------------------
+
+@pytest.mark.parametrize("argv, want", [
+    (["-d", "nan", "-n", "2"], "--delay nan"), (["-d", "inf", "-n", "2"], "--delay inf"),
+    (["-d", "-1", "--once"], "--delay -1"), (["-d", "1e10", "--once"], "--delay 1"),
+    (["--events", "99999999999999999999", "--once"], "--events 9"), (["--events", "-1", "--once"], "--events -1"),
+    (["--verify-every", "-5", "--once"], "--verify-every -5"), (["-n", "0"], "--frames 0"),
+])
+def test_top_numbers_out_of_range_one_line_exit_2(capsys, argv, want):
+    pytest.importorskip("rich")
+    rc, out, err = cli(capsys, "top", *argv)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("memtrack: ") and want in err, err
+
+
+def test_top_in_a_pipe_whose_reader_goes_exits_0():
+    pytest.importorskip("rich")
+    p = subprocess.Popen([sys.executable, "-m", "memtrack", "--backend", "procfs", "top", "-n", "50", "-d", "0.05"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    assert p.stdout.readline().startswith(b"memtrack top")      # `| head -1`
+    p.stdout.close()
+    rc = p.wait(timeout=120)
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert rc == 0 and err == "", (rc, err)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import select
 import sys
@@ -28,9 +29,26 @@ def add_arguments(p):
     p.add_argument("-n", "--frames", type=int, default=None, metavar="N", help="exit after N refreshes")
     p.add_argument("--once", action="store_true", help="print one frame and exit (for pipes)")
     p.add_argument("-s", "--sort", choices=sorted(SORTS.values()), default="pss", help="initial sort key")
-    p.add_argument("--events", type=int, default=8, metavar="N", help="last events shown (default 8)")
+    p.add_argument("--events", type=int, default=8, metavar="N",
+                   help=f"last events shown (default 8, at most {MAX_EVENTS})")
     p.add_argument("--verify-every", type=int, default=30, metavar="K",
-                   help="re-read every process at least once per K refreshes (default 30)")
+                   help="re-read every process at least once per K refreshes (default 30; 0: never)")
+
+
+MAX_DELAY = 86400.0
+MAX_EVENTS = 1000
+
+
+def check(args) -> None:
+    """The numbers top is given, each in its range: one line naming the option, else."""
+    if not (math.isfinite(args.delay) and 0 <= args.delay <= MAX_DELAY):
+        raise MemtrackError(f"--delay {args.delay}: want seconds from 0 to {MAX_DELAY:.0f}")
+    if args.frames is not None and args.frames < 1:
+        raise MemtrackError(f"--frames {args.frames}: want 1 or more")
+    if not 0 <= args.events <= MAX_EVENTS:
+        raise MemtrackError(f"--events {args.events}: want 0 to {MAX_EVENTS}")
+    if args.verify_every < 0:
+        raise MemtrackError(f"--verify-every {args.verify_every}: want 0 (never) or more")
 
 
 class TopState:
@@ -192,13 +210,18 @@ def run(args) -> int:
         raise MemtrackError("top has no --json or --csv output (ps --json and ps --csv have the same figures)")
     if args.output and not args.once and args.frames is None:
         raise MemtrackError("top -o FILE needs --once or -n N: it writes the frames once they are all shown")
-    if args.delay < 0 or (args.frames is not None and args.frames < 1):
-        raise MemtrackError("--delay must be >= 0 and --frames >= 1")
+    check(args)
+
+    class Quiet(Console):
+        def on_broken_pipe(self):
+            # rich exits 1 when the reader goes (top | head); main() exits 0, as every command
+            raise BrokenPipeError
+
     state = TopState(args)
     sink = io.StringIO() if args.output else None      # -o: the frames, written at the end
-    console = Console(file=sink)
+    console = Quiet(file=sink)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(file=sink, width=132)   # a pipe: wide enough for the numbers and a name
+        console = Quiet(file=sink, width=132)     # a pipe: wide enough for the numbers and a name
     interactive = console.is_terminal and not args.once and sys.stdin.isatty()
     try:
         if not interactive:
