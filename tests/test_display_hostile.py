@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from conftest import REAL_CAPTURE
 from kfixture import Tree
 from livehelpers import SRC, run_memtrack
 from memtrack.cli import main
@@ -303,3 +304,26 @@ def test_top_in_a_pipe_whose_reader_goes_exits_0():
     err = p.stderr.read().decode()
     p.stderr.close()
     assert rc == 0 and err == "", (rc, err)
+
+
+# -- 5. dmabuf-dump's options that contradict each other ----------------------------------------
+
+@pytest.mark.parametrize("argv, want", [
+    (["-a", "-b"], "-a and -b are exclusive"), (["-b", "-a", "-o", "csv"], "-a and -b are exclusive"),
+    (["-p", "416", "454"], "the PID argument or -p, not both"), (["-a", "-p", "416"], "take no PID"),
+    (["-b", "-p", "416"], "take no PID"), (["--kind", "memfd"], "dma-bufs only"),
+])
+def test_dmabuf_dump_refuses_conflicting_options(tmp_path, capsys, argv, want):
+    root = Tree()
+    root.proc(416, "a").dmabuf(3, 7, MiB)
+    root = root.write_dir(str(tmp_path / "tree"))
+    rc, out, err = cli(capsys, "--root", root, "dmabuf-dump", *argv)
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("memtrack: ") and want in err, err
+
+
+def test_dmabuf_dump_p_shows_those_processes_as_the_pid_argument_does(capsys):
+    rc, by_arg, err = cli(capsys, "--root", REAL_CAPTURE, "dmabuf-dump", "454")
+    assert rc == 0, err
+    rc, by_p, err = cli(capsys, "--root", REAL_CAPTURE, "dmabuf-dump", "-p", "454")
+    assert rc == 0 and by_p == by_arg and "python3:454" in by_p and "python3:416" not in by_p
