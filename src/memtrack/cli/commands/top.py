@@ -40,7 +40,11 @@ MAX_EVENTS = 1000
 
 
 def check(args) -> None:
-    """The numbers top is given, each in its range: one line naming the option, else."""
+    """What top cannot honour, and numbers out of range: one line naming the option."""
+    if args.json or args.csv:
+        raise MemtrackError("top has no --json or --csv output (ps --json and ps --csv have the same figures)")
+    if args.output and not args.once and args.frames is None:
+        raise MemtrackError("top -o FILE needs --once or -n N: it writes the frames once they are all shown")
     if not (math.isfinite(args.delay) and 0 <= args.delay <= MAX_DELAY):
         raise MemtrackError(f"--delay {args.delay}: want seconds from 0 to {MAX_DELAY:.0f}")
     if args.frames is not None and args.frames < 1:
@@ -206,10 +210,6 @@ def run(args) -> int:
                             "(or pip install rich)") from None
     if args.root:
         raise MemtrackError("top watches this machine; use ps --root for a capture")
-    if args.json or args.csv:
-        raise MemtrackError("top has no --json or --csv output (ps --json and ps --csv have the same figures)")
-    if args.output and not args.once and args.frames is None:
-        raise MemtrackError("top -o FILE needs --once or -n N: it writes the frames once they are all shown")
     check(args)
 
     class Quiet(Console):
