@@ -11,7 +11,9 @@ families (the client is imported lazily: the core library stays stdlib-only).
   memtrack_dmabuf_exported_bytes (absent without a kernel dma-buf table)
   memtrack_gpu_resident_bytes{driver,device,region}  DRM clients, each (device, client) once
   memtrack_scrape_duration_seconds, memtrack_scrape_skipped_processes{reason}
-Labels are never absent: an unknown category or exporter is "".
+Labels are never absent: an unknown category or exporter is "". Label values are names from
+other processes (a comm, an exporter): control characters and undecodable bytes are escaped
+as in the tables (printable()), so every value is valid UTF-8 and none reaches a terminal raw.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..account import account
+from .table import printable
 
 KIND_HELP = "dmabuf, memfd, shm (POSIX), sysv, shmem (shared anonymous), ashmem"
 
@@ -29,6 +32,10 @@ def _get(obj, key):
     return getattr(obj, key, None)
 
 
+def _label(value) -> str:
+    return "" if value is None else printable(str(value))
+
+
 def gpu_resident(snap) -> Dict[Tuple[str, str, str], int]:
     """(driver, device, region) -> resident bytes. Read defensively: the gpu section of the
     snapshot (DRM client fdinfo) may be absent, dicts or objects. A client appears once per
@@ -36,8 +43,8 @@ def gpu_resident(snap) -> Dict[Tuple[str, str, str], int]:
     out: Dict[Tuple[str, str, str], int] = defaultdict(int)
     seen = set()
     for g in getattr(snap, "gpu", None) or ():
-        driver = str(_get(g, "driver") or "")
-        device = str(_get(g, "pdev") or _get(g, "device") or _get(g, "dev") or "")
+        driver = _label(_get(g, "driver"))
+        device = _label(_get(g, "pdev") or _get(g, "device") or _get(g, "dev"))
         cid = _get(g, "client_id")
         if cid is not None:
             if (driver, device, cid) in seen:
@@ -49,7 +56,7 @@ def gpu_resident(snap) -> Dict[Tuple[str, str, str], int]:
         for region, r in regions.items():
             res = _get(r, "resident") if not isinstance(r, int) else r
             if isinstance(res, int) and not isinstance(res, bool):
-                out[(driver, device, str(region))] += res
+                out[(driver, device, _label(region))] += res
     return dict(out)
 
 
@@ -71,7 +78,7 @@ def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) 
     by: Dict[tuple, List[int]] = defaultdict(lambda: [0, 0])
     unk: Dict[str, int] = defaultdict(int)
     for b in snap.buffers:
-        key = (b.kind, b.category or "", b.exporter or "")
+        key = (b.kind, _label(b.category), _label(b.exporter))
         by[key][1] += 1
         if b.size is None:
             unk[b.kind] += 1
@@ -99,7 +106,7 @@ def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) 
         pu = acct.processes.get(p.pid)
         if pu is None:
             continue
-        who = (p.comm or "?",) + ((str(p.pid),) if per_pid else ())
+        who = (_label(p.comm or "?"),) + ((str(p.pid),) if per_pid else ())
         nagg[who] += 1
         for kind, u in pu.by_kind.items():
             a = agg[(who[0], kind) + who[1:]]

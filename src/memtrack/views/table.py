@@ -48,7 +48,8 @@ def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optiona
     """Aligned columns separated by two spaces; the last column is never padded."""
     body = [[printable(str(c)) for c in r] for r in rows]
     foot = [[printable(str(c)) for c in r] for r in (footer or [])]
-    widths = [len(c.title) for c in columns]
+    titles = [printable(c.title) for c in columns]   # a matrix column is named after a comm
+    widths = [len(t) for t in titles]
     for r in body + foot:
         for i, cell in enumerate(r[:-1]):
             widths[i] = max(widths[i], len(cell))
@@ -65,7 +66,7 @@ def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optiona
                 out.append(cell.rjust(widths[i]) if c.align == ">" else cell.ljust(widths[i]))
         return "  ".join(out).rstrip()
 
-    lines.append(line([c.title for c in columns]))
+    lines.append(line(titles))
     lines.extend(line(r) for r in body)
     if foot:
         lines.append(line(["-" * w if i < len(columns) - 1 else "" for i, w in enumerate(widths)]))
@@ -74,9 +75,13 @@ def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optiona
 
 
 def to_csv(header: Sequence[str], rows: List[Sequence]) -> str:
+    """CSV, one rule for every text field, header included (a matrix column is named after a
+    comm): control characters and undecodable bytes are escaped as printable() does for the
+    tables (\\x1b, \\xff), so no name reaches a terminal or a spreadsheet raw, and every
+    field reads the same way. Numbers are written as they are."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
+    w.writerow([printable(h) for h in header])
     for r in rows:
-        w.writerow(["" if v is None else v for v in r])
+        w.writerow(["" if v is None else printable(v) if isinstance(v, str) else v for v in r])
     return buf.getvalue()

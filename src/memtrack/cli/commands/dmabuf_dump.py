@@ -1,4 +1,4 @@
-"""memtrack dmabuf-dump [PID] [-a|-b] [-o raw|csv]: Android's dmabuf_dump, line for line,
+"""memtrack dmabuf-dump [PID|-p PIDS] [-a|-b] [-o raw|csv]: Android's dmabuf_dump, line for line,
 from memtrack's accounting (system/memory/libmeminfo/libdmabufinfo/tools/dmabuf_dump.cpp).
 
 Differences, all on purpose: Pss is memtrack's exact split among every holder (also with a
@@ -13,6 +13,7 @@ from typing import Dict, List
 
 from ...account import account
 from ...errors import MemtrackError
+from ...views.table import printable
 from ..common import check_exclusive, emit, get_snapshot
 from .matrix import cells
 
@@ -34,7 +35,11 @@ def add_arguments(p):
 
 def _comm(snap, pid) -> str:
     p = snap.process_map.get(pid)
-    return p.comm if p and p.comm else "N/A"
+    return printable(p.comm) if p and p.comm else "N/A"
+
+
+def _exporter(b) -> str:
+    return printable(b.exporter or "<unknown>")
 
 
 def _kb(n) -> int:
@@ -62,7 +67,7 @@ def per_process(snap, view, csv: bool) -> str:
             out.append("%22s %16s %16s %16s %16s %22s\n" % ("Name", "Rss", "Pss", "nr_procs", "Inode", "Exporter"))
         for b in mine:
             share = acct.shares.get(b.id, {}).get(p.pid, 0)
-            name, exp = b.name or "<unknown>", b.exporter or "<unknown>"
+            name, exp = printable(b.name or "<unknown>"), _exporter(b)
             if csv:
                 out.append('"%s",%d,%d,%d,%d,%s\n' % (name, _kb(b.size), _kb(share), len(b.holders),
                                                      b.inode or 0, exp))
@@ -148,15 +153,16 @@ def per_buffer(snap, csv: bool) -> str:
     bufs = sorted((b for b in snap.buffers if b.kind == "dmabuf"), key=lambda b: b.inode or 0)
     exporters: Dict[str, List[int]] = {}
     for b in bufs:
-        e = exporters.setdefault(b.exporter or "<unknown>", [0, 0])
+        e = exporters.setdefault(_exporter(b), [0, 0])
         e[0] += 1
         e[1] += b.size or 0
     out.append(f"\n\n{SEP} DMA-BUF per-buffer stats {SEP}\n")
     out.append('"Dmabuf Inode","Size(bytes)","Exporter Name"\n' if csv else
                "    Dmabuf Inode |     Size(bytes) |    Exporter Name                    |\n")
     for b in bufs:
-        out.append('%d,%d,"%s"\n' % (b.inode or 0, b.size or 0, b.exporter or "") if csv else
-                   "%16d |%16d | %16s \n" % (b.inode or 0, b.size or 0, b.exporter or ""))
+        exp = printable(b.exporter or "")
+        out.append('%d,%d,"%s"\n' % (b.inode or 0, b.size or 0, exp) if csv else
+                   "%16d |%16d | %16s \n" % (b.inode or 0, b.size or 0, exp))
     out.append(f"\n\n{SEP} DMA-BUF exporter stats {SEP}\n")
     out.append('"Exporter Name","Total Count","Total Size(bytes)"\n' if csv else
                "      Exporter Name              | Total Count |     Total Size(bytes)   |\n")
@@ -171,30 +177,43 @@ def per_buffer(snap, csv: bool) -> str:
     return "".join(out)
 
 
-def run(args) -> int:
-    if args.dump_pid is not None and (args.table or args.per_buffer):
-        raise MemtrackError("dmabuf-dump: -a and -b take no PID")
-    if args.dump_pid is not None and args.dump_pid <= 0:
+def shown_pids(args):
+    """The processes shown: the PID argument (Android's) or -p (memtrack's), not both; None
+    for all."""
+    if args.dump_pid is None:
+        return args.pid
+    if args.pid is not None:
+        raise MemtrackError("dmabuf-dump: give the PID argument or -p, not both")
+    if args.dump_pid <= 0:
         raise MemtrackError(f"dmabuf-dump: invalid process id {args.dump_pid}")
+    return {args.dump_pid}
+
+
+def run(args) -> int:
+    if args.table and args.per_buffer:
+        raise MemtrackError("dmabuf-dump: -a and -b are exclusive (as in Android's dmabuf_dump)")
+    pids = shown_pids(args)
+    if pids is not None and (args.table or args.per_buffer):
+        raise MemtrackError("dmabuf-dump: -a and -b take no PID")   # nor -p
+    if args.kind is not None and args.kind != {"dmabuf"}:
+        raise MemtrackError("dmabuf-dump shows dma-bufs only: --kind does not apply")
     check_exclusive(args)
     snap = get_snapshot(args)
     csv = args.format == "csv" or args.csv
     view = snap.restrict(kinds={"dmabuf"})
-    if args.dump_pid is not None:
-        if args.dump_pid not in snap.process_map and args.dump_pid in snap.skipped.denied:
-            raise MemtrackError(f"pid {args.dump_pid}: access denied (run as root, or as its owner)")
-        view = view.restrict(pids={args.dump_pid})
+    filt = {"kinds": ["dmabuf"]}
+    if pids is not None:
+        for pid in sorted(pids):
+            if pid not in snap.process_map and pid in snap.skipped.denied:
+                raise MemtrackError(f"pid {pid}: access denied (run as root, or as its owner)")
+        view = view.restrict(pids=pids)
+        filt["pids"] = sorted(pids)
     if args.json:
-        filt = {"kinds": ["dmabuf"]} if args.dump_pid is None else {"kinds": ["dmabuf"], "pids": [args.dump_pid]}
-        emit(view.to_json(filt=filt) + "\n")
-        return 0
-    out = ""
-    if args.per_buffer:
-        out += per_buffer(snap, csv)
-        if not args.table:
-            emit(out)
-            return 0
-        out += "\n\n"
-    out += table(snap, view, csv) if args.table else per_process(snap, view, csv)
-    emit(out)
+        emit(view.to_json(filt=filt) + "\n", args)
+    elif args.per_buffer:
+        emit(per_buffer(snap, csv), args)
+    elif args.table:
+        emit(table(snap, view, csv), args)
+    else:
+        emit(per_process(snap, view, csv), args)
     return 0

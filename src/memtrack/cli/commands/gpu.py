@@ -38,11 +38,11 @@ def run(args) -> int:
                             [vals.get(s) for s in gpuacct.STATS] +
                             [gpuacct.private_resident(g), share.get(g.pid, 0)])
         emit(to_csv(["pid", "driver", "pdev", "device", "client_id", "client_name", "holders", "region"]
-                    + list(gpuacct.STATS) + ["private_resident", "gpu_pss"], rows))
+                    + list(gpuacct.STATS) + ["private_resident", "gpu_pss"], rows), args)
         return 0
     raw = args.bytes
     if not rows_src:
-        emit("no DRM GPU clients\n")
+        emit("no DRM GPU clients\n", args)
         return 0
     cols = [Column("PID"), Column("Driver", "<"), Column("Device", "<"), Column("Client"),
             Column("nr_procs"), Column("Total"), Column("Resident"), Column("Shared"), Column("Gpu"),
@@ -73,7 +73,7 @@ def run(args) -> int:
     out += ("distinct clients: " + ", ".join(f"{n} on {dev}" for (_d, dev), n in sorted(ncl.items())) + "\n"
             "GEM memory is not part of the dma-buf totals of the other views "
             "(shared GEM objects are dma-bufs too)\n")
-    emit(out)
+    emit(out, args)
     return 0
 
 

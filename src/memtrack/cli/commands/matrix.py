@@ -38,7 +38,7 @@ def run(args) -> int:
             rows.append([b.id, b.kind, b.inode, b.size, len(b.holders)] +
                         ["%d(%d)" % refs[(b.id, p.pid)] if (b.id, p.pid) in refs else "" for p in procs] +
                         [b.name])
-        emit(to_csv(["buffer", "kind", "inode", "size", "nr_procs"] + heads + ["name"], rows))
+        emit(to_csv(["buffer", "kind", "inode", "size", "nr_procs"] + heads + ["name"], rows), args)
         return 0
     raw = args.bytes
     acct = account(view)
@@ -56,5 +56,5 @@ def run(args) -> int:
         u = acct.process(p.pid).total
         foot.append(sized(u.rss, u.unknown, raw))
     foot.append("(per process: rss, each buffer once)")
-    emit(render(cols, rows, [foot]))
+    emit(render(cols, rows, [foot]), args)
     return 0

@@ -20,14 +20,14 @@ def run(args) -> int:
     rows = summarize(snap, args.by)
     total = grand_total(snap)
     if args.json:
-        emit(to_json(snap, args.by, rows) + "\n")
+        emit(to_json(snap, args.by, rows) + "\n", args)
         return 0
     if args.csv:
-        emit(to_csv([args.by, "buffers", "bytes"], [list(r) for r in rows] + [list(total)]))
+        emit(to_csv([args.by, "buffers", "bytes"], [list(r) for r in rows] + [list(total)]), args)
         return 0
     raw = args.bytes
     title = args.by.capitalize() + (" (pss)" if args.by == "process" else "")
     cols = [Column(title, "<"), Column("Buffers"), Column("Size")]
     body = [[r.group, str(r.buffers), human(r.bytes, raw)] for r in rows]
-    emit(render(cols, body, [["TOTAL", str(total.buffers), human(total.bytes, raw)]]))
+    emit(render(cols, body, [["TOTAL", str(total.buffers), human(total.bytes, raw)]]), args)
     return 0

@@ -6,6 +6,8 @@ re-read. Keys: p/r/u/d sort by pss/rss/uss/delta, k cycles the kind filter, q qu
 from __future__ import annotations
 
 import collections
+import io
+import math
 import os
 import select
 import sys
@@ -27,9 +29,30 @@ def add_arguments(p):
     p.add_argument("-n", "--frames", type=int, default=None, metavar="N", help="exit after N refreshes")
     p.add_argument("--once", action="store_true", help="print one frame and exit (for pipes)")
     p.add_argument("-s", "--sort", choices=sorted(SORTS.values()), default="pss", help="initial sort key")
-    p.add_argument("--events", type=int, default=8, metavar="N", help="last events shown (default 8)")
+    p.add_argument("--events", type=int, default=8, metavar="N",
+                   help=f"last events shown (default 8, at most {MAX_EVENTS})")
     p.add_argument("--verify-every", type=int, default=30, metavar="K",
-                   help="re-read every process at least once per K refreshes (default 30)")
+                   help="re-read every process at least once per K refreshes (default 30; 0: never)")
+
+
+MAX_DELAY = 86400.0
+MAX_EVENTS = 1000
+
+
+def check(args) -> None:
+    """What top cannot honour, and numbers out of range: one line naming the option."""
+    if args.json or args.csv:
+        raise MemtrackError("top has no --json or --csv output (ps --json and ps --csv have the same figures)")
+    if args.output and not args.once and args.frames is None:
+        raise MemtrackError("top -o FILE needs --once or -n N: it writes the frames once they are all shown")
+    if not (math.isfinite(args.delay) and 0 <= args.delay <= MAX_DELAY):
+        raise MemtrackError(f"--delay {args.delay}: want seconds from 0 to {MAX_DELAY:.0f}")
+    if args.frames is not None and args.frames < 1:
+        raise MemtrackError(f"--frames {args.frames}: want 1 or more")
+    if not 0 <= args.events <= MAX_EVENTS:
+        raise MemtrackError(f"--events {args.events}: want 0 to {MAX_EVENTS}")
+    if args.verify_every < 0:
+        raise MemtrackError(f"--verify-every {args.verify_every}: want 0 (never) or more")
 
 
 class TopState:
@@ -122,7 +145,7 @@ def render(state: TopState, height=None):
     from rich.table import Table
     from rich.text import Text
     from ...history import oneline
-    from ...views.table import human
+    from ...views.table import human, printable
     raw = state.raw
     snap, acct = state.snap, state.acct
     st = state.scanner.stats
@@ -160,8 +183,9 @@ def render(state: TopState, height=None):
     if height is not None:
         limit = max(1, height - 6 - (len(state.events) + 1 if state.events else 0))
     for p, u, dlast, dstart in rows[:limit]:
+        # a Text, not a str: rich would read a name's "[/b]" as markup (and fail on it)
         table.add_row(str(p.pid), human(u[0], raw), human(u[1], raw), human(u[2], raw), signed(dlast),
-                      signed(dstart), str(u[3]), oneline(p.name, 200))
+                      signed(dstart), str(u[3]), Text(printable(oneline(p.name, 200))))
     parts = [head, table]
     if limit is not None and len(rows) > limit:
         parts.append(Text(f"... {len(rows) - limit} more"))
@@ -170,8 +194,9 @@ def render(state: TopState, height=None):
         for stamp, e in state.events:
             b = e.buffer
             what = f"fd {e.fd}" if e.via == "fd" else "map"
-            ev.append(f"{stamp} {e.pid} {e.comm}: {'acquired' if e.action == 'acquire' else 'released'} "
-                      f"{what} {b.id}{' ' + repr(b.name) if b.name else ''} {human(b.size, raw)}\n")
+            line = (f"{stamp} {e.pid} {e.comm}: {'acquired' if e.action == 'acquire' else 'released'} "
+                    f"{what} {b.id}{' ' + repr(b.name) if b.name else ''} {human(b.size, raw)}")
+            ev.append(printable(line) + "\n")     # comm and name come from the process
         parts.append(ev)
     parts.append(Text("keys: p r u d sort (pss rss uss delta)  k kind  q quit", style="dim"))
     return Group(*parts)
@@ -185,12 +210,18 @@ def run(args) -> int:
                             "(or pip install rich)") from None
     if args.root:
         raise MemtrackError("top watches this machine; use ps --root for a capture")
-    if args.delay < 0 or (args.frames is not None and args.frames < 1):
-        raise MemtrackError("--delay must be >= 0 and --frames >= 1")
+    check(args)
+
+    class Quiet(Console):
+        def on_broken_pipe(self):
+            # rich exits 1 when the reader goes (top | head); main() exits 0, as every command
+            raise BrokenPipeError
+
     state = TopState(args)
-    console = Console()
+    sink = io.StringIO() if args.output else None      # -o: the frames, written at the end
+    console = Quiet(file=sink)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=132)           # a pipe: wide enough for the numbers and a name
+        console = Quiet(file=sink, width=132)     # a pipe: wide enough for the numbers and a name
     interactive = console.is_terminal and not args.once and sys.stdin.isatty()
     try:
         if not interactive:
@@ -201,15 +232,24 @@ def run(args) -> int:
 
 
 def _plain(state, console, args) -> int:
-    """Frames printed one after another and flushed: for pipes, logs and --once."""
+    """Frames printed one after another and flushed: for pipes, logs and --once. With -o,
+    written to the file at the end, atomically (those shown until a Ctrl-C, if one comes)."""
+    from ..common import emit
     frames = 1 if args.once else args.frames
-    while True:
-        state.refresh()
-        console.print(render(state))
-        console.file.flush()
-        if frames is not None and state.frame >= frames:
-            return 0
-        time.sleep(args.delay)
+    try:
+        while True:
+            state.refresh()
+            console.print(render(state))
+            console.file.flush()
+            if frames is not None and state.frame >= frames:
+                break
+            time.sleep(args.delay)
+    except KeyboardInterrupt:
+        if not args.output:
+            raise
+    if args.output:
+        emit(console.file.getvalue(), args)
+    return 0
 
 
 def _live(state, console, args) -> int:
