@@ -2,9 +2,14 @@
 and the options a command cannot honour are refused, not ignored."""
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
+from livehelpers import run_memtrack
 from memtrack import cli
+
+MiB = 1 << 20
 
 COMMANDS = list(cli._commands())
 
@@ -47,3 +52,64 @@ def test_memtrack_debug_only_when_set_to_yes(monkeypatch, capsys, value, shown):
         assert cli.main(["ps"]) == 70
         err = capsys.readouterr().err
         assert err == "memtrack: internal error: RuntimeError: a bug (set MEMTRACK_DEBUG=1 for the traceback)\n"
+
+
+def make_tree(tmp_path):
+    from kfixture import Tree
+    t = Tree()
+    t.proc(10, "compositor").memfd(3, "pool", 100, size=4 * MiB)
+    t.proc(11, "client").memfd(7, "pool", 100, size=4 * MiB)
+    t.proc(13, "idle")                                      # exists, holds nothing
+    return t.write_dir(str(tmp_path / "t"))
+
+
+@pytest.mark.parametrize("text", ["", ",", " , ", "４１６", "0", "1_0", "+5", "-1", "abc"])
+def test_pid_list_takes_ascii_digits_and_is_not_empty(capsys, text):
+    err = usage_error(capsys, ["-p", text, "ps"])
+    assert "argument -p/--pid: not a pid list" in err
+
+
+def test_pid_list_accepted_forms(tmp_path):
+    root = make_tree(tmp_path)
+    for text in ("10,11", "10 11", "11,10,", "010,11"):
+        r = run_memtrack("--root", root, "-p", text, "--csv")
+        assert r.returncode == 0, r.stderr
+        assert sorted(row.split(",")[0] for row in r.stdout.splitlines()[1:]) == ["10", "11"], text
+
+
+@pytest.mark.parametrize("pid", ["0", "-1", "４１６", "1e3"])
+def test_show_pid_must_be_a_pid(capsys, pid):
+    assert "argument PID: not a pid" in usage_error(capsys, ["show", "--", pid])
+
+
+def test_show_a_pid_that_is_not_there_fails(tmp_path):
+    root = make_tree(tmp_path)
+    r = run_memtrack("show", "13", "--root", root)
+    assert (r.returncode, r.stdout) == (0, "pid 13 holds no shared buffers\n"), r.stderr
+    r = run_memtrack("show", "99", "--root", root, "-q")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"memtrack: pid 99: not in {root}\n")
+    snap = str(tmp_path / "snap.json")
+    assert run_memtrack("--root", root, "--json", "-o", snap).returncode == 0
+    assert run_memtrack("show", "10", "--root", snap).returncode == 0
+    r = run_memtrack("show", "99", "--root", snap, "--json", "-q")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"memtrack: pid 99: not in {snap}\n")
+
+
+def test_show_live_pid_that_does_not_exist_fails():
+    with open("/proc/sys/kernel/pid_max") as f:
+        pid = int(f.read()) + 1                             # above pid_max: never a process
+    r = run_memtrack("show", str(pid), "-q")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines()[-1] == f"memtrack: pid {pid}: no such process"
+    idle = subprocess.Popen(["sleep", "30"])
+    try:
+        r = run_memtrack("show", str(idle.pid), "-q")
+        assert (r.returncode, r.stdout) == (0, f"pid {idle.pid} holds no shared buffers\n")
+    finally:
+        idle.kill()
+        idle.wait()
+
+
+def test_show_refuses_pid_option(tmp_path):
+    r = run_memtrack("show", "10", "-p", "11", "--root", make_tree(tmp_path))
+    assert (r.returncode, r.stderr) == (2, "memtrack: show takes the process as its PID argument, not -p\n")

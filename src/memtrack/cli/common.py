@@ -10,14 +10,28 @@ from ..errors import MemtrackError
 from ..model import KINDS, Snapshot
 
 
+def _pid(text: str) -> int:
+    """A pid as typed: ASCII digits only (int() also reads " 4_16" and full-width digits),
+    and not 0, which no process has."""
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise ValueError(text)
+    return int(text)
+
+
+def pid_arg(text: str) -> int:
+    try:
+        return _pid(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a pid: {text!r}") from None
+
+
 def _pid_list(text: str) -> Set[int]:
-    out = set()
-    for part in text.replace(" ", ",").split(","):
-        if not part:
-            continue
-        if not part.isdigit():
-            raise argparse.ArgumentTypeError(f"not a pid list: {text!r}")
-        out.add(int(part))
+    try:
+        out = {_pid(part) for part in text.replace(" ", ",").split(",") if part}
+    except ValueError:
+        out = None
+    if not out:
+        raise argparse.ArgumentTypeError(f"not a pid list: {text!r}")
     return out
 
 
@@ -63,12 +77,13 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
                    help="no notes on stderr (the count of processes skipped is still printed)")
 
 
-def get_snapshot(args, pids_for_scan=None) -> Snapshot:
+def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """The snapshot the options name, for a command that runs once. -p restricts the view,
-    not the scan: pss needs every holder."""
+    not the scan: pss needs every holder. on_source(src) is called with the open source (or
+    the saved Snapshot) before it is scanned, to ask it what the snapshot cannot tell."""
     from ..scan import hold_frozen, no_gc
     with no_gc():
-        snap = load_snapshot(args, pids_for_scan)
+        snap = load_snapshot(args, pids_for_scan, on_source)
     # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
     # end of the command: keep the cyclic collector from walking them all again (main()
     # thaws them when it returns).
@@ -77,7 +92,7 @@ def get_snapshot(args, pids_for_scan=None) -> Snapshot:
     return snap
 
 
-def load_snapshot(args, pids_for_scan=None) -> Snapshot:
+def load_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """get_snapshot without the notes on stderr (for servers that scan again and again)."""
     from ..scan import scan
     from ..sources import open_source
@@ -90,10 +105,14 @@ def load_snapshot(args, pids_for_scan=None) -> Snapshot:
     if target is not None:
         from ..remote import TreeSource, transport_name
         tree = target.capture(pids=pids_for_scan, smaps=getattr(args, "smaps", False))
-        snap = scan(TreeSource(tree, transport_name(target)), pids=pids_for_scan,
-                    smaps=getattr(args, "smaps", False))
+        src = TreeSource(tree, transport_name(target))
+        if on_source is not None:
+            on_source(src)
+        snap = scan(src, pids=pids_for_scan, smaps=getattr(args, "smaps", False))
         return with_categories(snap, args)
     src = open_source(getattr(args, "root", None))
+    if on_source is not None:
+        on_source(src)
     if isinstance(src, Snapshot):
         snap = src
         if getattr(args, "smaps", False) and not snap.smaps:
