@@ -113,3 +113,16 @@ def test_show_live_pid_that_does_not_exist_fails():
 def test_show_refuses_pid_option(tmp_path):
     r = run_memtrack("show", "10", "-p", "11", "--root", make_tree(tmp_path))
     assert (r.returncode, r.stderr) == (2, "memtrack: show takes the process as its PID argument, not -p\n")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "-1", "0", "x", ""])
+def test_diff_interval_is_checked(capsys, value):
+    assert "argument -i/--interval: " in usage_error(capsys, ["diff", "live", "live", "-i", value])
+
+
+def test_record_durations_and_counts_are_checked(capsys, tmp_path):
+    db = str(tmp_path / "h.db")
+    for argv in (["-i", "9" * 400], ["-i", "400d"], ["--duration", "9" * 400], ["--verify-every", "-5"],
+                 ["--verify-every", "x"]):
+        assert "argument " in usage_error(capsys, ["record", "-o", db] + argv), argv
+    assert "argument -t/--top: not a count" in usage_error(capsys, ["report", db, "-t", "-1"])

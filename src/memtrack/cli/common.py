@@ -35,6 +35,36 @@ def _pid_list(text: str) -> Set[int]:
     return out
 
 
+#: the longest interval or duration taken: more is a typo (and 1e308 overflows time.sleep)
+MAX_SECONDS = 366 * 86400
+
+
+def seconds_in_range(value: float, text: str, zero: bool = False) -> float:
+    """value (what text reads as, in seconds) if finite, positive (or 0 where zero is
+    allowed) and at most MAX_SECONDS; else the usage error, quoting text."""
+    if not (0 <= value <= MAX_SECONDS) or (value == 0 and not zero):   # nan fails every test
+        low = "0 or more" if zero else "more than 0"
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {low} seconds, and at most a year "
+                                         f"({MAX_SECONDS})")
+    return value
+
+
+def seconds_arg(text: str) -> float:
+    """An interval in seconds, > 0 (a number: 2, 0.5, 1e-3)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    return seconds_in_range(value, text)
+
+
+def count_arg(text: str) -> int:
+    """A count that may be 0 (what 0 means is the option's to say), never negative."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a count (0 or more): {text!r}")
+    return int(text)
+
+
 def _kind_list(text: str) -> Set[str]:
     kinds = {k for k in text.replace(" ", ",").split(",") if k}
     bad = kinds - set(KINDS)

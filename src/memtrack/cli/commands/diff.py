@@ -6,7 +6,7 @@ import time
 
 from ...errors import MemtrackError
 from ...views.table import Column, human, render
-from ..common import check_exclusive, emit, report_skipped, with_categories
+from ..common import check_exclusive, emit, report_skipped, seconds_arg, with_categories
 
 NAME = "diff"
 HELP = "buffers created/freed/resized, references acquired/released, usage deltas between two snapshots"
@@ -20,7 +20,7 @@ LIVE = ("-", "live")
 def add_arguments(p):
     p.add_argument("a", metavar="A", help="the earlier snapshot")
     p.add_argument("b", metavar="B", help="the later snapshot")
-    p.add_argument("-i", "--interval", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("-i", "--interval", type=seconds_arg, default=1.0, metavar="SECONDS",
                    help="when A and B are both live: seconds between the two scans (default 1)")
 
 
@@ -45,8 +45,6 @@ def run(args) -> int:
     check_exclusive(args)
     if args.root:
         raise MemtrackError("diff takes its two sources as arguments, not --root")
-    if args.interval < 0:
-        raise MemtrackError("--interval must not be negative")
     a = load_any(args.a, args)
     if args.a in LIVE and args.b in LIVE:
         time.sleep(args.interval)

@@ -8,7 +8,7 @@ import sys
 import time
 
 from ...errors import MemtrackError
-from ..common import categorizer, report_skipped
+from ..common import categorizer, count_arg, report_skipped, seconds_in_range
 
 NAME = "record"
 HELP = "append a snapshot every INTERVAL seconds to an SQLite history (for report, plot, export-trace)"
@@ -21,7 +21,7 @@ def duration(text: str) -> float:
         import argparse
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30, 90s, 5m, 2h)")
     mult = {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    return float(m.group(1)) * mult
+    return seconds_in_range(float(m.group(1)) * mult, text, zero=True)
 
 
 def add_arguments(p):
@@ -31,9 +31,9 @@ def add_arguments(p):
     p.add_argument("--duration", type=duration, default=None, metavar="D",
                    help="stop after D (30, 90s, 5m, 2h); default: until Ctrl-C or SIGTERM")
     p.add_argument("-n", "--count", type=int, default=None, metavar="N", help="stop after N snapshots")
-    p.add_argument("--verify-every", type=int, default=30, metavar="K",
+    p.add_argument("--verify-every", type=count_arg, default=30, metavar="K",
                    help="re-read every process at least once per K snapshots even if its "
-                        "signature did not change (default 30; 1 = full scans)")
+                        "signature did not change (default 30; 1 = full scans; 0 = never)")
 
 
 def _stop(signum, frame):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...errors import MemtrackError
 from ...views.table import Column, human, render
-from ..common import emit
+from ..common import count_arg, emit
 
 NAME = "report"
 HELP = "per process and per category over a recorded history: peak, growth, suspected leaks"
@@ -12,7 +12,7 @@ ORDER = 31
 
 def add_arguments(p):
     p.add_argument("history", metavar="history.db")
-    p.add_argument("-t", "--top", type=int, default=20, metavar="N", help="processes listed (default 20; 0: all)")
+    p.add_argument("-t", "--top", type=count_arg, default=20, metavar="N", help="processes listed (default 20; 0: all)")
 
 
 def run(args) -> int:
