@@ -2,10 +2,15 @@
 and the options a command cannot honour are refused, not ignored."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
+import tempfile
 
 import pytest
 
+import memtrack
 from livehelpers import run_memtrack
 from memtrack import cli
 
@@ -126,3 +131,60 @@ def test_record_durations_and_counts_are_checked(capsys, tmp_path):
                  ["--verify-every", "x"]):
         assert "argument " in usage_error(capsys, ["record", "-o", db] + argv), argv
     assert "argument -t/--top: not a count" in usage_error(capsys, ["report", db, "-t", "-1"])
+
+
+@pytest.mark.parametrize("where", ["empty", "/etc", "/proc", "proc-is-a-file", "proc-is-a-link"])
+def test_root_directory_without_proc_is_not_a_capture(tmp_path, where):
+    root = where if where.startswith("/") else str(tmp_path / where)
+    if not where.startswith("/"):
+        os.mkdir(root)
+    if where == "proc-is-a-file":
+        open(os.path.join(root, "proc"), "w").close()
+    elif where == "proc-is-a-link":
+        os.symlink("/proc", os.path.join(root, "proc"))
+    r = run_memtrack("--root", root)
+    assert (r.returncode, r.stdout, r.stderr) == (
+        2, "", f"memtrack: {root}: no proc/ directory in it: not a memtrack capture\n")
+
+
+@pytest.fixture
+def nobody():
+    """(run memtrack as the nobody user, a directory nobody may enter), or skip. The venv's
+    interpreter may be out of nobody's reach: the system's python3 then runs the copy."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv")
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    d = tempfile.mkdtemp(prefix="memtrack-inputs-")
+    try:
+        os.chmod(d, 0o755)
+        shutil.copytree(os.path.dirname(memtrack.__file__), os.path.join(d, "memtrack"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for top, dirs, files in os.walk(d):
+            for x in dirs:
+                os.chmod(os.path.join(top, x), 0o755)
+            for x in files:
+                os.chmod(os.path.join(top, x), 0o644)
+        env = dict(os.environ, PYTHONPATH=d)
+        for py in (sys.executable, "/usr/bin/python3"):
+            if subprocess.run(drop + [py, "-c", "import memtrack"], env=env, cwd=d,
+                              capture_output=True).returncode == 0:
+                break
+        else:
+            pytest.skip("the nobody user cannot run an interpreter")
+        yield (lambda *args: subprocess.run(drop + [py, "-m", "memtrack", *args], capture_output=True,
+                                            text=True, env=env, cwd=d, timeout=120)), d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_root_directory_nobody_may_not_read_is_a_one_line_error(nobody):
+    run, d = nobody
+    private = os.path.join(d, "private")
+    os.makedirs(os.path.join(private, "proc"))
+    os.chmod(private, 0o700)
+    r = run("--root", private)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"memtrack: {private}: Permission denied\n")
+    os.chmod(private, 0o755)
+    os.chmod(os.path.join(private, "proc"), 0o700)
+    r = run("--root", private)
+    assert (r.returncode, r.stderr) == (2, f"memtrack: {private}/proc: Permission denied\n")
