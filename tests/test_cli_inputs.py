@@ -2,16 +2,19 @@
 and the options a command cannot honour are refused, not ignored."""
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 import pytest
 
 import memtrack
-from livehelpers import run_memtrack
+from livehelpers import SRC, memtrack_cmd, run_memtrack
 from memtrack import cli
 
 MiB = 1 << 20
@@ -188,3 +191,43 @@ def test_root_directory_nobody_may_not_read_is_a_one_line_error(nobody):
     os.chmod(os.path.join(private, "proc"), 0o700)
     r = run("--root", private)
     assert (r.returncode, r.stderr) == (2, f"memtrack: {private}/proc: Permission denied\n")
+
+
+def test_output_dash_is_stdout(tmp_path):
+    root = make_tree(tmp_path)
+    r = run_memtrack("--root", root, "-o", "-", "--csv", "-q", cwd=str(tmp_path))
+    assert r.returncode == 0 and r.stdout.startswith("pid,rss,"), r.stderr
+    assert not os.path.exists(tmp_path / "-")
+    db = str(tmp_path / "h.db")
+    assert run_memtrack("record", "-o", db, "-n", "1", "-i", "0", "-p", str(os.getpid()), "-q").returncode == 0
+    r = run_memtrack("export-trace", db, "-o", "-", cwd=str(tmp_path))
+    assert r.returncode == 0 and json.loads(r.stdout)["traceEvents"], r.stderr
+    assert r.stderr.startswith("memtrack: wrote stdout: ")
+    assert not os.path.exists(tmp_path / "-")
+    r = run_memtrack("record", "-o", "-", "-n", "1", cwd=str(tmp_path))
+    assert r.returncode == 2 and r.stderr.endswith("stdout cannot hold; name a file\n")
+
+
+@pytest.mark.parametrize("argv", [["ps"], ["capture"], ["record"], ["export-trace", "h.db"],
+                                  ["plot", "h.db"]])
+def test_output_empty_name_is_refused(capsys, argv):
+    assert "argument -o/--output: an empty file name" in usage_error(capsys, argv + ["-o", ""])
+
+
+def test_capture_to_stdout_pipe_not_terminal(tmp_path):
+    r = subprocess.run(memtrack_cmd("capture", "-q", "-p", str(os.getpid()), "-o", "-"), capture_output=True,
+                       cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=SRC))
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(fileobj=io.BytesIO(r.stdout), mode="r:gz") as tf:
+        assert {"meta.json", "proc"} <= set(tf.getnames())
+    assert b"memtrack: wrote stdout: " in r.stderr and not os.path.exists(tmp_path / "-")
+    import pty
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run(memtrack_cmd("capture", "-o", "-"), stdout=slave, stderr=subprocess.PIPE,
+                           text=True, cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=SRC))
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2 and r.stderr == ("memtrack: capture -o -: a tar.gz archive is not for a "
+                                              "terminal; redirect stdout to a file or a pipe\n")

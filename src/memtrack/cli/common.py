@@ -65,6 +65,22 @@ def count_arg(text: str) -> int:
     return int(text)
 
 
+#: -o - writes to stdout
+STDOUT = "-"
+
+
+def output_arg(text: str) -> str:
+    """An -o FILE: not empty (an empty name wrote to stdout silently); - is stdout."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty file name (- is stdout)")
+    return text
+
+
+def output_name(path: str) -> str:
+    """How a message names the output."""
+    return "stdout" if path == STDOUT else path
+
+
 def _kind_list(text: str) -> Set[str]:
     kinds = {k for k in text.replace(" ", ",").split(",") if k}
     bad = kinds - set(KINDS)
@@ -100,9 +116,9 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     o.add_argument("-b", "--bytes", action="store_true", default=d(False), help="sizes in bytes in tables")
     o.add_argument("-k", "--human", action="store_false", dest="bytes", default=d(False),
                    help="sizes 1024-based (KiB, MiB, GiB) in tables, the default: undoes -b")
-    o.add_argument("-o", "--output", metavar="FILE", default=d(None),
+    o.add_argument("-o", "--output", type=output_arg, metavar="FILE", default=d(None),
                    help="write the output (table, --json, --csv) to FILE, atomically: a reader sees "
-                        "the old file or the new one, never a part")
+                        "the old file or the new one, never a part (- is stdout)")
     o.add_argument("-q", "--quiet", action="store_true", default=d(False),
                    help="no notes on stderr (the count of processes skipped is still printed)")
 
@@ -238,7 +254,7 @@ def emit(text: str, args=None) -> None:
     bytes in names (held as surrogates) are written as \\udcXX: in JSON that is a valid
     escape that reads back to the same name."""
     path = getattr(args, "output", None) if args is not None else None
-    if path:
+    if path is not None and path != STDOUT:
         from ..util.atomic import atomic_write
         try:
             atomic_write(path, text.encode("utf-8", "backslashreplace"))

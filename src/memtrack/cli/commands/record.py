@@ -8,7 +8,7 @@ import sys
 import time
 
 from ...errors import MemtrackError
-from ..common import categorizer, count_arg, report_skipped, seconds_in_range
+from ..common import STDOUT, categorizer, count_arg, output_arg, report_skipped, seconds_in_range
 
 NAME = "record"
 HELP = "append a snapshot every INTERVAL seconds to an SQLite history (for report, plot, export-trace)"
@@ -25,7 +25,8 @@ def duration(text: str) -> float:
 
 
 def add_arguments(p):
-    p.add_argument("-o", "--output", required=True, metavar="history.db", help="database to create or append to")
+    p.add_argument("-o", "--output", type=output_arg, required=True, metavar="history.db",
+                   help="database to create or append to")
     p.add_argument("-i", "--interval", type=duration, default=1.0, metavar="SECONDS",
                    help="seconds between snapshots (default 1)")
     p.add_argument("--duration", type=duration, default=None, metavar="D",
@@ -47,6 +48,9 @@ def run(args) -> int:
         raise MemtrackError("record watches this machine; --root is for reading captures")
     if args.interval < 0 or (args.count is not None and args.count < 1):
         raise MemtrackError("--interval must be >= 0 and --count >= 1")
+    if args.output == STDOUT:
+        raise MemtrackError("record -o -: a history is an SQLite database, which stdout cannot hold; "
+                            "name a file")
     check_path_writable(args.output)
     # -p narrows what is stored, not what is scanned: pss needs every holder
     scanner = live_refresher(getattr(args, "backend", "auto"), args.smaps, args.verify_every)
