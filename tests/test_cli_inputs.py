@@ -120,7 +120,7 @@ def test_show_live_pid_that_does_not_exist_fails():
 
 def test_show_refuses_pid_option(tmp_path):
     r = run_memtrack("show", "10", "-p", "11", "--root", make_tree(tmp_path))
-    assert (r.returncode, r.stderr) == (2, "memtrack: show takes the process as its PID argument, not -p\n")
+    assert (r.returncode, r.stderr) == (2, "memtrack: show does not take -p: the process is its PID argument\n")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e308", "-1", "0", "x", ""])
@@ -231,3 +231,41 @@ def test_capture_to_stdout_pipe_not_terminal(tmp_path):
         os.close(master)
     assert r.returncode == 2 and r.stderr == ("memtrack: capture -o -: a tar.gz archive is not for a "
                                               "terminal; redirect stdout to a file or a pipe\n")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("h") / "h.db")
+    r = run_memtrack("record", "-o", db, "-n", "2", "-i", "0", "-p", str(os.getpid()), "-q")
+    assert r.returncode == 0, r.stderr
+    return db
+
+
+def test_diff_and_report_write_to_output(tmp_path, history):
+    root = make_tree(tmp_path)
+    out = str(tmp_path / "out.txt")
+    for argv in (["diff", root, root, "-q"], ["diff", root, root, "--json", "-q"], ["report", history],
+                 ["report", history, "--json"]):
+        r = run_memtrack(*argv, "-o", out)
+        assert (r.returncode, r.stdout) == (0, ""), r.stderr
+        with open(out) as f:
+            assert f.read() == run_memtrack(*argv).stdout != "", argv
+        os.unlink(out)
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["report", "{db}", "--csv"], "report does not take --csv: use --json"),
+    (["report", "{db}", "--kind", "memfd"], "report does not take --kind: it does not narrow a history by kind"),
+    (["export-trace", "{db}", "-o", "{tmp}/t.json", "--kind", "memfd"], "export-trace does not take --kind"),
+    (["record", "-o", "{tmp}/h.db", "--kind", "memfd"], "record does not take --kind: it records every kind"),
+    (["record", "-o", "{tmp}/h.db", "--json"], "record does not take --json"),
+    (["capture", "-o", "{tmp}/c.tar.gz", "--json"], "capture does not take --json: it writes an archive"),
+    (["capture", "-o", "{tmp}/c.tar.gz", "--csv"], "capture does not take --csv: it writes an archive"),
+    (["capture", "-o", "{tmp}/c.tar.gz", "--kind", "dmabuf"], "capture does not take --kind: an archive holds"),
+    (["diff", "live", "live", "--csv"], "diff does not take --csv: use --json"),
+    (["tag", "1", "3", "x", "-p", "1"], "tag does not take -p"),
+])
+def test_options_a_command_cannot_honour_are_refused(tmp_path, history, argv, error):
+    r = run_memtrack(*[a.format(db=history, tmp=tmp_path) for a in argv])
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("memtrack: " + error), r.stderr
+    assert r.stderr.count("\n") == 1 and os.listdir(tmp_path) == []

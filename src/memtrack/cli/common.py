@@ -265,6 +265,17 @@ def emit(text: str, args=None) -> None:
     sys.stdout.flush()
 
 
+_OPTION = {"pid": "-p", "kind": "--kind", "json": "--json", "csv": "--csv"}
+
+
+def refuse(args, command: str, *options: str, why: str = "") -> None:
+    """A one-line error if any of these options (args attribute names) is given: command
+    cannot honour it, and ignoring it would give an answer to another question."""
+    for opt in options:
+        if getattr(args, opt, None) not in (None, False):
+            raise MemtrackError(f"{command} does not take {_OPTION[opt]}" + (f": {why}" if why else ""))
+
+
 def check_exclusive(args) -> None:
     if getattr(args, "json", False) and getattr(args, "csv", False):
         raise MemtrackError("--json and --csv are exclusive")

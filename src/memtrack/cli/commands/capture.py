@@ -6,7 +6,7 @@ import os
 import sys
 
 from ...errors import MemtrackError
-from ..common import STDOUT, output_arg, output_name, report_skipped
+from ..common import STDOUT, output_arg, output_name, refuse, report_skipped
 
 NAME = "capture"
 HELP = "write a capture archive of this machine (or of a device: --adb, --ssh), readable later with --root"
@@ -34,6 +34,8 @@ def run(args) -> int:
         raise MemtrackError("capture needs -o FILE.tar.gz (or --print-script)")
     if args.root:
         raise MemtrackError("capture records this machine; --root is for reading captures")
+    refuse(args, "capture", "json", "csv", why="it writes an archive; read it with --root ARCHIVE --json")
+    refuse(args, "capture", "kind", why="an archive holds every kind; narrow when reading it with --root")
     if args.output == STDOUT and sys.stdout.isatty():
         raise MemtrackError("capture -o -: a tar.gz archive is not for a terminal; redirect stdout "
                             "to a file or a pipe")

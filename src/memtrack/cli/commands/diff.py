@@ -6,7 +6,7 @@ import time
 
 from ...errors import MemtrackError
 from ...views.table import Column, human, render
-from ..common import check_exclusive, emit, report_skipped, seconds_arg, with_categories
+from ..common import check_exclusive, emit, refuse, report_skipped, seconds_arg, with_categories
 
 NAME = "diff"
 HELP = "buffers created/freed/resized, references acquired/released, usage deltas between two snapshots"
@@ -45,6 +45,7 @@ def run(args) -> int:
     check_exclusive(args)
     if args.root:
         raise MemtrackError("diff takes its two sources as arguments, not --root")
+    refuse(args, "diff", "csv", why="use --json")
     a = load_any(args.a, args)
     if args.a in LIVE and args.b in LIVE:
         time.sleep(args.interval)
@@ -54,11 +55,9 @@ def run(args) -> int:
         b = b.restrict(pids=args.pid, kinds=args.kind)
     d = diff(a, b)
     if args.json:
-        emit(json.dumps(d.to_dict(), indent=1) + "\n")
+        emit(json.dumps(d.to_dict(), indent=1) + "\n", args)
         return 0
-    if args.csv:
-        raise MemtrackError("diff has no CSV form; use --json")
-    emit(render_text(d, args.bytes))
+    emit(render_text(d, args.bytes), args)
     return 0
 
 

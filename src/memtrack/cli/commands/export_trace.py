@@ -9,7 +9,7 @@ import json
 import sys
 
 from ...errors import MemtrackError
-from ..common import emit, output_arg, output_name
+from ..common import emit, output_arg, output_name, refuse
 
 NAME = "export-trace"
 HELP = "write a recorded history as Chrome trace-event JSON that Perfetto's UI opens"
@@ -29,6 +29,8 @@ def run(args) -> int:
     from ...history import load
     if args.root:
         raise MemtrackError("export-trace reads the history given as argument, not --root")
+    refuse(args, "export-trace", "csv", why="it writes trace-event JSON")
+    refuse(args, "export-trace", "kind", why="it does not narrow a history by kind")
     h = load(args.history)
     doc = trace(h, pids=args.pid)
     emit(json.dumps(doc, separators=(",", ":")) + "\n", args)

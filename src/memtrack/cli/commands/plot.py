@@ -8,7 +8,7 @@ import os
 import sys
 
 from ...errors import MemtrackError
-from ..common import output_arg
+from ..common import output_arg, refuse
 
 NAME = "plot"
 HELP = "plot a recorded history: stacked pss by process (top N + rest) or by category, and a process timeline"
@@ -39,6 +39,8 @@ def run(args) -> int:
                             "(or pip install matplotlib)") from None
     if args.root:
         raise MemtrackError("plot reads the history given as argument, not --root")
+    refuse(args, "plot", "json", "csv", why="it draws a PNG or SVG")
+    refuse(args, "plot", "kind", why="it does not narrow a history by kind")
     if args.top < 1:
         raise MemtrackError("--top must be at least 1")
     h = load(args.history)

@@ -8,7 +8,7 @@ import sys
 import time
 
 from ...errors import MemtrackError
-from ..common import STDOUT, categorizer, count_arg, output_arg, report_skipped, seconds_in_range
+from ..common import STDOUT, categorizer, count_arg, output_arg, refuse, report_skipped, seconds_in_range
 
 NAME = "record"
 HELP = "append a snapshot every INTERVAL seconds to an SQLite history (for report, plot, export-trace)"
@@ -46,6 +46,8 @@ def run(args) -> int:
     from ...incremental import live_refresher
     if args.root:
         raise MemtrackError("record watches this machine; --root is for reading captures")
+    refuse(args, "record", "json", "csv", why="it writes an SQLite history")
+    refuse(args, "record", "kind", why="it records every kind")
     if args.interval < 0 or (args.count is not None and args.count < 1):
         raise MemtrackError("--interval must be >= 0 and --count >= 1")
     if args.output == STDOUT:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...errors import MemtrackError
 from ...views.table import Column, human, render
-from ..common import count_arg, emit
+from ..common import count_arg, emit, refuse
 
 NAME = "report"
 HELP = "per process and per category over a recorded history: peak, growth, suspected leaks"
@@ -19,12 +19,14 @@ def run(args) -> int:
     from ...history import analyze, dumps, load
     if args.root:
         raise MemtrackError("report reads the history given as argument, not --root")
+    refuse(args, "report", "csv", why="use --json")
+    refuse(args, "report", "kind", why="it does not narrow a history by kind")
     h = load(args.history)
     doc = analyze(h, pids=args.pid)
     if args.json:
-        emit(dumps(doc) + "\n")
+        emit(dumps(doc) + "\n", args)
         return 0
-    emit(render_text(doc, args.bytes, args.top))
+    emit(render_text(doc, args.bytes, args.top), args)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...account import account
 from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render, to_csv
-from ..common import check_exclusive, emit, get_snapshot, pid_arg
+from ..common import check_exclusive, emit, get_snapshot, pid_arg, refuse
 
 NAME = "show"
 HELP = "the shared buffers of one process, with their other holders"
@@ -50,8 +50,7 @@ def absent(src, pid: int, root=None):
 
 def run(args) -> int:
     check_exclusive(args)
-    if args.pid is not None:
-        raise MemtrackError("show takes the process as its PID argument, not -p")
+    refuse(args, "show", "pid", why="the process is its PID argument")
     pid = args.target_pid
     why = []
     snap = get_snapshot(args, on_source=lambda src: why.append(absent(src, pid, args.root)))
