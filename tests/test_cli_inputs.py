@@ -269,3 +269,55 @@ def test_options_a_command_cannot_honour_are_refused(tmp_path, history, argv, er
     r = run_memtrack(*[a.format(db=history, tmp=tmp_path) for a in argv])
     assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("memtrack: " + error), r.stderr
     assert r.stderr.count("\n") == 1 and os.listdir(tmp_path) == []
+
+
+def saved(tmp_path, name, *argv, **changes):
+    """A JSON snapshot of make_tree's tree saved with argv, with top-level keys changed."""
+    root = str(tmp_path / "t") if os.path.isdir(tmp_path / "t") else make_tree(tmp_path)
+    path = str(tmp_path / name)
+    r = run_memtrack("--root", root, "--json", "-q", *argv)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    doc.update(changes)
+    with open(path, "w") as f:
+        json.dump(doc, f)
+    return path
+
+
+def test_diff_refuses_snapshots_of_different_selections(tmp_path):
+    whole, by_pid = saved(tmp_path, "a.json"), saved(tmp_path, "p.json", "-p", "10")
+    by_kind, part = saved(tmp_path, "k.json", "--kind", "memfd"), saved(tmp_path, "s.json", scope="pids")
+    r = run_memtrack("diff", whole, by_pid)
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", (
+        "memtrack: A and B were saved with different selections (A: every process, every kind; "
+        "B: pids 10, every kind): what one left out would read as gone; narrow both alike with -p/--kind\n"))
+    r = run_memtrack("diff", by_kind, whole)
+    assert r.returncode == 2 and "(A: every process, kinds memfd; B: every process, every kind)" in r.stderr
+    r = run_memtrack("diff", whole, part)
+    assert (r.returncode, r.stderr) == (2, "memtrack: B covers only some processes (captured with -p), the "
+                                           "other every process: the rest would read as gone; name the "
+                                           "processes to compare with -p\n")
+    # narrowed alike, they compare: nothing changed
+    for argv in ([whole, by_pid, "-p", "10"], [by_kind, whole, "--kind", "memfd"], [whole, part, "-p", "10,11"],
+                 [by_pid, by_pid]):
+        r = run_memtrack("diff", *argv)
+        assert (r.returncode, r.stderr) == (0, ""), argv
+        assert "0 created, 0 freed" in r.stdout and "no process changed" in r.stdout
+
+
+def test_diff_warns_of_other_host_and_time_order(tmp_path):
+    a = saved(tmp_path, "a.json", host={"hostname": "one", "kernel": None}, taken_at="2026-01-02T00:00:00Z")
+    b = saved(tmp_path, "b.json", host={"hostname": "two", "kernel": None}, taken_at="2026-01-01T00:00:00Z")
+    r = run_memtrack("diff", a, b)
+    assert r.returncode == 0 and "no process changed" in r.stdout
+    assert r.stderr == ("memtrack: warning: A and B come from different hosts (one, two)\n"
+                        "memtrack: warning: B (2026-01-01T00:00:00Z) was taken before A (2026-01-02T00:00:00Z): "
+                        "what B lacks reads as freed\n")
+    assert run_memtrack("diff", b, b).stderr == ""
+
+
+def test_snapshot_with_malformed_filter_is_refused(tmp_path):
+    bad = saved(tmp_path, "f.json", filter={"pids": "10"})
+    r = run_memtrack("diff", bad, bad)
+    assert (r.returncode, r.stderr) == (2, f"memtrack: {bad}: not a memtrack snapshot: a malformed \"filter\" "
+                                           "(the -p/--kind it was saved with)\n")

@@ -9,8 +9,10 @@ import stat
 from ..errors import SourceError
 
 
-def open_source(path=None):
-    """A Source for path (None = this machine), or a Snapshot for a saved JSON file."""
+def open_source(path=None, saved_filter=None):
+    """A Source for path (None = this machine), or a Snapshot for a saved JSON file.
+    saved_filter: a dict to receive the selection a JSON snapshot was saved under (its
+    "filter": {"pids": [...], "kinds": [...]}, empty when it holds everything)."""
     if path is None:
         from .live import LiveSource
         return LiveSource()
@@ -37,7 +39,7 @@ def open_source(path=None):
         raise SourceError(f"{path}: {exc.strerror}") from None
     if head.lstrip()[:1] == b"{":
         from .snapshot_file import load_snapshot
-        return load_snapshot(path)
+        return load_snapshot(path, saved_filter)
     if head.startswith(b"memtrack-stream "):       # the sh capture script's own format
         from ..remote import TreeSource, parse_stream
         with open(path, "rb") as f:
