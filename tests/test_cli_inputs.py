@@ -321,3 +321,28 @@ def test_snapshot_with_malformed_filter_is_refused(tmp_path):
     r = run_memtrack("diff", bad, bad)
     assert (r.returncode, r.stderr) == (2, f"memtrack: {bad}: not a memtrack snapshot: a malformed \"filter\" "
                                            "(the -p/--kind it was saved with)\n")
+
+
+@pytest.mark.parametrize("change,want", [
+    ({"kernel": "x"}, "kernel: expected an object, got a string"),
+    ({"host": ["h"]}, "host: expected an object, got a list"),
+    ({"skipped": 3}, "skipped: expected an object, got a number"),
+    ({"buffers": [5]}, "buffers: expected an object, got a number"),
+    ({"processes": ["p"]}, "processes: expected an object, got a string"),
+    ({"processes": [{"pid": 1, "refs": [7]}]}, "pid 1: refs: expected an object, got a number"),
+    ({"processes": [{"refs": []}]}, "the field 'pid' is missing"),
+    ({"gpu": [None]}, "gpu: expected an object, got null"),
+    ({"buffers": {}}, "expected a list, got an object"),
+])
+def test_bad_snapshot_error_names_the_file_not_python(tmp_path, change, want):
+    path = saved(tmp_path, "s.json", **change)
+    r = run_memtrack("diff", path, path)
+    assert (r.returncode, r.stderr) == (2, f"memtrack: {path}: not a memtrack snapshot: {want}\n")
+
+
+def test_truncated_stream_error_names_the_file(tmp_path):
+    path = tmp_path / "cut.stream"
+    path.write_bytes(b"memtrack-stream 1 BOUNDARY1\n")
+    r = run_memtrack("--root", str(path))
+    assert (r.returncode, r.stderr) == (2, f"memtrack: {path}: capture stream is truncated (no end record): "
+                                           "the script stopped early\n")

@@ -43,7 +43,12 @@ def open_source(path=None, saved_filter=None):
     if head.startswith(b"memtrack-stream "):       # the sh capture script's own format
         from ..remote import TreeSource, parse_stream
         with open(path, "rb") as f:
-            return TreeSource(parse_stream(f.read()), f"archive:{path}")
+            data = f.read()
+        try:
+            tree = parse_stream(data)
+        except SourceError as exc:
+            raise SourceError(f"{path}: {exc}") from None
+        return TreeSource(tree, f"archive:{path}")
     from .archive import ArchiveSource, looks_like_archive
     if looks_like_archive(path, head):
         return ArchiveSource(path)

@@ -24,7 +24,10 @@ def load_snapshot(path, saved_filter=None) -> Snapshot:
         raise SourceError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise SourceError(f"{path}: not a memtrack snapshot (JSON nested too deep)") from None
-    snap = Snapshot.from_dict(doc)
+    try:
+        snap = Snapshot.from_dict(doc)
+    except SourceError as exc:
+        raise SourceError(f"{path}: {exc}") from None
     if saved_filter is not None:
         saved_filter.update(_filter(path, doc.get("filter")))
     return snap
