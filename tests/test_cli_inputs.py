@@ -346,3 +346,41 @@ def test_truncated_stream_error_names_the_file(tmp_path):
     r = run_memtrack("--root", str(path))
     assert (r.returncode, r.stderr) == (2, f"memtrack: {path}: capture stream is truncated (no end record): "
                                            "the script stopped early\n")
+
+
+def test_diff_text_escapes_names_and_times(tmp_path):
+    a = saved(tmp_path, "a.json")
+    with open(a) as f:
+        doc = json.load(f)
+    doc["taken_at"] = "2026-01-01T00:00:00Z\x1b[2J"
+    doc["buffers"].append({"id": "dmabuf:77", "kind": "dmabuf", "inode": 77, "size": MiB,
+                           "exporter": "ev\x1b]0;X\x07il", "holders": [10]})
+    p10 = next(p for p in doc["processes"] if p["pid"] == 10)
+    p10["comm"] = "co\x1b[31mmp\x9b"
+    p10["refs"].append({"buffer": "dmabuf:77", "fd_list": [9]})
+    b = str(tmp_path / "b.json")
+    with open(b, "w") as f:
+        json.dump(doc, f)
+    r = run_memtrack("diff", a, b)
+    assert r.returncode == 0, r.stderr
+    assert not any(c in r.stdout for c in "\x1b\x07\x9b"), r.stdout
+    assert "exporter ev\\x1b]0;X\\x07il" in r.stdout and "10 co\\x1b[31mmp\\x9b: " in r.stdout
+    assert "Z\\x1b[2J" in r.stdout
+
+
+def test_snapshot_notes_are_escaped(tmp_path):
+    path = saved(tmp_path, "n.json", notes=["a\x1b[31mred\nsecond line"])
+    r = run_memtrack("--root", path)
+    assert r.returncode == 0 and r.stderr == "memtrack: note: a\\x1b[31mred\\x0asecond line\n"
+
+
+def test_report_text_escapes_names():
+    from memtrack.cli.commands.report import render_text
+    doc = {"history": "h\x1b[2J.db", "snapshots": 2, "start": "s", "end": "e", "seconds": 1, "runs": 1,
+           "processes": [], "categories": [], "kernel_only": None,
+           "suspects": [{"kind": "growth", "subject": "pid 7 (ev\x1b]0;X\x07il)", "message": "grew\r",
+                         "evidence": {}}]}
+    text = render_text(doc)
+    assert not any(c in text for c in "\x1b\x07\r")
+    assert text.startswith("h\\x1b[2J.db: 2 snapshots")
+    assert "  growth: pid 7 (ev\\x1b]0;X\\x07il): grew\\x0d\n" in text

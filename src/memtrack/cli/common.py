@@ -216,8 +216,9 @@ def report_skipped(snap: Snapshot, quiet: bool = False) -> None:
     if not quiet:
         if sk.vanished:
             print(f"memtrack: note: {plural(len(sk.vanished), 'process')} exited during the scan", file=sys.stderr)
+        from ..views.table import printable      # notes quote names and files from elsewhere
         for n in snap.notes:
-            print(f"memtrack: note: {n}", file=sys.stderr)
+            print(f"memtrack: note: {printable(n)}", file=sys.stderr)
 
 
 def narrowed(snap: Snapshot, args) -> Snapshot:

@@ -152,7 +152,8 @@ def render_text(d, raw: bool = False) -> str:
         else:
             parts.append(f"{label}: {human(v['a'], raw)} -> {human(v['b'], raw)} ({_signed(v['delta'], raw)})")
     out.append("totals: " + "; ".join(parts))
-    text = "\n".join(out) + "\n"
+    # names, exporters, sources and times come from other processes and files: escaped
+    text = "\n".join(map(printable, out)) + "\n"
     if d.processes:
         cols = [Column("PID"), Column("dRss"), Column("dPss"), Column("dUss"), Column("dBufs"),
                 Column("Pss A"), Column("Pss B"), Column(""), Column("Name", "<")]

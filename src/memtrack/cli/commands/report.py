@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...errors import MemtrackError
-from ...views.table import Column, human, render
+from ...views.table import Column, human, printable, render
 from ..common import count_arg, emit, refuse
 
 NAME = "report"
@@ -39,8 +39,8 @@ def _rate(x, raw):
 
 
 def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
-    out = [f"{doc['history']}: {doc['snapshots']} snapshots from {doc['start']} to {doc['end']} "
-           f"({doc['seconds']:.0f} s, {doc['runs']} recording run{'s' if doc['runs'] != 1 else ''})", ""]
+    out = [printable(f"{doc['history']}: {doc['snapshots']} snapshots from {doc['start']} to {doc['end']} "
+           f"({doc['seconds']:.0f} s, {doc['runs']} recording run{'s' if doc['runs'] != 1 else ''})"), ""]
     procs = doc["processes"][:top] if top else doc["processes"]
     cols = [Column("PID"), Column("Peak Pss"), Column("Pss start"), Column("Pss end"), Column("Growth"),
             Column("Slope"), Column("Bufs"), Column("First seen", "<"), Column("Last seen", "<"),
@@ -74,7 +74,8 @@ def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
                 when = f" [first seen {ev['first_seen']}, last seen {ev['last_seen']}]"
             elif "first_acquired" in ev:
                 when = f" [acquired {ev['first_acquired']} .. {ev['last_acquired']}]"
-            out.append(f"  {f['kind']}: {f['subject']}: {f['message']}{when}")
+            # the tables are escaped by render(); these lines quote names from other processes
+            out.append(printable(f"  {f['kind']}: {f['subject']}: {f['message']}{when}"))
     else:
         out.append("suspected leaks: none")
     return "\n".join(out) + "\n"
