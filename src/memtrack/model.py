@@ -231,8 +231,12 @@ class Snapshot:
             return _snapshot_from_dict(doc)
         except SourceError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SourceError(f"not a memtrack snapshot: {type(exc).__name__}: {exc}") from None
+        except KeyError as exc:
+            raise SourceError(f"not a memtrack snapshot: the field {exc.args[0]!r} is missing") from None
+        except ValueError as exc:
+            raise SourceError(f"not a memtrack snapshot: {exc}") from None
+        except (TypeError, AttributeError):      # a value of a JSON type the checks did not foresee
+            raise SourceError("not a memtrack snapshot: a field holds a value of the wrong type") from None
 
 
 def _buffer_dict(b: Buffer) -> dict:
@@ -268,7 +272,7 @@ def _counters(doc) -> Dict[str, Dict[str, int]]:
 
 
 def _gpu_from_dict(g: dict) -> GpuClient:
-    keys = g.get("driver_keys") or {}
+    keys = _obj(g, "gpu").get("driver_keys") or {}
     if not isinstance(keys, dict):
         raise ValueError(f"expected an object, got {keys!r}")
     return GpuClient(
@@ -327,9 +331,23 @@ def _opt_nat(v):
     return None if v is None else _nat(v)
 
 
+def _json_type(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true/false"
+    return {dict: "an object", list: "a list", str: "a string"}.get(type(v), "a number")
+
+
 def _list(v):
     if not isinstance(v, (list, tuple)):
-        raise ValueError(f"expected a list, got {type(v).__name__}")
+        raise ValueError(f"expected a list, got {_json_type(v)}")
+    return v
+
+
+def _obj(v, what: str) -> dict:
+    if not isinstance(v, dict):
+        raise ValueError(f"{what}: expected an object, got {_json_type(v)}")
     return v
 
 
@@ -347,7 +365,7 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
         raise SourceError(f"unsupported snapshot schema {doc.get('schema')!r} (this memtrack reads {SCHEMA})")
     buffers = []
     for b in _list(doc["buffers"]):
-        kind = b["kind"]
+        kind = _obj(b, "buffers")["kind"]
         if kind not in KINDS:
             raise ValueError(f"unknown buffer kind {kind!r}")
         holders = tuple(_nat(h) for h in _list(b.get("holders", ())))
@@ -367,10 +385,10 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
     smaps = bool(doc.get("smaps", False))
     referenced = {}
     for p in _list(doc["processes"]):
-        pid = _nat(p["pid"])
+        pid = _nat(_obj(p, "processes")["pid"])
         refs = []
         for r in _list(p.get("refs", ())):
-            bid = r["buffer"]
+            bid = _obj(r, f"pid {pid}: refs")["buffer"]
             if not isinstance(bid, str) or bid not in holders_of:
                 raise ValueError(f"reference to unknown buffer {bid!r}")
             if pid not in holders_of[bid]:
@@ -393,9 +411,9 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
         for b in buffers:
             if b.holders and set(b.holders) != referenced.get(b.id, set()):
                 raise ValueError(f"buffer {b.id!r}: holders without a reference")
-    k = doc.get("kernel") or {}
-    s = doc.get("skipped") or {}
-    h = doc.get("host") or {}
+    k = _obj(doc.get("kernel") or {}, "kernel")
+    s = _obj(doc.get("skipped") or {}, "skipped")
+    h = _obj(doc.get("host") or {}, "host")
     return Snapshot(
         schema=SCHEMA, taken_at=_opt_str(doc.get("taken_at")) or "", source=_opt_str(doc.get("source")) or "",
         host=Host(hostname=_opt_str(h.get("hostname")), kernel=_opt_str(h.get("kernel"))),

@@ -36,7 +36,18 @@ def _commands(modnames: Optional[Iterable[str]] = None) -> dict:
     return dict(sorted(mods.items(), key=lambda kv: (getattr(kv[1], "ORDER", 50), kv[0])))
 
 
-def _top(parser_class=argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (argparse prints the whole usage block
+    first): `memtrack: error: MESSAGE (memtrack show --help)`, exit 2. Subcommand parsers
+    are of the same class (add_subparsers makes them so)."""
+
+    def error(self, message):
+        from ..views.table import printable        # the message may quote what was typed
+        print(f"memtrack: error: {printable(message)} ({self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _top(parser_class=Parser):
     parser = parser_class(
         prog="memtrack",
         description="Which process holds how much shared-buffer memory (dma-buf, memfd, "
@@ -140,7 +151,7 @@ def main(argv=None) -> int:
         _quiet_stdout()
         return 0
     except Exception as exc:  # a bug in memtrack: one line, the traceback on request
-        if os.environ.get("MEMTRACK_DEBUG"):
+        if debug():
             raise
         print(f"memtrack: internal error: {type(exc).__name__}: {exc} "
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
@@ -151,6 +162,12 @@ def main(argv=None) -> int:
             held.thaw()
         elif hasattr(gc, "unfreeze"):
             gc.unfreeze()
+
+
+def debug() -> bool:
+    """MEMTRACK_DEBUG=1 (or true, yes) shows the traceback of an internal error; 0, false,
+    no or anything else does not."""
+    return os.environ.get("MEMTRACK_DEBUG", "").strip().lower() in ("1", "true", "yes")
 
 
 def _safe_stdout():

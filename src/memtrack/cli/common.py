@@ -10,15 +10,75 @@ from ..errors import MemtrackError
 from ..model import KINDS, Snapshot
 
 
+def _pid(text: str) -> int:
+    """A pid as typed: ASCII digits only (int() also reads " 4_16" and full-width digits),
+    and not 0, which no process has."""
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise ValueError(text)
+    return int(text)
+
+
+def pid_arg(text: str) -> int:
+    try:
+        return _pid(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a pid: {text!r}") from None
+
+
 def _pid_list(text: str) -> Set[int]:
-    out = set()
-    for part in text.replace(" ", ",").split(","):
-        if not part:
-            continue
-        if not part.isdigit():
-            raise argparse.ArgumentTypeError(f"not a pid list: {text!r}")
-        out.add(int(part))
+    try:
+        out = {_pid(part) for part in text.replace(" ", ",").split(",") if part}
+    except ValueError:
+        out = None
+    if not out:
+        raise argparse.ArgumentTypeError(f"not a pid list: {text!r}")
     return out
+
+
+#: the longest interval or duration taken: more is a typo (and 1e308 overflows time.sleep)
+MAX_SECONDS = 366 * 86400
+
+
+def seconds_in_range(value: float, text: str, zero: bool = False) -> float:
+    """value (what text reads as, in seconds) if finite, positive (or 0 where zero is
+    allowed) and at most MAX_SECONDS; else the usage error, quoting text."""
+    if not (0 <= value <= MAX_SECONDS) or (value == 0 and not zero):   # nan fails every test
+        low = "0 or more" if zero else "more than 0"
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {low} seconds, and at most a year "
+                                         f"({MAX_SECONDS})")
+    return value
+
+
+def seconds_arg(text: str) -> float:
+    """An interval in seconds, > 0 (a number: 2, 0.5, 1e-3)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    return seconds_in_range(value, text)
+
+
+def count_arg(text: str) -> int:
+    """A count that may be 0 (what 0 means is the option's to say), never negative."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a count (0 or more): {text!r}")
+    return int(text)
+
+
+#: -o - writes to stdout
+STDOUT = "-"
+
+
+def output_arg(text: str) -> str:
+    """An -o FILE: not empty (an empty name wrote to stdout silently); - is stdout."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty file name (- is stdout)")
+    return text
+
+
+def output_name(path: str) -> str:
+    """How a message names the output."""
+    return "stdout" if path == STDOUT else path
 
 
 def _kind_list(text: str) -> Set[str]:
@@ -56,19 +116,20 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     o.add_argument("-b", "--bytes", action="store_true", default=d(False), help="sizes in bytes in tables")
     o.add_argument("-k", "--human", action="store_false", dest="bytes", default=d(False),
                    help="sizes 1024-based (KiB, MiB, GiB) in tables, the default: undoes -b")
-    o.add_argument("-o", "--output", metavar="FILE", default=d(None),
+    o.add_argument("-o", "--output", type=output_arg, metavar="FILE", default=d(None),
                    help="write the output (table, --json, --csv) to FILE, atomically: a reader sees "
-                        "the old file or the new one, never a part")
+                        "the old file or the new one, never a part (- is stdout)")
     o.add_argument("-q", "--quiet", action="store_true", default=d(False),
                    help="no notes on stderr (the count of processes skipped is still printed)")
 
 
-def get_snapshot(args, pids_for_scan=None) -> Snapshot:
+def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """The snapshot the options name, for a command that runs once. -p restricts the view,
-    not the scan: pss needs every holder."""
+    not the scan: pss needs every holder. on_source(src) is called with the open source (or
+    the saved Snapshot) before it is scanned, to ask it what the snapshot cannot tell."""
     from ..scan import hold_frozen, no_gc
     with no_gc():
-        snap = load_snapshot(args, pids_for_scan)
+        snap = load_snapshot(args, pids_for_scan, on_source)
     # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
     # end of the command: keep the cyclic collector from walking them all again (main()
     # thaws them when it returns).
@@ -77,7 +138,7 @@ def get_snapshot(args, pids_for_scan=None) -> Snapshot:
     return snap
 
 
-def load_snapshot(args, pids_for_scan=None) -> Snapshot:
+def load_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """get_snapshot without the notes on stderr (for servers that scan again and again)."""
     from ..scan import scan
     from ..sources import open_source
@@ -90,10 +151,14 @@ def load_snapshot(args, pids_for_scan=None) -> Snapshot:
     if target is not None:
         from ..remote import TreeSource, transport_name
         tree = target.capture(pids=pids_for_scan, smaps=getattr(args, "smaps", False))
-        snap = scan(TreeSource(tree, transport_name(target)), pids=pids_for_scan,
-                    smaps=getattr(args, "smaps", False))
+        src = TreeSource(tree, transport_name(target))
+        if on_source is not None:
+            on_source(src)
+        snap = scan(src, pids=pids_for_scan, smaps=getattr(args, "smaps", False))
         return with_categories(snap, args)
     src = open_source(getattr(args, "root", None))
+    if on_source is not None:
+        on_source(src)
     if isinstance(src, Snapshot):
         snap = src
         if getattr(args, "smaps", False) and not snap.smaps:
@@ -151,8 +216,9 @@ def report_skipped(snap: Snapshot, quiet: bool = False) -> None:
     if not quiet:
         if sk.vanished:
             print(f"memtrack: note: {plural(len(sk.vanished), 'process')} exited during the scan", file=sys.stderr)
+        from ..views.table import printable      # notes quote names and files from elsewhere
         for n in snap.notes:
-            print(f"memtrack: note: {n}", file=sys.stderr)
+            print(f"memtrack: note: {printable(n)}", file=sys.stderr)
 
 
 def narrowed(snap: Snapshot, args) -> Snapshot:
@@ -189,7 +255,7 @@ def emit(text: str, args=None) -> None:
     bytes in names (held as surrogates) are written as \\udcXX: in JSON that is a valid
     escape that reads back to the same name."""
     path = getattr(args, "output", None) if args is not None else None
-    if path:
+    if path is not None and path != STDOUT:
         from ..util.atomic import atomic_write
         try:
             atomic_write(path, text.encode("utf-8", "backslashreplace"))
@@ -198,6 +264,17 @@ def emit(text: str, args=None) -> None:
         return
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+_OPTION = {"pid": "-p", "kind": "--kind", "json": "--json", "csv": "--csv"}
+
+
+def refuse(args, command: str, *options: str, why: str = "") -> None:
+    """A one-line error if any of these options (args attribute names) is given: command
+    cannot honour it, and ignoring it would give an answer to another question."""
+    for opt in options:
+        if getattr(args, opt, None) not in (None, False):
+            raise MemtrackError(f"{command} does not take {_OPTION[opt]}" + (f": {why}" if why else ""))
 
 
 def check_exclusive(args) -> None:

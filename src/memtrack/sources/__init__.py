@@ -9,8 +9,10 @@ import stat
 from ..errors import SourceError
 
 
-def open_source(path=None):
-    """A Source for path (None = this machine), or a Snapshot for a saved JSON file."""
+def open_source(path=None, saved_filter=None):
+    """A Source for path (None = this machine), or a Snapshot for a saved JSON file.
+    saved_filter: a dict to receive the selection a JSON snapshot was saved under (its
+    "filter": {"pids": [...], "kinds": [...]}, empty when it holds everything)."""
     if path is None:
         from .live import LiveSource
         return LiveSource()
@@ -37,11 +39,16 @@ def open_source(path=None):
         raise SourceError(f"{path}: {exc.strerror}") from None
     if head.lstrip()[:1] == b"{":
         from .snapshot_file import load_snapshot
-        return load_snapshot(path)
+        return load_snapshot(path, saved_filter)
     if head.startswith(b"memtrack-stream "):       # the sh capture script's own format
         from ..remote import TreeSource, parse_stream
         with open(path, "rb") as f:
-            return TreeSource(parse_stream(f.read()), f"archive:{path}")
+            data = f.read()
+        try:
+            tree = parse_stream(data)
+        except SourceError as exc:
+            raise SourceError(f"{path}: {exc}") from None
+        return TreeSource(tree, f"archive:{path}")
     from .archive import ArchiveSource, looks_like_archive
     if looks_like_archive(path, head):
         return ArchiveSource(path)

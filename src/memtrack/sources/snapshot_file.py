@@ -10,7 +10,8 @@ from ..model import Snapshot
 MAX_SNAPSHOT = 1 << 30
 
 
-def load_snapshot(path) -> Snapshot:
+def load_snapshot(path, saved_filter=None) -> Snapshot:
+    """The snapshot in the file; saved_filter (a dict) receives its "filter", if any."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SNAPSHOT + 1)
@@ -23,4 +24,27 @@ def load_snapshot(path) -> Snapshot:
         raise SourceError(f"{path}: not valid JSON ({exc})") from None
     except RecursionError:
         raise SourceError(f"{path}: not a memtrack snapshot (JSON nested too deep)") from None
-    return Snapshot.from_dict(doc)
+    try:
+        snap = Snapshot.from_dict(doc)
+    except SourceError as exc:
+        raise SourceError(f"{path}: {exc}") from None
+    if saved_filter is not None:
+        saved_filter.update(_filter(path, doc.get("filter")))
+    return snap
+
+
+def _filter(path, filt) -> dict:
+    """{"pids": set, "kinds": set} of a snapshot's "filter", each key only where it was saved."""
+    if not filt:
+        return {}
+    ok = isinstance(filt, dict)
+    out = {}
+    for key, typ in (("pids", int), ("kinds", str)):
+        v = filt.get(key) if ok else None
+        if v is not None:
+            ok = ok and isinstance(v, list) and all(type(x) is typ for x in v)
+            out[key] = set(v) if ok else None
+    if not ok:
+        raise SourceError(f"{path}: not a memtrack snapshot: a malformed \"filter\" (the -p/--kind it was "
+                          "saved with)")
+    return out

@@ -13,7 +13,7 @@ import os
 import stat as _stat
 from typing import Dict, List
 
-from ..errors import Unreadable, translate_oserror
+from ..errors import SourceError, Unreadable, translate_oserror
 from .base import PathSource
 
 MAX_FILE = 64 << 20
@@ -31,6 +31,23 @@ class DirSource(PathSource):
         # so most reads reuse it (a dup) instead of walking every component again
         self._last_key = None
         self._last_fd = None
+        self._check()
+
+    def _check(self) -> None:
+        """A tree is a capture if it has a proc/ directory we may read: refuse any other
+        directory (/tmp, /etc, an empty one) up front, as an archive without proc/ is."""
+        where = self.root
+        try:
+            fd = os.open(self.root, _O_DIR)
+            try:
+                where = os.path.join(self.root, "proc")
+                os.close(os.open("proc", _O_DIR, dir_fd=fd))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):     # ELOOP: proc is a link
+                raise SourceError(f"{self.root}: no proc/ directory in it: not a memtrack capture") from None
+            raise SourceError(f"{where}: {exc.strerror or exc}") from None
 
     def close(self):
         if self._last_fd is not None:

@@ -2,10 +2,11 @@
 or a device's (--adb, --ssh) through the POSIX sh script that --print-script shows."""
 from __future__ import annotations
 
+import os
 import sys
 
 from ...errors import MemtrackError
-from ..common import report_skipped
+from ..common import STDOUT, output_arg, output_name, refuse, report_skipped
 
 NAME = "capture"
 HELP = "write a capture archive of this machine (or of a device: --adb, --ssh), readable later with --root"
@@ -13,7 +14,8 @@ ORDER = 10
 
 
 def add_arguments(p):
-    p.add_argument("-o", "--output", metavar="FILE.tar.gz", help="archive to write")
+    p.add_argument("-o", "--output", type=output_arg, metavar="FILE.tar.gz",
+                   help="archive to write (-: to stdout, a pipe or a file, not a terminal)")
     p.add_argument("--print-script", action="store_true",
                    help="print the POSIX sh capture script (for targets without Python) and exit")
     p.add_argument("--format", choices=("stream", "tar", "auto"), default="stream",
@@ -32,6 +34,11 @@ def run(args) -> int:
         raise MemtrackError("capture needs -o FILE.tar.gz (or --print-script)")
     if args.root:
         raise MemtrackError("capture records this machine; --root is for reading captures")
+    refuse(args, "capture", "json", "csv", why="it writes an archive; read it with --root ARCHIVE --json")
+    refuse(args, "capture", "kind", why="an archive holds every kind; narrow when reading it with --root")
+    if args.output == STDOUT and sys.stdout.isatty():
+        raise MemtrackError("capture -o -: a tar.gz archive is not for a terminal; redirect stdout "
+                            "to a file or a pipe")
     from ...remote import target_from_args
     target = target_from_args(args)
     if target is not None:
@@ -46,12 +53,9 @@ def run(args) -> int:
     rec = RecordingSource(LiveSource())
     pids = sorted(args.pid) if args.pid is not None else None
     snap = scan(rec, pids=pids, smaps=args.smaps)
-    try:
-        n = write_archive(rec, snap, args.output, pids=pids)
-    except OSError as exc:
-        raise MemtrackError(f"{args.output}: {exc.strerror or exc}") from None
+    n = _write(lambda path: write_archive(rec, snap, path, pids=pids), args.output)
     report_skipped(snap, quiet=args.quiet)
-    print(f"memtrack: wrote {args.output}: {len(rec.procs) - snap.skipped.total} processes, "
+    print(f"memtrack: wrote {output_name(args.output)}: {len(rec.procs) - snap.skipped.total} processes, "
           f"{len(snap.buffers)} buffers, {n} members", file=sys.stderr)
     return 0
 
@@ -61,13 +65,34 @@ def _remote(args, target) -> int:
     from ...scan import scan
     pids = sorted(args.pid) if args.pid is not None else None
     tree = target.capture(fmt=args.format, pids=pids, smaps=args.smaps)
-    try:
-        n = write_tree(tree, args.output, transport_name(target))
-    except OSError as exc:
-        raise MemtrackError(f"{args.output}: {exc.strerror or exc}") from None
+    n = _write(lambda path: write_tree(tree, path, transport_name(target)), args.output)
     snap = scan(TreeSource(tree, transport_name(target)), pids=pids, smaps=args.smaps)
     report_skipped(snap, quiet=args.quiet)
-    print(f"memtrack: wrote {args.output} from {target.label} ({tree.format}): "
+    print(f"memtrack: wrote {output_name(args.output)} from {target.label} ({tree.format}): "
           f"{len(snap.processes)} processes holding {len(snap.buffers)} buffers, {n} members",
           file=sys.stderr)
     return 0
+
+
+def _write(write, path: str) -> int:
+    """write(path) -> members written, for -o PATH; for -o -, the archive is written to a
+    temporary file (it is written atomically, and a pipe cannot be renamed over) and copied
+    to stdout."""
+    if path != STDOUT:
+        try:
+            return write(path)
+        except OSError as exc:
+            raise MemtrackError(f"{path}: {exc.strerror or exc}") from None
+    import shutil
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="memtrack-capture-") as d:
+        tmp = os.path.join(d, "capture.tar.gz")
+        try:
+            n = write(tmp)
+        except OSError as exc:
+            raise MemtrackError(f"{tmp}: {exc.strerror or exc}") from None
+        with open(tmp, "rb") as f:
+            sys.stdout.flush()
+            shutil.copyfileobj(f, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+    return n

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from ...errors import MemtrackError
-from ...views.table import Column, human, render
-from ..common import check_exclusive, emit, report_skipped, with_categories
+from ...views.table import Column, human, printable, render
+from ..common import check_exclusive, emit, refuse, report_skipped, seconds_arg, with_categories
 
 NAME = "diff"
 HELP = "buffers created/freed/resized, references acquired/released, usage deltas between two snapshots"
@@ -20,24 +21,72 @@ LIVE = ("-", "live")
 def add_arguments(p):
     p.add_argument("a", metavar="A", help="the earlier snapshot")
     p.add_argument("b", metavar="B", help="the later snapshot")
-    p.add_argument("-i", "--interval", type=float, default=1.0, metavar="SECONDS",
+    p.add_argument("-i", "--interval", type=seconds_arg, default=1.0, metavar="SECONDS",
                    help="when A and B are both live: seconds between the two scans (default 1)")
 
 
 def load_any(spec: str, args):
-    """A snapshot of spec, categorized like every view's (a saved snapshot keeps its own)."""
+    """(snapshot of spec, categorized like every view's (a saved snapshot keeps its own), the
+    selection it shows: (pids, kinds), None for all, once diff's own -p/--kind narrow it)."""
     from ...model import Snapshot
     from ...scan import scan
     from ...sources import open_source
-    src = open_source(None if spec in LIVE else spec)
+    saved = {}
+    src = open_source(None if spec in LIVE else spec, saved)
     if isinstance(src, Snapshot):
-        return with_categories(src, args, overwrite=False)
+        snap = with_categories(src, args, overwrite=False)
+    else:
+        try:
+            snap = scan(src, smaps=args.smaps)
+        finally:
+            src.close()
+        report_skipped(snap, quiet=args.quiet)
+        snap = with_categories(snap, args)
+    sel = []
+    for key, given in (("pids", args.pid), ("kinds", args.kind)):
+        v = saved.get(key)
+        if given is not None:
+            v = set(given) if v is None else v & given
+        sel.append(v)
+    return snap, tuple(sel)
+
+
+def _selection(sel) -> str:
+    pids, kinds = sel
+    return ("every process" if pids is None else "pids " + (",".join(map(str, sorted(pids))) or "none")) + \
+        ", " + ("every kind" if kinds is None else "kinds " + (",".join(sorted(kinds)) or "none"))
+
+
+def check_comparable(a, b, sel_a, sel_b, args) -> None:
+    """Refuse A and B that show different things (a snapshot saved with -p or --kind, a
+    capture made with -p): whatever one left out would read as freed or gone. Warn, and go
+    on, when they come from different hosts or B is older than A."""
+    if sel_a != sel_b:
+        raise MemtrackError(f"A and B were saved with different selections (A: {_selection(sel_a)}; "
+                            f"B: {_selection(sel_b)}): what one left out would read as gone; "
+                            "narrow both alike with -p/--kind")
+    if a.scope != b.scope and args.pid is None:
+        part = "A" if a.scope != "all" else "B"
+        raise MemtrackError(f"{part} covers only some processes (captured with -p), the other every "
+                            "process: the rest would read as gone; name the processes to compare with -p")
+    ha, hb = a.host.hostname, b.host.hostname
+    if ha and hb and ha != hb:
+        warn(f"A and B come from different hosts ({ha}, {hb})")
+    ta, tb = _when(a.taken_at), _when(b.taken_at)
+    if ta is not None and tb is not None and tb < ta:
+        warn(f"B ({b.taken_at}) was taken before A ({a.taken_at}): what B lacks reads as freed")
+
+
+def _when(taken_at: str):
+    import datetime
     try:
-        snap = scan(src, smaps=args.smaps)
-    finally:
-        src.close()
-    report_skipped(snap, quiet=args.quiet)
-    return with_categories(snap, args)
+        return datetime.datetime.strptime(taken_at, "%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError):
+        return None
+
+
+def warn(text: str) -> None:
+    print(printable(f"memtrack: warning: {text}"), file=sys.stderr)
 
 
 def run(args) -> int:
@@ -45,22 +94,20 @@ def run(args) -> int:
     check_exclusive(args)
     if args.root:
         raise MemtrackError("diff takes its two sources as arguments, not --root")
-    if args.interval < 0:
-        raise MemtrackError("--interval must not be negative")
-    a = load_any(args.a, args)
+    refuse(args, "diff", "csv", why="use --json")
+    a, sel_a = load_any(args.a, args)
     if args.a in LIVE and args.b in LIVE:
         time.sleep(args.interval)
-    b = load_any(args.b, args)
+    b, sel_b = load_any(args.b, args)
+    check_comparable(a, b, sel_a, sel_b, args)
     if args.pid is not None or args.kind is not None:
         a = a.restrict(pids=args.pid, kinds=args.kind)
         b = b.restrict(pids=args.pid, kinds=args.kind)
     d = diff(a, b)
     if args.json:
-        emit(json.dumps(d.to_dict(), indent=1) + "\n")
+        emit(json.dumps(d.to_dict(), indent=1) + "\n", args)
         return 0
-    if args.csv:
-        raise MemtrackError("diff has no CSV form; use --json")
-    emit(render_text(d, args.bytes))
+    emit(render_text(d, args.bytes), args)
     return 0
 
 
@@ -105,7 +152,8 @@ def render_text(d, raw: bool = False) -> str:
         else:
             parts.append(f"{label}: {human(v['a'], raw)} -> {human(v['b'], raw)} ({_signed(v['delta'], raw)})")
     out.append("totals: " + "; ".join(parts))
-    text = "\n".join(out) + "\n"
+    # names, exporters, sources and times come from other processes and files: escaped
+    text = "\n".join(map(printable, out)) + "\n"
     if d.processes:
         cols = [Column("PID"), Column("dRss"), Column("dPss"), Column("dUss"), Column("dBufs"),
                 Column("Pss A"), Column("Pss B"), Column(""), Column("Name", "<")]

@@ -9,6 +9,7 @@ import json
 import sys
 
 from ...errors import MemtrackError
+from ..common import emit, output_arg, output_name, refuse
 
 NAME = "export-trace"
 HELP = "write a recorded history as Chrome trace-event JSON that Perfetto's UI opens"
@@ -20,23 +21,22 @@ MACHINE_PID = 0
 
 def add_arguments(p):
     p.add_argument("history", metavar="history.db")
-    p.add_argument("-o", "--output", required=True, metavar="trace.json")
+    p.add_argument("-o", "--output", type=output_arg, required=True, metavar="trace.json",
+                   help="file to write (-: stdout)")
 
 
 def run(args) -> int:
     from ...history import load
-    from ...util.atomic import atomic_write
     if args.root:
         raise MemtrackError("export-trace reads the history given as argument, not --root")
+    refuse(args, "export-trace", "csv", why="it writes trace-event JSON")
+    refuse(args, "export-trace", "kind", why="it does not narrow a history by kind")
     h = load(args.history)
     doc = trace(h, pids=args.pid)
-    try:
-        atomic_write(args.output, json.dumps(doc, separators=(",", ":")).encode())
-    except OSError as exc:
-        raise MemtrackError(f"{args.output}: {exc.strerror or exc}") from None
+    emit(json.dumps(doc, separators=(",", ":")) + "\n", args)
     if not args.quiet:
         n = len(doc["traceEvents"])
-        print(f"memtrack: wrote {args.output}: {n} events over {len(h)} snapshots", file=sys.stderr)
+        print(f"memtrack: wrote {output_name(args.output)}: {n} events over {len(h)} snapshots", file=sys.stderr)
     return 0
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 
 from ...errors import MemtrackError
+from ..common import output_arg, refuse
 
 NAME = "plot"
 HELP = "plot a recorded history: stacked pss by process (top N + rest) or by category, and a process timeline"
@@ -16,7 +17,7 @@ ORDER = 32
 
 def add_arguments(p):
     p.add_argument("history", metavar="history.db")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.png|FILE.svg")
+    p.add_argument("-o", "--output", type=output_arg, required=True, metavar="FILE.png|FILE.svg")
     p.add_argument("--by", choices=("process", "category"), default="process",
                    help="stack by process (pss, top N + rest) or by category (held bytes)")
     p.add_argument("-t", "--top", type=int, default=8, metavar="N", help="processes stacked before 'rest' (default 8)")
@@ -38,6 +39,8 @@ def run(args) -> int:
                             "(or pip install matplotlib)") from None
     if args.root:
         raise MemtrackError("plot reads the history given as argument, not --root")
+    refuse(args, "plot", "json", "csv", why="it draws a PNG or SVG")
+    refuse(args, "plot", "kind", why="it does not narrow a history by kind")
     if args.top < 1:
         raise MemtrackError("--top must be at least 1")
     h = load(args.history)

@@ -8,7 +8,7 @@ import sys
 import time
 
 from ...errors import MemtrackError
-from ..common import categorizer, report_skipped
+from ..common import STDOUT, categorizer, count_arg, output_arg, refuse, report_skipped, seconds_in_range
 
 NAME = "record"
 HELP = "append a snapshot every INTERVAL seconds to an SQLite history (for report, plot, export-trace)"
@@ -21,19 +21,20 @@ def duration(text: str) -> float:
         import argparse
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30, 90s, 5m, 2h)")
     mult = {"ms": 0.001, None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    return float(m.group(1)) * mult
+    return seconds_in_range(float(m.group(1)) * mult, text, zero=True)
 
 
 def add_arguments(p):
-    p.add_argument("-o", "--output", required=True, metavar="history.db", help="database to create or append to")
+    p.add_argument("-o", "--output", type=output_arg, required=True, metavar="history.db",
+                   help="database to create or append to")
     p.add_argument("-i", "--interval", type=duration, default=1.0, metavar="SECONDS",
                    help="seconds between snapshots (default 1)")
     p.add_argument("--duration", type=duration, default=None, metavar="D",
                    help="stop after D (30, 90s, 5m, 2h); default: until Ctrl-C or SIGTERM")
     p.add_argument("-n", "--count", type=int, default=None, metavar="N", help="stop after N snapshots")
-    p.add_argument("--verify-every", type=int, default=30, metavar="K",
+    p.add_argument("--verify-every", type=count_arg, default=30, metavar="K",
                    help="re-read every process at least once per K snapshots even if its "
-                        "signature did not change (default 30; 1 = full scans)")
+                        "signature did not change (default 30; 1 = full scans; 0 = never)")
 
 
 def _stop(signum, frame):
@@ -45,8 +46,13 @@ def run(args) -> int:
     from ...incremental import live_refresher
     if args.root:
         raise MemtrackError("record watches this machine; --root is for reading captures")
+    refuse(args, "record", "json", "csv", why="it writes an SQLite history")
+    refuse(args, "record", "kind", why="it records every kind")
     if args.interval < 0 or (args.count is not None and args.count < 1):
         raise MemtrackError("--interval must be >= 0 and --count >= 1")
+    if args.output == STDOUT:
+        raise MemtrackError("record -o -: a history is an SQLite database, which stdout cannot hold; "
+                            "name a file")
     check_path_writable(args.output)
     # -p narrows what is stored, not what is scanned: pss needs every holder
     scanner = live_refresher(getattr(args, "backend", "auto"), args.smaps, args.verify_every)

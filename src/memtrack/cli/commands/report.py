@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ...errors import MemtrackError
-from ...views.table import Column, human, render
-from ..common import emit
+from ...views.table import Column, human, printable, render
+from ..common import count_arg, emit, refuse
 
 NAME = "report"
 HELP = "per process and per category over a recorded history: peak, growth, suspected leaks"
@@ -12,19 +12,21 @@ ORDER = 31
 
 def add_arguments(p):
     p.add_argument("history", metavar="history.db")
-    p.add_argument("-t", "--top", type=int, default=20, metavar="N", help="processes listed (default 20; 0: all)")
+    p.add_argument("-t", "--top", type=count_arg, default=20, metavar="N", help="processes listed (default 20; 0: all)")
 
 
 def run(args) -> int:
     from ...history import analyze, dumps, load
     if args.root:
         raise MemtrackError("report reads the history given as argument, not --root")
+    refuse(args, "report", "csv", why="use --json")
+    refuse(args, "report", "kind", why="it does not narrow a history by kind")
     h = load(args.history)
     doc = analyze(h, pids=args.pid)
     if args.json:
-        emit(dumps(doc) + "\n")
+        emit(dumps(doc) + "\n", args)
         return 0
-    emit(render_text(doc, args.bytes, args.top))
+    emit(render_text(doc, args.bytes, args.top), args)
     return 0
 
 
@@ -37,8 +39,8 @@ def _rate(x, raw):
 
 
 def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
-    out = [f"{doc['history']}: {doc['snapshots']} snapshots from {doc['start']} to {doc['end']} "
-           f"({doc['seconds']:.0f} s, {doc['runs']} recording run{'s' if doc['runs'] != 1 else ''})", ""]
+    out = [printable(f"{doc['history']}: {doc['snapshots']} snapshots from {doc['start']} to {doc['end']} "
+           f"({doc['seconds']:.0f} s, {doc['runs']} recording run{'s' if doc['runs'] != 1 else ''})"), ""]
     procs = doc["processes"][:top] if top else doc["processes"]
     cols = [Column("PID"), Column("Peak Pss"), Column("Pss start"), Column("Pss end"), Column("Growth"),
             Column("Slope"), Column("Bufs"), Column("First seen", "<"), Column("Last seen", "<"),
@@ -72,7 +74,8 @@ def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
                 when = f" [first seen {ev['first_seen']}, last seen {ev['last_seen']}]"
             elif "first_acquired" in ev:
                 when = f" [acquired {ev['first_acquired']} .. {ev['last_acquired']}]"
-            out.append(f"  {f['kind']}: {f['subject']}: {f['message']}{when}")
+            # the tables are escaped by render(); these lines quote names from other processes
+            out.append(printable(f"  {f['kind']}: {f['subject']}: {f['message']}{when}"))
     else:
         out.append("suspected leaks: none")
     return "\n".join(out) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...account import account
 from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render, to_csv
-from ..common import check_exclusive, emit, get_snapshot
+from ..common import check_exclusive, emit, get_snapshot, pid_arg, refuse
 
 NAME = "show"
 HELP = "the shared buffers of one process, with their other holders"
@@ -13,7 +13,7 @@ ORDER = 1
 
 
 def add_arguments(p):
-    p.add_argument("target_pid", type=int, metavar="PID")
+    p.add_argument("target_pid", type=pid_arg, metavar="PID")
 
 
 def holder_text(snap, b, me=None, limit=8) -> str:
@@ -29,16 +29,41 @@ def holder_text(snap, b, me=None, limit=8) -> str:
     return ",".join(parts)
 
 
+def absent(src, pid: int, root=None):
+    """Why pid is not in the source src (a Source, or a saved Snapshot, which lists only the
+    processes holding buffers) that --root names, or None if it is there."""
+    from ...errors import ProcessGone
+    from ...model import Snapshot
+    if isinstance(src, Snapshot):
+        listed = pid in src.process_map
+    else:
+        try:
+            listed = pid in src.pids()
+        except ProcessGone:
+            return None             # the scan will say what is wrong with the source
+    if listed:
+        return None
+    if getattr(src, "live", False):
+        return "no such process"
+    return f"not in {root}" if root else f"not in the capture from {src.label}"
+
+
 def run(args) -> int:
     check_exclusive(args)
-    snap = get_snapshot(args)
+    refuse(args, "show", "pid", why="the process is its PID argument")
     pid = args.target_pid
+    why = []
+    snap = get_snapshot(args, on_source=lambda src: why.append(absent(src, pid, args.root)))
     proc = snap.process_map.get(pid)
     if proc is None:
         if pid in snap.skipped.denied:
             raise MemtrackError(f"pid {pid}: access denied (run as root, or as its owner)")
         if pid in snap.skipped.vanished:
             raise MemtrackError(f"pid {pid}: exited during the scan")
+        if pid in snap.skipped.unreadable:
+            raise MemtrackError(f"pid {pid}: could not be read")
+        if why and why[0]:
+            raise MemtrackError(f"pid {pid}: {why[0]}")
         if args.json:
             emit(snap.restrict(pids={pid}).to_json(filt={"pids": [pid]}) + "\n", args)
             return 0

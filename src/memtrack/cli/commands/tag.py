@@ -19,6 +19,8 @@ def run(args) -> int:
         raise MemtrackError("tag acts on this machine; --root is for reading captures")
     if getattr(args, "adb", None) is not None or getattr(args, "ssh", None):
         raise MemtrackError("tag acts on this machine; --adb/--ssh only capture a device")
+    from ..common import refuse
+    refuse(args, "tag", "pid", "kind", "json", "csv", why="it names one buffer, given as PID FD NAME")
     if args.tag_pid <= 0 or args.tag_fd < 0:
         raise MemtrackError("tag: PID must be positive and FD not negative")
     target = tag(args.tag_pid, args.tag_fd, args.tag_name)
