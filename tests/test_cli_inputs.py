@@ -384,3 +384,17 @@ def test_report_text_escapes_names():
     assert not any(c in text for c in "\x1b\x07\r")
     assert text.startswith("h\\x1b[2J.db: 2 snapshots")
     assert "  growth: pid 7 (ev\\x1b]0;X\\x07il): grew\\x0d\n" in text
+
+
+def test_textfile_output_dash_is_stdout_and_empty_is_refused(tmp_path, capsys):
+    pytest.importorskip("prometheus_client")
+    root = make_tree(tmp_path)
+    r = run_memtrack("textfile", "--root", root, "-o", "-", cwd=str(tmp_path))
+    assert r.returncode == 0 and "memtrack_buffer_bytes" in r.stdout and "wrote" not in r.stderr
+    assert not os.path.exists(tmp_path / "-")
+    assert "an empty file name" in usage_error(capsys, ["textfile", "-o", ""])
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-1", "1e308", "x"])
+def test_serve_min_interval_is_checked(capsys, text):
+    assert "--min-interval" in usage_error(capsys, ["serve", "--min-interval", text])

@@ -8,7 +8,7 @@ import sys
 import time
 
 from ...errors import MemtrackError
-from ..common import get_snapshot
+from ..common import STDOUT, get_snapshot, output_arg
 
 NAME = "textfile"
 HELP = "write the Prometheus metrics to a file for node_exporter's textfile collector"
@@ -16,12 +16,17 @@ ORDER = 21
 
 
 def add_arguments(p):
-    p.add_argument("-o", "--output", required=True, metavar="DIR/memtrack.prom", help="file to write")
+    p.add_argument("-o", "--output", required=True, type=output_arg, metavar="DIR/memtrack.prom",
+                   help="file to write (- for stdout)")
     p.add_argument("--per-pid", action="store_true", help="a pid label on the per-process metrics")
 
 
 def write(path: str, data: bytes) -> None:
     from ...util.atomic import atomic_write
+    if path == STDOUT:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
     try:
         atomic_write(path, data, 0o644)
     except OSError as exc:
@@ -36,6 +41,6 @@ def run(args) -> int:
     t0 = time.monotonic()
     snap = get_snapshot(args)
     write(args.output, render(families(snap, per_pid=args.per_pid, scan_seconds=time.monotonic() - t0)))
-    if not args.quiet:
+    if not args.quiet and args.output != STDOUT:
         print(f"memtrack: wrote {args.output}", file=sys.stderr)
     return 0
