@@ -13,6 +13,7 @@ import tempfile
 import pytest
 
 import memtrack
+from conftest import REAL_CAPTURE
 from livehelpers import run_memtrack
 from test_diff import MFD, snap
 
@@ -257,3 +258,52 @@ def test_readers_need_no_write_access():
         os.chmod(ro, 0o755)
         shutil.rmtree(top)
         shutil.rmtree(pkg)
+
+
+# -- rules files --------------------------------------------------------------------------
+
+def rules_error(path):
+    from memtrack.categories import RulesError, load_rules
+    with pytest.raises(RulesError) as e:
+        load_rules(str(path))
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_deeply_nested_rules_values_are_refused_by_line(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("# rules\n[[rule]]\ncategory = 'X'\nname = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert rules_error(deep) == f"{deep}:4: arrays hold strings only"
+    r = run_memtrack("summary", "--root", REAL_CAPTURE, "--rules", str(deep))
+    one_line_error(r, f"{deep}:4:")
+
+
+def test_many_comments_in_a_rules_array_and_a_large_rules_file_parse(tmp_path):
+    from memtrack.categories import MAX_RULES_BYTES, load_rules
+    import time
+    many = tmp_path / "comments.toml"
+    many.write_text("[[rule]]\ncategory = 'X'\nname = [\n" + "# a comment\n" * 5000 + "'a' ]\n")
+    assert load_rules(str(many))[0].category == "X"
+    big = tmp_path / "big.toml"
+    rule = "[[rule]]\ncategory = \"X\"\nname = \"n\"\n"
+    big.write_text(rule * (MAX_RULES_BYTES // len(rule)))
+    t0 = time.monotonic()
+    assert len(load_rules(str(big))) > 25000
+    assert time.monotonic() - t0 < 10                   # linear: each key used to copy the rest
+
+
+def test_rules_that_are_no_regular_file_or_too_large_are_refused(tmp_path):
+    from memtrack.categories import MAX_RULES_BYTES
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = run_memtrack("summary", "--root", REAL_CAPTURE,
+                     "--rules", str(fifo), timeout=60)
+    one_line_error(r, f"{fifo}: not a regular file")
+    assert rules_error("/dev/zero") == "/dev/zero: not a regular file"
+    huge = tmp_path / "huge.toml"
+    huge.write_text("#" * MAX_RULES_BYTES + "\n")
+    assert "larger than 1 MiB" in rules_error(huge)
+    crlf = tmp_path / "crlf.toml"
+    crlf.write_bytes(b"[[rule]]\r\ncategory = 'X'\r\nname = [ 'a',\r\n 'b' ]\r\n")
+    from memtrack.categories import load_rules
+    assert load_rules(str(crlf))[0].category == "X"
