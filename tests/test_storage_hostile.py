@@ -307,3 +307,72 @@ def test_rules_that_are_no_regular_file_or_too_large_are_refused(tmp_path):
     crlf.write_bytes(b"[[rule]]\r\ncategory = 'X'\r\nname = [ 'a',\r\n 'b' ]\r\n")
     from memtrack.categories import load_rules
     assert load_rules(str(crlf))[0].category == "X"
+
+
+# -- output files -------------------------------------------------------------------------
+
+def test_new_output_files_follow_the_umask(tmp_path):
+    for mask, want in ((0o077, 0o600), (0o002, 0o664), (0o022, 0o644)):
+        out = tmp_path / f"ps-{mask:o}.txt"
+        r = run_memtrack("--root", REAL_CAPTURE, "ps", "-o", str(out), preexec_fn=lambda m=mask: os.umask(m))
+        assert r.returncode == 0, r.stderr
+        assert oct(os.stat(out).st_mode & 0o7777) == oct(want)
+    from memtrack.util.atomic import atomic_write, umask
+    old = os.umask(0o027)
+    try:
+        assert umask() == 0o027
+        atomic_write(str(tmp_path / "lib.txt"), b"x")
+        atomic_write(str(tmp_path / "textfile.prom"), b"x", 0o644)
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "lib.txt").st_mode & 0o777 == 0o640
+    assert os.stat(tmp_path / "textfile.prom").st_mode & 0o777 == 0o640
+    # an existing file keeps its mode whatever the umask
+    os.chmod(tmp_path / "lib.txt", 0o604)
+    atomic_write(str(tmp_path / "lib.txt"), b"y")
+    assert os.stat(tmp_path / "lib.txt").st_mode & 0o777 == 0o604
+    if os.geteuid() == 0:                               # and its owner, where we may give it
+        os.chown(tmp_path / "lib.txt", 65534, 65534)
+        atomic_write(str(tmp_path / "lib.txt"), b"z")
+        st = os.stat(tmp_path / "lib.txt")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o604)
+
+
+def test_an_existing_file_the_caller_may_not_write_is_not_replaced():
+    exe, pkg = _nobody_python()
+    top = tempfile.mkdtemp(prefix="memtrack-out-")
+    try:
+        os.chmod(top, 0o1777 & ~0o1000)                # world-writable, no sticky bit
+        mine_ro = os.path.join(top, "ro")              # nobody's own file, mode 444
+        with open(mine_ro, "w") as f:
+            f.write("keep me\n")
+        os.chown(mine_ro, 65534, 65534)
+        os.chmod(mine_ro, 0o444)
+        roots = os.path.join(top, "roots")             # root's file, 644
+        with open(roots, "w") as f:
+            f.write("root's\n")
+        shared = os.path.join(top, "shared")           # nobody may write it: replaced
+        with open(shared, "w") as f:
+            f.write("old\n")
+        os.chmod(shared, 0o666)
+
+        def nobody(*args):
+            return subprocess.run(NOBODY + [exe, "-m", "memtrack", "--root", REAL_CAPTURE, *args],
+                                  capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=pkg),
+                                  cwd=pkg, timeout=120)
+        if not os.access(REAL_CAPTURE, os.R_OK) or nobody("ps", "-o", "/dev/null").returncode != 0:
+            pytest.skip("the nobody user cannot read the fixture capture")
+        for path in (mine_ro, roots):
+            before = os.stat(path)
+            one_line_error(nobody("ps", "-o", path), f"{path}: Permission denied")
+            after = os.stat(path)
+            assert (after.st_ino, after.st_uid, after.st_mode) == (before.st_ino, before.st_uid, before.st_mode)
+        assert open(mine_ro).read() == "keep me\n" and open(roots).read() == "root's\n"
+        r = nobody("ps", "-o", shared)
+        assert r.returncode == 0, r.stderr
+        st = os.stat(shared)
+        assert st.st_mode & 0o777 == 0o666 and "PID" in open(shared).read()
+        assert sorted(os.listdir(top)) == ["ro", "roots", "shared"]
+    finally:
+        shutil.rmtree(top)
+        shutil.rmtree(pkg)
