@@ -376,3 +376,30 @@ def test_an_existing_file_the_caller_may_not_write_is_not_replaced():
     finally:
         shutil.rmtree(top)
         shutil.rmtree(pkg)
+
+
+# -- diff of damaged or filtered snapshots ------------------------------------------------
+
+def test_diff_refuses_snapshots_that_contradict_themselves():
+    from dataclasses import replace
+    from memtrack.diff import DiffError, diff
+    a = snap({"memfd:10": dict(inode=10, size=4096, name="a", **MFD),
+              "memfd:11": dict(inode=11, size=4096, name="b", **MFD)},
+             {100: ("app", {"memfd:10": ([3], []), "memfd:11": ([4], [])}), 200: ("x", {})})
+    b = snap({"memfd:10": dict(inode=10, size=4096, name="a", **MFD)}, {100: ("app", {"memfd:10": ([3], [])})})
+    assert diff(a, b).of("free")[0].buffer.id == "memfd:11"
+    # filtered the supported way: still compared
+    assert diff(a.restrict(pids={100}), b.restrict(kinds={"memfd"})).of("free")[0].buffer.id == "memfd:11"
+    lost = replace(a, buffers=a.buffers[:1])                 # pid 100 still refers to memfd:11
+    twice = replace(b, buffers=b.buffers * 2)
+    two_pids = replace(b, processes=b.processes * 2)
+    for x, y, words in ((lost, b, "snapshot A: pid 100 refers to buffer 'memfd:11'"),
+                        (a, twice, "snapshot B: buffer 'memfd:10' listed twice"),
+                        (a, two_pids, "snapshot B: pid 100 listed twice")):
+        with pytest.raises(DiffError) as e:
+            diff(x, y)
+        assert isinstance(e.value, MemtrackError) and words in str(e.value)
+    odd = replace(a, buffers=(replace(a.buffers[0], id="memfd:\x1b[31m"),) + a.buffers[1:])
+    with pytest.raises(DiffError) as e:
+        diff(odd, b)
+    assert "\x1b" not in str(e.value)
