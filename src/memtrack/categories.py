@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -134,12 +135,15 @@ def _string(s: str, i: int, err) -> Tuple[str, int]:
 
 
 def _skip(s: str, i: int) -> int:
-    while i < len(s) and s[i] in " \t\r\n":
-        i += 1
-    if i < len(s) and s[i] == "#":          # a comment inside a multi-line array
-        while i < len(s) and s[i] != "\n":
+    """Past blanks, newlines and comments (inside a multi-line array)."""
+    while i < len(s):
+        if s[i] in " \t\r\n":
             i += 1
-        return _skip(s, i)
+        elif s[i] == "#":
+            while i < len(s) and s[i] != "\n":
+                i += 1
+        else:
+            break
     return i
 
 
@@ -158,6 +162,8 @@ def _value(s: str, i: int, err):
         start, items = i, []
         i = _skip(s, i + 1)
         while i < len(s) and s[i] != "]":
+            if s[i] == "[":                     # refused before parsing it: no recursion
+                err("arrays hold strings only", i)
             v, i = _value(s, i, err)
             if not isinstance(v, str):
                 err("arrays hold strings only", i - 1)
@@ -179,18 +185,20 @@ def parse_toml(text: str, path: str = "rules") -> Tuple[dict, List[Tuple[dict, i
     rules: List[Tuple[dict, int, Dict[str, int]]] = []
     current, keylines = top, {}
     lines = text.split("\n")
+    starts = [0]                                 # offset in text of each line
+    for ln in lines[:-1]:
+        starts.append(starts[-1] + len(ln) + 1)
     n = 0
     while n < len(lines):
         lineno = n + 1
 
-        body = ""
-
         def err(msg, pos=None, lineno=lineno):
-            if pos is not None:                  # a position in the value text that began here
-                lineno += body[:pos].count("\n")
+            if pos is not None:                  # a position in text, in a value begun here
+                lineno = text.count("\n", 0, pos) + 1
             raise RulesError(f"{path}:{lineno}: {msg}")
 
-        line = lines[n].strip()
+        raw = lines[n]
+        line = raw.strip()
         n += 1
         if not line or line.startswith("#"):
             continue
@@ -206,14 +214,15 @@ def parse_toml(text: str, path: str = "rules") -> Tuple[dict, List[Tuple[dict, i
         if not m or not rest.startswith("="):
             err("expected `key = value`")
         key = m.group(0)
-        # a value may continue over lines (multi-line arrays): parse from here on the joined rest
-        body = rest[1:] + "\n" + "\n".join(lines[n:])
-        value, end = _value(body, 0, err)
-        consumed = body[:end].count("\n")
-        tail = body[end:].split("\n", 1)[0].strip()
+        # a value may continue over lines (multi-line arrays): parse it in the whole text,
+        # from just after the `=` (no copy of the rest of the file per key)
+        pos = starts[n - 1] + raw.index("=", len(raw) - len(raw.lstrip()) + m.end()) + 1
+        value, end = _value(text, pos, err)
+        eol = text.find("\n", end)
+        tail = text[end:eol if eol >= 0 else len(text)].strip()
         if tail and not tail.startswith("#"):
             err(f"unexpected text after the value: {tail!r}")
-        n += consumed
+        n += text.count("\n", pos, end)
         if key in current:
             err(f"duplicate key {key!r}")
         current[key] = value
@@ -252,12 +261,26 @@ def parse_rules(text: str, path: str = "rules") -> Tuple[List[Rule], bool]:
     return rules, repl
 
 
+#: a rules file is a few dozen rules: more than this is no rules file
+MAX_RULES_BYTES = 1 << 20
+
+
 def _read(path: str) -> str:
+    """The text of a rules file: a regular file (a device such as /dev/zero would be read
+    forever, a FIFO would block) of at most MAX_RULES_BYTES."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        # O_NONBLOCK: opening a FIFO does not wait for a writer (it is refused just below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RulesError(f"{path}: not a regular file")
+            data = f.read(MAX_RULES_BYTES + 1)
     except OSError as exc:
         raise RulesError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_RULES_BYTES:
+        raise RulesError(f"{path}: larger than {MAX_RULES_BYTES >> 20} MiB: not a rules file")
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError:
         raise RulesError(f"{path}: not UTF-8 text") from None
 

@@ -14,12 +14,37 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from .account import account
+from .errors import MemtrackError
 from .model import Buffer, Snapshot
+from .views.table import printable
 
 #: kinds whose size can change after creation (ftruncate)
 RESIZABLE = frozenset(("memfd", "shm"))
 
 Identity = Tuple[str, Optional[str], object]
+
+
+class DiffError(MemtrackError):
+    """A snapshot diff() cannot compare: it contradicts itself (damaged, or filtered by hand)."""
+
+
+def _check(snap: Snapshot, which: str) -> None:
+    """What diff() and account() rely on: buffer ids and pids unique, every reference naming
+    a buffer of the same snapshot."""
+    ids = set()
+    for b in snap.buffers:
+        if b.id in ids:
+            raise DiffError(printable(f"snapshot {which}: buffer {b.id!r} listed twice"))
+        ids.add(b.id)
+    pids = set()
+    for p in snap.processes:
+        if p.pid in pids:
+            raise DiffError(f"snapshot {which}: pid {p.pid} listed twice")
+        pids.add(p.pid)
+        for r in p.refs:
+            if r.buffer not in ids:
+                raise DiffError(printable(f"snapshot {which}: pid {p.pid} refers to buffer {r.buffer!r}, "
+                                          f"which the snapshot does not list (damaged or filtered)"))
 
 
 def identity(b: Buffer) -> Identity:
@@ -152,6 +177,8 @@ def _same_object(x: Buffer, y: Buffer) -> bool:
 
 
 def diff(a: Snapshot, b: Snapshot) -> Diff:
+    _check(a, "A")
+    _check(b, "B")
     matched = _match(a, b)
     a_to_b: Dict[str, str] = {}
     events: List[BufferEvent] = []
@@ -183,7 +210,7 @@ def diff(a: Snapshot, b: Snapshot) -> Diff:
         comm = (pb.get(pid) or pa.get(pid)).comm
         old = {}
         for r in (pa[pid].refs if pid in pa else ()):
-            old[a_to_b.get(r.buffer, "A:" + r.buffer)] = r
+            old[a_to_b.get(r.buffer, ("A", r.buffer))] = r       # unmatched: never one of B's ids
         new = {r.buffer: r for r in (pb[pid].refs if pid in pb else ())}
         released, acquired = [], []       # per process: releases first, each by buffer id
         for key in set(old) | set(new):

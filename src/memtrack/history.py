@@ -19,14 +19,22 @@ Schema version 1 (``meta`` key ``schema``):
   buffer_spans(buffer, first, last)    ref_spans(ref, first, last)
   usage_spans(process, rss, pss, uss, buffers, mapped, first, last)
   category_spans(category, bytes, buffers, first, last)
+
+Names come from other processes and may hold bytes that are not UTF-8 (kept in memory as
+surrogates, '\udcff'): they are stored as those very bytes in their TEXT column and read
+back with surrogateescape, so they round-trip unchanged (a lone surrogate that stands for no
+byte is stored UTF-8-encoded as-is). Every reader decodes TEXT that way: a column holding
+invalid UTF-8 never stops a read.
 """
 from __future__ import annotations
 
-import json
 import contextlib
+import json
+import math
 import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,7 +42,7 @@ from . import __version__
 from .account import account
 from .errors import MemtrackError, SourceError
 from .model import Snapshot
-from .views.table import human
+from .views.table import human, printable
 
 SCHEMA_VERSION = 1
 
@@ -66,11 +74,42 @@ def category_of(b) -> str:
     return b.category or b.kind
 
 
+def _text(raw: bytes) -> str:
+    """The text factory of every connection: TEXT as stored, undecodable bytes as surrogates
+    (never fails, unlike sqlite3's default)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _param(v):
+    """(placeholder, value) binding v losslessly: a str holding surrogates cannot go to
+    SQLite as str; its bytes go in as a blob cast to TEXT."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                return "CAST(? AS TEXT)", v.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:          # a surrogate that stands for no byte
+                return "CAST(? AS TEXT)", v.encode("utf-8", "surrogatepass")
+    return "?", v
+
+
+def _insert(con: sqlite3.Connection, table: str, cols: str, values: tuple) -> int:
+    marks, params = zip(*map(_param, values))
+    return con.execute(f"INSERT INTO {table}({cols}) VALUES ({','.join(marks)})", params).lastrowid
+
+
+def _error(msg: str) -> SourceError:
+    """A one-line error whose text may quote the file's contents or a path: escaped."""
+    return SourceError(printable(msg))
+
+
 def _connect(path: str, timeout: float = 5.0) -> sqlite3.Connection:
     try:
         con = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     except sqlite3.Error as exc:
-        raise SourceError(f"{path}: {exc}") from None
+        raise _error(f"{path}: {exc}") from None
+    con.text_factory = _text
     return con
 
 
@@ -78,11 +117,11 @@ def _check_schema(con: sqlite3.Connection, path: str) -> None:
     try:
         row = con.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     except sqlite3.DatabaseError as exc:
-        raise SourceError(f"{path}: not a memtrack history database ({exc})") from None
+        raise _error(f"{path}: not a memtrack history database ({exc})") from None
     if row is None:
-        raise SourceError(f"{path}: not a memtrack history database (no schema version)")
+        raise _error(f"{path}: not a memtrack history database (no schema version)")
     if row[0] != str(SCHEMA_VERSION):
-        raise SourceError(f"{path}: history schema {row[0]} (this memtrack reads {SCHEMA_VERSION})")
+        raise _error(f"{path}: history schema {str(row[0])[:40]} (this memtrack reads {SCHEMA_VERSION})")
 
 
 
@@ -128,37 +167,41 @@ class Recorder:
                     ("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
                     ("tool", f"memtrack {__version__}")])
                 con.execute("COMMIT")
-            con.execute("BEGIN IMMEDIATE")
-            # a previous run ended (or was killed): what it left open ended at its last snapshot
-            last = con.execute("SELECT max(id) FROM snapshots").fetchone()[0]
-            if last is not None:
-                for table in _SPAN_TABLES:
-                    con.execute(f"UPDATE {table} SET last = ? WHERE last IS NULL", (last,))
-            self.run = con.execute("INSERT INTO runs(started, interval) VALUES (?, ?)",
-                                   (time.time(), interval)).lastrowid
-            con.execute("COMMIT")
+            self._buffers = {row[1:]: row[0] for row in con.execute(
+                "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
+            self._procs = {row[1:]: row[0] for row in con.execute(
+                "SELECT id, pid, comm, cmdline, uid FROM processes")}
+            self._refs = {row[1:]: row[0] for row in con.execute(
+                "SELECT id, process, buffer, fds, vmas FROM refs")}
         except sqlite3.DatabaseError as exc:
             con.close()
             os.close(self._lock)
-            raise SourceError(f"{path}: {exc}") from None
-        self._buffers = {row[1:]: row[0] for row in con.execute(
-            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
-        self._procs = {row[1:]: row[0] for row in con.execute(
-            "SELECT id, pid, comm, cmdline, uid FROM processes")}
-        self._refs = {row[1:]: row[0] for row in con.execute(
-            "SELECT id, process, buffer, fds, vmas FROM refs")}
+            raise _error(f"{path}: {exc}") from None
+        # the run's row is written with its first snapshot, in the same transaction: a run
+        # that stores nothing (it failed, or was stopped before its first snapshot) leaves
+        # no trace in the history
+        self.run: Optional[int] = None
+        self._interval = interval
         self._open: Dict[str, Dict[object, Tuple[int, object]]] = {t: {} for t in _SPAN_TABLES}
         self._prev: Optional[int] = None
-        self._host_written = False
         self._same = None          # (buffers, processes, pids, row values) of the last snapshot
         self.snapshots = 0
+
+    def _start_run(self, snap: Snapshot) -> None:
+        """Inside the first snapshot's transaction: a previous run ended (or was killed), so
+        what it left open ended at its last snapshot; then this run's row."""
+        con = self.con
+        last = con.execute("SELECT max(id) FROM snapshots").fetchone()[0]
+        if last is not None:
+            for table in _SPAN_TABLES:
+                con.execute(f"UPDATE {table} SET last = ? WHERE last IS NULL", (last,))
+        self.run = _insert(con, "runs", "started, interval, hostname, kernel",
+                           (time.time(), self._interval, snap.host.hostname, snap.host.kernel))
 
     def _intern(self, cache: dict, table: str, cols: str, key: tuple) -> int:
         rid = cache.get(key)
         if rid is None:
-            marks = ",".join("?" * len(key))
-            rid = self.con.execute(f"INSERT INTO {table}({cols}) VALUES ({marks})", key).lastrowid
-            cache[key] = rid
+            rid = cache[key] = _insert(self.con, table, cols, key)
         return rid
 
     def _spans(self, table: str, current: Dict[object, object], sid: int, insert) -> None:
@@ -190,10 +233,8 @@ class Recorder:
         con = self.con
         try:
             with write_transaction(con):
-                if not self._host_written:
-                    con.execute("UPDATE runs SET hostname = ?, kernel = ? WHERE id = ?",
-                                (snap.host.hostname, snap.host.kernel, self.run))
-                    self._host_written = True
+                if self.run is None:
+                    self._start_run(snap)
                 sid = con.execute(
                     "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
                     "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -225,19 +266,24 @@ class Recorder:
                 def span(table, cols):
                     def insert(key, value, sid):
                         vals = (key,) + (tuple(value) if isinstance(value, (tuple, list)) else ())
-                        marks = ",".join("?" * (len(vals) + 1))
-                        return con.execute(f"INSERT INTO {table}({cols}, first) VALUES ({marks})",
-                                           vals + (sid,)).lastrowid
+                        return _insert(con, table, cols + ", first", vals + (sid,))
                     return insert
                 self._spans("buffer_spans", dict.fromkeys(bids.values(), True), sid, span("buffer_spans", "buffer"))
                 self._spans("ref_spans", refs, sid, span("ref_spans", "ref"))
                 self._spans("usage_spans", usage, sid, span("usage_spans", "process, rss, pss, uss, buffers, mapped"))
                 self._spans("category_spans", {k: tuple(v) for k, v in cats.items()}, sid,
                             span("category_spans", "category, bytes, buffers"))
-        except BaseException:
+        except BaseException as exc:
             # the in-memory view of open spans may now be ahead of the database: start over
             self._reload_open()
+            if self.snapshots == 0:
+                # the run's row went with the snapshot; what the previous run left open is
+                # closed again by the next try
+                self.run = None
+                self._open = {table: {} for table in _SPAN_TABLES}
             self._same = None
+            if isinstance(exc, sqlite3.Error):          # disk full, a read-only file...
+                raise _error(f"{self.path}: {exc}") from None
             raise
         self._prev = sid
         self.snapshots += 1
@@ -325,8 +371,9 @@ class ProcRow:
 
 
 def oneline(text: str, limit: int) -> str:
-    """Whitespace (newlines in a `python -c` cmdline...) collapsed, cut at limit."""
-    s = " ".join(text.split())
+    """Whitespace (newlines in a `python -c` cmdline...) collapsed, control characters and
+    undecodable bytes escaped (names come from other processes), cut at limit."""
+    s = printable(" ".join(text.split()))
     return s if len(s) <= limit else s[:limit - 1] + "…"
 
 
@@ -386,61 +433,169 @@ class History:
         return out
 
 
+#: values a history can hold: byte counts and sizes fit SQLite's integers; a time is a Unix
+#: time before the year 5138 (anything later, or negative, is no clock reading)
+_MAX_COUNT = 2 ** 63 - 1
+_MAX_TIME = 1e11
+
+
+def _is_count(v) -> bool:
+    return v is None or (type(v) is int and 0 <= v <= _MAX_COUNT)
+
+
+def _is_int(v) -> bool:
+    return v is None or type(v) is int
+
+
+def _is_text(v) -> bool:
+    return v is None or type(v) is str
+
+
+def _is_id(v) -> bool:
+    return type(v) is int
+
+
+def _is_time(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and 0 <= v <= _MAX_TIME
+
+
+_SPAN = (("first", _is_id, "a snapshot id"), ("last", _is_int, "a snapshot id"))
+
+#: (column, check, what it must be) per table, in the order load() selects them; a row that
+#: fails makes the whole history unreadable: a report built over silently skipped rows would
+#: show series with holes and growth or leaks that never happened, and a damaged file is worth
+#: knowing about (the file itself is left as it is)
+_REQUIRE = {
+    "snapshots": (("t", _is_time, "a Unix time"), ("kernel_only_bytes", _is_count, "a byte count"),
+                  ("held_bytes", _is_count, "a byte count")),
+    "processes": (("pid", lambda v: v is not None and _is_count(v), "a process id"),
+                  ("comm", _is_text, "text"), ("cmdline", _is_text, "text"), ("uid", _is_int, "an integer")),
+    "buffers": (("kind", lambda v: v is not None and _is_text(v), "text"), ("dev", _is_text, "text"),
+                ("inode", _is_int, "an integer"), ("size", _is_count, "a byte count"),
+                ("exporter", _is_text, "text"), ("name", _is_text, "text"), ("category", _is_text, "text"),
+                ("nattch", _is_int, "an integer")),
+    "usage_spans": (("process", _is_id, "a row id"), ("rss", _is_count, "a byte count"),
+                    ("pss", _is_count, "a byte count"), ("uss", _is_count, "a byte count"),
+                    ("buffers", _is_count, "a count"), ("mapped", _is_count, "a byte count")) + _SPAN,
+    "category_spans": (("category", lambda v: v is not None and _is_text(v), "text"),
+                       ("bytes", _is_count, "a byte count"), ("buffers", _is_count, "a count")) + _SPAN,
+    "buffer_spans": (("buffer", _is_id, "a row id"),) + _SPAN,
+    "ref_spans": (("process", _is_id, "a row id"), ("buffer", _is_id, "a row id")) + _SPAN,
+}
+
+
+def _damaged(path: str, what: str) -> SourceError:
+    return _error(f"history database {path} is damaged: {what}")
+
+
+def _checked(path: str, table: str, rows):
+    """rows (id first, then the columns _REQUIRE names for table), each checked."""
+    require = _REQUIRE[table]
+    for r in rows:
+        for (col, ok, must), v in zip(require, r[1:]):
+            if not ok(v):
+                shown = repr(v)
+                raise _damaged(path, f"{table} row {r[0]}: {col} is {shown[:40]}"
+                               f"{'...' if len(shown) > 40 else ''}, not {must}")
+        yield r
+
+
+def _open_readonly(path: str) -> sqlite3.Connection:
+    """A read-only connection (a reader needs no write access to the file or its directory).
+    A WAL database needs its -shm index, which a read-only reader cannot create where the
+    directory is not writable: when no -wal file holds anything beyond the main file, the
+    main file alone is the whole history and is read as immutable (a recorder that starts
+    meanwhile writes to a new -wal first, which this read does not see)."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True, timeout=5.0)
+        con.text_factory = _text
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return con
+        except sqlite3.OperationalError:
+            con.close()
+            try:
+                wal_idle = os.path.getsize(path + "-wal") == 0
+            except OSError:
+                wal_idle = True
+            if not wal_idle:
+                raise
+        con = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5.0)
+        con.text_factory = _text
+        return con
+    except sqlite3.DatabaseError as exc:
+        raise _error(f"{path}: not a memtrack history database ({exc})") from None
+
+
 def load(path: str) -> History:
     if not os.path.exists(path):
-        raise SourceError(f"{path}: no such file")
-    # read-only and without creating anything; a recorder may be writing meanwhile
-    try:
-        con = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True, timeout=5.0)
-    except sqlite3.Error as exc:
-        raise SourceError(f"{path}: {exc}") from None
+        raise _error(f"{path}: no such file")
+    con = _open_readonly(path)
     try:
         _check_schema(con, path)
         con.execute("BEGIN")                                 # one consistent read
-        snaps = con.execute("SELECT id, t, kernel_only_bytes, held_bytes FROM snapshots ORDER BY id").fetchall()
+        snaps = list(_checked(path, "snapshots", con.execute(
+            "SELECT id, t, kernel_only_bytes, held_bytes FROM snapshots ORDER BY id")))
         if not snaps:
-            raise SourceError(f"{path}: no snapshots recorded yet")
+            raise _error(f"{path}: no snapshots recorded yet")
         index = {sid: i for i, (sid, *_rest) in enumerate(snaps)}
         end = len(snaps) - 1
-        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+        # runs that stored a snapshot (an older memtrack left a row for a run that failed)
+        runs = con.execute("SELECT count(DISTINCT run) FROM snapshots").fetchone()[0]
 
-        def rng(first, last):
+        def rng(table, first, last):
+            """Snapshot indexes of a span; (None, None) when its snapshots are not there."""
             i0 = index.get(first)
             i1 = end if last is None else index.get(last)
+            if i0 is not None and i1 is not None and i0 > i1:
+                raise _damaged(path, f"{table}: a span ends (snapshot {last}) before it begins "
+                                     f"(snapshot {first})")
             return i0, i1
 
-        procs = {r[0]: ProcRow(*r) for r in con.execute("SELECT id, pid, comm, cmdline, uid FROM processes")}
-        bufs = {r[0]: BufRow(*r) for r in con.execute(
-            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
+        procs = {r[0]: ProcRow(*r) for r in _checked(path, "processes", con.execute(
+            "SELECT id, pid, comm, cmdline, uid FROM processes"))}
+        bufs = {r[0]: BufRow(*r) for r in _checked(path, "buffers", con.execute(
+            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers"))}
+
+        def spans(table, sql, refers):
+            """Rows of a span table: (its columns..., i0, i1) for the spans whose snapshots
+            are there (a span may outlive its snapshots: those rows are not shown)."""
+            for r in _checked(path, table, con.execute(sql)):
+                for col, rows in refers:
+                    if r[col] not in rows:
+                        raise _damaged(path, f"{table} row {r[0]}: {_REQUIRE[table][col - 1][0]} "
+                                             f"{r[col]} is not in the history")
+                i0, i1 = rng(table, r[-2], r[-1])
+                if i0 is not None and i1 is not None:
+                    yield r[1:-2] + (i0, i1)
+
         usage: Dict[int, list] = {}
-        for r in con.execute("SELECT process, rss, pss, uss, buffers, mapped, first, last FROM usage_spans"):
-            i0, i1 = rng(r[6], r[7])
-            if i0 is not None and i1 is not None:
-                usage.setdefault(r[0], []).append((i0, i1, tuple(r[1:6])))
+        for proc, *vals, i0, i1 in spans("usage_spans", "SELECT rowid, process, rss, pss, uss, buffers, "
+                                         "mapped, first, last FROM usage_spans", ((1, procs),)):
+            usage.setdefault(proc, []).append((i0, i1, tuple(vals)))
         cats: Dict[str, list] = {}
-        for r in con.execute("SELECT category, bytes, buffers, first, last FROM category_spans"):
-            i0, i1 = rng(r[3], r[4])
-            if i0 is not None and i1 is not None:
-                cats.setdefault(r[0], []).append((i0, i1, (r[1], r[2])))
+        for cat, nbytes, nbufs, i0, i1 in spans("category_spans", "SELECT rowid, category, bytes, buffers, "
+                                                "first, last FROM category_spans", ()):
+            cats.setdefault(cat, []).append((i0, i1, (nbytes, nbufs)))
         life: Dict[int, list] = {}
-        for r in con.execute("SELECT buffer, first, last FROM buffer_spans"):
-            i0, i1 = rng(r[1], r[2])
-            if i0 is not None and i1 is not None:
-                life.setdefault(r[0], []).append((i0, i1))
+        for buf, i0, i1 in spans("buffer_spans", "SELECT rowid, buffer, first, last FROM buffer_spans",
+                                 ((1, bufs),)):
+            life.setdefault(buf, []).append((i0, i1))
         per: Dict[Tuple[int, int], list] = {}
-        for r in con.execute("SELECT refs.process, refs.buffer, ref_spans.first, ref_spans.last "
-                             "FROM ref_spans JOIN refs ON refs.id = ref_spans.ref"):
-            i0, i1 = rng(r[2], r[3])
-            if i0 is not None and i1 is not None:
-                per.setdefault((r[0], r[1]), []).append((i0, i1))
+        for proc, buf, i0, i1 in spans("ref_spans", "SELECT ref_spans.rowid, refs.process, refs.buffer, "
+                                       "ref_spans.first, ref_spans.last "
+                                       "FROM ref_spans JOIN refs ON refs.id = ref_spans.ref",
+                                       ((1, procs), (2, bufs))):
+            per.setdefault((proc, buf), []).append((i0, i1))
         con.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
-        raise SourceError(f"{path}: not a readable memtrack history ({exc})") from None
+        raise _error(f"{path}: not a readable memtrack history ({exc})") from None
     finally:
         con.close()
     holds = []
-    for (proc, buf), spans in per.items():
-        for i0, i1 in _merge(spans):
+    for (proc, buf), ranges in per.items():
+        for i0, i1 in _merge(ranges):
             holds.append(Hold(proc, buf, i0, i1, i1 == end))
     holds.sort(key=lambda h: (h.first, h.process, h.buffer))
     for v in list(usage.values()) + list(cats.values()):
