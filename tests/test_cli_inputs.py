@@ -398,3 +398,9 @@ def test_textfile_output_dash_is_stdout_and_empty_is_refused(tmp_path, capsys):
 @pytest.mark.parametrize("text", ["nan", "inf", "-1", "1e308", "x"])
 def test_serve_min_interval_is_checked(capsys, text):
     assert "--min-interval" in usage_error(capsys, ["serve", "--min-interval", text])
+
+
+def test_an_error_quoting_a_hostile_path_stays_one_line(tmp_path):
+    bad = str(tmp_path / "rules\x1b[2J\nx.toml")
+    r = run_memtrack("--rules", bad, "--root", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr

@@ -143,7 +143,8 @@ def main(argv=None) -> int:
         name = args.command or DEFAULT
         return mods[name].run(args) or 0
     except MemtrackError as exc:
-        print(f"memtrack: {exc}", file=sys.stderr)
+        from ..views.table import printable      # it may quote a path or a name: one line
+        print(f"memtrack: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug in memtrack: one line, the traceback on request
         if debug():
             raise
-        print(f"memtrack: internal error: {type(exc).__name__}: {exc} "
+        from ..views.table import printable
+        print(f"memtrack: internal error: {type(exc).__name__}: {printable(str(exc))} "
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 70
     finally:
