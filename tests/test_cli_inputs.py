@@ -401,6 +401,7 @@ def test_serve_min_interval_is_checked(capsys, text):
 
 
 def test_an_error_quoting_a_hostile_path_stays_one_line(tmp_path):
-    bad = str(tmp_path / "rules\x1b[2J\nx.toml")
-    r = run_memtrack("--rules", bad, "--root", str(tmp_path))
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr
+    bad = str(tmp_path / "no\x1b[2J\nsuch")
+    for argv in (["--root", bad], ["diff", bad, bad], ["-o", bad + "/x", "capture"]):
+        r = run_memtrack(*argv)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr, argv
