@@ -758,10 +758,14 @@ class BpfScanner:
         out = set()
         last, now = self._last_tasks, self._tasks
         parts, status = self._state[3], self._state[4]
-        for pid in parts.keys() | status.keys():
-            a, b = last.get(pid), now.get(pid)
-            if a is not None and b is not None and (a[0], a[2], a[3], a[4]) != (b[0], b[2], b[3], b[4]):
-                out.add(pid)
+        for holders in (parts, status):
+            for pid in holders:
+                a, b = last.get(pid), now.get(pid)
+                # (start, seq, cred, mm, comm): equal for nearly all; the sequence alone
+                # moving is the VMA walk's business
+                if a != b and a is not None and b is not None and (
+                        a[0] != b[0] or a[2] != b[2] or a[3] != b[3] or a[4] != b[4]):
+                    out.add(pid)
         for pid, links in self._links.items():
             if any(_readlink(path) != target for path, target in links.items()):
                 out.add(pid)
