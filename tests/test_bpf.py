@@ -173,24 +173,12 @@ DROP = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-ca
 @pytest.fixture
 def nobody_pythonpath():
     """A copy of the package the nobody user can read (the checkout may be under /root)."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv to run as an unprivileged user")
-    import pathlib
-    import tempfile
-    d = pathlib.Path(tempfile.mkdtemp(prefix="memtrack-bpf-nobody-"))
-    try:
-        shutil.copytree(os.path.join(SRC, "memtrack"), d / "memtrack",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        for p in [d] + list(d.rglob("*")):
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        probe = subprocess.run(DROP + [sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
-                                       "import memtrack" % str(d)], capture_output=True, cwd="/")
-        if probe.returncode != 0:
-            pytest.skip("the nobody user cannot run this interpreter")
-        yield str(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
+    from livehelpers import nobody_copy
+    got = nobody_copy("memtrack-bpf-nobody-", (sys.executable,), DROP)
+    if got is None:
+        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
+    yield got[1]
+    shutil.rmtree(got[1], ignore_errors=True)
 
 def test_unprivileged_callers_never_get_bpf(nobody_pythonpath):
     env = dict(os.environ, PYTHONPATH=nobody_pythonpath)

@@ -7,13 +7,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
-import tempfile
 
 import pytest
 
-import memtrack
 from livehelpers import SRC, memtrack_cmd, run_memtrack
 from memtrack import cli
 
@@ -154,31 +151,17 @@ def test_root_directory_without_proc_is_not_a_capture(tmp_path, where):
 def nobody():
     """(run memtrack as the nobody user, a directory nobody may enter), or skip. The venv's
     interpreter may be out of nobody's reach: the system's python3 then runs the copy."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv")
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    d = tempfile.mkdtemp(prefix="memtrack-inputs-")
+    from livehelpers import NOBODY, nobody_copy
+    got = nobody_copy("memtrack-inputs-")
+    if got is None:
+        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
+    py, d = got
+    env = dict(os.environ, PYTHONPATH=d)
     try:
-        os.chmod(d, 0o755)
-        shutil.copytree(os.path.dirname(memtrack.__file__), os.path.join(d, "memtrack"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        for top, dirs, files in os.walk(d):
-            for x in dirs:
-                os.chmod(os.path.join(top, x), 0o755)
-            for x in files:
-                os.chmod(os.path.join(top, x), 0o644)
-        env = dict(os.environ, PYTHONPATH=d)
-        for py in (sys.executable, "/usr/bin/python3"):
-            if subprocess.run(drop + [py, "-c", "import memtrack"], env=env, cwd=d,
-                              capture_output=True).returncode == 0:
-                break
-        else:
-            pytest.skip("the nobody user cannot run an interpreter")
-        yield (lambda *args: subprocess.run(drop + [py, "-m", "memtrack", *args], capture_output=True,
+        yield (lambda *args: subprocess.run(NOBODY + [py, "-m", "memtrack", *args], capture_output=True,
                                             text=True, env=env, cwd=d, timeout=120)), d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
 
 def test_root_directory_nobody_may_not_read_is_a_one_line_error(nobody):
     run, d = nobody

@@ -119,30 +119,8 @@ def test_signature_of_self_moves_with_fds():
 
 def _nobody_python():
     """(interpreter, package dir) the nobody user can run and read, or None."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-    import memtrack
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        return None
-    for exe in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c",
-                                "import sys; assert sys.version_info >= (3, 9)"], capture_output=True)
-        if probe.returncode == 0:
-            break
-    else:
-        return None
-    d = tempfile.mkdtemp(prefix="memtrack-nobody-")
-    shutil.copytree(os.path.dirname(memtrack.__file__), os.path.join(d, "memtrack"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for root, dirs, files in os.walk(d):
-        os.chmod(root, 0o755)
-        for x in files:
-            os.chmod(os.path.join(root, x), 0o644)
-    return exe, d
-
+    from livehelpers import nobody_copy
+    return nobody_copy()
 
 def test_non_root_refresh_caches_denied_processes_too():
     import json

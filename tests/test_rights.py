@@ -8,17 +8,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 import memtrack
 from memtrack.account import account
-from livehelpers import run_memtrack
+from livehelpers import NOBODY as DROP, run_memtrack
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc only")
 
-DROP = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 HOLD = ("import os,sys\n"
         "f=os.memfd_create('rights-mine');os.ftruncate(f,{size})\n"
         "p='/dev/shm/memtrack-rights-%d'%os.getpid();s=os.open(p,os.O_RDWR|os.O_CREAT,0o600);os.unlink(p)\n"
@@ -29,23 +27,12 @@ HOLD = ("import os,sys\n"
 @pytest.fixture(scope="module")
 def nobody_pkg():
     """A copy of the package the nobody user can read, or skip."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv")
-    d = tempfile.mkdtemp(prefix="memtrack-rights-")
-    os.chmod(d, 0o755)
-    shutil.copytree(os.path.dirname(memtrack.__file__), os.path.join(d, "memtrack"))
-    for root, dirs, files in os.walk(d):
-        for x in dirs:
-            os.chmod(os.path.join(root, x), 0o755)
-        for x in files:
-            os.chmod(os.path.join(root, x), 0o644)
-    probe = subprocess.run(DROP + [sys.executable, "-c", "print(1)"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        shutil.rmtree(d, ignore_errors=True)
-        pytest.skip("the nobody user cannot run this interpreter")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
+    from livehelpers import nobody_copy
+    got = nobody_copy("memtrack-rights-", (sys.executable,), DROP)
+    if got is None:
+        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
+    yield got[1]
+    shutil.rmtree(got[1], ignore_errors=True)
 
 def as_nobody(pkg, *args):
     env = dict(os.environ, PYTHONPATH=pkg)

@@ -12,10 +12,10 @@ import tempfile
 
 import pytest
 
-import memtrack
 from conftest import REAL_CAPTURE
-from livehelpers import run_memtrack
+from livehelpers import NOBODY, run_memtrack
 from test_diff import MFD, snap
+from test_history import rows as count
 
 from memtrack.errors import MemtrackError, SourceError
 from memtrack.history import Recorder, load
@@ -47,14 +47,6 @@ def sql(db, *stmts):
         for s in stmts:
             con.execute(s)
         con.commit()
-    finally:
-        con.close()
-
-
-def count(db, what):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(f"SELECT count(*) FROM {what}").fetchone()[0]
     finally:
         con.close()
 
@@ -212,24 +204,11 @@ def test_a_history_whose_path_has_uri_characters_loads(tmp_path):
 
 def _nobody_python():
     """(interpreter, package copy) the nobody user can run, or skip."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        pytest.skip("needs root and setpriv")
-    d = tempfile.mkdtemp(prefix="memtrack-ro-")
-    os.chmod(d, 0o755)
-    shutil.copytree(os.path.dirname(memtrack.__file__), os.path.join(d, "memtrack"))
-    for root, dirs, files in os.walk(d):
-        for x in dirs + files:
-            os.chmod(os.path.join(root, x), 0o755)
-    for exe in (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run(NOBODY + [exe, "-c", "import sqlite3"], capture_output=True)
-        if probe.returncode == 0:
-            return exe, d
-    shutil.rmtree(d)
-    pytest.skip("the nobody user cannot run a Python interpreter")
-
-
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
+    from livehelpers import nobody_copy
+    got = nobody_copy("memtrack-ro-")
+    if got is None:
+        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
+    return got
 
 def test_readers_need_no_write_access():
     exe, pkg = _nobody_python()
