@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -104,6 +105,16 @@ def hostile(tmp_path_factory):
         p.wait(timeout=20)
 
 
+def test_json_keeps_an_undecodable_cmdline_losslessly(hostile, capsys):
+    """A cmdline's bytes that are not UTF-8 round-trip through JSON (as \\udcXX) like a comm's,
+    under both backends."""
+    for backend in ("procfs", "auto"):
+        rc, out, err = cli(capsys, "--backend", backend, "--json", "-q", "-p", str(hostile))
+        assert rc == 0, err
+        proc = json.loads(out)["processes"][0]
+        assert os.fsencode(proc["cmdline"]).endswith(b" \xff\xfe\x1b[2Jarg [/bold]"), ascii(proc["cmdline"])
+
+
 # -- 1. Prometheus label values -------------------------------------------------------------
 
 @pytest.mark.parametrize("per_pid", [False, True])
@@ -192,7 +203,8 @@ def test_csv_writes_every_text_field_by_one_rule(hostile, capsys):
     clean(out)
     row = list(csv.DictReader(io.StringIO(out)))[0]
     assert row["comm"] == COMM
-    assert row["cmdline"].endswith("\\x1b[2Jarg [/bold]")
+    # the cmdline keeps its undecodable bytes, as the comm does: \xff\xfe, not U+FFFD
+    assert row["cmdline"].endswith("\\xff\\xfe\\x1b[2Jarg [/bold]"), row["cmdline"]
     rc, out, err = cli(capsys, "--backend", "procfs", "buffers", "--csv", "-p", str(hostile))
     clean(out)
     names = {r["name"] for r in csv.DictReader(io.StringIO(out))}

@@ -32,4 +32,4 @@ def parse_status(text: str) -> Tuple[str, Optional[int]]:
 
 
 def parse_cmdline(data: bytes) -> str:
-    return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "surrogateescape")
