@@ -49,13 +49,17 @@ def seconds_in_range(value: float, text: str, zero: bool = False) -> float:
     return value
 
 
-def seconds_arg(text: str) -> float:
-    """An interval in seconds, > 0 (a number: 2, 0.5, 1e-3)."""
+def seconds_arg(text: str, zero: bool = False) -> float:
+    """An interval in seconds, > 0 (a number: 2, 0.5, 1e-3); 0 too where zero is allowed."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    return seconds_in_range(value, text)
+    return seconds_in_range(value, text, zero)
+
+
+def seconds_or_zero_arg(text: str) -> float:
+    return seconds_arg(text, zero=True)
 
 
 def count_arg(text: str) -> int:
@@ -267,6 +271,16 @@ def emit(text: str, args=None) -> None:
 
 
 _OPTION = {"pid": "-p", "kind": "--kind", "json": "--json", "csv": "--csv"}
+
+
+def load_history(args, command: str):
+    """The history database a reader command (report, plot, export-trace) names: it reads
+    that file, so --root and --kind are refused rather than ignored."""
+    from ..history import load
+    if args.root:
+        raise MemtrackError(f"{command} reads the history given as argument, not --root")
+    refuse(args, command, "kind", why="it does not narrow a history by kind")
+    return load(args.history)
 
 
 def refuse(args, command: str, *options: str, why: str = "") -> None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ...errors import MemtrackError
-from ..common import emit, output_arg, output_name, refuse
+from ..common import emit, load_history, output_arg, output_name, refuse
 
 NAME = "export-trace"
 HELP = "write a recorded history as Chrome trace-event JSON that Perfetto's UI opens"
@@ -26,12 +25,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ...history import load
-    if args.root:
-        raise MemtrackError("export-trace reads the history given as argument, not --root")
     refuse(args, "export-trace", "csv", why="it writes trace-event JSON")
-    refuse(args, "export-trace", "kind", why="it does not narrow a history by kind")
-    h = load(args.history)
+    h = load_history(args, "export-trace")
     doc = trace(h, pids=args.pid)
     emit(json.dumps(doc, separators=(",", ":")) + "\n", args)
     if not args.quiet:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ...errors import MemtrackError
-from ..common import output_arg, refuse
+from ..common import load_history, output_arg, refuse
 
 NAME = "plot"
 HELP = "plot a recorded history: stacked pss by process (top N + rest) or by category, and a process timeline"
@@ -26,7 +26,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ...history import load
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in (".png", ".svg"):
         raise MemtrackError(f"{args.output}: the output must end in .png or .svg")
@@ -37,13 +36,10 @@ def run(args) -> int:
     except ImportError:
         raise MemtrackError("memtrack plot needs matplotlib: pip install 'memtrack[plot]' "
                             "(or pip install matplotlib)") from None
-    if args.root:
-        raise MemtrackError("plot reads the history given as argument, not --root")
     refuse(args, "plot", "json", "csv", why="it draws a PNG or SVG")
-    refuse(args, "plot", "kind", why="it does not narrow a history by kind")
     if args.top < 1:
         raise MemtrackError("--top must be at least 1")
-    h = load(args.history)
+    h = load_history(args, "plot")
     data = figure_data(h, args)
     buf = draw(plt, matplotlib, data, ext)
     from ...util.atomic import atomic_write

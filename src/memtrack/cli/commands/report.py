@@ -1,9 +1,8 @@
 """memtrack report history.db: peaks, growth and suspected leaks over a recorded history."""
 from __future__ import annotations
 
-from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render
-from ..common import count_arg, emit, refuse
+from ..common import count_arg, emit, load_history, refuse
 
 NAME = "report"
 HELP = "per process and per category over a recorded history: peak, growth, suspected leaks"
@@ -16,12 +15,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ...history import analyze, dumps, load
-    if args.root:
-        raise MemtrackError("report reads the history given as argument, not --root")
+    from ...history import analyze, dumps
     refuse(args, "report", "csv", why="use --json")
-    refuse(args, "report", "kind", why="it does not narrow a history by kind")
-    h = load(args.history)
+    h = load_history(args, "report")
     doc = analyze(h, pids=args.pid)
     if args.json:
         emit(dumps(doc) + "\n", args)

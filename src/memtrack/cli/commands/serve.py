@@ -1,11 +1,10 @@
 """memtrack serve: a Prometheus /metrics endpoint (needs prometheus_client)."""
 from __future__ import annotations
 
-import argparse
 import sys
 
 from ...errors import MemtrackError
-from ..common import categorizer, load_snapshot
+from ..common import categorizer, load_snapshot, seconds_or_zero_arg
 
 NAME = "serve"
 HELP = "serve Prometheus metrics over HTTP (/metrics); scans at most once per --min-interval"
@@ -16,20 +15,10 @@ def add_arguments(p):
     p.add_argument("--listen", default="127.0.0.1:9846", metavar="[HOST]:PORT",
                    help="address to listen on (default 127.0.0.1:9846: this machine only; "
                         ":9846 for every interface)")
-    p.add_argument("--min-interval", type=_interval, default=10.0, metavar="SECONDS",
+    p.add_argument("--min-interval", type=seconds_or_zero_arg, default=10.0, metavar="SECONDS",
                    help="scan at most once per this many seconds, however many scrapers (default 10)")
     p.add_argument("--per-pid", action="store_true",
                    help="a pid label on the per-process metrics (one series per process: mind the cardinality)")
-
-
-def _interval(text: str) -> float:
-    """--min-interval: seconds, 0 or more (0: a scan for every scrape)."""
-    from ..common import seconds_in_range
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    return seconds_in_range(value, text, zero=True)
 
 
 def snapshot_source(args):
