@@ -742,3 +742,44 @@ def test_collect_restores_the_switch_interval_when_it_fails(monkeypatch):
     with pytest.raises(ValueError):
         s.collect()
     assert sys.getswitchinterval() == before
+
+
+_KID_TITLE = r"""
+import os, sys
+fd = os.memfd_create("titled", 0)
+os.ftruncate(fd, 4096)
+print("ready", flush=True)
+sys.stdin.readline()
+stat = open("/proc/self/stat").read()
+arg_start = int(stat[stat.rindex(")") + 2:].split()[45])      # field 48, arg_start
+with open("/proc/self/mem", "r+b", buffering=0) as mem:     # setproctitle's way: argv in place
+    mem.seek(arg_start)
+    mem.write(b"retitled\0")
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_cmdline_rewritten_in_place_shows_within_verify_every():
+    """setproctitle moves no record: the rotating slice reads cmdlines again (and, with
+    verification off, the cached one stays: the known limit)."""
+    fresh = scanner()
+    for every in (0, 1):
+        k = subprocess.Popen([sys.executable, "-c", _KID_TITLE, "x" * 16], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            assert k.stdout.readline().strip() == "ready"
+            with mbpf.BpfScanner(verify_every=every) as s:
+                assert s.scan(pids=[k.pid]).processes[0].cmdline != "retitled"
+                _told(k, "go")
+                assert k.stdout.readline().strip() == "done"
+                assert fresh.scan(pids=[k.pid]).processes[0].cmdline.startswith("retitled")
+                got = s.scan(pids=[k.pid])
+                if every:
+                    assert got.processes[0].cmdline.startswith("retitled")
+                    assert _same(got, fresh.scan(pids=[k.pid]))
+                else:
+                    assert not got.processes[0].cmdline.startswith("retitled")
+        finally:
+            k.kill()
+            k.wait()

@@ -766,6 +766,9 @@ class BpfScanner:
                 if a != b and a is not None and b is not None and (
                         a[0] != b[0] or a[2] != b[2] or a[3] != b[3] or a[4] != b[4]):
                     out.add(pid)
+        cache = self._cmdlines
+        if out and cache:                   # an exec: its cmdline is read again
+            self._cmdlines = cache = {key: v for key, v in cache.items() if key[0] not in out}
         for pid, links in self._links.items():
             if any(_readlink(path) != target for path, target in links.items()):
                 out.add(pid)
@@ -776,11 +779,12 @@ class BpfScanner:
                     try:
                         cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
                     except OSError:
-                        cmdline = None
+                        continue            # gone: the scan's own checks say so
                     if cmdline != part.proc.cmdline:
                         out.add(pid)
-        if out and self._cmdlines:
-            self._cmdlines = {key: v for key, v in self._cmdlines.items() if key[0] not in out}
+                        task = now.get(pid)
+                        if cache is not None and task is not None:
+                            cache[(pid, task[0])] = cmdline     # what describing it reads
         return out
 
     def _rescan(self, raw, want, meta, stale=frozenset()):
