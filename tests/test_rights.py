@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -143,11 +144,13 @@ def test_zombie_as_root_is_not_a_holder_and_not_skipped():
     if z == 0:
         os._exit(0)
     try:
-        for _ in range(200):
+        deadline = time.monotonic() + 10          # 200 sched_yields were not always enough
+        while True:
             with open(f"/proc/{z}/status") as f:
                 if "State:\tZ" in f.read():
                     break
-            os.sched_yield()
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.001)
         snap = memtrack.scan(pids=[os.getpid(), z])
         r = run_memtrack("show", str(z), "-q")
     finally:
