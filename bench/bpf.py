@@ -18,6 +18,8 @@ Prints medians (ms) of:
   bpf load      BpfScanner(): open, load, attach (once per process)
   bpf iterators the iterator reads alone (task_file, task_vma, dmabuf, and /proc/sysvipc/shm)
   bpf process   the whole `python3 -m memtrack --json --backend bpf` process (to /dev/null)
+  bpf process, no preload   the same with MEMTRACK_PRELOAD=0: the BPF object loaded after
+                the imports instead of beside them (memtrack/_preload.py)
   procfs process the same with --backend procfs
 and the ratios the issue asks for. Needs root, gcc; the bpf rows need the bpf backend.
 """
@@ -150,25 +152,31 @@ def main():
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPATH"] = SRC
         print(f"  processes: {sys.executable} -m memtrack --json -q --backend ...")
-        for backend in ("bpf", "procfs"):
+        runs = {}
+        for backend, extra in (("bpf", {}), ("bpf", {"MEMTRACK_PRELOAD": "0"}), ("procfs", {})):
             if backend == "bpf" and why:
                 continue
-            cmd = [sys.executable, "-m", "memtrack", "--json", "-q", "--backend", backend]
-            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-            rows[f"{backend} process"], _ = timed(
-                lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       env=env, check=True),
-                max(3, args.rounds // 2))
+            label = f"{backend} process" + (", no preload" if extra else "")
+            runs[label] = ([sys.executable, "-m", "memtrack", "--json", "-q", "--backend", backend],
+                           dict(env, **extra))
+        times = {label: [] for label in runs}
+        for _ in range(1 + args.rounds):        # the first round warms up; rounds interleaved
+            for label, (cmd, cenv) in runs.items():
+                times[label].append(timed(
+                    lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           env=cenv, check=True), 1)[0])
+        for label, ts in times.items():
+            rows[label] = statistics.median(ts[1:])
         print()
         for k, v in rows.items():
-            print(f"  {k:<15} {v:8.1f} ms")
+            print(f"  {k:<23} {v:8.1f} ms")
         print()
         wk = rows["walker"]
-        for k, target in (("bpf scan", 5), ("bpf process", 2), ("bpf iterators", None),
-                          ("procfs scan", None)):
+        for k, target in (("bpf scan", 5), ("bpf process", 2), ("bpf process, no preload", None),
+                          ("bpf iterators", None), ("procfs scan", None)):
             if k in rows:
                 t = f" (target >= {target}x)" if target else ""
-                print(f"  walker / {k:<12} {wk / rows[k]:6.2f}x{t}")
+                print(f"  walker / {k:<23} {wk / rows[k]:6.2f}x{t}")
         for k in ("bpf refresh", "bpf changed"):
             if k in rows:
                 print(f"  {k} {rows[k]:.1f} ms (target < 20 ms)")

@@ -299,13 +299,94 @@ def test_cli_json_same_as_procfs(scenario):
         pytest.skip(f"bpf backend cannot run here: {WHY_NOT}")
     pids = ",".join(map(str, scenario))
     docs = []
-    for backend in ("procfs", "bpf"):
-        r = cli("--json", "-q", "--backend", backend, "-p", pids)
+    # bpf twice: with the object loaded beside the imports (memtrack._preload), and after
+    for backend, env in (("procfs", None), ("bpf", None), ("bpf", {"MEMTRACK_PRELOAD": "0"})):
+        r = cli("--json", "-q", "--backend", backend, "-p", pids, env=env)
         assert r.returncode == 0, r.stderr
         d = json.loads(r.stdout)
         assert d["backend"] == backend
         docs.append({k: d[k] for k in ("buffers", "processes", "totals")})
-    assert docs[0] == docs[1]
+    assert docs[0] == docs[1] == docs[2]
+
+
+# -- the CLI's early load (memtrack._preload) ---------------------------------------------
+@pytest.mark.parametrize("argv,orig,euid,env,want", [
+    (["/usr/bin/memtrack"], None, 0, {}, True),                       # ps, the default
+    (["/usr/bin/memtrack", "--json", "-q"], None, 0, {}, True),
+    (["memtrack", "summary", "--kind", "dmabuf"], None, 0, {}, True),
+    (["memtrack", "--backend", "bpf", "dmabuf-dump"], None, 0, {}, True),
+    (["memtrack", "top"], None, 0, {}, False),                        # a reused scanner
+    (["memtrack", "serve"], None, 0, {}, False),
+    (["memtrack", "report", "h.db"], None, 0, {}, False),             # reads files
+    (["memtrack", "--root", "/tmp/t"], None, 0, {}, False),
+    (["memtrack", "--root=/tmp/t", "summary"], None, 0, {}, False),
+    (["memtrack", "--adb", "buffers"], None, 0, {}, False),
+    (["memtrack", "--backend", "procfs"], None, 0, {}, False),
+    (["memtrack", "--backend=procfs"], None, 0, {}, False),
+    (["memtrack", "--help"], None, 0, {}, False),
+    (["memtrack"], None, 1000, {}, False),                            # not root
+    (["memtrack"], None, 0, {"MEMTRACK_PRELOAD": "0"}, False),
+    (["-m"], ["python3", "-m", "memtrack", "buffers"], 0, {}, True),
+    (["-m"], ["python3", "-m", "memtrack", "top"], 0, {}, False),
+    (["-m"], ["python3", "-m", "memtrack.cli"], 0, {}, False),
+    (["-c"], ["python3", "-c", "import memtrack"], 0, {}, False),     # a library user
+    (["/usr/bin/pytest"], None, 0, {}, False),
+])
+def test_the_early_load_is_guessed_from_the_command_line(argv, orig, euid, env, want):
+    from memtrack import _preload
+    assert _preload.wanted(argv, orig, euid=euid, env=env) is want
+
+
+def test_a_scanner_takes_the_early_load_once(scenario, monkeypatch):
+    from memtrack import _preload
+    scanner()                                   # skips where bpf cannot run
+    monkeypatch.setattr(sys, "argv", ["memtrack", "--json"])
+    monkeypatch.delenv("MEMTRACK_PRELOAD", raising=False)
+    monkeypatch.setattr(_preload, "_job", None)
+    _preload.early()
+    job = _preload._job
+    assert job is not None
+    with mbpf.BpfScanner(reuse=False) as s:
+        assert _preload._job is None and s._obj is job.result[0]
+        early = comparable(s.scan(pids=scenario), scenario)
+    with mbpf.BpfScanner(reuse=False) as s:     # nothing left to take: loads its own
+        assert s._obj is not job.result[0]
+        assert comparable(s.scan(pids=scenario), scenario) == early
+    assert early == comparable(procfs_scan(pids=scenario), scenario)
+
+
+def test_an_early_load_made_for_other_parameters_is_closed(scenario, monkeypatch):
+    from memtrack import _preload
+    scanner()
+    monkeypatch.setattr(sys, "argv", ["memtrack"])
+    monkeypatch.delenv("MEMTRACK_PRELOAD", raising=False)
+    monkeypatch.setattr(_preload, "_job", None)
+    _preload.early()
+    job = _preload._job
+    with mbpf.BpfScanner(reuse=True) as s:      # top's scanner loads more programs
+        obj = job.result[0]
+        assert s._obj is not obj and obj._obj is None      # the early one, closed
+        assert comparable(s.scan(pids=scenario), scenario) == \
+            comparable(procfs_scan(pids=scenario), scenario)
+
+
+def test_a_failed_early_load_leaves_the_scanner_to_report(monkeypatch, tmp_path):
+    from memtrack import _preload
+    scanner()
+    monkeypatch.setattr(sys, "argv", ["memtrack"])
+    monkeypatch.delenv("MEMTRACK_PRELOAD", raising=False)
+    monkeypatch.setattr(_preload, "_job", None)
+    from memtrack import _libbpf
+    bad = tmp_path / "bad.bpf.o"
+    bad.write_bytes(b"\x7fELF not an object")
+    monkeypatch.setattr(_libbpf, "OBJECT", str(bad))
+    _preload.early()
+    assert _preload._job is not None
+    _preload._job.thread.join()
+    assert _preload._job.result is None
+    with pytest.raises(mbpf.BpfUnavailable, match="cannot open"):
+        mbpf.BpfScanner(obj=str(bad), reuse=False)
+    assert _preload._job is None
 
 
 def test_a_reused_scanner_sees_changes(scenario):
@@ -506,7 +587,7 @@ def test_a_reused_whole_machine_scan_is_patched_right():
 
 
 def test_a_kernel_without_per_process_iterators_walks_everything(monkeypatch):
-    from memtrack.bpf.libbpf import LibbpfError
+    from memtrack._libbpf import LibbpfError
     from livekids import Kid
     with Kid() as k, mbpf.BpfScanner(verify_every=0) as s:
         fd = k.add("pool", R.PAGE_SIZE)

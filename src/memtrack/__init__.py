@@ -13,6 +13,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# The CLI, as root, about to scan: load the BPF object while the rest is imported (_preload).
+from ._preload import early as _early  # noqa: E402
+_early()
+del _early
 from .errors import MemtrackError, SourceError  # noqa: E402
 from .model import Snapshot, Buffer, Ref, Process  # noqa: E402
 from .account import account  # noqa: E402

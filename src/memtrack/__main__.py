@@ -1,8 +1,3 @@
-import gc
+from memtrack.cli import console
 
-from memtrack.cli import main
-
-rc = main()
-# Exiting: the interpreter's last collection would walk every object only to free it anyway.
-gc.freeze()
-raise SystemExit(rc)
+console()

@@ -24,12 +24,11 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from .._libbpf import OBJECT, kernel_version as _kernel_version
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
 from ..rebuild import Rebuilder
 
-OBJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
-                      "memtrack.bpf.o")
 BTF = "/sys/kernel/btf/vmlinux"
 
 CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE = 19, 21, 38, 39, 40
@@ -46,21 +45,6 @@ def _status_fields() -> Dict[str, str]:
             k, _, v = line.partition(":")
             out[k] = v.strip()
     return out
-
-
-def _kernel_version() -> Tuple[int, int]:
-    rel = os.uname().release
-    parts = []
-    for p in rel.split(".")[:2]:
-        digits = ""
-        for c in p:
-            if not c.isdigit():
-                break
-            digits += c
-        parts.append(int(digits or 0))
-    while len(parts) < 2:
-        parts.append(0)
-    return parts[0], parts[1]
 
 
 PROC_PID_INIT_INO = 0xEFFFFFFC      # the initial pid namespace's inode number (fixed since 3.8)
@@ -102,7 +86,7 @@ def unavailable(obj: str = OBJECT) -> Optional[str]:
     why = rights_problem()
     if why:
         return why
-    from .libbpf import available
+    from .._libbpf import available
     why = available()
     if why:
         return why
@@ -370,32 +354,21 @@ class BpfScanner:
 
     def __init__(self, obj: str = OBJECT, drm_major: int = 226, reuse: bool = True,
                  verify_every: int = 30):
+        from .. import _preload
+        from .._libbpf import LibbpfError, open_iterators
+        self.has_dmabuf = _kernel_version() >= (6, 16)
+        # the CLI may have loaded the object already, while it imported the rest
+        got = _preload.take(obj, drm_major, reuse, self.has_dmabuf)
         why = unavailable(obj)
         if why:
+            if got:
+                got[0].close()
             raise BpfUnavailable(why)
-        from .libbpf import BpfObject, LibbpfError
-        from .records import ABI, STATE
-        init = {"state": STATE.pack(drm_major, ABI, *[0] * 8)}
-        self.has_dmabuf = _kernel_version() >= (6, 16)
-        self.notes: List[str] = []
         try:
-            try:
-                self._obj = BpfObject(obj, init, skip=self._unused(reuse, self.has_dmabuf))
-            except LibbpfError as exc:
-                if not self.has_dmabuf:
-                    raise
-                # a kernel that says 6.16+ but lacks iter/dmabuf (a backport, a config)
-                self._obj = BpfObject(obj, init, skip=self._unused(reuse, False))
-                self.has_dmabuf = False
-                self.notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
-            for name in ("task_file", "task_vma") + (("task_mm", "task_sum") if reuse else ()) + \
-                    (("dmabuf",) if self.has_dmabuf else ()):
-                self._obj.attach(name)
+            got = got or open_iterators(obj, drm_major, reuse, self.has_dmabuf)
         except LibbpfError as exc:
-            obj_ = getattr(self, "_obj", None)
-            if obj_ is not None:
-                obj_.close()
             raise BpfUnavailable(f"the kernel refused the BPF iterators: {exc}") from None
+        self._obj, self.has_dmabuf, self.notes = got
         self.reuse = reuse
         self.verify_every = max(0, int(verify_every))
         self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if reuse else None
@@ -417,12 +390,6 @@ class BpfScanner:
         self.walked: Optional[set] = None   # pids whose VMAs the last read walked (None: all)
         self.reused_vmas = 0                # processes whose VMA records it carried over
 
-    @staticmethod
-    def _unused(reuse: bool, dmabuf: bool) -> tuple:
-        """The programs not to load: iter/dmabuf where the kernel has none; task_mm and
-        task_sum where no scan follows (they only serve reuse)."""
-        return (() if reuse else ("task_mm", "task_sum")) + (() if dmabuf else ("dmabuf",))
-
     # -- scanning ------------------------------------------------------------------------
     def _read_tasks(self) -> Dict[int, tuple]:
         from .records import T_SEQ, TASK_REC
@@ -435,7 +402,7 @@ class BpfScanner:
     def _read_pid(self, name: str, tgid: int) -> Optional[bytes]:
         """Iterator `name` over one process; None where the kernel cannot (before 6.1: a
         per-process link is refused), which turns this scanner to whole walks for good."""
-        from .libbpf import LibbpfError
+        from .._libbpf import LibbpfError
         try:
             return self._obj.read_pid(name, tgid)
         except LibbpfError:
@@ -519,7 +486,7 @@ class BpfScanner:
         """Everything a scan reads that can change between scans, raw. For a reused scanner
         the task_file records come as {pid: its records} (see _read_files)."""
         from ..sources.live import read_at
-        from .libbpf import LibbpfError
+        from .._libbpf import LibbpfError
         try:
             sysv = read_at("/proc/sysvipc/shm")
         except OSError as exc:

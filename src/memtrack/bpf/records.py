@@ -27,11 +27,9 @@ R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 
 FD_REC = struct.Struct("<IIQQIIq64s32s")          # struct fd_rec
 VMA_REC = struct.Struct("<IIQQQQQII64s")          # struct vma_rec
 DMABUF_REC = struct.Struct("<QQqII32s64s")        # struct dmabuf_rec
-STATE = struct.Struct("<IIQQIIQQII")              # struct state: drm_major, abi, then 0s
 SUM_REC = struct.Struct("<IIQ")                   # struct sum_rec (task_sum)
 TASK_REC = struct.Struct("<IIQQQQ16s")            # struct task_rec (task_mm)
 T_SEQ = 1
-ABI = 1
 PAGE_SIZE = mmap.PAGESIZE
 
 

@@ -161,9 +161,22 @@ def main(argv=None) -> int:
     finally:
         held = sys.modules.get("memtrack.scan")   # get_snapshot froze the snapshot's objects
         if held is not None:
-            held.thaw()
+            if not held.no_gc.to_exit:
+                held.thaw()
         elif hasattr(gc, "unfreeze"):
             gc.unfreeze()
+
+
+def console() -> None:
+    """The memtrack command (the console script, python -m memtrack): main(), in a process
+    that ends with it, so what the command made is left to the exit, not freed (keep_to_exit)."""
+    from ..scan import no_gc
+    no_gc.to_exit = True
+    rc = main()
+    # the interpreter's last collection would walk every object only to free it anyway
+    if hasattr(gc, "freeze"):
+        gc.freeze()
+    raise SystemExit(rc)
 
 
 def debug() -> bool:

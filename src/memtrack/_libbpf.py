@@ -1,15 +1,24 @@
-"""The handful of libbpf calls memtrack needs, through ctypes on the system libbpf.so.1.
+"""The handful of libbpf calls memtrack needs, through ctypes on the system libbpf.so.1,
+and the loading of memtrack's iterators (open_iterators).
 
 open -> load -> set the config map -> attach_iter -> (per read) iter_create -> read() to EOF.
 libbpf's own messages are silenced (MEMTRACK_BPF_DEBUG=1 shows them).
+
+Standard library only, and no other memtrack module: the CLI loads the object in a thread
+while it imports the rest (memtrack._preload), which must not wait on their imports.
 """
 from __future__ import annotations
 
 import ctypes
 import os
-from typing import Dict, Optional
+import struct
+import threading
+from typing import Dict, List, Optional, Tuple
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
+OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "memtrack.bpf.o")
+STATE = struct.Struct("<IIQQIIQQII")              # struct state: drm_major, abi, then 0s
+ABI = 1
 
 
 class _IterAttachOpts(ctypes.Structure):
@@ -23,12 +32,16 @@ class LibbpfError(Exception):
 
 
 _lib = None
+_lib_lock = threading.Lock()
 
 
 def _load_lib():
+    with _lib_lock:
+        return _lib or _open_lib()
+
+
+def _open_lib():
     global _lib
-    if _lib is not None:
-        return _lib
     last = None
     for name in LIBBPF_NAMES:
         try:
@@ -191,3 +204,51 @@ class BpfObject:
             self.close()
         except Exception:
             pass
+
+
+def kernel_version() -> Tuple[int, int]:
+    """(major, minor) of the running kernel, from uname's release ("6.18.44-fc" -> (6, 18))."""
+    rel = os.uname().release
+    parts = []
+    for p in rel.split(".")[:2]:
+        digits = ""
+        for c in p:
+            if not c.isdigit():
+                break
+            digits += c
+        parts.append(int(digits or 0))
+    while len(parts) < 2:
+        parts.append(0)
+    return parts[0], parts[1]
+
+
+def unused_programs(reuse: bool, dmabuf: bool) -> tuple:
+    """The programs not to load: iter/dmabuf where the kernel has none; task_mm and
+    task_sum where no scan follows (they only serve reuse)."""
+    return (() if reuse else ("task_mm", "task_sum")) + (() if dmabuf else ("dmabuf",))
+
+
+def open_iterators(path: str, drm_major: int, reuse: bool,
+                   dmabuf: bool) -> Tuple[BpfObject, bool, List[str]]:
+    """memtrack's object at `path` loaded and its iterators attached: (object, whether
+    iter/dmabuf is among them, notes for the snapshot). `dmabuf`: the kernel says 6.16+;
+    one that lacks iter/dmabuf all the same (a backport, a config) gets the object without
+    it and a note. LibbpfError where the kernel refuses."""
+    init = {"state": STATE.pack(drm_major, ABI, *[0] * 8)}
+    notes: List[str] = []
+    try:
+        obj = BpfObject(path, init, skip=unused_programs(reuse, dmabuf))
+    except LibbpfError as exc:
+        if not dmabuf:
+            raise
+        obj = BpfObject(path, init, skip=unused_programs(reuse, False))
+        dmabuf = False
+        notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
+    try:
+        for name in ("task_file", "task_vma") + (("task_mm", "task_sum") if reuse else ()) + \
+                (("dmabuf",) if dmabuf else ()):
+            obj.attach(name)
+    except BaseException:
+        obj.close()
+        raise
+    return obj, dmabuf, notes
