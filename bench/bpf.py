@@ -17,7 +17,8 @@ Prints medians (ms) of:
                 refresh: that process is parsed again and patched into the last Snapshot
   bpf load      BpfScanner(): open, load, attach (once per process)
   bpf iterators the iterator reads alone (task_file, task_vma, dmabuf, and /proc/sysvipc/shm)
-  bpf process   the whole `python3 -m memtrack --json --backend bpf` process (to /dev/null)
+  bpf process   the whole `memtrack --json --backend bpf` process (to /dev/null; the console
+                script next to this python, else python3 -m memtrack)
   bpf process, no preload   the same with MEMTRACK_PRELOAD=0: the BPF object loaded after
                 the imports instead of beside them (memtrack/_preload.py)
   procfs process the same with --backend procfs
@@ -151,14 +152,17 @@ def main():
         # some sandboxes, would compile every module on every run), after one warm-up run
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPATH"] = SRC
-        print(f"  processes: {sys.executable} -m memtrack --json -q --backend ...")
+        # the command users run: the console script beside this interpreter (it imports the
+        # checkout's src/, first on PYTHONPATH), else python -m memtrack
+        script = os.path.join(os.path.dirname(sys.executable), "memtrack")
+        command = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "memtrack"]
+        print(f"  processes: {' '.join(command)} --json -q --backend ...")
         runs = {}
         for backend, extra in (("bpf", {}), ("bpf", {"MEMTRACK_PRELOAD": "0"}), ("procfs", {})):
             if backend == "bpf" and why:
                 continue
             label = f"{backend} process" + (", no preload" if extra else "")
-            runs[label] = ([sys.executable, "-m", "memtrack", "--json", "-q", "--backend", backend],
-                           dict(env, **extra))
+            runs[label] = (command + ["--json", "-q", "--backend", backend], dict(env, **extra))
         times = {label: [] for label in runs}
         for _ in range(1 + args.rounds):        # the first round warms up; rounds interleaved
             for label, (cmd, cenv) in runs.items():

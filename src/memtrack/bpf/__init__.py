@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 from bisect import bisect_right
+from operator import itemgetter
 import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -27,7 +28,9 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from .._libbpf import OBJECT, kernel_version as _kernel_version
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
+from ..readers.proc import parse_cmdline as _parse_cmdline
 from ..rebuild import Rebuilder
+from ..sources.live import read_at as _read_at
 
 BTF = "/sys/kernel/btf/vmlinux"
 
@@ -46,6 +49,8 @@ def _status_fields() -> Dict[str, str]:
             out[k] = v.strip()
     return out
 
+
+_PID = itemgetter(0)                # FdRef.pid, MapRef.pid
 
 PROC_PID_INIT_INO = 0xEFFFFFFC      # the initial pid namespace's inode number (fixed since 3.8)
 
@@ -528,9 +533,8 @@ class BpfScanner:
     @staticmethod
     def _describe(pid: int, t, cache, fresh) -> Optional[ProcInfo]:
         """ProcInfo of a holder from its task record and /proc/PID/cmdline (cached per start
-        time in `cache`, kept in `fresh`), or None if it is gone."""
-        from ..readers.proc import parse_cmdline
-        from ..sources.live import read_at
+        time in `cache`, kept in `fresh`), or None if it is gone (the functions it reads
+        with are bound at import: it runs once per holder)."""
         if t is None:                       # not expected: the iterators describe each task
             t = _task_from_proc(pid)
             if t is None:
@@ -539,7 +543,7 @@ class BpfScanner:
         cmdline = cache.get(key) if cache is not None else None
         if cmdline is None:
             try:
-                cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
+                cmdline = _parse_cmdline(_read_at("/proc/%d/cmdline" % pid, single=True))
             except OSError:
                 return None                 # gone since the iterator saw it, as procfs counts it
         if fresh is not None:
@@ -580,7 +584,8 @@ class BpfScanner:
 
         gate = self._gates
         drm_pids = {pid for pid, _fd, _rdev in drm}
-        has_refs = {r.pid for r in fds} | {m.pid for m in maps}
+        has_refs = set(map(_PID, fds))
+        has_refs.update(map(_PID, maps))
         holders = sorted(has_refs | drm_pids)
         self._gated = holders
         self._others = _others_denied(set(holders), want, gate)
