@@ -864,3 +864,22 @@ def test_a_cmdline_rewritten_in_place_shows_within_verify_every():
         finally:
             k.kill()
             k.wait()
+
+
+def test_the_early_load_makes_the_scanners_checks_first(monkeypatch):
+    """Where the scanner would not load (no rights, a pid namespace...), the early load makes
+    no bpf() call either: a seccomp filter that kills on bpf() must not kill memtrack."""
+    from memtrack import _libbpf, _preload
+    monkeypatch.setattr(sys, "argv", ["memtrack"])
+    monkeypatch.delenv("MEMTRACK_PRELOAD", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(_preload, "_job", None)
+    monkeypatch.setattr(_libbpf, "rights_problem", lambda: "runs in a pid namespace")
+    loads = []
+    monkeypatch.setattr(_libbpf, "open_iterators", lambda *a: loads.append(a))
+    _preload.early()
+    job = _preload._job
+    assert job is not None
+    job.thread.join()
+    assert job.result is None and loads == []
+    assert _preload.take(*job.params) is None and _preload._job is None

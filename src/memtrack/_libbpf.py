@@ -17,6 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "memtrack.bpf.o")
+BTF = "/sys/kernel/btf/vmlinux"
+CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE = 19, 21, 38, 39, 40
 STATE = struct.Struct("<IIQQIIQQII")              # struct state: drm_major, abi, then 0s
 ABI = 1
 
@@ -220,6 +222,66 @@ def kernel_version() -> Tuple[int, int]:
     while len(parts) < 2:
         parts.append(0)
     return parts[0], parts[1]
+
+
+def _status_fields() -> Dict[str, str]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+PROC_PID_INIT_INO = 0xEFFFFFFC      # the initial pid namespace's inode number (fixed since 3.8)
+
+
+def _in_child_pid_ns() -> bool:
+    """NSpid only shows the levels the mounted /proc knows: with `unshare --pid
+    --mount-proc` it reads like the host's. The namespace inode does not lie."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino != PROC_PID_INIT_INO
+    except OSError:
+        return True
+
+
+def rights_problem() -> Optional[str]:
+    """None when the caller may use the iterators without seeing more than procfs shows."""
+    try:
+        st = _status_fields()
+        caps = int(st.get("CapEff", "0"), 16)
+    except (OSError, ValueError):
+        return "cannot read this process's capabilities (/proc/self/status)"
+
+    def has(c):
+        return bool(caps >> c & 1)
+    can_load = has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+    sees_all = has(CAP_SYS_PTRACE) and (has(CAP_SYS_ADMIN) or has(CAP_CHECKPOINT_RESTORE))
+    if not (can_load and sees_all):
+        return ("needs root: loading BPF needs CAP_BPF+CAP_PERFMON (or CAP_SYS_ADMIN), and the "
+                "iterators see every process, so memtrack also requires CAP_SYS_PTRACE and "
+                "CAP_SYS_ADMIN, the rights that let procfs read them all")
+    if len(st.get("NSpid", "").split()) > 1 or _in_child_pid_ns():
+        return "runs in a pid namespace: the iterators report pids /proc here does not use"
+    return None
+
+
+def unavailable(obj: str = OBJECT) -> Optional[str]:
+    """Why the bpf backend cannot run (rights, libbpf, BTF, object), or None; the kernel's
+    own refusal is only known by loading (BpfScanner raises BpfUnavailable)."""
+    why = rights_problem()
+    if why:
+        return why
+    why = available()
+    if why:
+        return why
+    if not os.path.exists(BTF):
+        return f"no kernel BTF ({BTF}): the kernel was built without CONFIG_DEBUG_INFO_BTF"
+    if kernel_version() < (5, 12):
+        return "kernel too old: BPF task_vma iterators need Linux >= 5.12"
+    if not os.path.exists(obj):
+        return f"the BPF object is not installed ({obj})"
+    return None
 
 
 def unused_programs(reuse: bool, dmabuf: bool) -> tuple:

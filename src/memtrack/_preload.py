@@ -5,8 +5,10 @@ of C that holds no GIL; importing memtrack takes about 25 ms of Python. A root `
 command that will scan this machine once starts the load first (memtrack/__init__ calls
 early()), and BpfScanner takes the result (take()) instead of loading again. The guess is
 made from the command line before it is parsed; a wrong guess costs a load nobody uses
-(closed at take(), or freed at exit). Nothing is read through the object before the
-scanner has run its own checks (rights, BTF, kernel): the guess loads, it never scans.
+(closed at take(), or freed at exit). The thread makes the scanner's own checks first
+(rights, pid namespace, libbpf, BTF, kernel: _libbpf.unavailable), so it calls bpf() only
+where the scanner would; and nothing is read through the object before the scanner has
+taken it: the guess loads, it never scans.
 
 MEMTRACK_PRELOAD=0 turns it off. Standard library only; it imports no other memtrack
 module but _libbpf (ctypes), which the thread needs and the scan would import anyway.
@@ -64,7 +66,10 @@ class _Job:
 
     def _run(self):
         try:
-            self.result = self.lib.open_iterators(*self.params)
+            # the checks BpfScanner makes before it loads (rights, pid namespace, libbpf,
+            # BTF, kernel, object): no bpf() call where the backend would not make one
+            if self.lib.unavailable(self.params[0]) is None:
+                self.result = self.lib.open_iterators(*self.params)
         except Exception:
             self.result = None     # BpfScanner loads again and reports the failure itself
 
@@ -78,8 +83,7 @@ def early() -> None:
         if not wanted(sys.argv, getattr(sys, "orig_argv", None)):
             return
         from . import _libbpf
-        if os.path.exists(_libbpf.OBJECT):
-            _job = _Job(_libbpf)
+        _job = _Job(_libbpf)
     except Exception:
         _job = None                # a guess: never the reason a command fails
 
