@@ -883,3 +883,87 @@ def test_the_early_load_makes_the_scanners_checks_first(monkeypatch):
     job.thread.join()
     assert job.result is None and loads == []
     assert _preload.take(*job.params) is None and _preload._job is None
+
+
+# -- cmdlines copied by task_cmd ------------------------------------------------------------
+_KID_CMD = r"""
+import os, sys
+fd = os.memfd_create("cmd-" + os.fsdecode(sys.argv[1].encode("utf-8", "surrogateescape")[:8]), 0)
+os.ftruncate(fd, 4096)
+if sys.argv[1] == "overflow":                 # setproctitle past argv: its last NUL overwritten
+    stat = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+    arg_end = int(stat[49 - 3])               # field 49, arg_end (the list starts at field 3)
+    with open("/proc/self/mem", "r+b", buffering=0) as mem:
+        mem.seek(arg_end - 1)
+        mem.write(b"!")
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_cmdlines_copied_by_task_cmd_are_what_proc_prints(tmp_path):
+    """task_cmd copies the argument area only where /proc/PID/cmdline prints exactly it; a
+    longer one, or one whose last NUL was overwritten (setproctitle past argv: /proc then
+    follows into the environment), is left to /proc. Either way the snapshot equals a scan
+    that reads every cmdline from /proc."""
+    s = scanner()
+    if not s._obj.has("task_cmd"):
+        pytest.skip("this kernel cannot run task_cmd (Linux >= 5.18)")
+    cases = {"plain": ["plain", "two words"], "long": ["long", "L" * 300],
+             "bytes": [os.fsdecode(b"bytes\xff\xfe"), "x"], "overflow": ["overflow", "y" * 8]}
+    script = tmp_path / "k.py"                 # short cmdlines: the code is not in them
+    script.write_text(_KID_CMD)
+    kids = {}
+    try:
+        for name, args in cases.items():
+            k = subprocess.Popen([sys.executable, str(script), *args], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True)
+            kids[name] = k
+            assert k.stdout.readline().strip() == "ready"
+        pids = [k.pid for k in kids.values()]
+        recs = {r[0]: r for r in R.CMD_REC.iter_unpack(s._obj.read("task_cmd"))}
+        sure = {name: bool(recs[k.pid][1] & R.C_OK) for name, k in kids.items()}
+        assert sure == {"plain": True, "long": False, "bytes": True, "overflow": False}
+        for name in ("plain", "bytes"):
+            rec = recs[kids[name].pid]
+            with open(f"/proc/{kids[name].pid}/cmdline", "rb") as f:
+                assert rec[5][:rec[3]] == f.read()
+        copied = s.scan(pids=pids)
+        s._obj._links["task_cmd_off"] = s._obj._links.pop("task_cmd")   # every cmdline from /proc
+        try:
+            read = s.scan(pids=pids)
+        finally:
+            s._obj._links["task_cmd"] = s._obj._links.pop("task_cmd_off")
+        assert [p.cmdline for p in copied.processes] == [p.cmdline for p in read.processes]
+        assert comparable(copied, pids) == comparable(read, pids) == \
+            comparable(procfs_scan(pids=pids), pids)
+        by_pid = {p.pid: p.cmdline for p in copied.processes}
+        assert by_pid[kids["bytes"].pid] == f"{sys.executable} {script} {cases['bytes'][0]} x"
+        assert by_pid[kids["long"].pid].endswith("L" * 300)
+        # /proc's setproctitle case: the string from arg_start on, to its NUL
+        assert by_pid[kids["overflow"].pid] == sys.executable
+    finally:
+        for k in kids.values():
+            k.kill()
+            k.wait()
+
+
+def test_a_kernel_refusing_task_cmd_loads_the_rest(scenario, monkeypatch):
+    """task_cmd is an extra: where the kernel refuses it (before 5.18, a sleepable iterator
+    it will not run) the object loads without it, with no note, and cmdlines come from /proc."""
+    scanner()
+    from memtrack import _libbpf
+    real = _libbpf.BpfObject
+    tried = []
+
+    def refuse(path, init=None, skip=()):
+        tried.append("task_cmd" in skip)
+        if "task_cmd" not in skip:
+            raise _libbpf.LibbpfError("BPF object load failed: Invalid argument")
+        return real(path, init, skip)
+    monkeypatch.setattr(_libbpf, "BpfObject", refuse)
+    with mbpf.BpfScanner(reuse=False) as s:
+        assert tried == [False, True]
+        assert not s._obj.has("task_cmd") and not s.notes
+        assert comparable(s.scan(pids=scenario), scenario) == \
+            comparable(procfs_scan(pids=scenario), scenario)

@@ -13,7 +13,6 @@ import ctypes
 import os
 import struct
 import threading
-from typing import Dict, List, Optional, Tuple
 
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "memtrack.bpf.o")
@@ -83,7 +82,7 @@ def _open_lib():
     return lib
 
 
-def available() -> Optional[str]:
+def available() -> str | None:
     """None when libbpf loads, else why not."""
     try:
         _load_lib()
@@ -101,13 +100,13 @@ def _fail(step: str, err: int) -> LibbpfError:
 class BpfObject:
     """A loaded object with its iterator programs attached; read(name) runs one iterator."""
 
-    def __init__(self, path: str, init: Optional[Dict[str, bytes]] = None, skip=()):
+    def __init__(self, path: str, init: dict[str, bytes] | None = None, skip=()):
         """Open and load `path`; `init` gives the first value (key 0) of array maps, set
         right after load; `skip` names programs not to load."""
         lib = self._lib = _load_lib()
         self._obj = None
-        self._links: Dict[str, int] = {}
-        self._progs: Dict[str, int] = {}
+        self._links: dict[str, int] = {}
+        self._progs: dict[str, int] = {}
         ctypes.set_errno(0)
         obj = lib.bpf_object__open_file(path.encode(), None)
         if not obj or lib.libbpf_get_error(obj):
@@ -154,6 +153,10 @@ class BpfObject:
             raise _fail(f"attach iter {name}", lib.libbpf_get_error(link) if link else 0)
         self._links[name] = link
         self._progs[name] = prog
+
+    def has(self, name: str) -> bool:
+        """Whether iterator `name` is attached (read() can run it)."""
+        return name in self._links
 
     def read(self, name: str) -> bytes:
         """Run iterator `name` once: everything it writes, in one buffer."""
@@ -208,7 +211,7 @@ class BpfObject:
             pass
 
 
-def kernel_version() -> Tuple[int, int]:
+def kernel_version() -> tuple[int, int]:
     """(major, minor) of the running kernel, from uname's release ("6.18.44-fc" -> (6, 18))."""
     rel = os.uname().release
     parts = []
@@ -224,7 +227,7 @@ def kernel_version() -> Tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _status_fields() -> Dict[str, str]:
+def _status_fields() -> dict[str, str]:
     out = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -245,7 +248,7 @@ def _in_child_pid_ns() -> bool:
         return True
 
 
-def rights_problem() -> Optional[str]:
+def rights_problem() -> str | None:
     """None when the caller may use the iterators without seeing more than procfs shows."""
     try:
         st = _status_fields()
@@ -266,7 +269,7 @@ def rights_problem() -> Optional[str]:
     return None
 
 
-def unavailable(obj: str = OBJECT) -> Optional[str]:
+def unavailable(obj: str = OBJECT) -> str | None:
     """Why the bpf backend cannot run (rights, libbpf, BTF, object), or None; the kernel's
     own refusal is only known by loading (BpfScanner raises BpfUnavailable)."""
     why = rights_problem()
@@ -284,33 +287,46 @@ def unavailable(obj: str = OBJECT) -> Optional[str]:
     return None
 
 
-def unused_programs(reuse: bool, dmabuf: bool) -> tuple:
+def unused_programs(reuse: bool, dmabuf: bool, cmd: bool = False) -> tuple:
     """The programs not to load: iter/dmabuf where the kernel has none; task_mm and
-    task_sum where no scan follows (they only serve reuse)."""
-    return (() if reuse else ("task_mm", "task_sum")) + (() if dmabuf else ("dmabuf",))
+    task_sum where no scan follows (they only serve reuse); task_cmd where the kernel
+    cannot run it (bpf_copy_from_user_task: Linux >= 5.18)."""
+    return ((() if reuse else ("task_mm", "task_sum")) + (() if dmabuf else ("dmabuf",)) +
+            (() if cmd else ("task_cmd",)))
 
 
 def open_iterators(path: str, drm_major: int, reuse: bool,
-                   dmabuf: bool) -> Tuple[BpfObject, bool, List[str]]:
+                   dmabuf: bool) -> tuple[BpfObject, bool, list[str]]:
     """memtrack's object at `path` loaded and its iterators attached: (object, whether
     iter/dmabuf is among them, notes for the snapshot). `dmabuf`: the kernel says 6.16+;
     one that lacks iter/dmabuf all the same (a backport, a config) gets the object without
-    it and a note. LibbpfError where the kernel refuses."""
+    it and a note. task_cmd (cmdlines) is an extra: where the kernel refuses it, the object
+    goes without it and cmdlines come from /proc (BpfObject.has). LibbpfError where the
+    kernel refuses the rest."""
     init = {"state": STATE.pack(drm_major, ABI, *[0] * 8)}
-    notes: List[str] = []
-    try:
-        obj = BpfObject(path, init, skip=unused_programs(reuse, dmabuf))
-    except LibbpfError as exc:
-        if not dmabuf:
-            raise
-        obj = BpfObject(path, init, skip=unused_programs(reuse, False))
-        dmabuf = False
-        notes.append(f"iter/dmabuf unavailable ({exc}): dma-buf table from debugfs/sysfs")
+    notes: list[str] = []
+    cmd = kernel_version() >= (5, 18)
+    tries = [(dmabuf, cmd)] + ([(dmabuf, False)] if cmd else []) + ([(False, False)] if dmabuf else [])
+    for i, (with_dmabuf, with_cmd) in enumerate(tries):
+        try:
+            obj = BpfObject(path, init, skip=unused_programs(reuse, with_dmabuf, with_cmd))
+            break
+        except LibbpfError as exc:
+            if i == len(tries) - 1:
+                raise
+            failed = exc
+    if dmabuf and not with_dmabuf:
+        notes.append(f"iter/dmabuf unavailable ({failed}): dma-buf table from debugfs/sysfs")
     try:
         for name in ("task_file", "task_vma") + (("task_mm", "task_sum") if reuse else ()) + \
-                (("dmabuf",) if dmabuf else ()):
+                (("dmabuf",) if with_dmabuf else ()):
             obj.attach(name)
+        if with_cmd:
+            try:
+                obj.attach("task_cmd")
+            except LibbpfError:
+                pass                # an extra: cmdlines from /proc
     except BaseException:
         obj.close()
         raise
-    return obj, dmabuf, notes
+    return obj, with_dmabuf, notes

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 # the one-shot commands that scan this machine (top, serve, record keep a reused scanner,
 # which loads more programs; the others read files or another machine)
@@ -65,6 +66,7 @@ class _Job:
         self.thread.start()
 
     def _run(self):
+        self.ran = [time.perf_counter()]          # when it started and ended (bench/bpf.py)
         try:
             # the checks BpfScanner makes before it loads (rights, pid namespace, libbpf,
             # BTF, kernel, object): no bpf() call where the backend would not make one
@@ -72,6 +74,7 @@ class _Job:
                 self.result = self.lib.open_iterators(*self.params)
         except Exception:
             self.result = None     # BpfScanner loads again and reports the failure itself
+        self.ran.append(time.perf_counter())
 
 
 def early() -> None:

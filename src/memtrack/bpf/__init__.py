@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .._libbpf import OBJECT, kernel_version as _kernel_version, unavailable
+from .records import C_OK
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
 from ..readers.proc import parse_cmdline as _parse_cmdline
@@ -166,19 +167,28 @@ class _Pending:
 
     SWITCH = 0.0002
 
-    def __init__(self, fn):
+    def __init__(self, fn, extra=None):
+        """fn() gives the bytes; extra(), if given, runs after it in the same thread, for
+        what its reader can do without: its result (None where it failed) is .extra once
+        get() or wait() returned."""
         import threading
-        self._value = self._error = None
+        self._value = self._error = self.extra = None
         self._fast = True
         _fast_switch(True)
-        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(fn, extra), daemon=True)
         self._thread.start()
 
-    def _run(self, fn):
+    def _run(self, fn, extra):
         try:
             self._value = fn()
         except Exception as exc:         # raised by get(), in the caller's thread
             self._error = exc
+            return
+        if extra is not None:
+            try:
+                self.extra = extra()
+            except Exception:
+                self.extra = None
 
     def restore(self) -> None:
         """The switch interval as it was (get() does it; so must whoever drops this)."""
@@ -361,7 +371,12 @@ class BpfScanner:
                 or any(t[1] is None for t in tasks.values())):
             self._vma_parts = None
             self.walked, self.reused_vmas = None, 0
-            return _Pending(lambda: self._obj.read("task_vma"))
+            # with no cmdline cached (a one-shot scanner, a first scan), the same thread
+            # then reads every cmdline the kernel can copy (task_cmd): the walk ends well
+            # before the parse of the files, so they come for free
+            cmd = self._obj.has("task_cmd") and not self._cmdlines
+            return _Pending(lambda: self._obj.read("task_vma"),
+                            (lambda: self._obj.read("task_cmd")) if cmd else None)
         prev, k, gen = self._tasks, self.verify_every, self._gates.gen
         parts: Dict[int, bytes] = {}
         walked = set()
@@ -467,16 +482,22 @@ class BpfScanner:
         return obs
 
     @staticmethod
-    def _describe(pid: int, t, cache, fresh) -> Optional[ProcInfo]:
-        """ProcInfo of a holder from its task record and /proc/PID/cmdline (cached per start
-        time in `cache`, kept in `fresh`), or None if it is gone (the functions it reads
-        with are bound at import: it runs once per holder)."""
+    def _describe(pid: int, t, cache, fresh, cmds=None) -> Optional[ProcInfo]:
+        """ProcInfo of a holder from its task record and its cmdline: cached per start time
+        in `cache` (kept in `fresh`), else as task_cmd copied it (`cmds`: pid -> its
+        record) where the record is of this task and sure, else /proc/PID/cmdline; None if
+        it is gone (the functions it reads with are bound at import: it runs once per
+        holder)."""
         if t is None:                       # not expected: the iterators describe each task
             t = _task_from_proc(pid)
             if t is None:
                 return None
         key = (pid, t.start_time)
         cmdline = cache.get(key) if cache is not None else None
+        if cmdline is None and cmds is not None:
+            rec = cmds.get(pid)             # (tgid, flags, start_time, len, pad, arg)
+            if rec is not None and rec[1] & C_OK and rec[2] == t.start_time:
+                cmdline = _parse_cmdline(rec[5][:rec[3]])
         if cmdline is None:
             try:
                 cmdline = _parse_cmdline(_read_at("/proc/%d/cmdline" % pid, single=True))
@@ -500,7 +521,7 @@ class BpfScanner:
         from ..readers.smaps import parse_rss
         from ..scan import counter_notes
         from ..sources.live import read_at
-        from .records import parse_files, parse_vmas
+        from .records import CMD_REC, parse_files, parse_vmas
 
         files, vmas, dmabufs, sysv = raw
         if isinstance(files, dict):
@@ -515,6 +536,8 @@ class BpfScanner:
         links = _Links()
         parse_files(files, tasks, fds, drm, want, links)
         parse_vmas(_resolved(vmas), tasks, maps, pfnmap, want, links)
+        cmds = vmas.extra if isinstance(vmas, _Pending) else None
+        cmds = {rec[0]: rec for rec in CMD_REC.iter_unpack(cmds)} if cmds else None
         self._links = links.by_pid if self.reuse else {}
         self.drm_fds = drm
 
@@ -546,7 +569,7 @@ class BpfScanner:
                 obs.drm.extend(clients)
                 if not clients and pid not in has_refs:
                     continue                # DRM fds without usage stats: procfs lists nothing
-            info = self._describe(pid, tasks.get(pid), cache, fresh)
+            info = self._describe(pid, tasks.get(pid), cache, fresh, cmds)
             if info is None:
                 obs.vanished.append(pid)
                 gone.add(pid)

@@ -60,6 +60,14 @@ struct task_struct {
 struct seqcount___mt { unsigned int sequence; };
 struct mm_struct___seq { struct seqcount___mt mm_lock_seq; };
 struct mm_struct___int { int mm_lock_seq; };
+/* the argument area /proc/PID/cmdline prints (mm->arg_start..arg_end, env_end set once exec
+ * is far enough along) */
+struct mm_struct___args {
+	unsigned long arg_start;
+	unsigned long arg_end;
+	unsigned long env_start;
+	unsigned long env_end;
+};
 
 struct super_block {
 	dev_t s_dev;

@@ -12,6 +12,8 @@
  *   iter/task       task_mm: per task its mm change sequence and identity, so a refresh
  *                   re-reads (one iter/task_vma per process) only the mappings that can
  *                   have moved
+ *   iter.s/task     task_cmd: per task its cmdline, where it can be sure to print what
+ *                   /proc/PID/cmdline prints (else userspace reads that file)
  *
  * Everything else is filtered out here, in the kernel. Records are fixed-size so userspace
  * parses a whole read with struct.iter_unpack; the layouts are mirrored in records.py.
@@ -427,6 +429,65 @@ int task_mm(struct bpf_iter__task *ctx)
 	r.cred = (u64)BPF_CORE_READ(task, real_cred);
 	r.mm = (u64)mm;
 	bpf_probe_read_kernel(r.comm, sizeof(r.comm), task->comm);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+/* iter.s/task (sleepable: it reads other processes' memory), task_cmd: per task what
+ * /proc/PID/cmdline prints, when this can be sure of it: arg holds exactly the bytes
+ * get_mm_cmdline() copies (the argument area, whose last byte is the NUL of the last
+ * argument) and flags C_OK. Without C_OK userspace reads /proc itself: an argument area
+ * longer than CMD_LEN, one rewritten past its end (setproctitle: a last byte that is not
+ * NUL, which get_mm_cmdline follows into the environment), a read that failed. No mm
+ * (a kernel thread, a zombie) or no argument area yet: /proc prints nothing, nor does
+ * this (C_OK, len 0). Linux >= 5.18 (bpf_copy_from_user_task); the loader leaves it out
+ * elsewhere. */
+#define CMD_LEN 232
+#define C_OK    0x01
+
+struct cmd_rec {
+	u32 tgid;
+	u32 flags;
+	u64 start_time;
+	u32 len;
+	u32 pad;
+	char arg[CMD_LEN];
+};
+
+SEC("iter.s/task")
+int task_cmd(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct mm_struct___args *mm;
+	struct cmd_rec r = {};
+	unsigned long start, end, len;
+	char last = 1;
+
+	if (!task || task->pid != task->tgid)
+		return 0;
+	r.tgid = task->tgid;
+	r.start_time = task->start_time;
+	mm = (struct mm_struct___args *)BPF_CORE_READ(task, mm);
+	if (!mm || !BPF_CORE_READ(mm, env_end)) {
+		r.flags = C_OK;
+		goto out;
+	}
+	start = BPF_CORE_READ(mm, arg_start);
+	end = BPF_CORE_READ(mm, arg_end);
+	if (start >= end) {
+		r.flags = C_OK;
+		goto out;
+	}
+	len = end - start;
+	if (len > CMD_LEN)
+		goto out;
+	if (bpf_copy_from_user_task(&last, 1, (void *)(end - 1), task, 0) || last)
+		goto out;
+	if (bpf_copy_from_user_task(r.arg, len, (void *)start, task, 0))
+		goto out;
+	r.len = len;
+	r.flags = C_OK;
+out:
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }

@@ -29,6 +29,8 @@ VMA_REC = struct.Struct("<IIQQQQQII64s")          # struct vma_rec
 DMABUF_REC = struct.Struct("<QQqII32s64s")        # struct dmabuf_rec
 SUM_REC = struct.Struct("<IIQ")                   # struct sum_rec (task_sum)
 TASK_REC = struct.Struct("<IIQQQQ16s")            # struct task_rec (task_mm)
+CMD_REC = struct.Struct("<IIQII232s")             # struct cmd_rec (task_cmd)
+C_OK = 1                                          # cmd_rec: arg[:len] is the whole cmdline
 T_SEQ = 1
 PAGE_SIZE = mmap.PAGESIZE
 
