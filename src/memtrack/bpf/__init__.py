@@ -11,7 +11,9 @@ against /proc's own access rule and counted as denied where procfs would be refu
 `unavailable()` says what is missing.
 
 What still comes from /proc and /sys: /proc/PID/cmdline of the processes holding buffers
-(cached per process start time by a reused scanner), /proc/sysvipc/shm (the SysV table),
+where task_cmd could not copy it (Linux < 5.18, longer than 232 bytes, overwritten past
+argv) and in refreshes (cached per process start time by a reused scanner), a readlink of
+/proc/PID/exe per holder (the access check), /proc/sysvipc/shm (the SysV table),
 smaps with --smaps, the fdinfo of the DRM fds the iterator found, a readlink for files with
 a real path (a /dev/shm file), and the dma-buf table from debugfs/sysfs on kernels before
 6.16 (no iter/dmabuf). Ashmem fds (Android's misc device) are not reported.
