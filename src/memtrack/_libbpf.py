@@ -17,6 +17,7 @@ import threading
 LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "memtrack.bpf.o")
 BTF = "/sys/kernel/btf/vmlinux"
+DRM_MAJOR = 226                                   # the DRM char devices' major number
 CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE = 19, 21, 38, 39, 40
 STATE = struct.Struct("<IIQQIIQQII")              # struct state: drm_major, abi, then 0s
 ABI = 1

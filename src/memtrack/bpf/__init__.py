@@ -27,7 +27,7 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .._libbpf import OBJECT, kernel_version as _kernel_version, unavailable
+from .._libbpf import DRM_MAJOR, OBJECT, kernel_version as _kernel_version, unavailable
 from .records import C_OK
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
@@ -305,7 +305,7 @@ class BpfScanner:
       - the Snapshot itself, when every input is byte-identical to the last scan's.
     `reuse=False` reads and builds everything every time (what a one-shot command does)."""
 
-    def __init__(self, obj: str = OBJECT, drm_major: int = 226, reuse: bool = True,
+    def __init__(self, obj: str = OBJECT, drm_major: int = DRM_MAJOR, reuse: bool = True,
                  verify_every: int = 30):
         from .. import _preload
         from .._libbpf import LibbpfError, open_iterators
