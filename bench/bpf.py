@@ -27,7 +27,11 @@ Prints medians (ms) of:
   bpf process, no preload   the same with MEMTRACK_PRELOAD=0: the BPF object loaded after
                 the imports instead of beside them (memtrack/_preload.py)
   procfs process the same with --backend procfs
-and the ratios the issue asks for. Needs root, gcc; the bpf rows need the bpf backend.
+and the ratios the issue asks for. The machine's speed drifts during a run (on a shared VM
+by 10-20% within minutes), so the rows run in fresh processes (bpf scan and the process
+rows) run in turn with the walker, round by round, and their ratios are to the walker's
+median in those same rounds (printed beside them); the other ratios are to the first
+walker row. Needs root, gcc; the bpf rows need the bpf backend.
 """
 from __future__ import annotations
 
@@ -60,6 +64,26 @@ def build_walker():
     return exe
 
 
+def interleaved(walker: str, runs: dict, rounds: int, own: bool = False) -> dict:
+    """Medians (ms) of each of `runs` ({label: (command, env)}) and of the walker, run in turn,
+    round after round (one round of warm-up first): the machine's speed drifts over a
+    bench run, a ratio is only fair between figures taken at the same time. own: the
+    command prints its own figure (ms) rather than being timed whole."""
+    times = {label: [] for label in ("walker", *runs)}
+    for _ in range(1 + rounds):
+        out = subprocess.run([walker], capture_output=True, text=True, check=True).stdout.split()
+        times["walker"].append(float(out[2]))
+        for label, (cmd, env) in runs.items():
+            if own:
+                times[label].append(float(subprocess.run(cmd, env=env, check=True, capture_output=True,
+                                                         text=True).stdout))
+            else:
+                times[label].append(timed(lambda: subprocess.run(
+                    cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                    check=True), 1)[0])
+    return {label: statistics.median(ts[1:]) for label, ts in times.items()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--procs", type=int, default=1000)
@@ -78,6 +102,7 @@ def main():
               f"kernel {os.uname().release}")
         kids = set(load.pids)
         rows = {}
+        walkers = {}       # row -> the walker's median in the rounds interleaved with it
         walk = []
         for _ in range(args.rounds):
             out = subprocess.run([walker], capture_output=True, text=True, check=True).stdout.split()
@@ -120,12 +145,10 @@ def main():
             keep = snap
             # the first scan of a process that has just loaded the object: what a memtrack
             # command does, and top's or serve's first scan (before their refreshes)
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-            env["PYTHONPATH"] = SRC
-            firsts = [float(subprocess.run([sys.executable, "-c", FIRST_SCAN], env=env, check=True,
-                                           capture_output=True, text=True).stdout)
-                      for _ in range(args.rounds)]
-            rows["bpf scan"] = statistics.median(firsts)
+            first = [sys.executable, "-c", FIRST_SCAN]
+            got = interleaved(walker, {"bpf scan": (first, env)}, args.rounds, own=True)
+            walkers["bpf scan"] = got.pop("walker")
+            rows.update(got)
             rows["bpf scan, this process"], _ = timed(bpf_cold, args.rounds, drop)
             snap = keep
             same = bsnap.restrict(pids=kids).buffers == snap.restrict(pids=kids).buffers
@@ -187,25 +210,22 @@ def main():
                 continue
             label = f"{backend} process" + (", no preload" if extra else "")
             runs[label] = (command + ["--json", "-q", "--backend", backend], dict(env, **extra))
-        times = {label: [] for label in runs}
-        for _ in range(1 + args.rounds):        # the first round warms up; rounds interleaved
-            for label, (cmd, cenv) in runs.items():
-                times[label].append(timed(
-                    lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                           env=cenv, check=True), 1)[0])
-        for label, ts in times.items():
-            rows[label] = statistics.median(ts[1:])
+        got = interleaved(walker, runs, args.rounds)
+        for label in runs:
+            walkers[label] = got["walker"]
+        rows.update((k, v) for k, v in got.items() if k != "walker")
         print()
         for k, v in rows.items():
             print(f"  {k:<23} {v:8.1f} ms")
         print()
-        wk = rows["walker"]
         for k, target in (("bpf scan", 5), ("bpf scan, this process", None), ("bpf process", 2),
                           ("bpf process, no preload", None), ("bpf iterators", None),
                           ("procfs scan", None)):
             if k in rows:
                 t = f" (target >= {target}x)" if target else ""
-                print(f"  walker / {k:<23} {wk / rows[k]:6.2f}x{t}")
+                wk = walkers.get(k, rows["walker"])
+                beside = f"  (walker beside it: {wk:.1f} ms)" if k in walkers else ""
+                print(f"  walker / {k:<23} {wk / rows[k]:6.2f}x{t}{beside}")
         for k in ("bpf refresh", "bpf changed"):
             if k in rows:
                 print(f"  {k} {rows[k]:.1f} ms (target < 20 ms)")
