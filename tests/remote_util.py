@@ -16,9 +16,11 @@ SCRIPT = os.path.join(SRC, "memtrack", "data", "capture.sh")
 class Holders:
     """The holder program running: parent and forked child share every buffer."""
 
-    def __init__(self, tag: str = "plain"):
+    def __init__(self, tag: str = "plain", comm: str = "mt-holder"):
+        self.comm = comm
         self.proc = subprocess.Popen([sys.executable, os.path.join(HELPERS, "holder.py"), tag],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, MT_HOLDER_COMM=comm))
         line = self.proc.stdout.readline().split()
         if len(line) != 3:
             self.close()

@@ -28,9 +28,14 @@ REPO = os.path.dirname(SRC)
 ENV = dict(os.environ, PYTHONPATH=SRC)
 
 
+# the metrics sum processes by comm: one of this run's own, so that another suite's holders,
+# running at the same time, do not add to it
+COMM = "mt-h%d" % (os.getpid() % 10 ** 8)
+
+
 @pytest.fixture(scope="module")
 def holders():
-    h = Holders()
+    h = Holders(comm=COMM)
     yield h
     h.close()
 
@@ -71,7 +76,7 @@ def samples(text):
     return out
 
 
-def holder_pss(s, comm="mt-holder"):
+def holder_pss(s, comm=COMM):
     return {lab["kind"]: v for lab, v in s["memtrack_process_pss_bytes"] if lab["comm"] == comm}
 
 
@@ -85,7 +90,7 @@ def test_live_endpoint(holders):
     # parent and child share every buffer: together they hold each once
     assert holder_pss(s) == {"memfd": 16 * MiB, "shm": 2 * MiB, "sysv": 5 * MiB, "shmem": 4 * MiB}
     assert all("pid" not in lab for lab, _ in s["memtrack_process_pss_bytes"])
-    assert ({"comm": "mt-holder"}, 2.0) in s["memtrack_processes"]
+    assert ({"comm": COMM}, 2.0) in s["memtrack_processes"]
     sizes = {}
     for lab, v in s["memtrack_buffer_bytes"]:
         assert set(lab) == {"kind", "category", "exporter"}
@@ -106,7 +111,7 @@ def test_per_pid(holders):
         srv.close()
     got = {}
     for lab, v in s["memtrack_process_pss_bytes"]:
-        if lab["comm"] == "mt-holder":
+        if lab["comm"] == COMM:
             got[int(lab["pid"])] = got.get(int(lab["pid"]), 0) + v
     assert got == {holders.pid: 27 * MiB / 2, holders.child: 27 * MiB / 2}
 

@@ -1,7 +1,8 @@
 """A process holding one of each shared buffer kind memtrack can make on a plain Linux box,
 plus a forked child sharing them all. Prints `pid child shmid` when ready, exits (cleaning
 up the SysV segment and the /dev/shm file) when stdin closes or gives a line.
-argv[1] (optional): a tag put in the buffer names and the cmdline (binary-safety tests)."""
+argv[1] (optional): a tag put in the buffer names and the cmdline (binary-safety tests);
+$MT_HOLDER_COMM (optional): its comm, "mt-holder" by default."""
 import ctypes
 import mmap
 import os
@@ -9,7 +10,7 @@ import sys
 
 tag = sys.argv[1] if len(sys.argv) > 1 else "plain"
 with open("/proc/self/comm", "w") as f:              # a name no other process has
-    f.write("mt-holder")
+    f.write(os.environ.get("MT_HOLDER_COMM", "mt-holder"))
 libc = ctypes.CDLL(None, use_errno=True)
 libc.shmat.restype = ctypes.c_void_p
 libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
