@@ -165,7 +165,8 @@ def test_refreshes_leave_nothing_frozen_even_if_the_interpreter_froze_some():
                 snap = sc.refresh()
                 a.add("more", 4096)
             assert gc.get_freeze_count() <= base, "a refresh left its snapshot frozen"
-            assert len(snap.buffers) == 3
+            # (the machine's SysV segments are listed whoever holds them: another suite's may be)
+            assert len([b for b in snap.buffers if b.kind == "memfd"]) == 3
     finally:
         gc.unfreeze()
         del keep
