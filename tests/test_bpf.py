@@ -324,6 +324,17 @@ def test_cli_json_same_as_procfs(scenario):
     (["memtrack", "--backend", "procfs"], None, 0, {}, False),
     (["memtrack", "--backend=procfs"], None, 0, {}, False),
     (["memtrack", "--help"], None, 0, {}, False),
+    (["memtrack", "-h"], None, 0, {}, False),
+    # argparse takes unambiguous prefixes of long options: the guess does too
+    (["memtrack", "--ro", "/tmp/t"], None, 0, {}, False),
+    (["memtrack", "--ss", "board", "buffers"], None, 0, {}, False),
+    (["memtrack", "--ad"], None, 0, {}, False),
+    (["memtrack", "--he"], None, 0, {}, False),
+    (["memtrack", "--vers"], None, 0, {}, False),
+    (["memtrack", "ps", "--back", "procfs"], None, 0, {}, False),
+    (["memtrack", "--backe=procfs"], None, 0, {}, False),
+    (["memtrack", "--back", "bpf"], None, 0, {}, True),
+    (["memtrack", "--json", "-q", "-o", "/tmp/x"], None, 0, {}, True),
     (["memtrack"], None, 1000, {}, False),                            # not root
     (["memtrack"], None, 0, {"MEMTRACK_PRELOAD": "0"}, False),
     (["-m"], ["python3", "-m", "memtrack", "buffers"], 0, {}, True),
@@ -890,12 +901,35 @@ _KID_CMD = r"""
 import os, sys
 fd = os.memfd_create("cmd-" + os.fsdecode(sys.argv[1].encode("utf-8", "surrogateescape")[:8]), 0)
 os.ftruncate(fd, 4096)
+stat = [0, 0, 0] + [int(v) if v.lstrip("-").isdigit() else 0
+                    for v in open("/proc/self/stat").read().rsplit(")", 1)[1].split()]
 if sys.argv[1] == "overflow":                 # setproctitle past argv: its last NUL overwritten
-    stat = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
-    arg_end = int(stat[49 - 3])               # field 49, arg_end (the list starts at field 3)
     with open("/proc/self/mem", "r+b", buffering=0) as mem:
-        mem.seek(arg_end - 1)
+        mem.seek(stat[49] - 1)                # field 49, arg_end
         mem.write(b"!")
+elif sys.argv[1] in ("memfd", "anon"):        # the argument area moved (PR_SET_MM_MAP)
+    import ctypes, mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    if sys.argv[1] == "memfd":                # into a memfd mapping: /proc will not read it
+        afd = os.memfd_create("args")
+        os.ftruncate(afd, 4096)
+        m = mmap.mmap(afd, 4096)
+    else:                                     # into anonymous memory: /proc reads it
+        m = mmap.mmap(-1, 4096, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m[:14] = b"moved\0cmdline\0"
+    at = ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+    class MmMap(ctypes.Structure):            # struct prctl_mm_map
+        _fields_ = [(n, ctypes.c_uint64) for n in (
+            "start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+            "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv")] + \
+            [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+    libc.sbrk.restype = ctypes.c_void_p
+    mm = MmMap(stat[26], stat[27], stat[45], stat[46], stat[47], libc.sbrk(0), stat[28],
+               at, at + 14, stat[50], stat[51], 0, 0, 0xFFFFFFFF)
+    if libc.prctl(35, 14, ctypes.byref(mm), ctypes.sizeof(mm), 0):   # PR_SET_MM, PR_SET_MM_MAP
+        print("unsupported", ctypes.get_errno(), flush=True)
+        sys.exit(0)
 print("ready", flush=True)
 sys.stdin.readline()
 """
@@ -903,14 +937,16 @@ sys.stdin.readline()
 
 def test_cmdlines_copied_by_task_cmd_are_what_proc_prints(tmp_path):
     """task_cmd copies the argument area only where /proc/PID/cmdline prints exactly it; a
-    longer one, or one whose last NUL was overwritten (setproctitle past argv: /proc then
-    follows into the environment), is left to /proc. Either way the snapshot equals a scan
-    that reads every cmdline from /proc."""
+    longer one, one whose last NUL was overwritten (setproctitle past argv: /proc then
+    follows into the environment), or one moved into a memfd mapping (which /proc does not
+    read), is left to /proc. Either way the snapshot equals a scan that reads every
+    cmdline from /proc."""
     s = scanner()
     if not s._obj.has("task_cmd"):
         pytest.skip("this kernel cannot run task_cmd (Linux >= 5.18)")
     cases = {"plain": ["plain", "two words"], "long": ["long", "L" * 300],
-             "bytes": [os.fsdecode(b"bytes\xff\xfe"), "x"], "overflow": ["overflow", "y" * 8]}
+             "bytes": [os.fsdecode(b"bytes\xff\xfe"), "x"], "overflow": ["overflow", "y" * 8],
+             "memfd": ["memfd"], "anon": ["anon"]}
     script = tmp_path / "k.py"                 # short cmdlines: the code is not in them
     script.write_text(_KID_CMD)
     kids = {}
@@ -919,11 +955,17 @@ def test_cmdlines_copied_by_task_cmd_are_what_proc_prints(tmp_path):
             k = subprocess.Popen([sys.executable, str(script), *args], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True)
             kids[name] = k
-            assert k.stdout.readline().strip() == "ready"
+            said = k.stdout.readline().strip()
+            if said.startswith("unsupported"):          # a kernel without CHECKPOINT_RESTORE
+                del kids[name], cases[name]
+                continue
+            assert said == "ready"
         pids = [k.pid for k in kids.values()]
         recs = {r[0]: r for r in R.CMD_REC.iter_unpack(s._obj.read("task_cmd"))}
         sure = {name: bool(recs[k.pid][1] & R.C_OK) for name, k in kids.items()}
-        assert sure == {"plain": True, "long": False, "bytes": True, "overflow": False}
+        assert sure == {name: ok for name, ok in (("plain", True), ("long", False), ("bytes", True),
+                                                  ("overflow", False), ("memfd", False),
+                                                  ("anon", True)) if name in kids}
         for name in ("plain", "bytes"):
             rec = recs[kids[name].pid]
             with open(f"/proc/{kids[name].pid}/cmdline", "rb") as f:
@@ -942,6 +984,9 @@ def test_cmdlines_copied_by_task_cmd_are_what_proc_prints(tmp_path):
         assert by_pid[kids["long"].pid].endswith("L" * 300)
         # /proc's setproctitle case: the string from arg_start on, to its NUL
         assert by_pid[kids["overflow"].pid] == sys.executable
+        if "memfd" in kids:
+            # /proc reads the argument area with FOLL_ANON: not from a memfd mapping
+            assert by_pid[kids["memfd"].pid] == "" and by_pid[kids["anon"].pid] == "moved cmdline"
     finally:
         for k in kids.values():
             k.kill()
@@ -967,3 +1012,28 @@ def test_a_kernel_refusing_task_cmd_loads_the_rest(scenario, monkeypatch):
         assert not s._obj.has("task_cmd") and not s.notes
         assert comparable(s.scan(pids=scenario), scenario) == \
             comparable(procfs_scan(pids=scenario), scenario)
+
+
+def test_a_kernel_refusing_iter_dmabuf_keeps_task_cmd(monkeypatch):
+    """Each extra is dropped alone: a kernel refusing iter/dmabuf (a 6.16 version string
+    without it) keeps task_cmd, and the snapshot notes the dma-buf table's other source."""
+    scanner()
+    from memtrack import _libbpf
+    if _libbpf.kernel_version() < (6, 16):
+        pytest.skip("iter/dmabuf is not asked for before Linux 6.16")
+    real = _libbpf.BpfObject
+    tried = []
+
+    def refuse(path, init=None, skip=()):
+        tried.append(("dmabuf" not in skip, "task_cmd" not in skip))
+        if "dmabuf" not in skip:
+            raise _libbpf.LibbpfError("BPF object load failed: Invalid argument")
+        return real(path, init, skip)
+    monkeypatch.setattr(_libbpf, "BpfObject", refuse)
+    obj, dmabuf, notes = _libbpf.open_iterators(_libbpf.OBJECT, _libbpf.DRM_MAJOR, False, True)
+    try:
+        assert tried == [(True, True), (True, False), (False, True)]
+        assert not dmabuf and obj.has("task_cmd") and not obj.has("dmabuf")
+        assert len(notes) == 1 and notes[0].startswith("iter/dmabuf unavailable")
+    finally:
+        obj.close()

@@ -307,7 +307,10 @@ def open_iterators(path: str, drm_major: int, reuse: bool,
     init = {"state": STATE.pack(drm_major, ABI, *[0] * 8)}
     notes: list[str] = []
     cmd = kernel_version() >= (5, 18)
-    tries = [(dmabuf, cmd)] + ([(dmabuf, False)] if cmd else []) + ([(False, False)] if dmabuf else [])
+    # where the kernel refuses the object, the extras are dropped: task_cmd, then iter/dmabuf,
+    # then both ((iter/dmabuf, task_cmd) pairs, each asked at most once)
+    tries = list(dict.fromkeys((d and dmabuf, c and cmd) for d, c in
+                               ((True, True), (True, False), (False, True), (False, False))))
     for i, (with_dmabuf, with_cmd) in enumerate(tries):
         try:
             obj = BpfObject(path, init, skip=unused_programs(reuse, with_dmabuf, with_cmd))

@@ -21,7 +21,7 @@ import sys
 # the one-shot commands that scan this machine (top, serve, record keep a reused scanner,
 # which loads more programs; the others read files or another machine)
 ONE_SHOT = frozenset(("ps", "buffers", "summary", "show", "matrix", "gpu", "dmabuf-dump", "textfile"))
-NOT_LIVE = frozenset(("--root", "--adb", "--ssh", "-h", "--help", "--version"))
+NOT_LIVE = ("--root", "--adb", "--ssh", "--help", "--version")
 COMMANDS = ONE_SHOT | frozenset(("top", "serve", "record", "report", "plot", "export-trace",
                                  "diff", "capture", "tag"))
 
@@ -47,9 +47,15 @@ def wanted(argv, orig_argv=None, euid=None, env=None) -> bool:
     else:
         return False
     for i, a in enumerate(args):
-        if a in NOT_LIVE or a.split("=", 1)[0] in NOT_LIVE:
+        if a == "-h":
             return False
-        if a == "--backend=procfs" or (a == "--backend" and args[i + 1:i + 2] == ["procfs"]):
+        if not a.startswith("--") or len(a) < 3:
+            continue
+        # argparse takes any unambiguous prefix of a long option (--ro, --back): so does this
+        name, eq, value = a.partition("=")
+        if any(o.startswith(name) for o in NOT_LIVE):
+            return False
+        if "--backend".startswith(name) and (value if eq else "".join(args[i + 1:i + 2])) == "procfs":
             return False
     command = next((a for a in args if a in COMMANDS), "ps")
     return command in ONE_SHOT

@@ -121,12 +121,15 @@ struct dma_buf {
 	const char *name;
 };
 
+struct vm_operations_struct;
+
 struct vm_area_struct {
 	unsigned long vm_start;
 	unsigned long vm_end;
 	unsigned long vm_flags;
 	unsigned long vm_pgoff;
 	struct file *vm_file;
+	const struct vm_operations_struct *vm_ops;   /* NULL: anonymous (vma_is_anonymous) */
 };
 
 struct bpf_iter__task_file {

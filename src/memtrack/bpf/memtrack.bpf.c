@@ -435,12 +435,14 @@ int task_mm(struct bpf_iter__task *ctx)
 
 /* iter.s/task (sleepable: it reads other processes' memory), task_cmd: per task what
  * /proc/PID/cmdline prints, when this can be sure of it: arg holds exactly the bytes
- * get_mm_cmdline() copies (the argument area, whose last byte is the NUL of the last
- * argument) and flags C_OK. Without C_OK userspace reads /proc itself: an argument area
- * longer than CMD_LEN, one rewritten past its end (setproctitle: a last byte that is not
- * NUL, which get_mm_cmdline follows into the environment), a read that failed. No mm
- * (a kernel thread, a zombie) or no argument area yet: /proc prints nothing, nor does
- * this (C_OK, len 0). Linux >= 5.18 (bpf_copy_from_user_task); the loader leaves it out
+ * get_mm_cmdline() copies and flags C_OK. That is: the argument area is at most CMD_LEN
+ * bytes, its last byte is the NUL of the last argument (else the kernel follows a
+ * setproctitle into the environment), it lies in anonymous memory (the kernel reads it
+ * with FOLL_ANON, which refuses a file or memfd mapping PR_SET_MM_MAP may have moved it
+ * to), and the task's mm and argument bounds read the same after the copy as before (no
+ * exec or PR_SET_MM raced it). Otherwise no C_OK, and userspace reads /proc itself. No mm
+ * (a kernel thread, a zombie) or no argument area yet: /proc prints nothing, nor does this
+ * (C_OK, len 0). Linux >= 5.18 (bpf_copy_from_user_task); the loader leaves it out
  * elsewhere. */
 #define CMD_LEN 232
 #define C_OK    0x01
@@ -453,6 +455,22 @@ struct cmd_rec {
 	u32 pad;
 	char arg[CMD_LEN];
 };
+
+static long vma_anon(struct task_struct *task, struct vm_area_struct *vma, void *anon)
+{
+	*(int *)anon = !BPF_CORE_READ(vma, vm_ops);
+	return 0;
+}
+
+/* whether addr lies in an anonymous mapping of task (0 too where the mm is busy) */
+static __always_inline int anon_at(struct task_struct *task, unsigned long addr)
+{
+	int anon = 0;
+
+	if (bpf_find_vma(task, addr, vma_anon, &anon, 0))
+		return 0;
+	return anon;
+}
 
 SEC("iter.s/task")
 int task_cmd(struct bpf_iter__task *ctx)
@@ -481,9 +499,14 @@ int task_cmd(struct bpf_iter__task *ctx)
 	len = end - start;
 	if (len > CMD_LEN)
 		goto out;
+	if (!anon_at(task, start) || !anon_at(task, end - 1))
+		goto out;
 	if (bpf_copy_from_user_task(&last, 1, (void *)(end - 1), task, 0) || last)
 		goto out;
 	if (bpf_copy_from_user_task(r.arg, len, (void *)start, task, 0))
+		goto out;
+	if ((struct mm_struct___args *)BPF_CORE_READ(task, mm) != mm ||
+	    BPF_CORE_READ(mm, arg_start) != start || BPF_CORE_READ(mm, arg_end) != end)
 		goto out;
 	r.len = len;
 	r.flags = C_OK;
