@@ -402,18 +402,22 @@ class BpfScanner:
         self.walked, self.reused_vmas = walked, len(tasks) - len(walked)
         return b"".join(parts.values())
 
-    def _read_files(self):
+    def _read_files(self, sums_read: Optional["_Pending"] = None):
         """task_file's records: the bytes of one walk; for a reused scanner, {pid: its
         records}, read again (one iter/task_file per process) only where the process's sum
-        (task_sum: a hash of its records, no names copied) moved since the last scan."""
+        (task_sum: a hash of its records, no names copied) moved since the last scan.
+        sums_read: that task_sum read, started earlier in a thread of its own (_read)."""
         from .records import FD_REC, SUM_REC
         if not self.reuse:
             return self._obj.read("task_file")
         if not self._per_pid:                   # a kernel before 6.1: whole walks only
+            if sums_read is not None:
+                sums_read.wait()
             self._sums, self._file_parts = {}, None
             return _split_by_tgid(self._obj.read("task_file"), FD_REC.size)
         # the sums first: a change racing the full reads shows in the next scan
-        sums = {tgid: (n, h) for tgid, n, h in SUM_REC.iter_unpack(self._obj.read("task_sum"))}
+        raw = sums_read.get() if sums_read is not None else self._obj.read("task_sum")
+        sums = {tgid: (n, h) for tgid, n, h in SUM_REC.iter_unpack(raw)}
         old_sums, old = self._sums, self._file_parts
         # A change between the sum and the records read could be undone before the next
         # scan, whose sum would then match records of a state that no longer exists: where
@@ -449,16 +453,26 @@ class BpfScanner:
             sysv = read_at("/proc/sysvipc/shm")
         except OSError as exc:
             sysv = exc
+        # a reused scanner's task_sum read (the kernel touching every buffer file: most of a
+        # refresh) runs in a thread from here, beside the reads of tasks and mappings
+        sums_read = _Pending(lambda: self._obj.read("task_sum")) \
+            if self.reuse and self._per_pid else None
         try:
-            tasks = self._read_tasks()
-            self._gates.start({pid: (t[0], t[2], t[3]) for pid, t in tasks.items()})
-            vmas = self._read_vmas(tasks)
             try:
-                files = self._read_files()
+                tasks = self._read_tasks()
+                self._gates.start({pid: (t[0], t[2], t[3]) for pid, t in tasks.items()})
+                vmas = self._read_vmas(tasks)
+            except BaseException:
+                if sums_read is not None:
+                    sums_read.wait()        # no read may outlive this scan (close() frees links)
+                raise
+            try:
+                files = self._read_files(sums_read)
                 dmabufs = self._obj.read("dmabuf") if self.has_dmabuf else None
             except BaseException:
-                if isinstance(vmas, _Pending):
-                    vmas.wait()             # no walk may outlive this scan (close() frees links)
+                for pending in (vmas, sums_read):
+                    if isinstance(pending, _Pending):
+                        pending.wait()
                 raise
             self._last_tasks, self._tasks = self._tasks, tasks
             return (files, vmas, dmabufs, sysv)
