@@ -1037,3 +1037,27 @@ def test_a_kernel_refusing_iter_dmabuf_keeps_task_cmd(monkeypatch):
         assert len(notes) == 1 and notes[0].startswith("iter/dmabuf unavailable")
     finally:
         obj.close()
+
+
+def test_a_refresh_failing_beside_the_sums_read_leaves_no_thread(monkeypatch):
+    """A reused scanner reads task_sum in a thread while it reads tasks and mappings: where
+    those fail, the scan waits for the thread (no read outlives it) and restores the GIL
+    switch interval; the next refresh works."""
+    scanner()
+    import threading
+    before = sys.getswitchinterval()
+    with mbpf.BpfScanner() as s:
+        s.scan()
+        threads = threading.active_count()
+        real = s._obj.read
+
+        def broken(name):
+            if name == "task_mm":
+                raise OSError(5, "injected")
+            return real(name)
+        monkeypatch.setattr(s._obj, "read", broken)
+        with pytest.raises(mbpf.BpfUnavailable, match="injected"):
+            s.scan()
+        assert threading.active_count() == threads and sys.getswitchinterval() == before
+        monkeypatch.setattr(s._obj, "read", real)
+        assert _same(s.scan(), scanner().scan())
