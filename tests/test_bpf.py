@@ -1030,7 +1030,7 @@ def test_a_kernel_refusing_iter_dmabuf_keeps_task_cmd(monkeypatch):
             raise _libbpf.LibbpfError("BPF object load failed: Invalid argument")
         return real(path, init, skip)
     monkeypatch.setattr(_libbpf, "BpfObject", refuse)
-    obj, dmabuf, notes = _libbpf.open_iterators(_libbpf.OBJECT, _libbpf.DRM_MAJOR, False, True)
+    obj, dmabuf, notes = _libbpf.open_iterators(_libbpf.OBJECT, _libbpf.DRM_MAJOR, False)
     try:
         assert tried == [(True, True), (True, False), (False, True)]
         assert not dmabuf and obj.has("task_cmd") and not obj.has("dmabuf")
@@ -1061,3 +1061,12 @@ def test_a_refresh_failing_beside_the_sums_read_leaves_no_thread(monkeypatch):
         assert threading.active_count() == threads and sys.getswitchinterval() == before
         monkeypatch.setattr(s._obj, "read", real)
         assert _same(s.scan(), scanner().scan())
+
+
+def test_the_early_loads_command_lists_name_every_command():
+    """_preload cannot import the CLI (it runs before it): its lists of command names are
+    written out, and must name exactly the commands the CLI has."""
+    from memtrack import _preload
+    from memtrack.cli import _commands
+    assert _preload.COMMANDS == set(_commands())
+    assert _preload.ONE_SHOT <= _preload.COMMANDS

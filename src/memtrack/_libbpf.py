@@ -296,17 +296,16 @@ def unused_programs(reuse: bool, dmabuf: bool, cmd: bool = False) -> tuple:
             (() if cmd else ("task_cmd",)))
 
 
-def open_iterators(path: str, drm_major: int, reuse: bool,
-                   dmabuf: bool) -> tuple[BpfObject, bool, list[str]]:
+def open_iterators(path: str, drm_major: int, reuse: bool) -> tuple[BpfObject, bool, list[str]]:
     """memtrack's object at `path` loaded and its iterators attached: (object, whether
-    iter/dmabuf is among them, notes for the snapshot). `dmabuf`: the kernel says 6.16+;
-    one that lacks iter/dmabuf all the same (a backport, a config) gets the object without
-    it and a note. task_cmd (cmdlines) is an extra: where the kernel refuses it, the object
-    goes without it and cmdlines come from /proc (BpfObject.has). LibbpfError where the
-    kernel refuses the rest."""
+    iter/dmabuf is among them, notes for the snapshot). iter/dmabuf is asked for where the
+    kernel says 6.16+; one that lacks it all the same (a backport, a config) gets the object
+    without it and a note. task_cmd (cmdlines, 5.18+) is an extra: where the kernel refuses
+    it, the object goes without it and cmdlines come from /proc (BpfObject.has). LibbpfError
+    where the kernel refuses the rest."""
     init = {"state": STATE.pack(drm_major, ABI, *[0] * 8)}
     notes: list[str] = []
-    cmd = kernel_version() >= (5, 18)
+    dmabuf, cmd = kernel_version() >= (6, 16), kernel_version() >= (5, 18)
     # where the kernel refuses the object, the extras are dropped: task_cmd, then iter/dmabuf,
     # then both ((iter/dmabuf, task_cmd) pairs, each asked at most once)
     tries = list(dict.fromkeys((d and dmabuf, c and cmd) for d, c in

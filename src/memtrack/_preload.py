@@ -66,7 +66,7 @@ class _Job:
         import threading
         self.lib = lib
         # what BpfScanner(reuse=False) asks of open_iterators (see take())
-        self.params = (lib.OBJECT, lib.DRM_MAJOR, False, lib.kernel_version() >= (6, 16))
+        self.params = (lib.OBJECT, lib.DRM_MAJOR, False)
         self.result = None
         self.thread = threading.Thread(target=self._run, name="memtrack-bpf-load", daemon=True)
         self.thread.start()
@@ -95,8 +95,8 @@ def early() -> None:
         _job = None                # a guess: never the reason a command fails
 
 
-def take(path: str, drm_major: int, reuse: bool, dmabuf: bool):
-    """What open_iterators(path, drm_major, reuse, dmabuf) would return, if the early load
+def take(path: str, drm_major: int, reuse: bool):
+    """What open_iterators(path, drm_major, reuse) would return, if the early load
     was made for exactly that and succeeded; else None. Once: the job is consumed (a load
     for other parameters is closed)."""
     global _job
@@ -105,7 +105,7 @@ def take(path: str, drm_major: int, reuse: bool, dmabuf: bool):
         return None
     job.thread.join()
     got = job.result
-    if got is not None and job.params != (path, drm_major, reuse, dmabuf):
+    if got is not None and job.params != (path, drm_major, reuse):
         got[0].close()
         got = None
     return got

@@ -27,8 +27,8 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .._libbpf import DRM_MAJOR, OBJECT, kernel_version as _kernel_version, unavailable
-from .records import C_OK
+from .._libbpf import DRM_MAJOR, OBJECT, unavailable
+from .records import C_OK, CMD_REC
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
 from ..readers.proc import parse_cmdline as _parse_cmdline
@@ -309,16 +309,15 @@ class BpfScanner:
                  verify_every: int = 30):
         from .. import _preload
         from .._libbpf import LibbpfError, open_iterators
-        self.has_dmabuf = _kernel_version() >= (6, 16)
         # the CLI may have loaded the object already, while it imported the rest
-        got = _preload.take(obj, drm_major, reuse, self.has_dmabuf)
+        got = _preload.take(obj, drm_major, reuse)
         why = unavailable(obj)
         if why:
             if got:
                 got[0].close()
             raise BpfUnavailable(why)
         try:
-            got = got or open_iterators(obj, drm_major, reuse, self.has_dmabuf)
+            got = got or open_iterators(obj, drm_major, reuse)
         except LibbpfError as exc:
             raise BpfUnavailable(f"the kernel refused the BPF iterators: {exc}") from None
         self._obj, self.has_dmabuf, self.notes = got
@@ -537,7 +536,7 @@ class BpfScanner:
         from ..readers.smaps import parse_rss
         from ..scan import counter_notes
         from ..sources.live import read_at
-        from .records import CMD_REC, parse_files, parse_vmas
+        from .records import parse_files, parse_vmas
 
         files, vmas, dmabufs, sysv = raw
         if isinstance(files, dict):
