@@ -30,7 +30,7 @@ from itertools import repeat
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import MemtrackError
-from .model import Snapshot
+from .model import Snapshot, with_category
 
 FIELDS = ("kind", "exporter", "name", "process")
 DEFAULT_RULES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "rules.toml")
@@ -345,7 +345,6 @@ def categorize(snap: Snapshot, rules: Sequence[Rule], overwrite: bool = True) ->
     bufs = []
     keep = bufs.append
     changed = False
-    new, set_dict = object.__new__, object.__setattr__
     for b, matter in zip(buffers, matters):
         if b.category is not None and not overwrite:
             keep(b)
@@ -355,11 +354,7 @@ def categorize(snap: Snapshot, rules: Sequence[Rule], overwrite: bool = True) ->
         if cat is by_holders:
             cat = by_holders[key] = verdict(b, key[3])
         if cat != b.category:
-            # evolve(b, category=cat), inlined: this runs for every buffer of a fresh scan
-            d = b.__dict__.copy()
-            d["category"] = cat
-            b = new(type(b))
-            set_dict(b, "__dict__", d)
+            b = with_category(b, cat)
             changed = True
         keep(b)
     return replace(snap, buffers=tuple(bufs)) if changed else snap
