@@ -154,3 +154,24 @@ def test_fast_factory_instances_are_plain_instances():
     b = Buffer(*args)
     c = with_category(b, "gl")
     assert type(c) is Buffer and c == dataclasses.replace(b, category="gl") and b.category is None
+
+
+def test_in_order_is_order_key_order():
+    """The C-sorted path gives order_key's order wherever it is taken, and falls back where
+    it cannot be sure (anonymous dma-bufs, a shared inode, a kind outside KINDS)."""
+    from memtrack.build import _in_order, _shared_ids, order_key
+    rnd = random.Random(7)
+    cases = [
+        [("memfd", "00:01", i) for i in rnd.sample(range(10 ** 6), 50)],
+        [(k, fs, rnd.randrange(10 ** 6)) for k, fs in
+         [("sysv", "sysv"), ("memfd", "00:01"), ("dmabuf", "dmabuf"), ("shm", "00:19"),
+          ("shmem", "00:05"), ("ashmem", "00:1a")] * 20],
+        [("memfd", "00:01", 5), ("memfd", "00:02", 5), ("shm", "00:19", 1)],      # shared
+        [("dmabuf", "dmabuf", 9), ("dmabuf", "anon", (3, 4)), ("memfd", "00:01", 2)],
+        [("zzz", "00:01", 3), ("memfd", "00:01", 9), ("zzz", "00:01", 1)],
+        [("shmem", None, 4), ("shm", "00:19", 4), ("shmem", None, 2)],
+        [],
+    ]
+    for keys in cases:
+        accs = dict.fromkeys(keys)
+        assert _in_order(accs, _shared_ids(accs)) == sorted(accs, key=order_key), keys

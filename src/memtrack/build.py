@@ -14,6 +14,7 @@ rules the plain way; test_build.py checks both agree.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from operator import itemgetter
 from typing import Dict, List, Optional
@@ -75,6 +76,26 @@ def order_key(k) -> tuple:
     if fs == "anon":
         return (_KIND_ORDER[kind], 1, 0, "", inode)
     return (_KIND_ORDER.get(kind, 99), 0, inode, fs or "", ())
+
+
+def _in_order(accs, shared) -> list:
+    """The identities sorted by order_key, without calling it per buffer where that can be
+    told in C: sorted by (kind, inode), then the kinds' runs put in KINDS order. That is
+    order_key's order when no inode is shared by two filesystems (the tie order_key breaks
+    by fs), none is an anonymous dma-buf's (pid, fd) and every kind is known."""
+    if not shared:
+        try:
+            keys = sorted(accs, key=_KIND_INODE)
+        except TypeError:               # (pid, fd) of an anonymous dma-buf beside inodes
+            keys = None
+        if keys is not None:
+            bounds = [(bisect_left(keys, (kind,)), bisect_left(keys, (kind + "\0",)))
+                      for kind in KINDS]
+            if sum(hi - lo for lo, hi in bounds) == len(keys):    # no kind outside KINDS
+                if any(hi - lo == len(keys) for lo, hi in bounds):
+                    return keys                                     # one kind
+                return [k for lo, hi in bounds for k in keys[lo:hi]]
+    return sorted(accs, key=order_key)
 
 
 def _shared_ids(accs) -> set:
@@ -193,7 +214,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     add_buffer = buffers.append
     ones = _Ones()
     refs_by_pid: Dict[int, list] = defaultdict(list)
-    for k in sorted(accs, key=order_key):
+    for k in _in_order(accs, shared):
         kind, fs, inode = k
         a = accs[k]
         if fs == "anon":
