@@ -161,3 +161,76 @@ def test_zombie_as_root_is_not_a_holder_and_not_skipped():
     ours = [b for b in snap.buffers if b.name == "zombie parent"]
     assert ours and ours[0].holders == (os.getpid(),) and me.rss >= 12288
     assert r.returncode == 0 and "holds no shared buffers" in r.stdout
+
+
+KCMP_CHECK = r"""
+import errno, json, os, sys
+from memtrack._libbpf import kcmp_gate
+gate = kcmp_gate()
+out = {"gate": gate is not None, "both": 0, "denied": 0, "fast_denied": 0, "wrong": []}
+for n in os.listdir("/proc"):
+    if not n.isdigit():
+        continue
+    pid = int(n)
+    try:
+        os.readlink("/proc/%d/exe" % pid)
+        denied = False
+    except OSError as exc:
+        denied = exc.errno in (errno.EACCES, errno.EPERM)
+    if gate is None:
+        continue
+    fast = gate(pid)
+    out["both"] += 1
+    out["denied"] += denied
+    out["fast_denied"] += not fast
+    if fast and denied:
+        out["wrong"].append(pid)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("who", ["root", "nobody"])
+def test_kcmp_gate_never_passes_what_proc_denies(who, nobody_pkg):
+    """The bpf backend's access check takes a kcmp(2) pass as /proc's: over every process,
+    as root and as an unprivileged user (who is denied root's processes), no process kcmp
+    lets through is one whose /proc/PID/exe link is refused, and every refusal is seen."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to compare both users")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                              stdin=subprocess.PIPE)          # a root process nobody may not read
+    try:
+        cmd = [sys.executable, "-c", KCMP_CHECK]
+        if who == "nobody":
+            cmd = DROP + cmd
+        env = dict(os.environ, PYTHONPATH=nobody_pkg)
+        got = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=nobody_pkg,
+                                        check=True, timeout=60).stdout)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    if not got["gate"]:
+        pytest.skip("kcmp cannot stand in for /proc's check here")
+    assert got["both"] > 10 and got["wrong"] == []
+    assert got["fast_denied"] >= got["denied"]
+    if who == "nobody":
+        assert got["denied"] >= 1
+
+
+def test_kcmp_gate_refused_where_the_checks_differ():
+    """No kcmp fast path where REALCREDS and FSCREDS could decide differently, or on a
+    machine whose kcmp number is not known."""
+    from memtrack._libbpf import _status_fields, kcmp_gate
+    st = _status_fields()
+    if kcmp_gate(st) is None:
+        pytest.skip("kcmp cannot stand in for /proc's check here")
+    assert kcmp_gate(st)(os.getpid()) is True
+    assert kcmp_gate(st)(2 ** 22 + 1) is False                       # no such pid
+    uid = st["Uid"].split()
+    assert kcmp_gate(dict(st, Uid=" ".join(uid[:3] + [str(int(uid[3]) + 1)]))) is None
+    gid = st["Gid"].split()
+    assert kcmp_gate(dict(st, Gid=" ".join(gid[:3] + [str(int(gid[3]) + 1)]))) is None
+    eff = int(st["CapEff"], 16)
+    spare = next(b for b in range(64) if not eff >> b & 1)
+    assert kcmp_gate(dict(st, CapPrm="%016x" % (eff | 1 << spare))) is None
+    assert kcmp_gate(st, machine="sparc64") is None
+    assert kcmp_gate({}) is None

@@ -237,6 +237,51 @@ def _status_fields() -> dict[str, str]:
     return out
 
 
+# kcmp(2) by (uname machine, pointer size): only where the number is certain, since a
+# wrong one would be some other system call; elsewhere the gate keeps to readlink
+_KCMP_NR = {("x86_64", 8): 312, ("aarch64", 8): 272, ("riscv64", 8): 272,
+            ("loongarch64", 8): 272, ("armv7l", 4): 378, ("armv8l", 4): 378,
+            ("aarch64", 4): 378}
+KCMP_VM = 1
+
+
+def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None):
+    """f(pid) -> True when the kernel's ptrace read check lets this process read pid, in one
+    system call with no path to walk (kcmp(2) KCMP_VM, about a third of a readlink of
+    /proc/PID/exe); False means "ask /proc" (denied, gone, or kcmp refused), never "denied".
+
+    kcmp checks ptrace_may_access(PTRACE_MODE_READ_REALCREDS) where /proc's links check
+    PTRACE_MODE_READ_FSCREDS. The two decide alike (the same uid/gid comparison, capability
+    and LSM hooks, which look only at READ) when this process's fs ids are its real ids and
+    its permitted capabilities its effective ones (commoncap compares the target's
+    permitted set with the caller's permitted set for REALCREDS, effective for FSCREDS).
+    None where that does not hold, the number is not known, or kcmp on itself fails
+    (seccomp, CONFIG_KCMP off)."""
+    try:
+        st = status if status is not None else _status_fields()
+        uid, gid = st["Uid"].split(), st["Gid"].split()
+        if uid[0] != uid[3] or gid[0] != gid[3] or st["CapEff"] != st["CapPrm"]:
+            return None
+    except (OSError, KeyError, IndexError):
+        return None
+    nr = _KCMP_NR.get((machine or os.uname().machine, ctypes.sizeof(ctypes.c_void_p)))
+    if nr is None:
+        return None
+    try:
+        syscall = ctypes.CDLL(None, use_errno=True).syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [ctypes.c_long] * 4
+    me = os.getpid()
+    if syscall(nr, me, me, KCMP_VM) != 0:
+        return None
+
+    def readable(pid: int) -> bool:
+        return syscall(nr, me, pid, KCMP_VM) >= 0
+    return readable
+
+
 PROC_PID_INIT_INO = 0xEFFFFFFC      # the initial pid namespace's inode number (fixed since 3.8)
 
 

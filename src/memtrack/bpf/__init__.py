@@ -27,7 +27,7 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .._libbpf import DRM_MAJOR, OBJECT, unavailable
+from .._libbpf import DRM_MAJOR, OBJECT, kcmp_gate, unavailable
 from .records import C_OK, CMD_REC
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
@@ -43,12 +43,22 @@ class BpfUnavailable(MemtrackError):
 _PID = itemgetter(0)                # FdRef.pid, MapRef.pid
 
 
+_fast = [False]                     # [kcmp_gate(), set up on first use]
+
+
 def _gate(pid: int) -> Optional[str]:
     """None if procfs would let this caller read the process, else "denied" or "vanished".
 
     The iterators see every process; /proc still applies its ptrace check (an LSM, a
     process out of this caller's reach...). Ask /proc with the check its fd links use
-    (proc_fd_access_allowed): a readlink of /proc/PID/exe, one syscall."""
+    (proc_fd_access_allowed): a readlink of /proc/PID/exe, one syscall. Where kcmp(2) makes
+    the same check (_libbpf.kcmp_gate), a pass there is taken without the path walk; any
+    other answer is asked of /proc."""
+    fast = _fast[0]
+    if fast is False:
+        fast = _fast[0] = kcmp_gate()
+    if fast is not None and fast(pid):
+        return None
     try:
         os.readlink("/proc/%d/exe" % pid)
     except OSError as exc:
