@@ -1070,3 +1070,31 @@ def test_the_early_loads_command_lists_name_every_command():
     from memtrack.cli import _commands
     assert _preload.COMMANDS == set(_commands())
     assert _preload.ONE_SHOT <= _preload.COMMANDS
+
+
+def test_proc_listing_is_made_by_the_walking_thread(monkeypatch):
+    """A whole walk's thread lists /proc once its walk is done (with task_cmd failing, still),
+    and the scan counts the processes it may not read from that listing: the same denied set
+    as procfs, with no listing made on the scan's own thread."""
+    import threading
+    s = scanner()
+    real_listdir = os.listdir
+    on = []
+
+    def listdir(path="."):
+        on.append((path, threading.current_thread() is threading.main_thread()))
+        return real_listdir(path)
+    monkeypatch.setattr(mbpf.os, "listdir", listdir)
+    snap = s.scan()
+    assert ("/proc", False) in on and ("/proc", True) not in on
+    assert set(snap.skipped.denied) == set(procfs_scan().skipped.denied)
+    real_read = s._obj.read
+
+    def read(name):
+        if name == "task_cmd":
+            raise OSError(5, "injected")
+        return real_read(name)
+    monkeypatch.setattr(s._obj, "read", read)
+    cmds, listing = s._after_walk(True)
+    assert cmds is None
+    assert str(os.getpid()) in listing and "self" in listing

@@ -70,16 +70,18 @@ def _gate(pid: int) -> Optional[str]:
     return None
 
 
-def _others_denied(exclude, want, gate=_gate) -> Tuple[tuple, tuple]:
+def _others_denied(exclude, want, gate=_gate, listing=None) -> Tuple[tuple, tuple]:
     """(denied, vanished) among the processes holding nothing: procfs counts every process
     it cannot read, so the bpf backend does too (and so shows nothing procfs would not, not
-    even that a process it may not read holds no buffers). The list is /proc's: the task
-    iterator is not asked, it may not list every process /proc does (in this project's
-    sandbox it skips pid 1)."""
+    even that a process it may not read holds no buffers). The list is /proc's (`listing`,
+    os.listdir("/proc") made during this scan, else listed here): the task iterator is not
+    asked, it may not list every process /proc does (in this project's sandbox it skips
+    pid 1)."""
     if want is not None:
         pids = sorted(want)
     else:
-        pids = [int(n) for n in os.listdir("/proc") if n.isdigit()]
+        pids = [int(n) for n in (listing if listing is not None else os.listdir("/proc"))
+                if n.isdigit()]
     denied, vanished = [], []
     for pid in pids:
         if pid in exclude:
@@ -386,8 +388,7 @@ class BpfScanner:
             # then reads every cmdline the kernel can copy (task_cmd): the walk ends well
             # before the parse of the files, so they come for free
             cmd = self._obj.has("task_cmd") and not self._cmdlines
-            return _Pending(lambda: self._obj.read("task_vma"),
-                            (lambda: self._obj.read("task_cmd")) if cmd else None)
+            return _Pending(lambda: self._obj.read("task_vma"), lambda: self._after_walk(cmd))
         prev, k, gen = self._tasks, self.verify_every, self._gates.gen
         parts: Dict[int, bytes] = {}
         walked = set()
@@ -452,6 +453,22 @@ class BpfScanner:
                     parts[tgid] = data
         self._sums, self._file_parts = sums, parts
         return parts
+
+    def _after_walk(self, cmd: bool) -> tuple:
+        """What the walking thread reads once the walk is done, while the files are parsed:
+        (task_cmd's records, or None if not asked or failed; /proc's listing, or None).
+        Listing /proc is 1-3 ms of kernel time the first time a process does it."""
+        cmds = listing = None
+        if cmd:
+            try:
+                cmds = self._obj.read("task_cmd")
+            except Exception:
+                cmds = None
+        try:
+            listing = os.listdir("/proc")
+        except OSError:
+            listing = None
+        return cmds, listing
 
     def _read(self) -> tuple:
         """Everything a scan reads that can change between scans, raw. For a reused scanner
@@ -561,7 +578,7 @@ class BpfScanner:
         links = _Links()
         parse_files(files, tasks, fds, drm, want, links)
         parse_vmas(_resolved(vmas), tasks, maps, pfnmap, want, links)
-        cmds = vmas.extra if isinstance(vmas, _Pending) else None
+        cmds, listing = (vmas.extra or (None, None)) if isinstance(vmas, _Pending) else (None, None)
         cmds = {rec[0]: rec for rec in CMD_REC.iter_unpack(cmds)} if cmds else None
         self._links = links.by_pid if self.reuse else {}
         self.drm_fds = drm
@@ -572,7 +589,7 @@ class BpfScanner:
         has_refs.update(map(_PID, maps))
         holders = sorted(has_refs | drm_pids)
         self._gated = holders
-        self._others = _others_denied(set(holders), want, gate)
+        self._others = _others_denied(set(holders), want, gate, listing)
         obs.denied.extend(self._others[0])
         obs.vanished.extend(self._others[1])
         cache = self._cmdlines
