@@ -116,17 +116,17 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     accs: Dict[tuple, list] = {}
     get = accs.get
     for r in obs.fds:
-        pid, fd, kind, fs, inode, size, name, exporter, count, size_from = r
-        if kind == "dmabuf":
-            k = ("dmabuf", "dmabuf", inode) if inode is not None else ("dmabuf", "anon", (pid, fd))
-        else:
-            if fs is None and resolved:
-                fs = resolved.get((kind, inode))
-            k = (kind, fs, inode)
+        k = r[2:5]                     # (kind, fs, inode), a plain tuple
+        if k[0] == "dmabuf":
+            inode = k[2]
+            k = ("dmabuf", "dmabuf", inode) if inode is not None else ("dmabuf", "anon", (r[0], r[1]))
+        elif k[1] is None and resolved:
+            k = (k[0], resolved.get((k[0], k[2])), k[2])
         a = get(k)
         if a is None:
             accs[k] = r
             continue
+        pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from = r
         if a.__class__ is not list:
             a = accs[k] = _open(k, a)
         if a[SIZE] is None and size is not None:

@@ -177,17 +177,19 @@ class _Pending:
 
     Between two read()s the walking thread needs the GIL back; at the default switch
     interval (5 ms) a busy parser would keep it waiting that long each time, so the
-    interval is short (0.2 ms) until get() (or restore())."""
+    interval is short (0.2 ms) until the thread is done (or restore())."""
 
     SWITCH = 0.0002
 
     def __init__(self, fn, extra=None):
         """fn() gives the bytes; extra(), if given, runs after it in the same thread, for
-        what its reader can do without: its result (None where it failed) is .extra once
-        get() or wait() returned."""
+        what its reader can do without and needs later: get() returns as soon as fn() has,
+        extras() waits for extra()'s result (None where it failed)."""
         import threading
-        self._value = self._error = self.extra = None
+        self._value = self._error = self._extra = None
         self._fast = True
+        self._has_extra = extra is not None
+        self._ready = threading.Event()
         _fast_switch(True)
         self._thread = threading.Thread(target=self._run, args=(fn, extra), daemon=True)
         self._thread.start()
@@ -198,28 +200,40 @@ class _Pending:
         except Exception as exc:         # raised by get(), in the caller's thread
             self._error = exc
             return
+        finally:
+            self._ready.set()
         if extra is not None:
             try:
-                self.extra = extra()
+                self._extra = extra()
             except Exception:
-                self.extra = None
+                self._extra = None
 
     def restore(self) -> None:
-        """The switch interval as it was (get() does it; so must whoever drops this)."""
+        """The switch interval as it was (wait() and extras() do it; so must whoever drops
+        this)."""
         if self._fast:
             self._fast = False
             _fast_switch(False)
 
     def wait(self) -> None:
-        """Let the walk finish (its result or error dropped), the switch interval restored."""
+        """Let the thread finish (its results or error dropped), the switch interval restored."""
         self._thread.join()
         self.restore()
 
     def get(self) -> bytes:
-        self.wait()
+        """fn()'s bytes, once it returned (the thread may still run extra())."""
+        if self._has_extra:
+            self._ready.wait()
+        else:
+            self.wait()
         if self._error is not None:
             raise BpfUnavailable(f"reading the BPF iterators failed: {self._error}") from None
         return self._value
+
+    def extras(self):
+        """extra()'s result once the thread is done, or None."""
+        self.wait()
+        return self._extra
 
 
 class _Links:
@@ -578,7 +592,7 @@ class BpfScanner:
         links = _Links()
         parse_files(files, tasks, fds, drm, want, links)
         parse_vmas(_resolved(vmas), tasks, maps, pfnmap, want, links)
-        cmds, listing = (vmas.extra or (None, None)) if isinstance(vmas, _Pending) else (None, None)
+        cmds, listing = (vmas.extras() or (None, None)) if isinstance(vmas, _Pending) else (None, None)
         cmds = {rec[0]: rec for rec in CMD_REC.iter_unpack(cmds)} if cmds else None
         self._links = links.by_pid if self.reuse else {}
         self.drm_fds = drm
