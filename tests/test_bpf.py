@@ -1098,3 +1098,28 @@ def test_proc_listing_is_made_by_the_walking_thread(monkeypatch):
     cmds, listing = s._after_walk(True)
     assert cmds is None
     assert str(os.getpid()) in listing and "self" in listing
+
+
+@pytest.mark.parametrize("how", ["map", "outgrown", "no map"])
+def test_big_reads_give_the_same_records(how, scenario, monkeypatch):
+    """A one-shot scanner reads its two big walks into a huge-page map: the records are the
+    bytes a plain read gives, and the scan is the same, also when the output outgrows the
+    map (the rest read as usual) or no map can be made."""
+    from memtrack import _libbpf
+    s = scanner()
+    if how == "outgrown":
+        monkeypatch.setattr(_libbpf, "BIG_READ", 1000)         # 7 records and a part
+    elif how == "no map":
+        def refuse(*a, **k):
+            raise OSError(12, "Cannot allocate memory")
+        monkeypatch.setattr(_libbpf.mmap, "mmap", refuse)
+    plain = s._obj.read("task_file")
+    big = s._obj.read("task_file", big=True)
+    assert type(big) is (memoryview if how == "map" else bytes)
+    assert len(plain) > 1000
+    # the scenario's own records (other processes may change between the reads)
+    mine = lambda data: sorted(r for r in R.FD_REC.iter_unpack(data) if r[0] in scenario)
+    assert mine(big) == mine(plain) and mine(big)
+    if how == "map":
+        assert big.readonly
+    assert comparable(s.scan(pids=scenario), scenario) == comparable(procfs_scan(pids=scenario), scenario)

@@ -402,7 +402,8 @@ class BpfScanner:
             # then reads every cmdline the kernel can copy (task_cmd): the walk ends well
             # before the parse of the files, so they come for free
             cmd = self._obj.has("task_cmd") and not self._cmdlines
-            return _Pending(lambda: self._obj.read("task_vma"), lambda: self._after_walk(cmd))
+            big = not self.reuse            # a reused scanner keeps slices of it: bytes
+            return _Pending(lambda: self._obj.read("task_vma", big), lambda: self._after_walk(cmd))
         prev, k, gen = self._tasks, self.verify_every, self._gates.gen
         parts: Dict[int, bytes] = {}
         walked = set()
@@ -433,7 +434,7 @@ class BpfScanner:
         sums_read: that task_sum read, started earlier in a thread of its own (_read)."""
         from .records import FD_REC, SUM_REC
         if not self.reuse:
-            return self._obj.read("task_file")
+            return self._obj.read("task_file", big=True)
         if not self._per_pid:                   # a kernel before 6.1: whole walks only
             if sums_read is not None:
                 sums_read.wait()

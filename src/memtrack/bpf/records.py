@@ -122,7 +122,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
                 n = _str(name) if flags & R_NAMED else ""
                 at = i * step + FD_EXP
                 add(FdRef(tgid, fd, "dmabuf", "dmabuf", ino, size, n.strip() or n or None,
-                          _str(data[at:at + 32]).strip() or None, count, "fdinfo"))
+                          _str(bytes(data[at:at + 32])).strip() or None, count, "fdinfo"))
             continue
         else:
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
