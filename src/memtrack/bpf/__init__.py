@@ -12,8 +12,9 @@ against /proc's own access rule and counted as denied where procfs would be refu
 
 What still comes from /proc and /sys: /proc/PID/cmdline of the processes holding buffers
 where task_cmd could not copy it (Linux < 5.18, longer than 232 bytes, overwritten past
-argv) and in refreshes (cached per process start time by a reused scanner), a readlink of
-/proc/PID/exe per holder (the access check), /proc/sysvipc/shm (the SysV table),
+argv) and in refreshes (cached per process start time by a reused scanner), the access
+check per holder (a kcmp(2) where it decides as /proc does, else a readlink of
+/proc/PID/exe), the /proc listing (the processes it may not read), /proc/sysvipc/shm (the SysV table),
 smaps with --smaps, the fdinfo of the DRM fds the iterator found, a readlink for files with
 a real path (a /dev/shm file), and the dma-buf table from debugfs/sysfs on kernels before
 6.16 (no iter/dmabuf). Ashmem fds (Android's misc device) are not reported.
