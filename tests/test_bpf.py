@@ -241,6 +241,15 @@ def scenario():
         p.wait()
 
 
+def failing_read(real, failing: str):
+    """BpfObject.read, but reading iterator `failing` raises EIO."""
+    def read(name, *args):
+        if name == failing:
+            raise OSError(5, "injected")
+        return real(name, *args)
+    return read
+
+
 def comparable(snap, pids):
     """The parts both backends must agree on, for these processes: buffers, refs, sizes,
     accounting (the kernel-table source and notes legitimately differ)."""
@@ -1050,12 +1059,7 @@ def test_a_refresh_failing_beside_the_sums_read_leaves_no_thread(monkeypatch):
         s.scan()
         threads = threading.active_count()
         real = s._obj.read
-
-        def broken(name):
-            if name == "task_mm":
-                raise OSError(5, "injected")
-            return real(name)
-        monkeypatch.setattr(s._obj, "read", broken)
+        monkeypatch.setattr(s._obj, "read", failing_read(real, "task_mm"))
         with pytest.raises(mbpf.BpfUnavailable, match="injected"):
             s.scan()
         assert threading.active_count() == threads and sys.getswitchinterval() == before
@@ -1088,13 +1092,7 @@ def test_proc_listing_is_made_by_the_walking_thread(monkeypatch):
     snap = s.scan()
     assert ("/proc", False) in on and ("/proc", True) not in on
     assert set(snap.skipped.denied) == set(procfs_scan().skipped.denied)
-    real_read = s._obj.read
-
-    def read(name):
-        if name == "task_cmd":
-            raise OSError(5, "injected")
-        return real_read(name)
-    monkeypatch.setattr(s._obj, "read", read)
+    monkeypatch.setattr(s._obj, "read", failing_read(s._obj.read, "task_cmd"))
     cmds, listing = s._after_walk(True)
     assert cmds is None
     assert str(os.getpid()) in listing and "self" in listing
