@@ -1121,3 +1121,37 @@ def test_big_reads_give_the_same_records(how, scenario, monkeypatch):
     if how == "map":
         assert big.readonly
     assert comparable(s.scan(pids=scenario), scenario) == comparable(procfs_scan(pids=scenario), scenario)
+
+
+@pytest.mark.parametrize("gone", [False, True])
+def test_fds_merged_while_the_walk_goes_on(gone, scenario, monkeypatch):
+    """Where the VMA walk is still running when the files are parsed, a one-shot scan merges
+    the fds for build() meanwhile; build takes that work instead of doing it again, unless
+    the fds changed after it (a holder gone at its access check), when it merges afresh."""
+    import memtrack.build as B
+    s = scanner()
+    calls = []
+    real = B.accumulate_fds
+
+    def spy(*a, **kw):
+        calls.append(kw.get("whole", True))
+        return real(*a, **kw)
+    monkeypatch.setattr(B, "accumulate_fds", spy)
+    monkeypatch.setattr(mbpf._Pending, "ready", lambda self: False)
+    lost = max(scenario)
+    if gone:
+        real_gate = s._gates.__class__.__call__
+        monkeypatch.setattr(s._gates.__class__, "__call__",
+                            lambda self, pid: "vanished" if pid == lost else real_gate(self, pid))
+    snap = s.scan(pids=scenario)
+    assert calls == ([False, True] if gone else [False])
+    monkeypatch.setattr(mbpf._Pending, "ready", lambda self: True)     # the usual way
+    del calls[:]
+    plain = s.scan(pids=scenario)
+    assert calls == [True]
+    assert comparable(snap, scenario) == comparable(plain, scenario)
+    if gone:
+        assert lost in snap.skipped.vanished and lost not in {p.pid for p in snap.processes}
+        assert all(lost not in b.holders for b in snap.buffers)
+    else:
+        assert comparable(snap, scenario) == comparable(procfs_scan(pids=scenario), scenario)

@@ -109,19 +109,23 @@ def _shared_ids(accs) -> set:
     return {k for k, n in seen.items() if n > 1}
 
 
-def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kernel=None,
-          backend: str = "procfs", scope: str = "all", smaps: bool = False,
-          extra_notes=()) -> Snapshot:
-    resolved = _resolver(obs)
+def accumulate_fds(fds, resolved=None, whole: bool = True) -> Optional[dict]:
+    """The first step of build(): the fd observations merged by buffer identity, for a
+    backend that has its fds before its mappings and time to spare while it waits
+    (Observations.fd_accs). whole=False: None if any fd lacks its device, which only the
+    mappings can resolve (_resolver)."""
     accs: Dict[tuple, list] = {}
     get = accs.get
-    for r in obs.fds:
+    for r in fds:
         k = r[2:5]                     # (kind, fs, inode), a plain tuple
         if k[0] == "dmabuf":
             inode = k[2]
             k = ("dmabuf", "dmabuf", inode) if inode is not None else ("dmabuf", "anon", (r[0], r[1]))
-        elif k[1] is None and resolved:
-            k = (k[0], resolved.get((k[0], k[2])), k[2])
+        elif k[1] is None:
+            if not whole:
+                return None
+            if resolved:
+                k = (k[0], resolved.get((k[0], k[2])), k[2])
         a = get(k)
         if a is None:
             accs[k] = r
@@ -143,6 +147,18 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             fds[pid] = [fd]
         else:
             per.append(fd)
+    return accs
+
+
+def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kernel=None,
+          backend: str = "procfs", scope: str = "all", smaps: bool = False,
+          extra_notes=()) -> Snapshot:
+    pre, obs.fd_accs = getattr(obs, "fd_accs", None), None   # taken once: build adds to it
+    if pre is not None and pre[0] is obs.fds:
+        accs = pre[1]                  # made of these very fds, every device known
+    else:
+        accs = accumulate_fds(obs.fds, _resolver(obs))
+    get = accs.get
     vma_key = {}
     for pid, start, end, offset, kind, fs, inode, name, _size in obs.maps:
         if kind == "dmabuf" or kind == "sysv":

@@ -92,3 +92,6 @@ class Observations:
         self.dmabuf_total: Optional[int] = None
         self.dmabuf_count: Optional[int] = None
         self.sysv_source: Optional[str] = None
+        # (fds, build.accumulate_fds(fds)) made while the backend waited: build() takes it
+        # if fds is still this object's fds list
+        self.fd_accs: Optional[tuple] = None

@@ -180,7 +180,7 @@ class _Pending:
     interval (5 ms) a busy parser would keep it waiting that long each time, so the
     interval is short (0.2 ms) until the thread is done (or restore())."""
 
-    SWITCH = 0.0002
+    SWITCH = 0.00005
 
     def __init__(self, fn, extra=None):
         """fn() gives the bytes; extra(), if given, runs after it in the same thread, for
@@ -230,6 +230,10 @@ class _Pending:
         if self._error is not None:
             raise BpfUnavailable(f"reading the BPF iterators failed: {self._error}") from None
         return self._value
+
+    def ready(self) -> bool:
+        """Whether get() would return without waiting."""
+        return self._ready.is_set()
 
     def extras(self):
         """extra()'s result once the thread is done, or None."""
@@ -593,6 +597,13 @@ class BpfScanner:
         pfnmap: set = set()
         links = _Links()
         parse_files(files, tasks, fds, drm, want, links)
+        if isinstance(vmas, _Pending) and not vmas.ready() and not self.reuse:
+            # the walk is still going (processes with many mappings): merge the fds for
+            # build() meanwhile, rather than wait
+            from ..build import accumulate_fds
+            pre = accumulate_fds(fds, whole=False)
+            if pre is not None:
+                obs.fd_accs = (fds, pre)
         parse_vmas(_resolved(vmas), tasks, maps, pfnmap, want, links)
         cmds, listing = (vmas.extras() or (None, None)) if isinstance(vmas, _Pending) else (None, None)
         cmds = {rec[0]: rec for rec in CMD_REC.iter_unpack(cmds)} if cmds else None
