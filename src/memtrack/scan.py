@@ -378,7 +378,9 @@ def scan(src, pids: Optional[Iterable[int]] = None, smaps: bool = False):
     taken_at = src.taken_at()
     with no_gc():
         obs = collect(src, pids, smaps)
-        return _finish(src, obs, taken_at, pids, smaps, build)
+        snap = _finish(src, obs, taken_at, pids, smaps, build)
+        keep_to_exit(obs)              # a one-shot command's: left to the exit, not freed
+        return snap
 
 
 class no_gc:
@@ -394,6 +396,7 @@ class no_gc:
 
     held = False
     to_exit = False     # the process ends with its command: see keep_to_exit()
+    one_shot = False    # ... and the command scans once, prints and ends (get_snapshot)
 
     def __enter__(self):
         self.was = gc.isenabled()
@@ -426,13 +429,15 @@ _kept: Optional[list] = None
 
 
 def keep_to_exit(obj) -> None:
-    """In a process that exits when its command ends (cli.console: the memtrack command, not
-    a caller of cli.main), never free obj: tens of thousands of objects freed one by one at
-    the end cost 5-10 ms for nothing, the process is about to go. obj joins a list that
-    holds itself, frozen: when the interpreter clears the modules at exit the list is an
+    """In a process that exits when its one-shot command ends (cli.console: the memtrack
+    command, not a caller of cli.main; get_snapshot: a command that scans once, not top,
+    serve or record), never free obj: tens of thousands of objects freed one by one cost
+    5-10 ms for nothing, the process is about to go. Its snapshot, and what its scan made
+    on the way (the parse's records, the builder's merge). obj joins a list that holds
+    itself, frozen: when the interpreter clears the modules at exit the list is an
     unreachable cycle, and the collector leaves the frozen ones alone. Elsewhere a no-op."""
     global _kept
-    if not no_gc.to_exit or not hasattr(gc, "freeze"):
+    if not (no_gc.to_exit and no_gc.one_shot) or not hasattr(gc, "freeze"):
         return
     if _kept is None:
         _kept = [None]

@@ -680,7 +680,7 @@ class BpfScanner:
                 pending.restore()
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
-        from ..scan import host_info, no_gc
+        from ..scan import host_info, keep_to_exit, no_gc
         from ..sources.live import LiveSource
         hostname, kernel = host_info(LiveSource())
         want = None if pids is None else frozenset(pids)
@@ -715,6 +715,8 @@ class BpfScanner:
                 if got is None:
                     got = self._scan_whole(raw, pids, want, smaps, meta)
             snap, obs = got
+            if not self.reuse:
+                keep_to_exit(obs)           # a one-shot command's: left to the exit, not freed
             raw = (raw[0], _resolved(raw[1])) + raw[2:]
             # DRM clients' fdinfo (engine time, resident memory) moves without the records
             # moving: a scan that read any is never reused

@@ -132,6 +132,7 @@ def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     not the scan: pss needs every holder. on_source(src) is called with the open source (or
     the saved Snapshot) before it is scanned, to ask it what the snapshot cannot tell."""
     from ..scan import hold_frozen, keep_to_exit, no_gc
+    no_gc.one_shot = True
     with no_gc():
         snap = load_snapshot(args, pids_for_scan, on_source)
     # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
