@@ -1155,3 +1155,21 @@ def test_fds_merged_while_the_walk_goes_on(gone, scenario, monkeypatch):
         assert all(lost not in b.holders for b in snap.buffers)
     else:
         assert comparable(snap, scenario) == comparable(procfs_scan(pids=scenario), scenario)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_no_read_outlives_its_scan(reuse, scenario, monkeypatch):
+    """The walking thread (and the reads it runs after the walk) has ended when scan()
+    returns: close() frees the links its reads use. Also for a reused scanner on a kernel
+    whose task records carry no mm sequence, which walks every process each refresh."""
+    import threading
+    scanner()
+    with mbpf.BpfScanner(reuse=reuse) as s:
+        if reuse:
+            real = s._read_tasks
+            monkeypatch.setattr(s, "_read_tasks",
+                                lambda: {p: (t[0], None) + t[2:] for p, t in real().items()})
+        base = threading.active_count()
+        for _ in range(5):
+            s.scan(pids=scenario)
+            assert threading.active_count() == base

@@ -408,7 +408,10 @@ class BpfScanner:
             # before the parse of the files, so they come for free
             cmd = self._obj.has("task_cmd") and not self._cmdlines
             big = not self.reuse            # a reused scanner keeps slices of it: bytes
-            return _Pending(lambda: self._obj.read("task_vma", big), lambda: self._after_walk(cmd))
+            # the extras serve a whole scan (a one-shot's, a first one): a reused scanner's
+            # refresh on a kernel that walks every process each time has no use for them
+            extra = (lambda: self._after_walk(cmd)) if cmd or not self.reuse else None
+            return _Pending(lambda: self._obj.read("task_vma", big), extra)
         prev, k, gen = self._tasks, self.verify_every, self._gates.gen
         parts: Dict[int, bytes] = {}
         walked = set()
@@ -677,7 +680,7 @@ class BpfScanner:
             return self._scan(raw, pids, smaps, reason, taken_at)
         finally:
             if pending is not None:
-                pending.restore()
+                pending.wait()              # no read may outlive the scan (close() frees links)
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
         from ..scan import host_info, keep_to_exit, no_gc
