@@ -175,3 +175,24 @@ def test_in_order_is_order_key_order():
     for keys in cases:
         accs = dict.fromkeys(keys)
         assert _in_order(accs, _shared_ids(accs)) == sorted(accs, key=order_key), keys
+
+
+def test_slotted_model_reads_the_states_older_pickles_hold():
+    """A Buffer or Ref pickled before they had slots carries a dict of its fields: it loads
+    as the same value; a state that does not name exactly the fields is refused."""
+    import dataclasses
+
+    from memtrack.model import Buffer, Ref
+    b = Buffer("memfd:1", "memfd", 1, size=10)
+    d = dataclasses.asdict(b)
+    for state in (d, (d, None), (None, d), list(d.values())):
+        got = Buffer.__new__(Buffer)
+        got.__setstate__(state)
+        assert got == b
+    for bad in (dict(d, extra=1), {"id": "x"}, list(d.values())[:3]):
+        with pytest.raises(TypeError):
+            Buffer.__new__(Buffer).__setstate__(bad)
+    r = Ref("memfd:1", (3,))
+    got = Ref.__new__(Ref)
+    got.__setstate__(dataclasses.asdict(r))
+    assert got == r

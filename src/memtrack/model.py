@@ -45,8 +45,19 @@ def _getstate(self):
 
 
 def _setstate(self, state):
-    for f, value in zip(fields(self), state):
-        object.__setattr__(self, f.name, value)
+    names = [f.name for f in fields(self)]
+    if (isinstance(state, tuple) and len(state) == 2 and len(names) != 2
+            and all(part is None or isinstance(part, dict) for part in state)):
+        state = {**(state[0] or {}), **(state[1] or {})}    # (dict, slots): the default shape
+    if isinstance(state, dict):         # pickled before Buffer and Ref had slots
+        if set(state) != set(names):
+            raise TypeError(f"cannot unpickle {type(self).__name__}: fields {sorted(state)}")
+        state = [state[n] for n in names]
+    if len(state) != len(names):
+        raise TypeError(f"cannot unpickle {type(self).__name__}: {len(state)} values for "
+                        f"{len(names)} fields")
+    for name, value in zip(names, state):
+        object.__setattr__(self, name, value)
 
 
 @_slotted
