@@ -234,3 +234,65 @@ def test_kcmp_gate_refused_where_the_checks_differ():
     assert kcmp_gate(dict(st, CapPrm="%016x" % (eff | 1 << spare))) is None
     assert kcmp_gate(st, machine="sparc64") is None
     assert kcmp_gate({}) is None
+
+
+CAPDROP = r"""
+import ctypes, json, subprocess, sys
+from memtrack import bpf as mbpf
+from memtrack._libbpf import kcmp_gate
+libc = ctypes.CDLL(None, use_errno=True)
+class Hdr(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
+child = subprocess.Popen([sys.executable, "-c", "import os, sys; f = os.memfd_create('capdrop'); sys.stdin.read()"],
+                         stdin=subprocess.PIPE)
+import time; time.sleep(0.3)
+scanner = None if mbpf.unavailable() else mbpf.BpfScanner(reuse=True)
+out = {"before": mbpf._gate(child.pid), "gate_before": kcmp_gate() is not None}
+if scanner is not None:
+    out["scan_before"] = child.pid in scanner.scan(pids=[child.pid]).skipped.denied
+h = Hdr(0x20080522, 0)
+d = (Data * 2)()
+assert libc.capget(ctypes.byref(h), d) == 0
+for c in (19, 1, 2):        # CAP_SYS_PTRACE, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: effective only
+    d[0].eff &= ~(1 << c)
+assert libc.capset(ctypes.byref(h), d) == 0
+out.update(after=mbpf._gate(child.pid), gate_after=kcmp_gate() is not None)
+if scanner is not None:
+    out["scan_after"] = child.pid in scanner.scan(pids=[child.pid]).skipped.denied
+child.stdin.close(); child.wait()
+print(json.dumps(out))
+"""
+
+
+def test_kcmp_gate_follows_the_callers_credentials_as_they_change():
+    """kcmp stands in for /proc's check only on the credentials of the moment: a process
+    that lowers its effective capabilities (keeping them permitted) is refused by /proc,
+    and the gate, and a scan by a scanner loaded before the change, say so too."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from livehelpers import SRC
+    got = json.loads(subprocess.run([sys.executable, "-c", CAPDROP], capture_output=True, text=True,
+                                    env=dict(os.environ, PYTHONPATH=SRC), check=True,
+                                    timeout=60).stdout)
+    assert got["before"] is None and got["after"] == "denied"
+    assert got["gate_after"] is False
+    if "scan_before" in got:
+        assert got["scan_before"] is False and got["scan_after"] is True
+
+
+def test_no_kcmp_where_a_labelling_lsm_could_refuse_the_link():
+    """/proc's link goes through the LSMs' inode hooks, kcmp does not: no kcmp under SELinux,
+    Smack or TOMOYO, or for a process confined by a label; none where nothing can be told."""
+    from memtrack._libbpf import kcmp_gate, mac_problem
+    assert not mac_problem("capability,yama,landlock,bpf", None, False)
+    assert not mac_problem("lockdown,capability,landlock,yama,apparmor,bpf", "unconfined\n", False)
+    assert mac_problem("lockdown,capability,landlock,yama,apparmor,bpf", "snap.foo (enforce)\n", False)
+    assert mac_problem("capability,selinux,bpf", "unconfined_u:unconfined_r:unconfined_t:s0", False)
+    assert mac_problem("capability,smack", None, False)
+    assert mac_problem("capability,tomoyo", None, False)
+    assert not mac_problem(None, None, False)            # securityfs unread, no label: none
+    assert mac_problem(None, None, True)                 # selinuxfs mounted
+    assert mac_problem(None, "system_u:system_r:init_t:s0", False)
+    assert kcmp_gate(mac="capability,selinux") is None

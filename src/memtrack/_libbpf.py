@@ -281,18 +281,31 @@ _KCMP_NR = {("x86_64", 8): 312, ("aarch64", 8): 272, ("riscv64", 8): 272,
 KCMP_VM = 1
 
 
-def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None):
+def own_creds(status: dict[str, str] | None = None) -> tuple:
+    """What of this process's credentials /proc's access check looks at: ids, capabilities."""
+    try:
+        st = status if status is not None else _status_fields()
+    except OSError:
+        return ()
+    return tuple(st.get(k) for k in ("Uid", "Gid", "Groups", "CapEff", "CapPrm"))
+
+
+def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None,
+              mac: str | None = "read"):
     """f(pid) -> True when the kernel's ptrace read check lets this process read pid, in one
     system call with no path to walk (kcmp(2) KCMP_VM, about a third of a readlink of
     /proc/PID/exe); False means "ask /proc" (denied, gone, or kcmp refused), never "denied".
+    Made again for every scan: what it rests on is this process's credentials now.
 
     kcmp checks ptrace_may_access(PTRACE_MODE_READ_REALCREDS) where /proc's links check
     PTRACE_MODE_READ_FSCREDS. The two decide alike (the same uid/gid comparison, capability
-    and LSM hooks, which look only at READ) when this process's fs ids are its real ids and
-    its permitted capabilities its effective ones (commoncap compares the target's
+    and LSM ptrace hooks, which look only at READ) when this process's fs ids are its real
+    ids and its permitted capabilities its effective ones (commoncap compares the target's
     permitted set with the caller's permitted set for REALCREDS, effective for FSCREDS).
-    None where that does not hold, the number is not known, or kcmp on itself fails
-    (seccomp, CONFIG_KCMP off)."""
+    /proc also asks the LSMs' inode hooks on the way to the link, which kcmp does not: no
+    kcmp where a labelling LSM could refuse there (mac_problem; mac: what it is told, or
+    "read" to look). None where any of this does not hold, the number is not known, or kcmp
+    on itself fails (seccomp, CONFIG_KCMP off)."""
     try:
         st = status if status is not None else _status_fields()
         uid, gid = st["Uid"].split(), st["Gid"].split()
@@ -300,15 +313,12 @@ def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None):
             return None
     except (OSError, KeyError, IndexError):
         return None
-    nr = _KCMP_NR.get((machine or os.uname().machine, ctypes.sizeof(ctypes.c_void_p)))
-    if nr is None:
+    if mac_problem(*(_mac_facts() if mac == "read" else (mac, None, False))):
         return None
-    try:
-        syscall = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
+    got = _kcmp_call(machine)
+    if got is None:
         return None
-    syscall.restype = ctypes.c_long
-    syscall.argtypes = [ctypes.c_long] * 4
+    syscall, nr = got
     me = os.getpid()
     if syscall(nr, me, me, KCMP_VM) != 0:
         return None
@@ -316,6 +326,62 @@ def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None):
     def readable(pid: int) -> bool:
         return syscall(nr, me, pid, KCMP_VM) >= 0
     return readable
+
+
+_kcmp_cache: dict = {}
+
+
+def _kcmp_call(machine: str | None = None):
+    """(libc's syscall, kcmp's number) for this machine, or None; set up once."""
+    key = (machine or os.uname().machine, ctypes.sizeof(ctypes.c_void_p))
+    if key not in _kcmp_cache:
+        nr = _KCMP_NR.get(key)
+        got = None
+        if nr is not None:
+            try:
+                syscall = ctypes.CDLL(None, use_errno=True).syscall
+                syscall.restype = ctypes.c_long
+                syscall.argtypes = [ctypes.c_long] * 4
+                got = (syscall, nr)
+            except (OSError, AttributeError):
+                got = None
+        _kcmp_cache[key] = got
+    return _kcmp_cache[key]
+
+
+# LSMs whose inode hooks can refuse /proc/PID/exe to a process its ptrace check lets through
+_INODE_MACS = ("selinux", "smack", "tomoyo")
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _mac_facts():
+    """(the active LSMs, comma-separated, or None where securityfs cannot be read; this
+    process's label, or None where no LSM gives one; whether selinuxfs is there)."""
+    label = _read_text("/proc/self/attr/apparmor/current")
+    if label is None:
+        label = _read_text("/proc/self/attr/current")
+    return (_read_text("/sys/kernel/security/lsm"), label, os.path.isdir("/sys/fs/selinux"))
+
+
+def mac_problem(lsms: str | None, label: str | None, selinuxfs: bool) -> bool:
+    """True where a mandatory access control module could refuse this process a /proc link
+    that the ptrace check allows: SELinux, Smack or TOMOYO active, or this process confined
+    by a label (AppArmor's profiles mediate paths). Unknown counts as a problem, except
+    that a kernel with no labelling LSM answers the label read with an error."""
+    unconfined = label is None or label.strip("\0\n ") in ("", "unconfined")
+    if lsms is not None:
+        names = {n.strip() for n in lsms.split(",")}
+        return bool(names & set(_INODE_MACS)) or not unconfined
+    return selinuxfs or not unconfined
+
+
 
 
 PROC_PID_INIT_INO = 0xEFFFFFFC      # the initial pid namespace's inode number (fixed since 3.8)

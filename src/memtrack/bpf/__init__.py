@@ -28,7 +28,7 @@ import os
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .._libbpf import DRM_MAJOR, OBJECT, kcmp_gate, unavailable
+from .._libbpf import DRM_MAJOR, OBJECT, _status_fields, kcmp_gate, own_creds, unavailable
 from .records import C_OK, CMD_REC
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
@@ -44,7 +44,7 @@ class BpfUnavailable(MemtrackError):
 _PID = itemgetter(0)                # FdRef.pid, MapRef.pid
 
 
-_fast = [False]                     # [kcmp_gate(), set up on first use]
+_fast = [False]                     # [kcmp_gate()] during a scan (BpfScanner.scan), else False
 
 
 def _gate(pid: int) -> Optional[str]:
@@ -56,8 +56,8 @@ def _gate(pid: int) -> Optional[str]:
     the same check (_libbpf.kcmp_gate), a pass there is taken without the path walk; any
     other answer is asked of /proc."""
     fast = _fast[0]
-    if fast is False:
-        fast = _fast[0] = kcmp_gate()
+    if fast is False:                   # outside a scan: on the credentials of this moment
+        fast = kcmp_gate()
     if fast is not None and fast(pid):
         return None
     try:
@@ -107,7 +107,15 @@ class _GateCache:
         self.every = max(0, int(every))
         self.memo: Dict[int, tuple] = {}
         self.ident: Dict[int, tuple] = {}
+        self.creds: tuple = ()
         self.gen = 0
+
+    def caller(self, creds: tuple) -> None:
+        """This process's credentials for the coming scan: every verdict was made on the
+        last ones, so a change (privileges dropped) forgets them all."""
+        if creds != self.creds:
+            self.memo.clear()
+            self.creds = creds
 
     def start(self, ident: Dict[int, tuple]) -> None:
         """A new scan: `ident` is pid -> (start_time, cred, mm) from iter/task."""
@@ -674,13 +682,23 @@ class BpfScanner:
         With smaps or DRM clients every scan is read and built whole."""
         from ..sources.base import now_iso
         taken_at = now_iso()
-        raw = self._read()
-        pending = raw[1] if isinstance(raw[1], _Pending) else None
+        # on this process's credentials as they are now; verdicts made on others are dropped
         try:
-            return self._scan(raw, pids, smaps, reason, taken_at)
+            status = _status_fields()
+        except OSError:
+            status = {}
+        _fast[0] = kcmp_gate(status)
+        self._gates.caller(own_creds(status))
+        try:
+            raw = self._read()
+            pending = raw[1] if isinstance(raw[1], _Pending) else None
+            try:
+                return self._scan(raw, pids, smaps, reason, taken_at)
+            finally:
+                if pending is not None:
+                    pending.wait()          # no read may outlive the scan (close() frees links)
         finally:
-            if pending is not None:
-                pending.wait()              # no read may outlive the scan (close() frees links)
+            _fast[0] = False
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
         from ..scan import host_info, keep_to_exit, no_gc
