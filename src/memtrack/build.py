@@ -158,7 +158,9 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     if pre is not None and pre[0] is obs.fds:
         accs = pre[1]                  # made of these very fds, every device known
     else:
-        accs = accumulate_fds(obs.fds, _resolver(obs))
+        accs = accumulate_fds(obs.fds, whole=False)
+        if accs is None:               # an fd came without its device: the maps may tell it
+            accs = accumulate_fds(obs.fds, _resolver(obs))
     get = accs.get
     vma_key = {}
     for pid, start, end, offset, kind, fs, inode, name, _size in obs.maps:
@@ -250,14 +252,17 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         size, size_from, exporter, name, count, kernel_count, dev, fds, vmas = a
         nfds = nmaps = 0
         if vmas is None:               # held by fds only
-            holders = tuple(sorted(fds))
+            holders = ones[next(iter(fds))] if len(fds) == 1 else tuple(sorted(fds))
             for pid in holders:
                 fdl = fds[pid]
                 nfds += len(fdl)
                 fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
                 refs_by_pid[pid].append(new_ref(bid, fdl, (), unmapped_rss))
         else:
-            holders = tuple(sorted(fds.keys() | vmas.keys()))
+            if len(vmas) == 1 and (not fds or (len(fds) == 1 and fds.keys() == vmas.keys())):
+                holders = ones[next(iter(vmas))]        # one process, by fd and mapping
+            else:
+                holders = tuple(sorted(fds.keys() | vmas.keys()))
             for pid in holders:
                 fdl = fds.get(pid, ())
                 vmal = vmas.get(pid, ())
