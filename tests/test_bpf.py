@@ -1174,3 +1174,28 @@ def test_no_read_outlives_its_scan(reuse, scenario, monkeypatch):
         for _ in range(5):
             s.scan(pids=scenario)
             assert threading.active_count() == base
+
+
+def test_name_lengths_from_the_kernel(scenario):
+    """The object writes each copied dentry name's length in flags bits 8-15; the parse cuts
+    names with it, and reads a record without it (0) the same way as one with it."""
+    s = scanner()
+    data = s._obj.read("task_file")
+    named = [r for r in R.FD_REC.iter_unpack(data)
+             if r[0] in scenario and r[5] & R.R_PSEUDO and not r[5] & (R.R_TASK | R.R_DMABUF)]
+    assert named
+    for r in named:
+        assert r[5] >> R.R_LEN_SHIFT & 0xFF == r[7].index(b"\0"), r
+    recs = [fd_rec(7, 3, 11, 4096, 1, R.R_PSEUDO | ln << R.R_LEN_SHIFT, 0, name, b"")
+            for name in (b"memfd:pool", b"memfd:", b"SYSV00001234", b"dev/zero")
+            for ln in (0, len(name))]
+    for without, with_len in zip(recs[::2], recs[1::2]):
+        got = []
+        for rec in (without, with_len):
+            fds: list = []
+            R.parse_files(rec, {}, fds, [], None, lambda p: None)
+            got.append(fds)
+        assert got[0] == got[1]
+    fds: list = []
+    R.parse_files(recs[1], {}, fds, [], None, lambda p: None)
+    assert fds[0].kind == "memfd" and fds[0].name == "pool"

@@ -46,6 +46,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define R_TRUNC    0x10   /* the name did not fit */
 #define R_NAMED    0x20   /* dma-buf with a name (DMA_BUF_SET_NAME) */
 #define R_PFNMAP   0x40
+#define R_LEN_SHIFT 8     /* bits 8-15: the length of a copied dentry name (0: not given) */
 
 #define NAME_LEN 64
 #define EXP_LEN  32
@@ -171,6 +172,7 @@ static __always_inline u32 file_name(struct file *file, char *name, char *exp, s
 	struct dentry *de = file->f_path.dentry;
 	struct inode *inode = file->f_inode;
 	u32 flags = 0;
+	long len;
 
 	if (inode->i_sb->s_magic == DMA_BUF_MAGIC) {
 		struct dma_buf *db = file->private_data;
@@ -189,7 +191,9 @@ static __always_inline u32 file_name(struct file *file, char *name, char *exp, s
 		return flags;
 	}
 	*size = inode->i_size;
-	bpf_probe_read_kernel_str(name, NAME_LEN, de->d_name.name);
+	len = bpf_probe_read_kernel_str(name, NAME_LEN, de->d_name.name);
+	if (len > 1)            /* the name's length, for userspace to cut it without a search */
+		flags |= (u32)(len - 1) << R_LEN_SHIFT;
 	return flags | dentry_flags(file);
 }
 

@@ -23,6 +23,7 @@ from ..readers.fd import classify
 from ..scan import BUFFER_PREFIXES
 
 R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 32, 64
+R_LEN_SHIFT = 8                                   # flags bits 8-15: a copied name's length, or 0
 
 FD_REC = struct.Struct("<IIQQIIq64s32s")          # struct fd_rec
 FD_HEAD = struct.Struct("<IIQQIIq64s32x")         # the same, exp skipped: only dma-bufs need it
@@ -103,10 +104,11 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
         if want is not None and tgid not in want:
             continue
         if flags & _PSEUDO_MASK == R_PSEUDO:
-            n = name.partition(b"\0")[0]
-            if n.startswith(b"memfd:"):    # pseudo(n), without the call
-                kind, bname = "memfd", n[6:].decode("utf-8", "surrogateescape")
+            ln = flags >> R_LEN_SHIFT & 0xFF
+            if ln and name.startswith(b"memfd:"):    # pseudo(n), without the call or the search
+                kind, bname = "memfd", name[6:ln].decode("utf-8", "surrogateescape")
             else:
+                n = name[:ln] if ln else name.partition(b"\0")[0]
                 kp = pseudo(n)
                 if kp is None:
                     continue
