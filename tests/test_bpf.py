@@ -1140,10 +1140,8 @@ def test_fds_merged_while_the_walk_goes_on(gone, scenario, monkeypatch):
     monkeypatch.setattr(mbpf._Pending, "ready", lambda self: False)
     lost = max(scenario)
     if gone:
-        monkeypatch.setattr(mbpf, "kcmp_gate", lambda *a, **kw: None)     # every check asks /proc
-        real_gate = s._gates.__class__.__call__
-        monkeypatch.setattr(s._gates.__class__, "__call__",
-                            lambda self, pid: "vanished" if pid == lost else real_gate(self, pid))
+        real_gate = mbpf._gate           # a one-shot scanner's access check
+        monkeypatch.setattr(mbpf, "_gate", lambda pid: "vanished" if pid == lost else real_gate(pid))
     snap = s.scan(pids=scenario)
     assert len(calls) == (2 if gone else 1)          # merged while waiting; again if it changed
     monkeypatch.setattr(mbpf._Pending, "ready", lambda self: True)     # the usual way

@@ -483,29 +483,21 @@ def field_names(cls) -> List[str]:
 
 
 def fast_factory(cls):
-    """A constructor taking every field positionally, for the builder's hot loop: a frozen
-    dataclass's __init__ pays one object.__setattr__ call per field. For a slotted class
-    (Buffer, Ref) this makes the instance as a private subclass whose __init__ stores each
-    slot directly, then turns it into cls (same layout); for any other class it fills the
-    new instance's __dict__. Generated code, as dataclasses itself makes __init__; both about
-    2.5x faster than __init__. The instances cannot be told from ones __init__ makes."""
+    """A constructor taking every field positionally, for the builder's hot loop, of a
+    slotted frozen dataclass (Buffer, Ref): their __init__ pays one object.__setattr__ call
+    per field. This makes the instance as a private subclass whose __init__ stores each slot
+    directly, then turns it into cls (same layout): generated code, as dataclasses itself
+    makes __init__, about 2.5x faster. The instances cannot be told from ones __init__ makes."""
+    assert "__slots__" in cls.__dict__, cls
     names = field_names(cls)
-    assert not {"_new", "_cls", "_o", "_d", "self"} & set(names)
-    args = ", ".join(names)
-    ns = {"_new": object.__new__, "_cls": cls}
-    if "__slots__" in cls.__dict__:
-        body = "".join(f"    self.{n} = {n}\n" for n in names)
-        exec(f"def __init__(self, {args}):\n{body}    self.__class__ = _cls\n", ns)
-        # both slots of tp_setattro plain, or every store goes through a lookup by name
-        make = type(f"_New{cls.__name__}", (cls,), {
-            "__slots__": (), "__init__": ns["__init__"], "__module__": cls.__module__,
-            "__setattr__": object.__setattr__, "__delattr__": object.__delattr__})
-        return make
-    body = "".join(f"    _d[{n!r}] = {n}\n" for n in names)
-    exec(f"def make({args}):\n    _o = _new(_cls)\n    _d = _o.__dict__\n{body}    return _o\n", ns)
-    make = ns["make"]
-    make.__qualname__ = make.__name__ = f"new_{cls.__name__.lower()}"
-    return make
+    assert not {"_cls", "self"} & set(names)
+    ns = {"_cls": cls}
+    body = "".join(f"    self.{n} = {n}\n" for n in names)
+    exec(f"def __init__(self, {', '.join(names)}):\n{body}    self.__class__ = _cls\n", ns)
+    # both slots of tp_setattro plain, or every store goes through a lookup by name
+    return type(f"_New{cls.__name__}", (cls,), {
+        "__slots__": (), "__init__": ns["__init__"], "__module__": cls.__module__,
+        "__setattr__": object.__setattr__, "__delattr__": object.__delattr__})
 
 
 def replacer(cls, name: str):

@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from .._libbpf import DRM_MAJOR, OBJECT, _status_fields, kcmp_gate, own_creds, unavailable
-from .records import C_OK, CMD_REC
+from .records import C_OK, CMD_REC, _readlink
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
 from ..readers.proc import parse_cmdline as _parse_cmdline
@@ -56,10 +56,8 @@ def _gate(pid: int) -> Optional[str]:
     (proc_fd_access_allowed): a readlink of /proc/PID/exe, one syscall. Where kcmp(2) makes
     the same check (_libbpf.kcmp_gate), a pass there is taken without the path walk; any
     other answer is asked of /proc."""
-    fast = _fast[0]
-    if fast is False:                   # outside a scan: on the credentials of this moment
-        fast = kcmp_gate()
-    if fast is not None and fast(pid):
+    fast = _fast[0]                     # False outside a scan: /proc is asked
+    if fast and fast(pid):
         return None
     try:
         os.readlink("/proc/%d/exe" % pid)
@@ -258,10 +256,14 @@ class _Links:
         self.by_pid: Dict[int, Dict[str, Optional[str]]] = {}
 
     def __call__(self, path: str) -> Optional[str]:
-        from .records import _readlink
         target = _readlink(path)
         self.by_pid.setdefault(int(path.split("/", 3)[2]), {})[path] = target
         return target
+
+
+def _proc_cmdline(pid: int) -> str:
+    """/proc/PID/cmdline as procfs reports it (OSError: gone)."""
+    return _parse_cmdline(_read_at("/proc/%d/cmdline" % pid, single=True))
 
 
 def _resolved(data):
@@ -574,7 +576,7 @@ class BpfScanner:
                 cmdline = _parse_cmdline(rec[5][:rec[3]])
         if cmdline is None:
             try:
-                cmdline = _parse_cmdline(_read_at("/proc/%d/cmdline" % pid, single=True))
+                cmdline = _proc_cmdline(pid)
             except OSError:
                 return None                 # gone since the iterator saw it, as procfs counts it
         if fresh is not None:
@@ -622,7 +624,7 @@ class BpfScanner:
         self._links = links.by_pid if self.reuse else {}
         self.drm_fds = drm
 
-        gate = self._gates
+        gate = self._gates if self.reuse else _gate     # a one-shot scanner keeps no verdicts
         drm_pids = {pid for pid, _fd, _rdev in drm}
         has_refs = set(map(_PID, fds))
         has_refs.update(map(_PID, maps))
@@ -635,10 +637,8 @@ class BpfScanner:
         fresh = {} if cache is not None else None
         gone = set()
         counters: Dict[str, int] = {}
-        # a one-shot scanner keeps no verdicts: its holders ask kcmp straight (_gate's pass)
-        fast = _fast[0] if not self.reuse else None
         for pid in holders:
-            why = None if fast and fast(pid) else gate(pid)
+            why = gate(pid)
             if why is not None:
                 (obs.denied if why == "denied" else obs.vanished).append(pid)
                 gone.add(pid)
@@ -778,9 +778,6 @@ class BpfScanner:
         exec, a new uid or comm (the task's identity); a link the parse resolved that now
         reads otherwise (a /dev/shm directory renamed); and, in a rotating slice (each
         holder once every verify_every scans), a cmdline rewritten in place."""
-        from ..readers.proc import parse_cmdline
-        from ..sources.live import read_at
-        from .records import _readlink
         out = set()
         last, now = self._last_tasks, self._tasks
         parts, status = self._state[3], self._state[4]
@@ -803,7 +800,7 @@ class BpfScanner:
             for pid, part in parts.items():
                 if (pid + gen) % k == 0 and pid not in out:
                     try:
-                        cmdline = parse_cmdline(read_at("/proc/%d/cmdline" % pid, single=True))
+                        cmdline = _proc_cmdline(pid)
                     except OSError:
                         continue            # gone: the scan's own checks say so
                     if cmdline != part.proc.cmdline:
