@@ -156,6 +156,38 @@ def test_fast_factory_instances_are_plain_instances():
     assert type(c) is Buffer and c == dataclasses.replace(b, category="gl") and b.category is None
 
 
+def test_slotted_model_keeps_weak_references_and_subclasses():
+    """What the unslotted classes allowed still works: weak references to a Buffer or Ref,
+    and categorize() on a caller's subclass of Buffer keeps its class and its own fields."""
+    import dataclasses
+    import gc
+    import weakref
+
+    from memtrack.categories import categorize, parse_rules
+    from memtrack.model import Buffer, Ref, Snapshot, new_buffer, with_category
+    makers = (lambda: Buffer("memfd:1", "memfd", 1), lambda: Ref("memfd:1"),
+              lambda: new_buffer("memfd:2", "memfd", 2, None, None, None, None, None, (), 0, 0,
+                                 None, None))
+    for make in makers:
+        obj = make()
+        ref = weakref.ref(obj)
+        assert ref() is obj
+        del obj
+        gc.collect()
+        assert ref() is None
+
+    @dataclasses.dataclass(frozen=True)
+    class Tagged(Buffer):
+        tag: str = "keep"
+
+    t = Tagged("memfd:3", "memfd", 3, name="wayland-shm", tag="mine")
+    c = with_category(t, "gl")
+    assert type(c) is Tagged and c.tag == "mine" and c.category == "gl" and c.name == "wayland-shm"
+    rules, _ = parse_rules('[[rule]]\ncategory = "wl"\nname = "wayland-*"\n')
+    got = categorize(Snapshot(taken_at="", source="live", buffers=(t,)), rules).buffers
+    assert [type(x) for x in got] == [Tagged] and got[0].tag == "mine" and got[0].category == "wl"
+
+
 def test_in_order_is_order_key_order():
     """The C-sorted path gives order_key's order wherever it is taken, and falls back where
     it cannot be sure (anonymous dma-bufs, a shared inode, a kind outside KINDS)."""

@@ -19,10 +19,11 @@ KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem")
 def _slotted(cls):
     """The frozen dataclass cls remade with __slots__ (dataclass(slots=True), which Python
     3.9 lacks): no per-instance dict, so a big scan's tens of thousands of Buffers and Refs
-    take 40% less memory and are made faster. Pickling and copying go through the fields."""
+    take 40% less memory and are made faster. Pickling and copying go through the fields.
+    Weak references still work (a __weakref__ slot, as the unslotted class had)."""
     names = tuple(f.name for f in fields(cls))
     ns = {k: v for k, v in cls.__dict__.items() if k not in names and k not in ("__dict__", "__weakref__")}
-    ns["__slots__"] = names
+    ns["__slots__"] = names + ("__weakref__",)
     ns["__getstate__"] = _getstate
     ns["__setstate__"] = _setstate
     ns["__setattr__"] = _frozen_setattr   # the generated ones name the class being replaced
@@ -503,12 +504,16 @@ def fast_factory(cls):
 def replacer(cls, name: str):
     """f(obj, value): a copy of obj (an instance of cls) with field `name` set to value, at
     the cost of fast_factory's constructor: dataclasses.replace() for one field of a hot
-    loop (categorize sets every fresh buffer's category)."""
+    loop (categorize sets every fresh buffer's category). An instance of a subclass of cls
+    is copied by dataclasses.replace(), keeping its class and its own fields."""
     names = field_names(cls)
-    assert name in names and "_make" not in names
-    ns = {"_make": fast_factory(cls)}
+    assert name in names and not {"_make", "_cls", "_replace"} & set(names)
+    ns = {"_make": fast_factory(cls), "_cls": cls, "_replace": replace}
     got = ", ".join("value" if n == name else f"obj.{n}" for n in names)
-    exec(f"def with_{name}(obj, value):\n    return _make({got})\n", ns)
+    exec(f"def with_{name}(obj, value):\n"
+         f"    if obj.__class__ is not _cls:\n"
+         f"        return _replace(obj, {name}=value)\n"
+         f"    return _make({got})\n", ns)
     return ns[f"with_{name}"]
 
 
