@@ -60,9 +60,11 @@ def memtrack_cmd(*args):
     return [sys.executable, "-m", "memtrack", *args]
 
 
-def run_memtrack(*args, env_extra=None, check=False, **kw):
+def run_memtrack(*args, env_extra=None, check=False, prefix=(), **kw):
+    """memtrack ARGS from src/ (prefix: a command to run it under, setpriv say)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     if env_extra:
         env.update(env_extra)
-    return subprocess.run(memtrack_cmd(*args), capture_output=True, text=True, env=env, check=check, **kw)
+    return subprocess.run(list(prefix) + memtrack_cmd(*args), capture_output=True, text=True,
+                          env=env, check=check, **kw)

@@ -189,30 +189,41 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("who", ["root", "nobody"])
+# what kcmp_gate needs besides the ptrace check: to list every /proc/PID/fd, and to list
+# the BPF programs (whether an LSM one is loaded)
+CAPS = ["--inh-caps=+dac_read_search,+sys_admin", "--ambient-caps=+dac_read_search,+sys_admin"]
+
+
+@pytest.mark.parametrize("who", ["root", "nobody", "nobody+caps"])
 def test_kcmp_gate_never_passes_what_proc_denies(who, nobody_pkg):
     """The bpf backend's access check takes a kcmp(2) pass as /proc's: over every process,
-    as root and as an unprivileged user (who is denied root's processes), no process kcmp
-    lets through is one whose /proc/PID/exe link is refused, and every refusal is seen."""
+    as root and as an unprivileged user who may list every /proc/PID/fd and the BPF
+    programs (CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN) but is denied root's processes by the
+    ptrace check, no process kcmp lets through is one whose /proc/PID/exe link is refused,
+    and every refusal is seen. Plain nobody gets no kcmp at all: kcmp has no DAC check on
+    /proc/PID/fd, and nobody cannot tell whether a BPF LSM program is loaded."""
     if os.geteuid() != 0:
         pytest.skip("needs root to compare both users")
     holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                               stdin=subprocess.PIPE)          # a root process nobody may not read
     try:
         cmd = [sys.executable, "-c", KCMP_CHECK]
-        if who == "nobody":
-            cmd = DROP + cmd
+        if who.startswith("nobody"):
+            cmd = DROP + (CAPS if who == "nobody+caps" else []) + cmd
         env = dict(os.environ, PYTHONPATH=nobody_pkg)
         got = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=nobody_pkg,
                                         check=True, timeout=60).stdout)
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+    if who == "nobody":
+        assert got["gate"] is False
+        return
     if not got["gate"]:
         pytest.skip("kcmp cannot stand in for /proc's check here")
     assert got["both"] > 10 and got["wrong"] == []
     assert got["fast_denied"] >= got["denied"]
-    if who == "nobody":
+    if who == "nobody+caps":
         assert got["denied"] >= 1
 
 
@@ -296,3 +307,137 @@ def test_no_kcmp_where_a_labelling_lsm_could_refuse_the_link():
     assert mac_problem(None, None, True)                 # selinuxfs mounted
     assert mac_problem(None, "system_u:system_r:init_t:s0", False)
     assert kcmp_gate(mac="capability,selinux") is None
+    # a BPF LSM program may refuse on the way to the link too; unknown counts as one
+    assert not mac_problem("capability,landlock,bpf", None, False, 0)
+    assert mac_problem("capability,landlock,bpf", None, False, 2)
+    assert mac_problem("capability,landlock,bpf", None, False, None)
+
+
+def test_lsm_programs_are_counted(nobody_pkg):
+    """The BPF LSM check lists the loaded programs: a count as root, None where they cannot
+    be listed (no CAP_SYS_ADMIN)."""
+    from memtrack._libbpf import available, lsm_programs
+    if os.geteuid() != 0 or available():
+        pytest.skip("needs root and libbpf")
+    assert isinstance(lsm_programs(), int) and lsm_programs() >= 0
+    code = "from memtrack._libbpf import lsm_programs; print(lsm_programs())"
+    out = subprocess.run(DROP + [sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, PYTHONPATH=nobody_pkg), cwd=nobody_pkg,
+                         check=True).stdout
+    assert out.strip() == "None"
+
+
+HOLDER = ("import os, sys; f = os.memfd_create('rights-holder'); os.ftruncate(f, 8192); "
+          "print(os.getpid(), flush=True); sys.stdin.read()")
+
+
+def _holder(prefix=()):
+    p = subprocess.Popen(list(prefix) + [sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert int(p.stdout.readline()) == p.pid
+    return p
+
+
+def _release(*procs):
+    for p in procs:
+        p.stdin.close()
+        p.wait(timeout=30)
+
+
+def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows():
+    """Root without CAP_DAC_READ_SEARCH and CAP_DAC_OVERRIDE (dropped from the bounding set:
+    neither effective nor permitted) cannot list another user's /proc/PID/fd (mode 0500),
+    though the ptrace check passes: procfs counts that process denied, and so must the bpf
+    backend, whose iterators see it and whose kcmp check has no DAC step. Its own user's
+    process stays readable."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv")
+    from memtrack.bpf import unavailable
+    if unavailable():
+        pytest.skip("bpf backend unavailable: " + unavailable())
+    other, mine = _holder(DROP), _holder()
+    try:
+        got = {}
+        for backend in ("procfs", "bpf"):
+            r = run_memtrack("--json", "-q", "--backend", backend, "-p", f"{other.pid},{mine.pid}",
+                             env_extra={"MEMTRACK_PRELOAD": "0"}, timeout=120,
+                             prefix=["setpriv", "--bounding-set=-dac_override,-dac_read_search"])
+            assert r.returncode == 0, r.stderr
+            doc = json.loads(r.stdout)
+            assert doc["backend"] == backend
+            got[backend] = ({p["pid"] for p in doc["processes"]}, set(doc["skipped"]["denied"]))
+    finally:
+        _release(other, mine)
+    assert got["procfs"][0] == {mine.pid} and other.pid in got["procfs"][1]
+    assert got["bpf"] == got["procfs"]
+
+
+THREAD = r"""
+import ctypes, json, subprocess, sys, threading
+from memtrack.bpf import BpfScanner
+from memtrack.scan import scan
+from memtrack.sources.live import LiveSource
+libc = ctypes.CDLL(None, use_errno=True)
+class Hdr(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+child.stdout.readline()
+out = {}
+def cap_line(path):
+    return [l.split()[1] for l in open(path) if l.startswith(("CapEff", "CapPrm"))]
+def denied(snap):
+    return child.pid in snap.skipped.denied and child.pid not in snap.process_map
+lowered = threading.Event()
+stop = threading.Event()
+def full():                      # a thread keeping its rights, scanning all along
+    s = BpfScanner(reuse=False)
+    lowered.wait()
+    n = 0
+    while not stop.is_set():
+        n += not denied(s.scan(pids=[child.pid]))
+    out["full thread saw it"] = n
+def low():
+    scanners = {r: BpfScanner(reuse=r) for r in (False, True)}     # opened with full rights
+    out["before"] = [denied(scanners[r].scan(pids=[child.pid])) for r in (False, True)]
+    h = Hdr(0x20080522, 0)
+    d = (Data * 2)()
+    assert libc.capget(ctypes.byref(h), d) == 0
+    d[0].eff &= ~(1 << 19)       # CAP_SYS_PTRACE, effective only, this thread only (capset)
+    assert libc.capset(ctypes.byref(h), d) == 0
+    out["leader"], out["thread"] = cap_line("/proc/self/status"), cap_line("/proc/thread-self/status")
+    lowered.set()
+    out["after"] = [all(denied(scanners[r].scan(pids=[child.pid])) for _ in range(15))
+                    for r in (False, True)]
+    out["procfs"] = denied(scan(LiveSource(), pids=[child.pid]))
+    stop.set()
+threads = [threading.Thread(target=f) for f in (full, low)]
+for t in threads: t.start()
+for t in threads: t.join()
+child.stdin.close(); child.wait()
+print(json.dumps(out))
+"""
+
+
+def test_access_check_is_the_scanning_threads():
+    """Credentials are per thread: a thread that lowers its own effective capabilities
+    (capset) is refused by /proc what the leader may read. Its scans, by scanners opened
+    before the change (one-shot and reused), say so too, while another thread with full
+    rights scans beside it and still reads that process: neither thread's check is the
+    other's, nor the leader's (/proc/self/status)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from memtrack.bpf import unavailable
+    if unavailable():
+        pytest.skip("bpf backend unavailable: " + unavailable())
+    from livehelpers import SRC
+    got = json.loads(subprocess.run([sys.executable, "-c", THREAD, HOLDER], capture_output=True,
+                                    text=True, env=dict(os.environ, PYTHONPATH=SRC), check=True,
+                                    timeout=120).stdout)
+    assert got["leader"][0] == got["leader"][1] and got["thread"][0] != got["thread"][1]
+    assert got["before"] == [False, False]
+    assert got["procfs"] is True
+    assert got["after"] == [True, True]
+    assert got["full thread saw it"] > 0

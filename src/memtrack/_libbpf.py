@@ -10,6 +10,7 @@ while it imports the rest (memtrack._preload), which must not wait on their impo
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import struct
@@ -20,6 +21,8 @@ OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "memtr
 BTF = "/sys/kernel/btf/vmlinux"
 DRM_MAJOR = 226                                   # the DRM char devices' major number
 CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE = 19, 21, 38, 39, 40
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
+BPF_PROG_TYPE_LSM = 29
 STATE = struct.Struct("<IIQQIIQQII")              # struct state: drm_major, abi, then 0s
 ABI = 1
 
@@ -70,6 +73,9 @@ def _open_lib():
         ("bpf_link__destroy", ci, [vp]),
         ("bpf_iter_create", ci, [ci]),
         ("libbpf_get_error", ctypes.c_long, [vp]),
+        ("bpf_prog_get_next_id", ci, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]),
+        ("bpf_prog_get_fd_by_id", ci, [ctypes.c_uint32]),
+        ("bpf_obj_get_info_by_fd", ci, [ci, vp, ctypes.POINTER(ctypes.c_uint32)]),
     ):
         f = getattr(lib, fn)
         f.restype, f.argtypes = res, args
@@ -236,8 +242,15 @@ def kernel_version() -> tuple[int, int]:
 
 
 def _status_fields() -> dict[str, str]:
+    """The calling thread's /proc status: credentials are per thread (capset(2), and
+    setfsuid or setresuid made as system calls, change one thread's), and /proc/self shows
+    the thread group leader's. /proc/self on kernels before 3.17, which lack thread-self."""
     out = {}
-    with open("/proc/self/status") as f:
+    try:
+        f = open("/proc/thread-self/status")
+    except FileNotFoundError:
+        f = open("/proc/self/status")
+    with f:
         for line in f:
             k, _, v = line.partition(":")
             out[k] = v.strip()
@@ -282,12 +295,24 @@ KCMP_VM = 1
 
 
 def own_creds(status: dict[str, str] | None = None) -> tuple:
-    """What of this process's credentials /proc's access check looks at: ids, capabilities."""
+    """What of this thread's credentials /proc's access check looks at: ids, capabilities."""
     try:
         st = status if status is not None else _status_fields()
     except OSError:
         return ()
     return tuple(st.get(k) for k in ("Uid", "Gid", "Groups", "CapEff", "CapPrm"))
+
+
+def reads_every_fd_dir(status: dict[str, str]) -> bool:
+    """Whether DAC lets this thread list every /proc/PID/fd (mode 0500, owned by the task's
+    user): CAP_DAC_READ_SEARCH or CAP_DAC_OVERRIDE effective. Without either, procfs cannot
+    list another user's fds, which the ptrace check behind /proc/PID/exe and kcmp(2) does
+    not see: the bpf backend's access check then opens /proc/PID/fd itself."""
+    try:
+        caps = int(status["CapEff"], 16)
+    except (KeyError, ValueError):
+        return False
+    return bool(caps >> CAP_DAC_READ_SEARCH & 1 or caps >> CAP_DAC_OVERRIDE & 1)
 
 
 def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None,
@@ -299,13 +324,15 @@ def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None,
 
     kcmp checks ptrace_may_access(PTRACE_MODE_READ_REALCREDS) where /proc's links check
     PTRACE_MODE_READ_FSCREDS. The two decide alike (the same uid/gid comparison, capability
-    and LSM ptrace hooks, which look only at READ) when this process's fs ids are its real
+    and LSM ptrace hooks, which look only at READ) when this thread's fs ids are its real
     ids and its permitted capabilities its effective ones (commoncap compares the target's
     permitted set with the caller's permitted set for REALCREDS, effective for FSCREDS).
-    /proc also asks the LSMs' inode hooks on the way to the link, which kcmp does not: no
-    kcmp where a labelling LSM could refuse there (mac_problem; mac: what it is told, or
-    "read" to look). None where any of this does not hold, the number is not known, or kcmp
-    on itself fails (seccomp, CONFIG_KCMP off)."""
+    status: this thread's (_status_fields), since kcmp runs on the calling thread's.
+    /proc also checks DAC on /proc/PID/fd, which kcmp does not: no kcmp where that could
+    refuse (reads_every_fd_dir). And it asks the LSMs' inode and file hooks on the way, which
+    kcmp does not: no kcmp where a labelling LSM or a BPF LSM program could refuse there
+    (mac_problem; mac: what it is told, or "read" to look). None where any of this does not
+    hold, the number is not known, or kcmp on itself fails (seccomp, CONFIG_KCMP off)."""
     try:
         st = status if status is not None else _status_fields()
         uid, gid = st["Uid"].split(), st["Gid"].split()
@@ -313,7 +340,9 @@ def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None,
             return None
     except (OSError, KeyError, IndexError):
         return None
-    if mac_problem(*(_mac_facts() if mac == "read" else (mac, None, False))):
+    if not reads_every_fd_dir(st):
+        return None
+    if mac_problem(*(_mac_facts() if mac == "read" else (mac, None, False, 0))):
         return None
     got = _kcmp_call(machine)
     if got is None:
@@ -363,18 +392,56 @@ def _read_text(path: str) -> str | None:
 
 def _mac_facts():
     """(the active LSMs, comma-separated, or None where securityfs cannot be read; this
-    process's label, or None where no LSM gives one; whether selinuxfs is there)."""
-    label = _read_text("/proc/self/attr/apparmor/current")
-    if label is None:
-        label = _read_text("/proc/self/attr/current")
-    return (_read_text("/sys/kernel/security/lsm"), label, os.path.isdir("/sys/fs/selinux"))
+    thread's label, or None where no LSM gives one; whether selinuxfs is there; how many
+    BPF LSM programs are loaded, or None where that cannot be told)."""
+    label = None
+    for base in ("/proc/thread-self/attr/", "/proc/self/attr/"):    # an AppArmor hat: per thread
+        label = _read_text(base + "apparmor/current")
+        if label is None:
+            label = _read_text(base + "current")
+        if label is not None or os.path.isdir(base):
+            break
+    return (_read_text("/sys/kernel/security/lsm"), label, os.path.isdir("/sys/fs/selinux"),
+            lsm_programs())
 
 
-def mac_problem(lsms: str | None, label: str | None, selinuxfs: bool) -> bool:
-    """True where a mandatory access control module could refuse this process a /proc link
-    that the ptrace check allows: SELinux, Smack or TOMOYO active, or this process confined
-    by a label (AppArmor's profiles mediate paths). Unknown counts as a problem, except
-    that a kernel with no labelling LSM answers the label read with an error."""
+def lsm_programs() -> int | None:
+    """How many BPF programs of type LSM are loaded (any of them may refuse what a hook on
+    the way to a /proc link sees), or None where the programs cannot be listed (no
+    CAP_SYS_ADMIN, no libbpf)."""
+    try:
+        lib = _load_lib()
+    except LibbpfError:
+        return None
+    n, cur, nxt = 0, 0, ctypes.c_uint32()
+    info = (ctypes.c_uint32 * 2)()              # struct bpf_prog_info's type and id
+    while True:
+        if lib.bpf_prog_get_next_id(cur, ctypes.byref(nxt)) < 0:
+            return n if ctypes.get_errno() == errno.ENOENT else None
+        cur = nxt.value
+        fd = lib.bpf_prog_get_fd_by_id(cur)
+        if fd < 0:
+            if ctypes.get_errno() == errno.ENOENT:
+                continue                        # unloaded since it was listed
+            return None
+        try:
+            size = ctypes.c_uint32(ctypes.sizeof(info))
+            if lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) < 0:
+                return None
+        finally:
+            os.close(fd)
+        n += info[0] == BPF_PROG_TYPE_LSM
+
+
+def mac_problem(lsms: str | None, label: str | None, selinuxfs: bool,
+                lsm_progs: int | None = 0) -> bool:
+    """True where a mandatory access control module could refuse this thread a /proc link
+    that the ptrace check allows: SELinux, Smack or TOMOYO active, this thread confined by
+    a label (AppArmor's profiles mediate paths), or a BPF LSM program loaded (lsm_progs;
+    None: unknown). Unknown counts as a problem, except that a kernel with no labelling LSM
+    answers the label read with an error."""
+    if lsm_progs is None or lsm_progs > 0:
+        return True
     unconfined = label is None or label.strip("\0\n ") in ("", "unconfined")
     if lsms is not None:
         names = {n.strip() for n in lsms.split(",")}

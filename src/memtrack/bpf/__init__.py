@@ -25,10 +25,12 @@ import errno
 from bisect import bisect_right
 from operator import itemgetter
 import os
+import threading
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .._libbpf import DRM_MAJOR, OBJECT, _status_fields, kcmp_gate, own_creds, unavailable
+from .._libbpf import (DRM_MAJOR, OBJECT, _status_fields, kcmp_gate, own_creds,
+                       reads_every_fd_dir, unavailable)
 from .records import C_OK, CMD_REC, _readlink
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
@@ -45,22 +47,36 @@ _PID = itemgetter(0)                # FdRef.pid, MapRef.pid
 _new = tuple.__new__                 # a NamedTuple without its Python-level __new__
 
 
-_fast = [False]                     # [kcmp_gate()] during a scan (BpfScanner.scan), else False
+class _Caller(threading.local):
+    """What the access check knows of the calling thread's rights during its scan (set by
+    BpfScanner.scan or collect; credentials are per thread, and so is this): fast, its
+    kcmp_gate() or False; dac, whether DAC lets it list every /proc/PID/fd. Outside a scan
+    both are False, so /proc is asked everything."""
+    fast = False
+    dac = False
+    scanning = False
+
+
+_caller = _Caller()
 
 
 def _gate(pid: int) -> Optional[str]:
     """None if procfs would let this caller read the process, else "denied" or "vanished".
 
-    The iterators see every process; /proc still applies its ptrace check (an LSM, a
-    process out of this caller's reach...). Ask /proc with the check its fd links use
+    The iterators see every process; /proc still applies its checks (an LSM, a process out
+    of this caller's reach...). Ask /proc with the check its fd links use
     (proc_fd_access_allowed): a readlink of /proc/PID/exe, one syscall. Where kcmp(2) makes
     the same check (_libbpf.kcmp_gate), a pass there is taken without the path walk; any
-    other answer is asked of /proc."""
-    fast = _fast[0]                     # False outside a scan: /proc is asked
+    other answer is asked of /proc. A caller without the DAC capabilities also needs to
+    open /proc/PID/fd, as procfs lists it (mode 0500: its owner's, or the capable's)."""
+    me = _caller
+    fast = me.fast                      # False outside a scan: /proc is asked
     if fast and fast(pid):
         return None
     try:
         os.readlink("/proc/%d/exe" % pid)
+        if not me.dac:
+            os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY))
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return "denied"
@@ -586,12 +602,31 @@ class BpfScanner:
     def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
                 raw: Optional[tuple] = None) -> Observations:
         """The observations of one scan (of `raw`, what _read() gave, or a new read)."""
-        raw = raw if raw is not None else self._read()
+        outer = not _caller.scanning
+        if outer:
+            self._as_caller()
         try:
-            return self._collect(pids, smaps, raw)
+            raw = raw if raw is not None else self._read()
+            try:
+                return self._collect(pids, smaps, raw)
+            finally:
+                if isinstance(raw[1], _Pending):
+                    raw[1].wait()           # the walk ended, the switch interval restored
         finally:
-            if isinstance(raw[1], _Pending):
-                raw[1].wait()               # the walk ended, the switch interval restored
+            if outer:
+                _caller.fast = _caller.dac = _caller.scanning = False
+
+    def _as_caller(self) -> None:
+        """A scan starts on this thread's credentials as they are now (_caller); verdicts
+        kept from scans on others are dropped."""
+        try:
+            status = _status_fields()
+        except OSError:
+            status = {}
+        _caller.fast = kcmp_gate(status)
+        _caller.dac = reads_every_fd_dir(status)
+        _caller.scanning = True
+        self._gates.caller(own_creds(status))
 
     def _collect(self, pids, smaps, raw) -> Observations:
         from ..readers.smaps import parse_rss
@@ -685,13 +720,7 @@ class BpfScanner:
         With smaps or DRM clients every scan is read and built whole."""
         from ..sources.base import now_iso
         taken_at = now_iso()
-        # on this process's credentials as they are now; verdicts made on others are dropped
-        try:
-            status = _status_fields()
-        except OSError:
-            status = {}
-        _fast[0] = kcmp_gate(status)
-        self._gates.caller(own_creds(status))
+        self._as_caller()
         try:
             raw = self._read()
             pending = raw[1] if isinstance(raw[1], _Pending) else None
@@ -701,7 +730,7 @@ class BpfScanner:
                 if pending is not None:
                     pending.wait()          # no read may outlive the scan (close() frees links)
         finally:
-            _fast[0] = False
+            _caller.fast = _caller.dac = _caller.scanning = False
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
         from ..scan import host_info, keep_to_exit, no_gc
