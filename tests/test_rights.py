@@ -344,7 +344,7 @@ def _release(*procs):
         p.wait(timeout=30)
 
 
-def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows():
+def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows(nobody_pkg):
     """Root without CAP_DAC_READ_SEARCH and CAP_DAC_OVERRIDE (dropped from the bounding set:
     neither effective nor permitted) cannot list another user's /proc/PID/fd (mode 0500),
     though the ptrace check passes: procfs counts that process denied, and so must the bpf
@@ -355,7 +355,7 @@ def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows():
     from memtrack.bpf import unavailable
     if unavailable():
         pytest.skip("bpf backend unavailable: " + unavailable())
-    other, mine = _holder(DROP), _holder()
+    other, mine = _holder(DROP), _holder()     # nobody_pkg: a skip where nobody cannot run python
     try:
         got = {}
         for backend in ("procfs", "bpf"):
