@@ -307,6 +307,13 @@ def test_no_kcmp_where_a_labelling_lsm_could_refuse_the_link():
     assert mac_problem(None, None, True)                 # selinuxfs mounted
     assert mac_problem(None, "system_u:system_r:init_t:s0", False)
     assert kcmp_gate(mac="capability,selinux") is None
+    # without securityfs (a container), the kernel command line's lsm= or security=
+    from memtrack._libbpf import boot_lsms
+    assert boot_lsms("quiet security=tomoyo") == "tomoyo"
+    assert boot_lsms("lsm=capability,selinux ro security=apparmor") == "capability,selinux"
+    assert boot_lsms("console=ttyS0 quiet -- lsm=selinux") is None     # init's arguments
+    assert boot_lsms("") is None
+    assert mac_problem(boot_lsms("security=tomoyo"), None, False)
     # a BPF LSM program may refuse on the way to the link too; unknown counts as one
     assert not mac_problem("capability,landlock,bpf", None, False, 0)
     assert mac_problem("capability,landlock,bpf", None, False, 2)

@@ -401,8 +401,23 @@ def _mac_facts():
             label = _read_text(base + "current")
         if label is not None or os.path.isdir(base):
             break
-    return (_read_text("/sys/kernel/security/lsm"), label, os.path.isdir("/sys/fs/selinux"),
-            lsm_programs())
+    lsms = _read_text("/sys/kernel/security/lsm")
+    if lsms is None:                    # securityfs not mounted (a container): what boot said
+        lsms = boot_lsms(_read_text("/proc/cmdline") or "")
+    return lsms, label, os.path.isdir("/sys/fs/selinux"), lsm_programs()
+
+
+def boot_lsms(cmdline: str) -> str | None:
+    """The LSMs the kernel command line enables, where it names them: lsm= (the whole list;
+    the last one given) or the older security= (the one major module it picks, which is
+    what matters here); None where it says nothing (the kernel's built-in list)."""
+    lsm = security = None
+    for word in cmdline.split(" -- ")[0].split():
+        if word.startswith("lsm="):
+            lsm = word[4:]
+        elif word.startswith("security="):
+            security = word[9:]
+    return lsm if lsm is not None else security
 
 
 def lsm_programs() -> int | None:
