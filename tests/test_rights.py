@@ -448,3 +448,28 @@ def test_access_check_is_the_scanning_threads():
     assert got["procfs"] is True
     assert got["after"] == [True, True]
     assert got["full thread saw it"] > 0
+
+
+def test_a_confined_caller_is_checked_as_procfs_lists(monkeypatch):
+    """Under a MAC module the scan's access check neither takes kcmp nor a readlink of
+    /proc/PID/exe alone: it also opens /proc/PID/fd, as procfs lists it (a policy may judge
+    the directory apart from the link). Unconfined root takes the readlink (or kcmp)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from memtrack import bpf as mbpf
+    if mbpf.unavailable():
+        pytest.skip("bpf backend unavailable: " + mbpf.unavailable())
+    scanner = mbpf.BpfScanner(reuse=False)
+    try:
+        seen = []
+        for facts in ((None, None, False, 0), (None, "confined_t (enforce)", False, 0),
+                      ("capability,selinux", None, False, 0), (None, None, False, 1)):
+            monkeypatch.setattr(mbpf, "_mac_facts", lambda facts=facts: facts)
+            scanner._as_caller()
+            seen.append((mbpf._caller.fast is None, mbpf._caller.exe_only))
+            assert mbpf._gate(os.getpid()) is None
+            mbpf._caller.fast = mbpf._caller.exe_only = mbpf._caller.scanning = False
+    finally:
+        scanner.close()
+    assert seen[0][1] is True
+    assert seen[1:] == [(True, False)] * 3

@@ -331,7 +331,8 @@ def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None,
     /proc also checks DAC on /proc/PID/fd, which kcmp does not: no kcmp where that could
     refuse (reads_every_fd_dir). And it asks the LSMs' inode and file hooks on the way, which
     kcmp does not: no kcmp where a labelling LSM or a BPF LSM program could refuse there
-    (mac_problem; mac: what it is told, or "read" to look). None where any of this does not
+    (mac_problem; mac: "read" to look, _mac_facts() already read, or an LSM list to take
+    with no label and no BPF LSM program). None where any of this does not
     hold, the number is not known, or kcmp on itself fails (seccomp, CONFIG_KCMP off)."""
     try:
         st = status if status is not None else _status_fields()
@@ -342,7 +343,8 @@ def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None,
         return None
     if not reads_every_fd_dir(st):
         return None
-    if mac_problem(*(_mac_facts() if mac == "read" else (mac, None, False, 0))):
+    facts = _mac_facts() if mac == "read" else mac if isinstance(mac, tuple) else (mac, None, False, 0)
+    if mac_problem(*facts):
         return None
     got = _kcmp_call(machine)
     if got is None:

@@ -29,8 +29,8 @@ import threading
 from dataclasses import replace
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from .._libbpf import (DRM_MAJOR, OBJECT, _status_fields, kcmp_gate, own_creds,
-                       reads_every_fd_dir, unavailable)
+from .._libbpf import (DRM_MAJOR, OBJECT, _mac_facts, _status_fields, kcmp_gate, mac_problem,
+                       own_creds, reads_every_fd_dir, unavailable)
 from .records import C_OK, CMD_REC, _readlink
 from ..errors import MemtrackError
 from ..observe import Observations, ProcInfo, VmaRss
@@ -50,10 +50,11 @@ _new = tuple.__new__                 # a NamedTuple without its Python-level __n
 class _Caller(threading.local):
     """What the access check knows of the calling thread's rights during its scan (set by
     BpfScanner.scan or collect; credentials are per thread, and so is this): fast, its
-    kcmp_gate() or False; dac, whether DAC lets it list every /proc/PID/fd. Outside a scan
-    both are False, so /proc is asked everything."""
+    kcmp_gate() or False; exe_only, whether a readlink of /proc/PID/exe alone answers as
+    procfs would (DAC lets it list every /proc/PID/fd, and no MAC module mediates the way
+    there). Outside a scan both are False, so /proc is asked everything."""
     fast = False
-    dac = False
+    exe_only = False
     scanning = False
 
 
@@ -67,15 +68,16 @@ def _gate(pid: int) -> Optional[str]:
     of this caller's reach...). Ask /proc with the check its fd links use
     (proc_fd_access_allowed): a readlink of /proc/PID/exe, one syscall. Where kcmp(2) makes
     the same check (_libbpf.kcmp_gate), a pass there is taken without the path walk; any
-    other answer is asked of /proc. A caller without the DAC capabilities also needs to
-    open /proc/PID/fd, as procfs lists it (mode 0500: its owner's, or the capable's)."""
+    other answer is asked of /proc. A caller without the DAC capabilities, or under a MAC
+    module (whose file hooks may judge a directory apart from a link), also needs to open
+    /proc/PID/fd, as procfs lists it (mode 0500: its owner's, or the capable's)."""
     me = _caller
     fast = me.fast                      # False outside a scan: /proc is asked
     if fast and fast(pid):
         return None
     try:
         os.readlink("/proc/%d/exe" % pid)
-        if not me.dac:
+        if not me.exe_only:
             os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY))
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
@@ -614,7 +616,7 @@ class BpfScanner:
                     raw[1].wait()           # the walk ended, the switch interval restored
         finally:
             if outer:
-                _caller.fast = _caller.dac = _caller.scanning = False
+                _caller.fast = _caller.exe_only = _caller.scanning = False
 
     def _as_caller(self) -> None:
         """A scan starts on this thread's credentials as they are now (_caller); verdicts
@@ -623,8 +625,9 @@ class BpfScanner:
             status = _status_fields()
         except OSError:
             status = {}
-        _caller.fast = kcmp_gate(status)
-        _caller.dac = reads_every_fd_dir(status)
+        facts = _mac_facts()
+        _caller.fast = kcmp_gate(status, mac=facts)
+        _caller.exe_only = reads_every_fd_dir(status) and not mac_problem(*facts)
         _caller.scanning = True
         self._gates.caller(own_creds(status))
 
@@ -730,7 +733,7 @@ class BpfScanner:
                 if pending is not None:
                     pending.wait()          # no read may outlive the scan (close() frees links)
         finally:
-            _caller.fast = _caller.dac = _caller.scanning = False
+            _caller.fast = _caller.exe_only = _caller.scanning = False
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
         from ..scan import host_info, keep_to_exit, no_gc
