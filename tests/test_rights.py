@@ -372,10 +372,12 @@ def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows(nobody_pkg
             assert r.returncode == 0, r.stderr
             doc = json.loads(r.stdout)
             assert doc["backend"] == backend
-            got[backend] = ({p["pid"] for p in doc["processes"]}, set(doc["skipped"]["denied"]))
+            ours = {other.pid, mine.pid}
+            got[backend] = ({p["pid"] for p in doc["processes"]} & ours,
+                            set(doc["skipped"]["denied"]) & ours)
     finally:
         _release(other, mine)
-    assert got["procfs"][0] == {mine.pid} and other.pid in got["procfs"][1]
+    assert got["procfs"] == ({mine.pid}, {other.pid})
     assert got["bpf"] == got["procfs"]
 
 
@@ -473,3 +475,186 @@ def test_a_confined_caller_is_checked_as_procfs_lists(monkeypatch):
         scanner.close()
     assert seen[0][1] is True
     assert seen[1:] == [(True, False)] * 3
+
+
+def _kthread():
+    """A kernel thread's pid (flags PF_KTHREAD in /proc/PID/stat), or None."""
+    for n in sorted(os.listdir("/proc"), key=lambda n: int(n) if n.isdigit() else 0):
+        if n.isdigit():
+            try:
+                with open(f"/proc/{n}/stat", "rb") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            if int(st[st.rfind(b")") + 2:].split()[6]) & 0x00200000:
+                return int(n)
+    return None
+
+
+def _zombie():
+    """An unreaped child of this process: (Popen, pid) once its state is Z."""
+    z = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while True:
+        with open(f"/proc/{z.pid}/stat", "rb") as f:
+            st = f.read()
+        if st[st.rfind(b")") + 2:].split()[0] == b"Z":
+            return z
+        assert time.monotonic() < deadline, "the child never became a zombie"
+        time.sleep(0.001)
+
+
+BPF_CAPS = "+sys_ptrace,+sys_admin,+bpf,+perfmon"
+
+
+def test_unprivileged_bpf_caller_is_refused_what_procfs_is(nobody_pkg):
+    """A non-root caller given the bpf backend's capabilities (no DAC ones) may load the
+    iterators, which see everything; /proc refuses it every /proc/PID/fd it does not own,
+    a kernel thread's and root's included, and procfs counts those denied. The bpf backend
+    counts the same: denied the same processes, a zombie in neither list, its own user's
+    process shown."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from memtrack.bpf import unavailable
+    if unavailable():
+        pytest.skip("bpf backend unavailable: " + unavailable())
+    kt = _kthread()
+    if kt is None:
+        pytest.skip("no kernel thread visible here")
+    caps = [f"--inh-caps={BPF_CAPS}", f"--ambient-caps={BPF_CAPS}"]
+    root, mine = _holder(), _holder(DROP)
+    z = _zombie()
+    try:
+        pids = ",".join(str(p) for p in (kt, z.pid, root.pid, mine.pid))
+        got = {}
+        for backend in ("procfs", "bpf"):
+            r = subprocess.run(DROP + caps + [sys.executable, "-m", "memtrack", "--json", "-q",
+                                              "--backend", backend, "-p", pids],
+                               capture_output=True, text=True, timeout=120, cwd=nobody_pkg,
+                               env=dict(os.environ, PYTHONPATH=nobody_pkg))
+            assert r.returncode == 0, r.stderr
+            doc = json.loads(r.stdout)
+            assert doc["backend"] == backend
+            ours = {kt, z.pid, root.pid, mine.pid}      # (the others come and go: kworkers)
+            got[backend] = ({p["pid"] for p in doc["processes"]} & ours,
+                            set(doc["skipped"]["denied"]) & ours)
+    finally:
+        _release(root, mine)
+        z.wait()
+    assert got["procfs"] == ({mine.pid}, {kt, root.pid})
+    assert got["bpf"] == got["procfs"]
+
+
+LOWERED = r"""
+import ctypes, json, sys
+from memtrack.bpf import BpfScanner
+from memtrack.scan import scan
+from memtrack.sources.live import LiveSource
+pids = [int(p) for p in sys.argv[1:]]
+scanners = [BpfScanner(reuse=False), BpfScanner(reuse=True)]
+libc = ctypes.CDLL(None, use_errno=True)
+class Hdr(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
+h = Hdr(0x20080522, 0)
+d = (Data * 2)()
+assert libc.capget(ctypes.byref(h), d) == 0
+d[0].eff &= ~(1 << 19)           # CAP_SYS_PTRACE, effective only
+assert libc.capset(ctypes.byref(h), d) == 0
+def seen(snap):
+    return [sorted(snap.process_map), sorted(snap.skipped.denied)]
+out = {"procfs": seen(scan(LiveSource(), pids=pids))}
+out["bpf"] = [seen(s.scan(pids=pids)) for s in scanners]
+print(json.dumps(out))
+"""
+
+
+def test_a_caller_without_ptrace_rights_is_refused_what_procfs_is(nobody_pkg):
+    """Root that lowers CAP_SYS_PTRACE (after opening its scanners) is refused the ptrace
+    check on root's and other users' processes, and procfs counts them denied; it is not
+    refused a kernel thread or a zombie, which have no fd or mm for procfs to check. The
+    bpf backend, one-shot and reused, counts the same."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from memtrack.bpf import unavailable
+    if unavailable():
+        pytest.skip("bpf backend unavailable: " + unavailable())
+    kt = _kthread()
+    if kt is None:
+        pytest.skip("no kernel thread visible here")
+    from livehelpers import SRC
+    root, other = _holder(), _holder(DROP)
+    z = _zombie()
+    try:
+        pids = [str(p) for p in (kt, z.pid, root.pid, other.pid)]
+        got = json.loads(subprocess.run([sys.executable, "-c", LOWERED, *pids], capture_output=True,
+                                        text=True, env=dict(os.environ, PYTHONPATH=SRC), check=True,
+                                        timeout=120).stdout)
+    finally:
+        _release(root, other)
+        z.wait()
+    assert got["procfs"] == [[], sorted([root.pid, other.pid])]
+    assert got["bpf"] == [got["procfs"]] * 2
+
+
+SHARED = r"""
+import ctypes, json, sys, threading, time
+from memtrack.bpf import BpfScanner
+target = int(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+class Hdr(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
+scanner = BpfScanner(reuse=True)
+out = {"full": [0, 0], "low": [0, 0]}
+stop = threading.Event()
+lowered = threading.Event()
+def count(who):
+    snap = scanner.scan(pids=[target])
+    out[who][0] += 1
+    out[who][1] += target in snap.process_map
+def full():
+    lowered.wait()
+    while not stop.is_set():
+        count("full")
+def low():
+    h = Hdr(0x20080522, 0)
+    d = (Data * 2)()
+    assert libc.capget(ctypes.byref(h), d) == 0
+    d[0].eff &= ~(1 << 1 | 1 << 2)      # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: this thread's
+    assert libc.capset(ctypes.byref(h), d) == 0
+    lowered.set()
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        count("low")
+    stop.set()
+threads = [threading.Thread(target=f) for f in (full, low)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+"""
+
+
+def test_one_reused_scanner_scanned_from_two_threads(nobody_pkg):
+    """A reused scanner carries verdicts and its last snapshot from scan to scan; shared by
+    a thread with full rights and one that lowered its DAC capabilities, scanning at once,
+    each thread's scans say what /proc lets that thread read: the lowered one never sees
+    another user's process, the other always does."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from memtrack.bpf import unavailable
+    if unavailable():
+        pytest.skip("bpf backend unavailable: " + unavailable())
+    from livehelpers import SRC
+    other = _holder(DROP)
+    try:
+        got = json.loads(subprocess.run([sys.executable, "-c", SHARED, str(other.pid)],
+                                        capture_output=True, text=True, check=True, timeout=120,
+                                        env=dict(os.environ, PYTHONPATH=SRC)).stdout)
+    finally:
+        _release(other)
+    assert got["low"][0] > 5 and got["full"][0] > 5
+    assert got["low"][1] == 0
+    assert got["full"][1] == got["full"][0]

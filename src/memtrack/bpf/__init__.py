@@ -76,9 +76,9 @@ def _gate(pid: int) -> Optional[str]:
     if fast and fast(pid):
         return None
     try:
-        os.readlink("/proc/%d/exe" % pid)
         if not me.exe_only:
-            os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY))
+            os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        os.readlink("/proc/%d/exe" % pid)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
             return "denied"
@@ -105,11 +105,43 @@ def _others_denied(exclude, want, gate=_gate, listing=None) -> Tuple[tuple, tupl
         if pid in exclude:
             continue
         why = gate(pid)
+        if why == "denied" and _holds_nothing(pid):
+            continue
         if why == "denied":
             denied.append(pid)
         elif why == "vanished" and want is not None:
             vanished.append(pid)        # asked for by pid, as procfs reports it
     return tuple(denied), tuple(vanished)
+
+
+PF_KTHREAD = 0x00200000
+
+
+def _holds_nothing(pid: int) -> bool:
+    """Whether a process that holds no buffer and that _gate() finds denied is one procfs
+    does not count denied: a zombie (read_process drops a denied zombie), or a kernel thread
+    whose /proc/PID/fd this caller may list (it has no fd whose link needs the ptrace check,
+    and no mm for /proc/PID/maps to check). /proc/PID/stat's state and flags, which it shows
+    every caller."""
+    try:
+        stat = _read_at("/proc/%d/stat" % pid, single=True)
+    except OSError:
+        return False
+    f = stat[stat.rfind(b")") + 2:].split()
+    try:
+        if f[0] in (b"Z", b"X"):
+            return True
+        if not int(f[6]) & PF_KTHREAD:
+            return False
+    except (IndexError, ValueError):
+        return False
+    if _caller.exe_only:
+        return True
+    try:
+        os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
 
 
 class _GateCache:
@@ -381,6 +413,10 @@ class BpfScanner:
         except LibbpfError as exc:
             raise BpfUnavailable(f"the kernel refused the BPF iterators: {exc}") from None
         self._obj, self.has_dmabuf, self.notes = got
+        # one scan at a time: what a scan carries to the next (verdicts, the last snapshot)
+        # was made on the credentials of the thread that scanned, and is checked against
+        # the next scan's caller (_GateCache.caller) before it is used
+        self._lock = threading.RLock()
         self.reuse = reuse
         self.verify_every = max(0, int(verify_every))
         self._cmdlines: Optional[Dict[Tuple[int, int], str]] = {} if reuse else None
@@ -604,6 +640,10 @@ class BpfScanner:
     def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
                 raw: Optional[tuple] = None) -> Observations:
         """The observations of one scan (of `raw`, what _read() gave, or a new read)."""
+        with self._lock:
+            return self._collect_as_caller(pids, smaps, raw)
+
+    def _collect_as_caller(self, pids, smaps, raw) -> Observations:
         outer = not _caller.scanning
         if outer:
             self._as_caller()
@@ -629,7 +669,7 @@ class BpfScanner:
         _caller.fast = kcmp_gate(status, mac=facts)
         _caller.exe_only = reads_every_fd_dir(status) and not mac_problem(*facts)
         _caller.scanning = True
-        self._gates.caller(own_creds(status))
+        self._gates.caller(own_creds(status) + facts)
 
     def _collect(self, pids, smaps, raw) -> Observations:
         from ..readers.smaps import parse_rss
@@ -723,17 +763,18 @@ class BpfScanner:
         With smaps or DRM clients every scan is read and built whole."""
         from ..sources.base import now_iso
         taken_at = now_iso()
-        self._as_caller()
-        try:
-            raw = self._read()
-            pending = raw[1] if isinstance(raw[1], _Pending) else None
+        with self._lock:
+            self._as_caller()
             try:
-                return self._scan(raw, pids, smaps, reason, taken_at)
+                raw = self._read()
+                pending = raw[1] if isinstance(raw[1], _Pending) else None
+                try:
+                    return self._scan(raw, pids, smaps, reason, taken_at)
+                finally:
+                    if pending is not None:
+                        pending.wait()      # no read may outlive the scan (close() frees links)
             finally:
-                if pending is not None:
-                    pending.wait()          # no read may outlive the scan (close() frees links)
-        finally:
-            _caller.fast = _caller.exe_only = _caller.scanning = False
+                _caller.fast = _caller.exe_only = _caller.scanning = False
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
         from ..scan import host_info, keep_to_exit, no_gc
@@ -912,10 +953,14 @@ class BpfScanner:
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
-        obj = getattr(self, "_obj", None)
-        if obj is not None:
-            obj.close()
-            self._obj = None
+        lock = getattr(self, "_lock", None)
+        if lock is None:                    # __init__ did not get that far
+            return
+        with lock:                          # not under another thread's scan
+            obj = getattr(self, "_obj", None)
+            if obj is not None:
+                obj.close()
+                self._obj = None
 
     def __enter__(self):
         return self
