@@ -23,6 +23,7 @@ DRM_MAJOR = 226                                   # the DRM char devices' major 
 CAP_SYS_PTRACE, CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, CAP_CHECKPOINT_RESTORE = 19, 21, 38, 39, 40
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 BPF_PROG_TYPE_LSM = 29
+BPF_LINK_TYPE_TRACING, BPF_MODIFY_RETURN = 2, 26
 STATE = struct.Struct("<IIQQIIQQII")              # struct state: drm_major, abi, then 0s
 ABI = 1
 
@@ -76,6 +77,8 @@ def _open_lib():
         ("bpf_prog_get_next_id", ci, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]),
         ("bpf_prog_get_fd_by_id", ci, [ctypes.c_uint32]),
         ("bpf_obj_get_info_by_fd", ci, [ci, vp, ctypes.POINTER(ctypes.c_uint32)]),
+        ("bpf_link_get_next_id", ci, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)]),
+        ("bpf_link_get_fd_by_id", ci, [ctypes.c_uint32]),
     ):
         f = getattr(lib, fn)
         f.restype, f.argtypes = res, args
@@ -423,31 +426,47 @@ def boot_lsms(cmdline: str) -> str | None:
 
 
 def lsm_programs() -> int | None:
-    """How many BPF programs of type LSM are loaded (any of them may refuse what a hook on
-    the way to a /proc link sees), or None where the programs cannot be listed (no
+    """How many BPF programs may refuse what a hook on the way to a /proc link sees: those
+    of type LSM, and fmod_ret links (BPF_MODIFY_RETURN, which may attach to security_*
+    functions and error-injectable ones). None where they cannot be listed (no
     CAP_SYS_ADMIN, no libbpf)."""
     try:
         lib = _load_lib()
     except LibbpfError:
         return None
-    n, cur, nxt = 0, 0, ctypes.c_uint32()
-    info = (ctypes.c_uint32 * 2)()              # struct bpf_prog_info's type and id
+    progs = _bpf_infos(lib.bpf_prog_get_next_id, lib.bpf_prog_get_fd_by_id, 1)
+    # struct bpf_link_info: type, id, prog_id, then (8-aligned) tracing.attach_type
+    links = _bpf_infos(lib.bpf_link_get_next_id, lib.bpf_link_get_fd_by_id, 5)
+    if progs is None or links is None:
+        return None
+    return (sum(i[0] == BPF_PROG_TYPE_LSM for i in progs)
+            + sum(i[0] == BPF_LINK_TYPE_TRACING and i[4] == BPF_MODIFY_RETURN for i in links))
+
+
+def _bpf_infos(next_id, fd_by_id, words: int) -> list | None:
+    """The first `words` u32s of the info (bpf_obj_get_info_by_fd) of every loaded BPF
+    program or link (next_id, fd_by_id: libbpf's calls for the one or the other), or None
+    where they cannot all be read."""
+    lib = _load_lib()
+    out, cur, nxt = [], 0, ctypes.c_uint32()
+    info = (ctypes.c_uint32 * words)()
     while True:
-        if lib.bpf_prog_get_next_id(cur, ctypes.byref(nxt)) < 0:
-            return n if ctypes.get_errno() == errno.ENOENT else None
+        if next_id(cur, ctypes.byref(nxt)) < 0:
+            return out if ctypes.get_errno() == errno.ENOENT else None
         cur = nxt.value
-        fd = lib.bpf_prog_get_fd_by_id(cur)
+        fd = fd_by_id(cur)
         if fd < 0:
             if ctypes.get_errno() == errno.ENOENT:
-                continue                        # unloaded since it was listed
+                continue                        # gone since it was listed
             return None
         try:
+            ctypes.memset(info, 0, ctypes.sizeof(info))
             size = ctypes.c_uint32(ctypes.sizeof(info))
             if lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) < 0:
                 return None
         finally:
             os.close(fd)
-        n += info[0] == BPF_PROG_TYPE_LSM
+        out.append(tuple(info))
 
 
 def mac_problem(lsms: str | None, label: str | None, selinuxfs: bool,
