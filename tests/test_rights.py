@@ -330,13 +330,12 @@ def test_lsm_programs_are_counted(nobody_pkg):
     # the links are read too (fmod_ret ones count): this scanner's own iterator links are
     # listed, as BPF_LINK_TYPE_ITER (4), and not counted
     from memtrack import bpf as mbpf
-    from memtrack._libbpf import _bpf_infos, _load_lib
-    lib = _load_lib()
+    from memtrack._libbpf import _bpf_infos
     before = lsm_programs()
     if mbpf.unavailable():
         return
     with mbpf.BpfScanner():
-        links = _bpf_infos(lib.bpf_link_get_next_id, lib.bpf_link_get_fd_by_id, 5)
+        links = _bpf_infos("link", 5)
         assert sum(i[0] == 4 for i in links) >= 3
         assert lsm_programs() == before
     code = "from memtrack._libbpf import lsm_programs; print(lsm_programs())"

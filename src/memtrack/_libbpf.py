@@ -431,42 +431,54 @@ def lsm_programs() -> int | None:
     functions and error-injectable ones). None where they cannot be listed (no
     CAP_SYS_ADMIN, no libbpf)."""
     try:
-        lib = _load_lib()
+        _load_lib()
     except LibbpfError:
         return None
-    progs = _bpf_infos(lib.bpf_prog_get_next_id, lib.bpf_prog_get_fd_by_id, 1)
+    progs = _bpf_infos("prog", 1)
     # struct bpf_link_info: type, id, prog_id, then (8-aligned) tracing.attach_type
-    links = _bpf_infos(lib.bpf_link_get_next_id, lib.bpf_link_get_fd_by_id, 5)
+    links = _bpf_infos("link", 5)
     if progs is None or links is None:
         return None
     return (sum(i[0] == BPF_PROG_TYPE_LSM for i in progs)
             + sum(i[0] == BPF_LINK_TYPE_TRACING and i[4] == BPF_MODIFY_RETURN for i in links))
 
 
-def _bpf_infos(next_id, fd_by_id, words: int) -> list | None:
+_infos: dict = {}          # kind -> {id: info words}; ids are not reused (idr_alloc_cyclic)
+
+
+def _bpf_infos(kind: str, words: int) -> list | None:
     """The first `words` u32s of the info (bpf_obj_get_info_by_fd) of every loaded BPF
-    program or link (next_id, fd_by_id: libbpf's calls for the one or the other), or None
-    where they cannot all be read."""
+    "prog" or "link" (kind), or None where they cannot all be read. An id's info is read
+    once: each later scan costs one system call per object (a host may have hundreds)."""
     lib = _load_lib()
-    out, cur, nxt = [], 0, ctypes.c_uint32()
-    info = (ctypes.c_uint32 * words)()
+    next_id = getattr(lib, f"bpf_{kind}_get_next_id")
+    fd_by_id = getattr(lib, f"bpf_{kind}_get_fd_by_id")
+    known = _infos.get(kind, {})
+    now: dict = {}
+    cur, nxt = 0, ctypes.c_uint32()
     while True:
         if next_id(cur, ctypes.byref(nxt)) < 0:
-            return out if ctypes.get_errno() == errno.ENOENT else None
-        cur = nxt.value
-        fd = fd_by_id(cur)
-        if fd < 0:
-            if ctypes.get_errno() == errno.ENOENT:
-                continue                        # gone since it was listed
-            return None
-        try:
-            ctypes.memset(info, 0, ctypes.sizeof(info))
-            size = ctypes.c_uint32(ctypes.sizeof(info))
-            if lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) < 0:
+            if ctypes.get_errno() != errno.ENOENT:
                 return None
-        finally:
-            os.close(fd)
-        out.append(tuple(info))
+            _infos[kind] = now              # those gone are forgotten
+            return list(now.values())
+        cur = nxt.value
+        got = known.get(cur)
+        if got is None:
+            fd = fd_by_id(cur)
+            if fd < 0:
+                if ctypes.get_errno() == errno.ENOENT:
+                    continue                # gone since it was listed
+                return None
+            try:
+                info = (ctypes.c_uint32 * words)()
+                size = ctypes.c_uint32(ctypes.sizeof(info))
+                if lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) < 0:
+                    return None
+            finally:
+                os.close(fd)
+            got = tuple(info)
+        now[cur] = got
 
 
 def mac_problem(lsms: str | None, label: str | None, selinuxfs: bool,
