@@ -319,7 +319,7 @@ def reads_every_fd_dir(status: dict[str, str]) -> bool:
 
 
 def kcmp_gate(status: dict[str, str] | None = None, machine: str | None = None,
-              mac: str | None = "read"):
+              mac: str | tuple | None = "read"):
     """f(pid) -> True when the kernel's ptrace read check lets this process read pid, in one
     system call with no path to walk (kcmp(2) KCMP_VM, about a third of a readlink of
     /proc/PID/exe); False means "ask /proc" (denied, gone, or kcmp refused), never "denied".

@@ -91,7 +91,8 @@ def _gate(pid: int) -> Optional[str]:
 def _others_denied(exclude, want, gate=_gate, listing=None) -> Tuple[tuple, tuple]:
     """(denied, vanished) among the processes holding nothing: procfs counts every process
     it cannot read, so the bpf backend does too (and so shows nothing procfs would not, not
-    even that a process it may not read holds no buffers). The list is /proc's (`listing`,
+    even that a process it may not read holds no buffers), and only those (_holds_nothing:
+    not a zombie, nor a kernel thread past the DAC check). The list is /proc's (`listing`,
     os.listdir("/proc") made during this scan, else listed here): the task iterator is not
     asked, it may not list every process /proc does (in this project's sandbox it skips
     pid 1)."""
@@ -105,10 +106,9 @@ def _others_denied(exclude, want, gate=_gate, listing=None) -> Tuple[tuple, tupl
         if pid in exclude:
             continue
         why = gate(pid)
-        if why == "denied" and _holds_nothing(pid):
-            continue
         if why == "denied":
-            denied.append(pid)
+            if not _holds_nothing(pid):
+                denied.append(pid)
         elif why == "vanished" and want is not None:
             vanished.append(pid)        # asked for by pid, as procfs reports it
     return tuple(denied), tuple(vanished)
