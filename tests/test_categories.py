@@ -205,3 +205,22 @@ def rules_and_snapshot(draw):
 def test_categorize_agrees_with_every_rule_tried(case):
     rules, snap = case
     assert cats(categorize(snap, rules)) == brute_force(snap, rules)
+
+
+def test_name_prefilter_folds_case_as_the_globs_do():
+    """The names prefilter (_may_match) must pass every name a glob matches: it compares
+    case as re.IGNORECASE does, which takes σ, ς and Σ (ς is what str.lower() writes at a
+    word's end), ı and i, ſ and s, K (Kelvin) and k, µ and μ for one another, and lowers
+    İ to "i" (str.lower() makes it two characters)."""
+    from memtrack.categories import _RE_CLASSES, _Condition, _may_match
+    letters = "".join(_RE_CLASSES) + "\u0130I\u212a\u212b\u00c5\u03a3"
+    for a in letters:
+        for b in letters:
+            for pattern in (f"*x{a}y*", f"{a}*"):
+                cond = _Condition([pattern], "t")
+                for name in (f"x{b}y", f"X{b.upper()}Y", f"{b}", f"ΑΣ{b}", f"x{b}yΑΣ"):
+                    if cond(name):
+                        assert _may_match([cond], [name])[0], (pattern, name)
+    # the case Hypothesis found: a final sigma against a capital sigma
+    cond = _Condition(["*Σ*"], "t")
+    assert cond("ς") and _may_match([cond], ["ς"])[0]

@@ -84,6 +84,24 @@ class _Condition:
         return hit
 
 
+# Letters re.IGNORECASE takes for one another that str.lower() leaves apart (CPython's
+# re._compiler._equivalences, unchanged since 3.7), each mapped to the first of its class
+_RE_CLASSES = ("i\u0131", "s\u017f", "\u00b5\u03bc", "\u03b9\u0345\u1fbe", "\u0390\u1fd3",
+               "\u03b0\u1fe3", "\u03b2\u03d0", "\u03b5\u03f5", "\u03b8\u03d1", "\u03ba\u03f0",
+               "\u03c0\u03d6", "\u03c1\u03f1", "\u03c3\u03c2", "\u03c6\u03d5", "\u1e61\u1e9b",
+               "\ufb05\ufb06")
+_RE_FOLD = str.maketrans({c: cls[0] for cls in _RE_CLASSES for c in cls[1:]})
+
+
+def _fold(v: str) -> str:
+    """v as re.IGNORECASE compares it, one character for one: lower case (İ lowers to "i",
+    as re has it, not to two characters), and each class of _RE_CLASSES one letter (σ and
+    ς, which str.lower() writes by context)."""
+    if v.isascii():
+        return v.lower()
+    return v.replace("\u0130", "i").lower().translate(_RE_FOLD)
+
+
 def _may_match(conds: Sequence["_Condition"], values: List[str]) -> list:
     """For each value, whether any of these conditions could match it (a superset, as a
     truth value): every glob needs its longest literal piece somewhere in the value, so one
@@ -93,7 +111,7 @@ def _may_match(conds: Sequence["_Condition"], values: List[str]) -> list:
     for c in conds:
         searches.extend(c.searches)
         for g in c.raw_globs:
-            lit = max(re.split(r"[*?]|\[[^\]]*\]?", g), key=len).lower()
+            lit = _fold(max(re.split(r"[*?]|\[[^\]]*\]?", g), key=len))
             if not lit:
                 return [True] * len(values)    # a glob like "*" or "?*": anything may match
             first.setdefault(lit[0], []).append(re.escape(lit[1:]))
@@ -102,7 +120,7 @@ def _may_match(conds: Sequence["_Condition"], values: List[str]) -> list:
     if not pattern:
         out = [None] * len(values)
     else:
-        out = list(map(re.compile(pattern).search, map(str.lower, values)))
+        out = list(map(re.compile(pattern).search, map(_fold, values)))
     if searches:
         out = [hit or any(r.search(v) for r in searches) for hit, v in zip(out, values)]
     return out
