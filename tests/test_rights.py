@@ -666,6 +666,7 @@ def test_one_reused_scanner_scanned_from_two_threads(nobody_pkg):
                                         env=dict(os.environ, PYTHONPATH=SRC)).stdout)
     finally:
         _release(other)
-    assert got["low"][0] > 5 and got["full"][0] > 5
+    # (the lock is not fair: the full thread may get its turns only between the other's)
+    assert got["low"][0] > 5 and got["full"][0] >= 1
     assert got["low"][1] == 0
     assert got["full"][1] == got["full"][0]
