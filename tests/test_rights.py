@@ -331,18 +331,17 @@ def test_lsm_programs_are_counted(nobody_pkg):
     # listed, as BPF_LINK_TYPE_ITER (4), and not counted
     from memtrack import bpf as mbpf
     from memtrack._libbpf import _bpf_infos
-    before = lsm_programs()
-    if mbpf.unavailable():
-        return
-    with mbpf.BpfScanner():
-        links = _bpf_infos("link", 5)
-        assert sum(i[0] == 4 for i in links) >= 3
-        assert lsm_programs() == before
     code = "from memtrack._libbpf import lsm_programs; print(lsm_programs())"
     out = subprocess.run(DROP + [sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, env=dict(os.environ, PYTHONPATH=nobody_pkg), cwd=nobody_pkg,
                          check=True).stdout
     assert out.strip() == "None"
+    before = lsm_programs()
+    if not mbpf.unavailable():
+        with mbpf.BpfScanner():
+            links = _bpf_infos("link", 5)
+            assert sum(i[0] == 4 for i in links) >= 3
+            assert lsm_programs() == before
 
 
 HOLDER = ("import os, sys; f = os.memfd_create('rights-holder'); os.ftruncate(f, 8192); "
