@@ -247,15 +247,29 @@ def test_kcmp_gate_refused_where_the_checks_differ():
     assert kcmp_gate({}) is None
 
 
-CAPDROP = r"""
+# prefixed to the child scripts below: capset(2) on the calling thread only
+LOWER = r"""
+import ctypes
+def lower_effective(*caps):
+    # drop caps from this thread's effective set, keeping them permitted
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Hdr(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class Data(ctypes.Structure):
+        _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
+    h = Hdr(0x20080522, 0)
+    d = (Data * 2)()
+    assert libc.capget(ctypes.byref(h), d) == 0
+    for c in caps:
+        d[0].eff &= ~(1 << c)
+    assert libc.capset(ctypes.byref(h), d) == 0
+"""
+
+
+CAPDROP = LOWER + r"""
 import ctypes, json, subprocess, sys
 from memtrack import bpf as mbpf
 from memtrack._libbpf import kcmp_gate
-libc = ctypes.CDLL(None, use_errno=True)
-class Hdr(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
 child = subprocess.Popen([sys.executable, "-c", "import os, sys; f = os.memfd_create('capdrop'); sys.stdin.read()"],
                          stdin=subprocess.PIPE)
 import time; time.sleep(0.3)
@@ -263,12 +277,7 @@ scanner = None if mbpf.unavailable() else mbpf.BpfScanner(reuse=True)
 out = {"before": mbpf._gate(child.pid), "gate_before": kcmp_gate() is not None}
 if scanner is not None:
     out["scan_before"] = child.pid in scanner.scan(pids=[child.pid]).skipped.denied
-h = Hdr(0x20080522, 0)
-d = (Data * 2)()
-assert libc.capget(ctypes.byref(h), d) == 0
-for c in (19, 1, 2):        # CAP_SYS_PTRACE, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: effective only
-    d[0].eff &= ~(1 << c)
-assert libc.capset(ctypes.byref(h), d) == 0
+lower_effective(19, 1, 2)   # CAP_SYS_PTRACE, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
 out.update(after=mbpf._gate(child.pid), gate_after=kcmp_gate() is not None)
 if scanner is not None:
     out["scan_after"] = child.pid in scanner.scan(pids=[child.pid]).skipped.denied
@@ -391,16 +400,11 @@ def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows(nobody_pkg
     assert got["bpf"] == got["procfs"]
 
 
-THREAD = r"""
+THREAD = LOWER + r"""
 import ctypes, json, subprocess, sys, threading
 from memtrack.bpf import BpfScanner
 from memtrack.scan import scan
 from memtrack.sources.live import LiveSource
-libc = ctypes.CDLL(None, use_errno=True)
-class Hdr(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
 child.stdout.readline()
@@ -421,11 +425,7 @@ def full():                      # a thread keeping its rights, scanning all alo
 def low():
     scanners = {r: BpfScanner(reuse=r) for r in (False, True)}     # opened with full rights
     out["before"] = [denied(scanners[r].scan(pids=[child.pid])) for r in (False, True)]
-    h = Hdr(0x20080522, 0)
-    d = (Data * 2)()
-    assert libc.capget(ctypes.byref(h), d) == 0
-    d[0].eff &= ~(1 << 19)       # CAP_SYS_PTRACE, effective only, this thread only (capset)
-    assert libc.capset(ctypes.byref(h), d) == 0
+    lower_effective(19)          # CAP_SYS_PTRACE, this thread only
     out["leader"], out["thread"] = cap_line("/proc/self/status"), cap_line("/proc/thread-self/status")
     lowered.set()
     out["after"] = [all(denied(scanners[r].scan(pids=[child.pid])) for _ in range(15))
@@ -555,23 +555,14 @@ def test_unprivileged_bpf_caller_is_refused_what_procfs_is(nobody_pkg):
     assert got["bpf"] == got["procfs"]
 
 
-LOWERED = r"""
+LOWERED = LOWER + r"""
 import ctypes, json, sys
 from memtrack.bpf import BpfScanner
 from memtrack.scan import scan
 from memtrack.sources.live import LiveSource
 pids = [int(p) for p in sys.argv[1:]]
 scanners = [BpfScanner(reuse=False), BpfScanner(reuse=True)]
-libc = ctypes.CDLL(None, use_errno=True)
-class Hdr(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
-h = Hdr(0x20080522, 0)
-d = (Data * 2)()
-assert libc.capget(ctypes.byref(h), d) == 0
-d[0].eff &= ~(1 << 19)           # CAP_SYS_PTRACE, effective only
-assert libc.capset(ctypes.byref(h), d) == 0
+lower_effective(19)              # CAP_SYS_PTRACE
 def seen(snap):
     return [sorted(snap.process_map), sorted(snap.skipped.denied)]
 out = {"procfs": seen(scan(LiveSource(), pids=pids))}
@@ -608,15 +599,10 @@ def test_a_caller_without_ptrace_rights_is_refused_what_procfs_is(nobody_pkg):
     assert got["bpf"] == [got["procfs"]] * 2
 
 
-SHARED = r"""
+SHARED = LOWER + r"""
 import ctypes, json, sys, threading, time
 from memtrack.bpf import BpfScanner
 target = int(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-class Hdr(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("eff", ctypes.c_uint32), ("prm", ctypes.c_uint32), ("inh", ctypes.c_uint32)]
 scanner = BpfScanner(reuse=True)
 out = {"full": [0, 0], "low": [0, 0]}
 stop = threading.Event()
@@ -630,11 +616,7 @@ def full():
     while not stop.is_set():
         count("full")
 def low():
-    h = Hdr(0x20080522, 0)
-    d = (Data * 2)()
-    assert libc.capget(ctypes.byref(h), d) == 0
-    d[0].eff &= ~(1 << 1 | 1 << 2)      # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: this thread's
-    assert libc.capset(ctypes.byref(h), d) == 0
+    lower_effective(1, 2)               # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH: this thread's
     lowered.set()
     end = time.monotonic() + 1.5
     while time.monotonic() < end:

@@ -61,6 +61,11 @@ class _Caller(threading.local):
 _caller = _Caller()
 
 
+def _open_fd_dir(pid: int) -> None:
+    """Open /proc/PID/fd as procfs lists it (its DAC and MAC checks), or raise OSError."""
+    os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+
+
 def _gate(pid: int) -> Optional[str]:
     """None if procfs would let this caller read the process, else "denied" or "vanished".
 
@@ -77,7 +82,7 @@ def _gate(pid: int) -> Optional[str]:
         return None
     try:
         if not me.exe_only:
-            os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            _open_fd_dir(pid)
         os.readlink("/proc/%d/exe" % pid)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
@@ -138,7 +143,7 @@ def _holds_nothing(pid: int) -> bool:
     if _caller.exe_only:
         return True
     try:
-        os.close(os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        _open_fd_dir(pid)
     except OSError:
         return False
     return True
