@@ -104,11 +104,11 @@ def _error(msg: str) -> SourceError:
     return SourceError(printable(msg))
 
 
-def _connect(path: str, timeout: float = 5.0) -> sqlite3.Connection:
+def _connect(path: str, timeout: float = 5.0, shown: Optional[str] = None) -> sqlite3.Connection:
     try:
         con = sqlite3.connect(path, timeout=timeout, isolation_level=None)
     except sqlite3.Error as exc:
-        raise _error(f"{path}: {exc}") from None
+        raise _error(f"{shown or path}: {exc}") from None
     con.text_factory = _text
     return con
 
@@ -145,10 +145,9 @@ class Recorder:
 
     def __init__(self, path: str, interval: Optional[float] = None):
         self.path = path
-        exists = os.path.exists(path) and os.path.getsize(path) > 0
-        self._lock = _lock_exclusive(path)
+        real, exists, self._lock = _lock_exclusive(path)
         try:
-            self.con = con = _connect(path)
+            self.con = con = _connect(real, shown=path)
         except BaseException:
             os.close(self._lock)
             raise
@@ -334,21 +333,40 @@ class Recorder:
         os.close(self._lock)
 
 
-def _lock_exclusive(path: str) -> int:
-    """One recorder per file: two would close each other's spans. flock() on the database
+def _lock_exclusive(path: str) -> Tuple[str, bool, int]:
+    """(path with its links followed, whether it held a database, the fd of its flock).
+    One recorder per file: two would close each other's spans. flock() on the database
     file itself (SQLite's own locks are fcntl() ranges: the two never interact on Linux); the
-    kernel drops it when the recorder dies, however it dies."""
+    kernel drops it when the recorder dies, however it dies.
+    The path is walked as util.atomic walks an -o path (no link another user planted in
+    /tmp is followed, whatever fs.protected_symlinks says), and so are the names SQLite
+    puts beside it (-wal, -shm, -journal). The file is opened O_NOFOLLOW in the directory
+    that was checked; SQLite opens it by the resolved name, which in a sticky directory only
+    its owner (the caller, or the directory's owner) can replace."""
     import fcntl
+    from .util.atomic import check_entry, resolve
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        t = resolve(path)
+        try:
+            for side in ("-wal", "-shm", "-journal"):
+                try:
+                    st = os.stat(t.name + side, dir_fd=t.dir_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                check_entry(t, t.name + side, st)
+            fd = os.open(t.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=t.dir_fd)
+            real = os.path.join(os.readlink(f"/proc/self/fd/{t.dir_fd}"), t.name)
+        finally:
+            os.close(t.dir_fd)
     except OSError as exc:
-        raise SourceError(f"{path}: {exc.strerror}") from None
+        raise SourceError(f"{path}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         raise SourceError(f"{path}: another `memtrack record` is writing to it") from None
-    return fd
+    return real, t.st is not None and t.st.st_size > 0, fd
 
 
 # -- reading ----------------------------------------------------------------------------------
