@@ -85,9 +85,9 @@ def _trusted(st: os.stat_result, dst: os.stat_result) -> bool:
     return not _sticky_open(dst) or st.st_uid in (os.geteuid(), dst.st_uid)
 
 
-def _refuse(what: str, shown: str, st: os.stat_result, why: str = "") -> PermissionError:
-    return PermissionError(errno.EACCES, f"refusing to {what} {shown}: {why}owned by uid {st.st_uid} in a "
-                           "sticky world-writable directory, neither this user nor the directory's owner")
+def _refuse(what: str, shown: str, st: os.stat_result) -> PermissionError:
+    return PermissionError(errno.EACCES, f"refusing to {what} {shown}: it is owned by uid {st.st_uid}, "
+                           "neither this user nor the owner of its sticky world-writable directory")
 
 
 def check_entry(t: Target, name: str, st: os.stat_result) -> None:
