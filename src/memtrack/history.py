@@ -20,6 +20,12 @@ Schema version 1 (``meta`` key ``schema``):
   usage_spans(process, rss, pss, uss, buffers, mapped, first, last)
   category_spans(category, bytes, buffers, first, last)
 
+Numbers are stored as SQLite INTEGERs where they fit its signed 64 bits; a size may be
+2^64-1 (any user's sparse memfd is 2^63-1) and a sum of sizes more, so a number beyond
+64 bits is stored in its same column as a BLOB of its decimal digits (an INTEGER column turns
+TEXT digits into a lossy REAL, but keeps a BLOB as given) and read back as the exact int.
+A history without such numbers is byte for byte what earlier versions wrote.
+
 Names come from other processes and may hold bytes that are not UTF-8 (kept in memory as
 surrogates, '\udcff'): they are stored as those very bytes in their TEXT column and read
 back with surrogateescape, so they round-trip unchanged (a lone surrogate that stands for no
@@ -66,6 +72,8 @@ CREATE TABLE IF NOT EXISTS usage_spans(process INTEGER NOT NULL, rss INTEGER, ps
 CREATE TABLE IF NOT EXISTS category_spans(category TEXT NOT NULL, bytes INTEGER, buffers INTEGER,
     first INTEGER NOT NULL, last INTEGER);
 """
+_SNAPSHOT_COLS = ("run, t, taken_at, complete, held_bytes, kernel_only_bytes, dmabuf_exported_bytes, "
+                  "processes, buffers, denied")
 _SPAN_TABLES = ("buffer_spans", "ref_spans", "usage_spans", "category_spans")
 
 
@@ -80,9 +88,17 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+#: SQLite's INTEGER is signed 64-bit; a size may be 2^64-1 and a sum of sizes more
+_INT64 = range(-2 ** 63, 2 ** 63)
+
+
 def _param(v):
     """(placeholder, value) binding v losslessly: a str holding surrogates cannot go to
-    SQLite as str; its bytes go in as a blob cast to TEXT."""
+    SQLite as str; its bytes go in as a blob cast to TEXT. An int beyond SQLite's 64 bits
+    goes in as a BLOB of its decimal digits (a BLOB is the one value an INTEGER column keeps
+    as given: TEXT digits would be turned into a lossy REAL); _int() reads it back."""
+    if type(v) is int and v not in _INT64:
+        return "?", str(v).encode("ascii")
     if isinstance(v, str):
         try:
             v.encode("utf-8")
@@ -92,6 +108,18 @@ def _param(v):
             except UnicodeEncodeError:          # a surrogate that stands for no byte
                 return "CAST(? AS TEXT)", v.encode("utf-8", "surrogatepass")
     return "?", v
+
+
+def _int(v):
+    """A number column's value as stored by _param: a BLOB of ASCII digits is that int;
+    anything else is returned as it is (and checked by the reader)."""
+    if type(v) is bytes and 0 < len(v) <= 60 and v.isdigit():
+        return int(v)
+    return v
+
+
+def _ints(row) -> tuple:
+    return tuple(map(_int, row))
 
 
 def _insert(con: sqlite3.Connection, table: str, cols: str, values: tuple) -> int:
@@ -167,7 +195,7 @@ class Recorder:
                     ("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
                     ("tool", f"memtrack {__version__}")])
                 con.execute("COMMIT")
-            self._buffers = {row[1:]: row[0] for row in con.execute(
+            self._buffers = {_ints(row[1:]): row[0] for row in con.execute(
                 "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
             self._procs = {row[1:]: row[0] for row in con.execute(
                 "SELECT id, pid, comm, cmdline, uid FROM processes")}
@@ -235,12 +263,10 @@ class Recorder:
             with write_transaction(con):
                 if self.run is None:
                     self._start_run(snap)
-                sid = con.execute(
-                    "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
-                    "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
-                     snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
-                     len(snap.skipped.denied))).lastrowid
+                sid = _insert(con, "snapshots", _SNAPSHOT_COLS,
+                              (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes,
+                               acct.kernel_only_bytes, snap.kernel.dmabuf_exported_bytes, len(procs),
+                               len(buffers), len(snap.skipped.denied)))
                 bids = {}
                 cats: Dict[str, List[int]] = {}
                 for b in buffers:
@@ -298,16 +324,13 @@ class Recorder:
         same objects when nothing moved): one row, every span simply stays open."""
         con = self.con
         with write_transaction(con):
-            sid = con.execute(
-                "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
-                "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (self.run, t, snap.taken_at) + self._same[3]).lastrowid
+            sid = _insert(con, "snapshots", _SNAPSHOT_COLS, (self.run, t, snap.taken_at) + self._same[3])
         self._prev = sid
         self.snapshots += 1
         return sid
 
     def _reload_open(self) -> None:
-        self._buffers = {row[1:]: row[0] for row in self.con.execute(
+        self._buffers = {_ints(row[1:]): row[0] for row in self.con.execute(
             "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
         self._procs = {row[1:]: row[0] for row in self.con.execute(
             "SELECT id, pid, comm, cmdline, uid FROM processes")}
@@ -319,9 +342,9 @@ class Recorder:
                 "SELECT rowid, buffer FROM buffer_spans WHERE last IS NULL")},
             "ref_spans": {r[1]: (r[0], True) for r in c.execute(
                 "SELECT rowid, ref FROM ref_spans WHERE last IS NULL")},
-            "usage_spans": {r[1]: (r[0], tuple(r[2:])) for r in c.execute(
+            "usage_spans": {r[1]: (r[0], _ints(r[2:])) for r in c.execute(
                 "SELECT rowid, process, rss, pss, uss, buffers, mapped FROM usage_spans WHERE last IS NULL")},
-            "category_spans": {r[1]: (r[0], tuple(r[2:])) for r in c.execute(
+            "category_spans": {r[1]: (r[0], _ints(r[2:])) for r in c.execute(
                 "SELECT rowid, category, bytes, buffers FROM category_spans WHERE last IS NULL")},
         }
 
@@ -433,9 +456,10 @@ class History:
         return out
 
 
-#: values a history can hold: byte counts and sizes fit SQLite's integers; a time is a Unix
-#: time before the year 5138 (anything later, or negative, is no clock reading)
-_MAX_COUNT = 2 ** 63 - 1
+#: values a history can hold: a size is at most 2^64-1 and a sum of sizes (held bytes, a
+#: process's pss) may be several of those, far below 2^128; a time is a Unix time before the
+#: year 5138 (anything later, or negative, is no clock reading)
+_MAX_COUNT = 2 ** 128 - 1
 _MAX_TIME = 1e11
 
 
@@ -492,6 +516,7 @@ def _checked(path: str, table: str, rows):
     """rows (id first, then the columns _REQUIRE names for table), each checked."""
     require = _REQUIRE[table]
     for r in rows:
+        r = _ints(r)                   # numbers beyond 64 bits, as _param stored them
         for (col, ok, must), v in zip(require, r[1:]):
             if not ok(v):
                 shown = repr(v)
