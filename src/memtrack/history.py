@@ -20,6 +20,12 @@ Schema version 1 (``meta`` key ``schema``):
   usage_spans(process, rss, pss, uss, buffers, mapped, first, last)
   category_spans(category, bytes, buffers, first, last)
 
+Numbers are stored as SQLite INTEGERs where they fit its signed 64 bits; a size may be
+2^64-1 (any user's sparse memfd is 2^63-1) and a sum of sizes more, so a number beyond
+64 bits is stored in its same column as a BLOB of its decimal digits (an INTEGER column turns
+TEXT digits into a lossy REAL, but keeps a BLOB as given) and read back as the exact int.
+A history without such numbers is byte for byte what earlier versions wrote.
+
 Names come from other processes and may hold bytes that are not UTF-8 (kept in memory as
 surrogates, '\udcff'): they are stored as those very bytes in their TEXT column and read
 back with surrogateescape, so they round-trip unchanged (a lone surrogate that stands for no
@@ -28,13 +34,16 @@ invalid UTF-8 never stops a read.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import json
 import math
 import os
 import sqlite3
 import time
 import urllib.parse
+from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -66,6 +75,8 @@ CREATE TABLE IF NOT EXISTS usage_spans(process INTEGER NOT NULL, rss INTEGER, ps
 CREATE TABLE IF NOT EXISTS category_spans(category TEXT NOT NULL, bytes INTEGER, buffers INTEGER,
     first INTEGER NOT NULL, last INTEGER);
 """
+_SNAPSHOT_COLS = ("run, t, taken_at, complete, held_bytes, kernel_only_bytes, dmabuf_exported_bytes, "
+                  "processes, buffers, denied")
 _SPAN_TABLES = ("buffer_spans", "ref_spans", "usage_spans", "category_spans")
 
 
@@ -80,9 +91,17 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+#: SQLite's INTEGER is signed 64-bit; a size may be 2^64-1 and a sum of sizes more
+_INT64 = range(-2 ** 63, 2 ** 63)
+
+
 def _param(v):
     """(placeholder, value) binding v losslessly: a str holding surrogates cannot go to
-    SQLite as str; its bytes go in as a blob cast to TEXT."""
+    SQLite as str; its bytes go in as a blob cast to TEXT. An int beyond SQLite's 64 bits
+    goes in as a BLOB of its decimal digits (a BLOB is the one value an INTEGER column keeps
+    as given: TEXT digits would be turned into a lossy REAL); _int() reads it back."""
+    if type(v) is int and v not in _INT64:
+        return "?", str(v).encode("ascii")
     if isinstance(v, str):
         try:
             v.encode("utf-8")
@@ -92,6 +111,18 @@ def _param(v):
             except UnicodeEncodeError:          # a surrogate that stands for no byte
                 return "CAST(? AS TEXT)", v.encode("utf-8", "surrogatepass")
     return "?", v
+
+
+def _int(v):
+    """A number column's value as stored by _param: a BLOB of ASCII digits is that int;
+    anything else is returned as it is (and checked by the reader)."""
+    if type(v) is bytes and 0 < len(v) <= 60 and v.isdigit():
+        return int(v)
+    return v
+
+
+def _ints(row) -> tuple:
+    return tuple(map(_int, row))
 
 
 def _insert(con: sqlite3.Connection, table: str, cols: str, values: tuple) -> int:
@@ -166,7 +197,7 @@ class Recorder:
                     ("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
                     ("tool", f"memtrack {__version__}")])
                 con.execute("COMMIT")
-            self._buffers = {row[1:]: row[0] for row in con.execute(
+            self._buffers = {_ints(row[1:]): row[0] for row in con.execute(
                 "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
             self._procs = {row[1:]: row[0] for row in con.execute(
                 "SELECT id, pid, comm, cmdline, uid FROM processes")}
@@ -234,12 +265,10 @@ class Recorder:
             with write_transaction(con):
                 if self.run is None:
                     self._start_run(snap)
-                sid = con.execute(
-                    "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
-                    "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
-                     snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
-                     len(snap.skipped.denied))).lastrowid
+                sid = _insert(con, "snapshots", _SNAPSHOT_COLS,
+                              (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes,
+                               acct.kernel_only_bytes, snap.kernel.dmabuf_exported_bytes, len(procs),
+                               len(buffers), len(snap.skipped.denied)))
                 bids = {}
                 cats: Dict[str, List[int]] = {}
                 for b in buffers:
@@ -297,16 +326,13 @@ class Recorder:
         same objects when nothing moved): one row, every span simply stays open."""
         con = self.con
         with write_transaction(con):
-            sid = con.execute(
-                "INSERT INTO snapshots(run, t, taken_at, complete, held_bytes, kernel_only_bytes, "
-                "dmabuf_exported_bytes, processes, buffers, denied) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (self.run, t, snap.taken_at) + self._same[3]).lastrowid
+            sid = _insert(con, "snapshots", _SNAPSHOT_COLS, (self.run, t, snap.taken_at) + self._same[3])
         self._prev = sid
         self.snapshots += 1
         return sid
 
     def _reload_open(self) -> None:
-        self._buffers = {row[1:]: row[0] for row in self.con.execute(
+        self._buffers = {_ints(row[1:]): row[0] for row in self.con.execute(
             "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
         self._procs = {row[1:]: row[0] for row in self.con.execute(
             "SELECT id, pid, comm, cmdline, uid FROM processes")}
@@ -318,9 +344,9 @@ class Recorder:
                 "SELECT rowid, buffer FROM buffer_spans WHERE last IS NULL")},
             "ref_spans": {r[1]: (r[0], True) for r in c.execute(
                 "SELECT rowid, ref FROM ref_spans WHERE last IS NULL")},
-            "usage_spans": {r[1]: (r[0], tuple(r[2:])) for r in c.execute(
+            "usage_spans": {r[1]: (r[0], _ints(r[2:])) for r in c.execute(
                 "SELECT rowid, process, rss, pss, uss, buffers, mapped FROM usage_spans WHERE last IS NULL")},
-            "category_spans": {r[1]: (r[0], tuple(r[2:])) for r in c.execute(
+            "category_spans": {r[1]: (r[0], _ints(r[2:])) for r in c.execute(
                 "SELECT rowid, category, bytes, buffers FROM category_spans WHERE last IS NULL")},
         }
 
@@ -437,9 +463,44 @@ class History:
     buffer_life: Dict[int, List[Tuple[int, int]]]         # buffer -> [(i0, i1)]
     holds: List[Hold] = field(default_factory=list)
     runs: int = 1
+    _prefix: Optional[Tuple[Sequence[float], Sequence[float]]] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.times)
+
+    def value_runs(self, spans, col: int, lo: int = 0, hi: Optional[int] = None) -> List[Tuple[int, int, int]]:
+        """(i0, i1, value) covering snapshots lo..hi (default: all), 0 where no span is:
+        what series() holds, one entry per span and per gap instead of one per snapshot."""
+        hi = len(self.times) - 1 if hi is None else hi
+        out: List[Tuple[int, int, int]] = []
+        at = lo
+        for i0, i1, vals in sorted(spans, key=lambda s: s[0]):
+            i0, i1 = max(i0, at), min(i1, hi)
+            if i1 < i0:
+                continue
+            if i0 > at:
+                out.append((at, i0 - 1, 0))
+            out.append((i0, i1, vals[col]))
+            at = i1 + 1
+        if at <= hi:
+            out.append((at, hi, 0))
+        return out
+
+    def sampled(self, spans, col: int, idx: Sequence[int]) -> List[int]:
+        """series(spans, col) at the sorted snapshot indexes idx only."""
+        runs = self.value_runs(spans, col)
+        out, r = [], 0
+        for i in idx:
+            while runs[r][1] < i:
+                r += 1
+            out.append(runs[r][2])
+        return out
+
+    @property
+    def prefix(self) -> Tuple[Sequence[float], Sequence[float]]:
+        if self._prefix is None:
+            self._prefix = prefix_sums(self.times)
+        return self._prefix
 
     def series(self, spans, col: int) -> List[int]:
         """A dense per-snapshot series from spans (0 where absent)."""
@@ -451,9 +512,10 @@ class History:
         return out
 
 
-#: values a history can hold: byte counts and sizes fit SQLite's integers; a time is a Unix
-#: time before the year 5138 (anything later, or negative, is no clock reading)
-_MAX_COUNT = 2 ** 63 - 1
+#: values a history can hold: a size is at most 2^64-1 and a sum of sizes (held bytes, a
+#: process's pss) may be several of those, far below 2^128; a time is a Unix time before the
+#: year 5138 (anything later, or negative, is no clock reading)
+_MAX_COUNT = 2 ** 128 - 1
 _MAX_TIME = 1e11
 
 
@@ -510,6 +572,7 @@ def _checked(path: str, table: str, rows):
     """rows (id first, then the columns _REQUIRE names for table), each checked."""
     require = _REQUIRE[table]
     for r in rows:
+        r = _ints(r)                   # numbers beyond 64 bits, as _param stored them
         for (col, ok, must), v in zip(require, r[1:]):
             if not ok(v):
                 shown = repr(v)
@@ -546,31 +609,72 @@ def _open_readonly(path: str) -> sqlite3.Connection:
         raise _error(f"{path}: not a memtrack history database ({exc})") from None
 
 
-def load(path: str) -> History:
+#: snapshots rows that fail _REQUIRE (a BLOB, a number beyond 64 bits, is checked in Python)
+_BAD_SNAPSHOTS = """SELECT count(*) FROM snapshots WHERE NOT (
+    typeof(t) IN ('integer', 'real') AND t >= 0 AND t <= 1e11
+    AND (typeof(kernel_only_bytes) IN ('null', 'blob') OR
+         (typeof(kernel_only_bytes) = 'integer' AND kernel_only_bytes >= 0))
+    AND (typeof(held_bytes) IN ('null', 'blob') OR (typeof(held_bytes) = 'integer' AND held_bytes >= 0)))"""
+
+
+def _column(con: sqlite3.Connection, col: str) -> Optional[list]:
+    """One column of every snapshot, in order; numbers beyond 64 bits (BLOBs of digits) as
+    ints; None when such a BLOB holds no count (the row-by-row check then names it)."""
+    out = [r[0] for r in con.execute(f"SELECT {col} FROM snapshots ORDER BY id")]
+    if col != "t" and con.execute(f"SELECT 1 FROM snapshots WHERE typeof({col}) = 'blob'").fetchone():
+        out = [int(v) if type(v) is bytes and 0 < len(v) <= 60 and v.isdigit() else v for v in out]
+        if not all(v is None or (type(v) is int and 0 <= v <= _MAX_COUNT) for v in out):
+            return None
+    return out
+
+
+def load(path: str, progress=None) -> History:
+    """The history in the database at path. progress(step), if given, is told each step."""
     if not os.path.exists(path):
         raise _error(f"{path}: no such file")
     con = _open_readonly(path)
     try:
         _check_schema(con, path)
         con.execute("BEGIN")                                 # one consistent read
-        snaps = list(_checked(path, "snapshots", con.execute(
-            "SELECT id, t, kernel_only_bytes, held_bytes FROM snapshots ORDER BY id")))
-        if not snaps:
+        # a million snapshots: SQLite checks the rows and each column comes as one list;
+        # only a history with a bad row goes row by row in Python, to name that row
+        first, last, count = con.execute("SELECT min(id), max(id), count(*) FROM snapshots").fetchone()
+        if not count:
             raise _error(f"{path}: no snapshots recorded yet")
-        index = {sid: i for i, (sid, *_rest) in enumerate(snaps)}
-        end = len(snaps) - 1
+        if progress:
+            progress(f"reading {count} snapshots")
+        # ids without gaps (the usual case) need no list to find a snapshot's index
+        sids = range(first, last + 1) if last - first + 1 == count else _column(con, "id")
+        times = _column(con, "t")
+        kernel_only = _column(con, "kernel_only_bytes")
+        held = _column(con, "held_bytes")
+        if con.execute(_BAD_SNAPSHOTS).fetchone()[0] or kernel_only is None or held is None:
+            for _ in _checked(path, "snapshots", con.execute(
+                    "SELECT id, t, kernel_only_bytes, held_bytes FROM snapshots ORDER BY id")):
+                pass
+            raise _damaged(path, "snapshots: a row holds what is not a number")   # not reached
+        end = count - 1
+
+        def at(sid):
+            """The index of snapshot sid (ids ascend), None when it is not there."""
+            if type(sid) is not int:
+                return None
+            i = bisect.bisect_left(sids, sid)
+            return i if i <= end and sids[i] == sid else None
         # runs that stored a snapshot (an older memtrack left a row for a run that failed)
         runs = con.execute("SELECT count(DISTINCT run) FROM snapshots").fetchone()[0]
 
         def rng(table, first, last):
             """Snapshot indexes of a span; (None, None) when its snapshots are not there."""
-            i0 = index.get(first)
-            i1 = end if last is None else index.get(last)
+            i0 = at(first)
+            i1 = end if last is None else at(last)
             if i0 is not None and i1 is not None and i0 > i1:
                 raise _damaged(path, f"{table}: a span ends (snapshot {last}) before it begins "
                                      f"(snapshot {first})")
             return i0, i1
 
+        if progress:
+            progress("reading processes, buffers and spans")
         procs = {r[0]: ProcRow(*r) for r in _checked(path, "processes", con.execute(
             "SELECT id, pid, comm, cmdline, uid FROM processes"))}
         bufs = {r[0]: BufRow(*r) for r in _checked(path, "buffers", con.execute(
@@ -618,8 +722,7 @@ def load(path: str) -> History:
     holds.sort(key=lambda h: (h.first, h.process, h.buffer))
     for v in list(usage.values()) + list(cats.values()):
         v.sort()
-    return History(path=path, times=[s[1] for s in snaps], sids=[s[0] for s in snaps],
-                   kernel_only=[s[2] for s in snaps], held=[s[3] for s in snaps],
+    return History(path=path, times=times, sids=sids, kernel_only=kernel_only, held=held,
                    processes=procs, buffers=bufs, usage=usage, categories=cats,
                    buffer_life={k: _merge(v) for k, v in life.items()}, holds=holds, runs=runs)
 
@@ -666,28 +769,66 @@ class Trend:
                 "rises": self.rises, "drops": self.drops}
 
 
+def prefix_sums(times: Sequence[float]) -> Tuple[Sequence[float], Sequence[float]]:
+    """Running sums of t and t*t (t counted from the first snapshot): any run of snapshots
+    then adds its share to a least-squares fit in one step, not one step per snapshot."""
+    if not times:
+        return array("d", [0.0]), array("d", [0.0])
+    t0 = times[0]
+    # arrays of doubles: a third of the memory of lists of floats, at a million snapshots
+    return (array("d", itertools.accumulate((t - t0 for t in times), initial=0.0)),
+            array("d", itertools.accumulate(((t - t0) * (t - t0) for t in times), initial=0.0)))
+
+
+def runs_of(values: Sequence[Optional[int]]) -> List[Tuple[int, int, int]]:
+    """(i0, i1, v): the maximal runs of one value; None (unknown) leaves a hole."""
+    out: List[Tuple[int, int, int]] = []
+    i0 = 0
+    n = len(values)
+    while i0 < n:
+        v = values[i0]
+        i1 = i0
+        while i1 + 1 < n and values[i1 + 1] == v:
+            i1 += 1
+        if v is not None:
+            out.append((i0, i1, v))
+        i0 = i1 + 1
+    return out
+
+
 def trend(times: Sequence[float], values: Sequence[Optional[int]]) -> Optional[Trend]:
-    pts = [(t, v) for t, v in zip(times, values) if v is not None]
-    if not pts:
+    return trend_runs(times, runs_of(values), prefix_sums(times))
+
+
+def trend_runs(times: Sequence[float], runs: Sequence[Tuple[int, int, int]],
+               prefix: Tuple[Sequence[float], Sequence[float]]) -> Optional[Trend]:
+    """The least-squares trend of a series given as runs of one value (as spans store it):
+    the cost is per run, so a million snapshots with a few changes take no time."""
+    if not runs:
         return None
-    t0 = pts[0][0]
-    n = len(pts)
+    p1, p2 = prefix
+    n = 0
     st = sv = stt = svv = stv = 0.0
-    for t, v in pts:
-        t -= t0
-        st += t
-        sv += v
-        stt += t * t
-        svv += v * v
-        stv += t * v
+    base = runs[0][2]           # values counted from the first (exactly, as ints): a 2^64
+    for i0, i1, v in runs:      # level under MiB-sized changes would drown them in rounding
+        k = i1 - i0 + 1
+        s1 = p1[i1 + 1] - p1[i0]
+        fv = float(v - base)
+        n += k
+        st += s1
+        stt += p2[i1 + 1] - p2[i0]
+        sv += fv * k
+        svv += fv * fv * k
+        stv += fv * s1
     dt = n * stt - st * st
     dv = n * svv - sv * sv
     cov = n * stv - st * sv
     slope = cov / dt if dt > 0 else 0.0
     r2 = (cov * cov) / (dt * dv) if dt > 0 and dv > 0 else 0.0
+    r2 = min(r2, 1.0)                   # rounding may carry a perfect fit a hair past 1
     rises = drops = up = down = 0
-    peak, peak_t = pts[0][1], pts[0][0]
-    for (_, a), (t, b) in zip(pts, pts[1:]):
+    peak, peak_t = runs[0][2], times[runs[0][0]]
+    for (_, _, a), (i0, _, b) in zip(runs, runs[1:]):
         if b > a:
             rises += 1
             up += b - a
@@ -695,8 +836,8 @@ def trend(times: Sequence[float], values: Sequence[Optional[int]]) -> Optional[T
             drops += 1
             down += a - b
         if b > peak:
-            peak, peak_t = b, t
-    return Trend(pts[0][1], pts[-1][1], peak, peak_t, slope, r2, rises, drops, up, down)
+            peak, peak_t = b, times[i0]
+    return Trend(runs[0][2], runs[-1][2], peak, peak_t, slope, r2, rises, drops, up, down)
 
 
 @dataclass
@@ -724,11 +865,8 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
         if pids is not None and prow.pid not in pids:
             continue
         i0, i1 = spans[0][0], max(s[1] for s in spans)
-        window = T[i0:i1 + 1]
-        rss = h.series(spans, 0)[i0:i1 + 1]
-        pss = h.series(spans, 1)[i0:i1 + 1]
-        nbuf = h.series(spans, 3)[i0:i1 + 1]
-        tr_pss, tr_rss, tr_buf = trend(window, pss), trend(window, rss), trend(window, nbuf)
+        tr_pss, tr_rss, tr_buf = (trend_runs(T, h.value_runs(spans, col, i0, i1), h.prefix)
+                                  for col in (1, 0, 3))
         entry = {"pid": prow.pid, "comm": prow.comm, "name": prow.short, "cmdline": prow.cmdline,
                  "first_seen": _iso(T[i0]), "last_seen": _iso(T[i1]), "snapshots": i1 - i0 + 1,
                  "pss": tr_pss.as_dict(), "rss": tr_rss.as_dict(), "buffers": tr_buf.as_dict()}
@@ -777,7 +915,7 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
                                     f"whole time it was seen",
                                     {"shmid": b.inode, "key": b.name, "size": b.size,
                                      "first_seen": _iso(T[f0]), "last_seen": _iso(T[f1])}))
-    ko = trend(T, h.kernel_only)
+    ko = trend_runs(T, runs_of(h.kernel_only), h.prefix)
     if ko is not None and ko.steady_growth:
         findings.append(Finding("kernel-only-growth", "kernel",
                                 f"kernel-only bytes grew steadily from {human(ko.start)} to {human(ko.end)} "
@@ -785,8 +923,8 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
                                 ko.as_dict()))
     cats_out = []
     for cat, spans in sorted(h.categories.items()):
-        tr = trend(T, h.series(spans, 0))
-        trb = trend(T, h.series(spans, 1))
+        tr = trend_runs(T, h.value_runs(spans, 0), h.prefix)
+        trb = trend_runs(T, h.value_runs(spans, 1), h.prefix)
         cats_out.append({"category": cat, "bytes": tr.as_dict(), "buffers": trb.as_dict()})
         if tr.steady_growth and pids is None:
             findings.append(Finding("growth", f"category {cat}",

@@ -275,14 +275,36 @@ def emit(text: str, args=None) -> None:
 _OPTION = {"pid": "-p", "kind": "--kind", "json": "--json", "csv": "--csv"}
 
 
-def load_history(args, command: str):
+def load_history(args, command: str, progress=None):
     """The history database a reader command (report, plot, export-trace) names: it reads
     that file, so --root and --kind are refused rather than ignored."""
     from ..history import load
     if args.root:
         raise MemtrackError(f"{command} reads the history given as argument, not --root")
     refuse(args, command, "kind", why="it does not narrow a history by kind")
-    return load(args.history)
+    return load(args.history, progress=progress)
+
+
+class Progress:
+    """prog("step"): what a long job (a history of a million snapshots) is doing, as one
+    status line on stderr that each step overwrites; prog.done() clears it. Only on a
+    terminal and without -q: a log or a pipe gets just the command's own summary line."""
+
+    def __init__(self, args):
+        self.on = not getattr(args, "quiet", False) and sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, step: str) -> None:
+        if self.on:
+            sys.stderr.write(f"\r\033[Kmemtrack: {step} ...")
+            sys.stderr.flush()
+            self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 def refuse(args, command: str, *options: str, why: str = "") -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..common import emit, load_history, output_arg, output_name, refuse
+from ..common import Progress, emit, load_history, output_arg, output_name, refuse
 
 NAME = "export-trace"
 HELP = "write a recorded history as Chrome trace-event JSON that Perfetto's UI opens"
@@ -26,9 +26,16 @@ def add_arguments(p):
 
 def run(args) -> int:
     refuse(args, "export-trace", "csv", why="it writes trace-event JSON")
-    h = load_history(args, "export-trace")
-    doc = trace(h, pids=args.pid)
-    emit(json.dumps(doc, separators=(",", ":")) + "\n", args)
+    prog = Progress(args)
+    try:
+        h = load_history(args, "export-trace", prog)
+        prog(f"tracing {len(h)} snapshots")
+        doc = trace(h, pids=args.pid)
+        prog(f"writing {len(doc['traceEvents'])} events")
+        text = json.dumps(doc, separators=(",", ":")) + "\n"
+    finally:
+        prog.done()
+    emit(text, args)
     if not args.quiet:
         n = len(doc["traceEvents"])
         print(f"memtrack: wrote {output_name(args.output)}: {n} events over {len(h)} snapshots", file=sys.stderr)

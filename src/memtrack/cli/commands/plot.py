@@ -8,7 +8,7 @@ import os
 import sys
 
 from ...errors import MemtrackError
-from ..common import load_history, output_arg, refuse
+from ..common import Progress, load_history, output_arg, refuse
 
 NAME = "plot"
 HELP = "plot a recorded history: stacked pss by process (top N + rest) or by category, and a process timeline"
@@ -39,9 +39,15 @@ def run(args) -> int:
     refuse(args, "plot", "json", "csv", why="it draws a PNG or SVG")
     if args.top < 1:
         raise MemtrackError("--top must be at least 1")
-    h = load_history(args, "plot")
-    data = figure_data(h, args)
-    buf = draw(plt, matplotlib, data, ext)
+    prog = Progress(args)
+    try:
+        h = load_history(args, "plot", prog)
+        prog(f"sampling {len(h)} snapshots")
+        data = figure_data(h, args)
+        prog(f"drawing {len(data['x'])} points")
+        buf = draw(plt, matplotlib, data, ext)
+    finally:
+        prog.done()
     from ...util.atomic import atomic_write
     try:
         atomic_write(args.output, buf)
@@ -59,10 +65,10 @@ def figure_data(h, args) -> dict:
     t0 = h.times[0]
     x = [h.times[i] - t0 for i in idx]
     if args.by == "process":
-        labels, series, keep = tl.by_process(h, args.top, pids=args.pid)
+        labels, series, keep = tl.by_process(h, args.top, pids=args.pid, idx=idx)
         title = "shared-buffer pss by process"
     else:
-        labels, series = tl.by_category(h)
+        labels, series = tl.by_category(h, idx)
         keep = None
         title = "held bytes by category"
     prow = None
@@ -77,9 +83,8 @@ def figure_data(h, args) -> dict:
         prow = max(h.usage, key=lambda k: max(s[2][1] for s in h.usage[k]))
     tline = None
     if prow is not None:
-        full = tl.process_timeline(h, prow)
-        tline = {"label": tl.process_label(h, prow), **{k: tl.pick(v, idx) for k, v in full.items()}}
-    return {"x": x, "labels": labels, "series": [tl.pick(s, idx) for s in series], "title": title,
+        tline = {"label": tl.process_label(h, prow), **tl.process_timeline(h, prow, idx)}
+    return {"x": x, "labels": labels, "series": series, "title": title,
             "start": h.times[0], "timeline": tline, "by": args.by}
 
 

@@ -14,6 +14,10 @@ NAME = "record"
 HELP = "append a snapshot every INTERVAL seconds to an SQLite history (for report, plot, export-trace)"
 ORDER = 30
 
+#: the shortest interval: a snapshot scans every process, and back-to-back scans (-i 0) fill
+#: a history with hundreds of thousands of near-identical rows an hour for nothing
+MIN_INTERVAL = 0.1
+
 
 def duration(text: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
@@ -28,7 +32,8 @@ def add_arguments(p):
     p.add_argument("-o", "--output", type=output_arg, required=True, metavar="history.db",
                    help="database to create or append to")
     p.add_argument("-i", "--interval", type=duration, default=1.0, metavar="SECONDS",
-                   help="seconds between snapshots (default 1)")
+                   help=f"seconds between snapshots (default 1; at least {MIN_INTERVAL}: "
+                        f"a shorter one is raised to {MIN_INTERVAL}, with a note)")
     p.add_argument("--duration", type=duration, default=None, metavar="D",
                    help="stop after D (30, 90s, 5m, 2h); default: until Ctrl-C or SIGTERM")
     p.add_argument("-n", "--count", type=int, default=None, metavar="N", help="stop after N snapshots")
@@ -54,6 +59,11 @@ def run(args) -> int:
         raise MemtrackError("record -o -: a history is an SQLite database, which stdout cannot hold; "
                             "name a file")
     check_path_writable(args.output)
+    if args.interval < MIN_INTERVAL:
+        if not args.quiet:
+            print(f"memtrack: record: --interval {args.interval:g} s is below the floor; "
+                  f"recording every {MIN_INTERVAL:g} s", file=sys.stderr)
+        args.interval = MIN_INTERVAL
     # -p narrows what is stored, not what is scanned: pss needs every holder
     scanner = live_refresher(getattr(args, "backend", "auto"), args.smaps, args.verify_every)
     categorized = categorizer(args)

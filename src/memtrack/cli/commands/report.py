@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...views.table import Column, human, printable, render
-from ..common import count_arg, emit, load_history, refuse
+from ..common import Progress, count_arg, emit, load_history, refuse
 
 NAME = "report"
 HELP = "per process and per category over a recorded history: peak, growth, suspected leaks"
@@ -17,8 +17,13 @@ def add_arguments(p):
 def run(args) -> int:
     from ...history import analyze, dumps
     refuse(args, "report", "csv", why="use --json")
-    h = load_history(args, "report")
-    doc = analyze(h, pids=args.pid)
+    prog = Progress(args)
+    try:
+        h = load_history(args, "report", prog)
+        prog(f"analyzing {len(h)} snapshots")
+        doc = analyze(h, pids=args.pid)
+    finally:
+        prog.done()
     if args.json:
         emit(dumps(doc) + "\n", args)
         return 0
