@@ -12,9 +12,10 @@ ORDER = 20
 
 
 def add_arguments(p):
-    p.add_argument("--listen", default="127.0.0.1:9846", metavar="[HOST]:PORT",
-                   help="address to listen on (default 127.0.0.1:9846: this machine only; "
-                        ":9846 for every interface)")
+    p.add_argument("--listen", default="127.0.0.1:9846", metavar="HOST:PORT",
+                   help="address to listen on: HOST:PORT, [IPV6]:PORT, or PORT for 127.0.0.1 "
+                        "(default 127.0.0.1:9846: this machine only); every interface only when "
+                        "named: 0.0.0.0:9846 or [::]:9846")
     p.add_argument("--min-interval", type=seconds_or_zero_arg, default=10.0, metavar="SECONDS",
                    help="scan at most once per this many seconds, however many scrapers (default 10)")
     p.add_argument("--per-pid", action="store_true",
