@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import time
 from typing import Dict, List, Optional
@@ -121,6 +122,7 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
     meta = {
         "tool": "memtrack", "version": __version__, "taken_at": snap.taken_at,
         "host": {"hostname": snap.host.hostname, "kernel": snap.host.kernel},
+        "uid": os.geteuid(),          # who captured: what root could not read, no one could
         "scope": "pids" if pids is not None else "all",
         "pids": sorted(pids) if pids is not None else None,
         "skipped": {"denied": list(snap.skipped.denied), "vanished": list(snap.skipped.vanished),

@@ -314,7 +314,7 @@ def _counters(doc) -> Dict[str, Dict[str, int]]:
     for name, vals in doc.items():
         if not isinstance(vals, dict):
             raise ValueError(f"expected an object, got {vals!r}")
-        out[str(name)] = {str(k): _int(v) for k, v in vals.items()}
+        out[str(name)] = {str(k): _u64(v) for k, v in vals.items()}
     return out
 
 
@@ -323,10 +323,11 @@ def _gpu_from_dict(g: dict) -> GpuClient:
     if not isinstance(keys, dict):
         raise ValueError(f"expected an object, got {keys!r}")
     return GpuClient(
-        pid=_int(g["pid"]), driver=_opt_str(g["driver"]) or "", client_id=_opt_int(g.get("client_id")),
+        pid=_pid(g["pid"]), driver=_opt_str(g["driver"]) or "", client_id=_opt_u64(g.get("client_id")),
         pdev=_opt_str(g.get("pdev")), device=_opt_str(g.get("device")),
         client_name=_opt_str(g.get("client_name")),
-        holders=tuple(_int(h) for h in g.get("holders", ())), fds=tuple(_int(f) for f in g.get("fds", ())),
+        holders=tuple(_pid(h) for h in _list(g.get("holders", ()))),
+        fds=tuple(_fd(f) for f in _list(g.get("fds", ()))),
         regions=_counters(g.get("regions") or {}), engines=_counters(g.get("engines") or {}),
         driver_keys={str(k): str(v) for k, v in keys.items()})
 
@@ -378,6 +379,42 @@ def _opt_nat(v):
     return None if v is None else _nat(v)
 
 
+U64 = 1 << 64
+#: include/linux/threads.h: no pid is above it, and no process has pid 0
+PID_MAX_LIMIT = 4194304
+#: the most fds a process can have (fs.nr_open's ceiling is INT_MAX rounded down)
+FD_LIMIT = 1 << 31
+
+
+def _u64(v):
+    """One size, inode, address or kernel counter: what the kernel prints as a u64."""
+    if _nat(v) >= U64:
+        raise ValueError(f"{v!r} is beyond what a 64-bit kernel value can hold")
+    return v
+
+
+def _opt_u64(v):
+    return None if v is None else _u64(v)
+
+
+def _pid(v):
+    if not 0 < _int(v) <= PID_MAX_LIMIT:
+        raise ValueError(f"{v!r} is no process id (1 to {PID_MAX_LIMIT})")
+    return v
+
+
+def _fd(v):
+    if not 0 <= _int(v) < FD_LIMIT:
+        raise ValueError(f"{v!r} is no file descriptor number")
+    return v
+
+
+def _uid(v):
+    if v is not None and not 0 <= _int(v) < (1 << 32) - 1:      # (uid_t)-1 is no uid
+        raise ValueError(f"{v!r} is no user id")
+    return v
+
+
 def _json_type(v) -> str:
     if v is None:
         return "null"
@@ -399,7 +436,7 @@ def _obj(v, what: str) -> dict:
 
 
 def _vma(v):
-    start, end, off = (_nat(x) for x in _list(v))
+    start, end, off = (_u64(x) for x in _list(v))
     if end < start:
         raise ValueError(f"mapping ends before it starts: {v!r}")
     return start, end, off
@@ -415,16 +452,16 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
         kind = _obj(b, "buffers")["kind"]
         if kind not in KINDS:
             raise ValueError(f"unknown buffer kind {kind!r}")
-        holders = tuple(_nat(h) for h in _list(b.get("holders", ())))
+        holders = tuple(_pid(h) for h in _list(b.get("holders", ())))
         if list(holders) != sorted(set(holders)):
             raise ValueError(f"buffer {b['id']!r}: holders not sorted and unique")
         buffers.append(Buffer(
-            id=_str(b["id"]), kind=kind, inode=_opt_nat(b["inode"]), dev=_opt_str(b.get("dev")),
-            size=_opt_nat(b.get("size")), exporter=_opt_str(b.get("exporter")),
+            id=_str(b["id"]), kind=kind, inode=_opt_u64(b["inode"]), dev=_opt_str(b.get("dev")),
+            size=_opt_u64(b.get("size")), exporter=_opt_str(b.get("exporter")),
             name=_opt_str(b.get("name")), category=_opt_str(b.get("category")),
             holders=holders,
-            fd_refs=_nat(b.get("fd_refs", 0)), map_refs=_nat(b.get("map_refs", 0)),
-            kernel_count=_opt_nat(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
+            fd_refs=_u64(b.get("fd_refs", 0)), map_refs=_u64(b.get("map_refs", 0)),
+            kernel_count=_opt_u64(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
     holders_of = {b.id: b.holders for b in buffers}
     if len(holders_of) != len(buffers):
         raise ValueError("duplicate buffer ids")
@@ -432,7 +469,7 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
     smaps = bool(doc.get("smaps", False))
     referenced = {}
     for p in _list(doc["processes"]):
-        pid = _nat(_obj(p, "processes")["pid"])
+        pid = _pid(_obj(p, "processes")["pid"])
         refs = []
         for r in _list(p.get("refs", ())):
             bid = _obj(r, f"pid {pid}: refs")["buffer"]
@@ -442,13 +479,16 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
                 raise ValueError(f"pid {pid} references {bid!r} but is not among its holders")
             referenced.setdefault(bid, set()).add(pid)
             vmas = tuple(_vma(v) for v in _list(r.get("vmas", ())))
-            fds = tuple(_nat(f) for f in _list(r.get("fd_list", ())))
-            refs.append(Ref(buffer=bid, fds=fds, vmas=vmas,
-                            in_rss=_opt_nat(r.get("in_rss")) if smaps else None))
+            fds = tuple(_fd(f) for f in _list(r.get("fd_list", ())))
+            ref = Ref(buffer=bid, fds=fds, vmas=vmas, in_rss=_opt_u64(r.get("in_rss")) if smaps else None)
+            if ref.in_rss is not None and ref.in_rss > ref.mapped:
+                # smaps' Rss of a mapping is at most its length
+                raise ValueError(f"pid {pid}: {bid!r} has more in RSS than it maps")
+            refs.append(ref)
         if len({r.buffer for r in refs}) != len(refs):
             raise ValueError(f"pid {pid} references one buffer twice")
         procs.append(Process(pid=pid, comm=_opt_str(p.get("comm")) or "",
-                             cmdline=_opt_str(p.get("cmdline")) or "", uid=_opt_int(p.get("uid")),
+                             cmdline=_opt_str(p.get("cmdline")) or "", uid=_uid(p.get("uid")),
                              refs=tuple(refs)))
     if len({p.pid for p in procs}) != len(procs):
         raise ValueError("a pid listed twice")
@@ -459,6 +499,11 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             if b.holders and set(b.holders) != referenced.get(b.id, set()):
                 raise ValueError(f"buffer {b.id!r}: holders without a reference")
     k = _obj(doc.get("kernel") or {}, "kernel")
+    exp_count = _opt_u64(k.get("dmabuf_exported_count"))
+    exp_bytes = _opt_nat(k.get("dmabuf_exported_bytes"))
+    if exp_bytes is not None and exp_bytes >= U64 and (exp_count is None or exp_bytes > exp_count * (U64 - 1)):
+        # a sum of dma-buf sizes may pass 2^64, but only as a sum: never more than its count of u64s
+        raise ValueError(f"dmabuf_exported_bytes {exp_bytes} is more than {exp_count or 0} dma-bufs can hold")
     s = _obj(doc.get("skipped") or {}, "skipped")
     h = _obj(doc.get("host") or {}, "host")
     return Snapshot(
@@ -468,12 +513,11 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
         backend_reason=_opt_str(doc.get("backend_reason")), scope=_opt_str(doc.get("scope")) or "all",
         smaps=smaps, buffers=tuple(buffers), processes=tuple(procs),
         kernel=KernelInfo(dmabuf_source=_opt_str(k.get("dmabuf_source")),
-                          dmabuf_exported_bytes=_opt_int(k.get("dmabuf_exported_bytes")),
-                          dmabuf_exported_count=_opt_int(k.get("dmabuf_exported_count")),
+                          dmabuf_exported_bytes=exp_bytes, dmabuf_exported_count=exp_count,
                           sysv_source=_opt_str(k.get("sysv_source"))),
-        skipped=Skipped(denied=tuple(_int(x) for x in _list(s.get("denied", ()))),
-                        vanished=tuple(_int(x) for x in _list(s.get("vanished", ()))),
-                        unreadable=tuple(_int(x) for x in _list(s.get("unreadable", ())))),
+        skipped=Skipped(denied=tuple(_pid(x) for x in _list(s.get("denied", ()))),
+                        vanished=tuple(_pid(x) for x in _list(s.get("vanished", ()))),
+                        unreadable=tuple(_pid(x) for x in _list(s.get("unreadable", ())))),
         notes=tuple(_str(n) for n in _list(doc.get("notes", ()))),
         gpu=tuple(_gpu_from_dict(g) for g in _list(doc.get("gpu") or ())),
     )

@@ -449,6 +449,8 @@ def keep_to_exit(obj) -> None:
 
 def _finish(src, obs, taken_at, pids, smaps, build):
     notes = list(getattr(src, "problems", ()))
+    if hasattr(src, "input_notes"):
+        notes += src.input_notes()      # what reading a tree or an archive found wrong in it
     hostname, kernel = host_info(src)
     scope = "all" if pids is None else "pids"
     meta_scope = src.meta().get("scope")

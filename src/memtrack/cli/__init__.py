@@ -71,9 +71,40 @@ def build_parser(mods: Optional[dict] = None):
                            conflict_handler="resolve")
         add_common(p, suppress=True)
         mod.add_arguments(p)
-    # `memtrack -p 1` and `memtrack --json` are `ps`: its own options must parse at top level too
+    # `memtrack -p 1` and `memtrack --json` are `ps`: its own options must parse at top level too,
+    # kept apart (BEFORE_COMMAND) so that main() can tell them from a command's own
+    first = len(parser._actions)
     mods[DEFAULT].add_arguments(parser)
+    for action in parser._actions[first:]:
+        action.dest = BEFORE_COMMAND + action.dest
     return parser, mods
+
+
+BEFORE_COMMAND = "before_command_"
+
+
+def _options_before_command(parser, args, name: str) -> None:
+    """ps's own options (-s, -r) given before the command: ps's, when the command is ps;
+    refused before any other command (`memtrack -s pid buffers` used to drop -s silently)."""
+    given = [a for a in parser._actions if a.dest.startswith(BEFORE_COMMAND) and hasattr(args, a.dest)]
+    for action in given:
+        value = getattr(args, action.dest)
+        delattr(args, action.dest)
+        if name != DEFAULT:
+            opt = "/".join(action.option_strings)
+            parser.error(f"{opt} before the command is an option of {DEFAULT}; {name} "
+                         + ("takes it after its name" if _takes(parser, name, action.option_strings)
+                            else "does not take it"))
+        dest = action.dest[len(BEFORE_COMMAND):]
+        if not hasattr(args, dest):          # given after `ps` too: that one wins
+            setattr(args, dest, value)
+
+
+def _takes(parser, name: str, option_strings) -> bool:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return any(o in action.choices[name]._option_string_actions for o in option_strings)
+    return False
 
 
 class _Unsure(Exception):
@@ -141,6 +172,7 @@ def main(argv=None) -> int:
         parser, mods = _parser(argv)
         args = parser.parse_args(_adb_before_command(argv, mods))
         name = args.command or DEFAULT
+        _options_before_command(parser, args, name)
         return mods[name].run(args) or 0
     except MemtrackError as exc:
         from ..views.table import printable      # it may quote a path or a name: one line

@@ -12,8 +12,9 @@ from ..model import KINDS, Snapshot
 
 def _pid(text: str) -> int:
     """A pid as typed: ASCII digits only (int() also reads " 4_16" and full-width digits),
-    and not 0, which no process has."""
-    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+    and neither 0 nor above PID_MAX_LIMIT, which no process has."""
+    from ..sources.base import is_pid
+    if not (text.isascii() and text.isdigit() and len(text) < 20) or not is_pid(int(text)):
         raise ValueError(text)
     return int(text)
 
@@ -133,6 +134,16 @@ def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     the saved Snapshot) before it is scanned, to ask it what the snapshot cannot tell."""
     from ..scan import hold_frozen, keep_to_exit, no_gc
     no_gc.one_shot = True
+    absent = []
+    named = getattr(args, "pid", None)
+    origin = {}
+
+    def on_source(src, inner=on_source):
+        origin.update(source_origin(src))
+        if named is not None:
+            absent.extend(missing_pids(src, named))
+        if inner is not None:
+            inner(src)
     with no_gc():
         snap = load_snapshot(args, pids_for_scan, on_source)
     # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
@@ -140,8 +151,76 @@ def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     # thaws them when it returns), and the exit from freeing them one by one.
     hold_frozen()
     keep_to_exit(snap)
-    report_skipped(snap, quiet=getattr(args, "quiet", False))
+    # what a command says of a denied process it was asked about (show, dmabuf-dump)
+    args.denied_hint = denied_hint(snap, origin)
+    report_skipped(snap, quiet=getattr(args, "quiet", False), origin=origin)
+    if absent:
+        report_absent(absent, named, origin, getattr(args, "root", None), getattr(args, "quiet", False))
     return snap
+
+
+def missing_pids(src, pids) -> list:
+    """Which of pids the source src (a Source, or a saved Snapshot) has no process for."""
+    from ..errors import ProcessGone
+    if isinstance(src, Snapshot):
+        # a saved snapshot lists only the processes holding buffers (and those it skipped)
+        there = set(src.process_map) | set(src.skipped.denied) | set(src.skipped.vanished) | \
+            set(src.skipped.unreadable)
+    else:
+        try:
+            there = set(src.pids())
+        except ProcessGone:
+            return []               # the scan will say what is wrong with the source
+    return sorted(set(pids) - there)
+
+
+def report_absent(absent, named, origin: dict, root=None, quiet: bool = False) -> None:
+    """-p named processes that are not there: one line; an error when none of them is
+    (a saved snapshot lists only the processes holding buffers: there, only a note)."""
+    pids = ",".join(map(str, absent))
+    if origin.get("saved"):
+        if not quiet:
+                print(f"memtrack: note: -p {pids}: not in {root} (a saved snapshot lists only the "
+                  "processes holding buffers)", file=sys.stderr)
+        return
+    line = f"-p {pids}: " + (f"not in {root or origin.get('label')}" if "meta" in origin
+                             else "no such process")
+    if len(absent) == len(named):
+        raise MemtrackError(line)
+    print(f"memtrack: {line}", file=sys.stderr)
+
+
+def source_origin(src) -> dict:
+    """What report_skipped needs to know of where a snapshot came from: {"saved": True} for
+    a JSON snapshot, {"meta": ...} for a capture (its meta.json), {} for this machine."""
+    if isinstance(src, Snapshot):
+        return {"saved": True}
+    if getattr(src, "live", False):
+        return {}
+    try:
+        meta = src.meta()
+    except Exception:           # a source that cannot say: as if it said nothing
+        meta = {}
+    return {"meta": meta if isinstance(meta, dict) else {}, "label": getattr(src, "label", "")}
+
+
+def denied_hint(snap: Snapshot, origin: Optional[dict] = None) -> str:
+    """Why processes were denied, and what would help: root is never told to run as root,
+    and what a capture or a saved snapshot could not read is not this run's to see."""
+    origin = origin or {}
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if origin.get("saved"):
+        return "when the snapshot was taken"
+    if "meta" in origin or snap.source != "live":
+        uid = origin.get("meta", {}).get("uid")
+        if uid == 0:
+            return "when captured, even to root"
+        if isinstance(uid, int) and not isinstance(uid, bool):
+            return f"when captured, by uid {uid}: a capture as root sees them"
+        return "when captured"
+    if root:
+        return "even to root: the kernel refused ptrace access"
+    return "run as root to see them"
 
 
 def load_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
@@ -210,11 +289,10 @@ def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> S
     return replace(snap, backend_reason=reason) if reason else snap
 
 
-def report_skipped(snap: Snapshot, quiet: bool = False) -> None:
+def report_skipped(snap: Snapshot, quiet: bool = False, origin: Optional[dict] = None) -> None:
     sk = snap.skipped
     if sk.denied:
-        hint = ("even to root: the kernel refused ptrace access" if hasattr(os, "geteuid") and os.geteuid() == 0
-                and snap.source == "live" else "run as root to see them")
+        hint = denied_hint(snap, origin)
         print(f"memtrack: access denied for {plural(len(sk.denied), 'process')} ({hint})",
               file=sys.stderr)
     if sk.unreadable:

@@ -114,18 +114,25 @@ class _Capped:
         return data
 
 
-def _open_stream(path: str):
+def _open_stream(path: str, piped=None):
     """(file object for tarfile, tarfile mode, file to close). Plain tars are read
-    seekable, so a skipped member costs a seek; compressed ones stream through _Capped."""
+    seekable, so a skipped member costs a seek; compressed ones stream through _Capped.
+    piped: a pipe already opened (sources._Piped), read front to back, never seeked."""
+    if piped is not None:
+        f = piped
+    else:
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise SourceError(f"{path}: {exc.strerror or exc}") from None
     try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise SourceError(f"{path}: {exc.strerror or exc}") from None
-    try:
-        if not _stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        if piped is not None:
+            head = piped.head[:6]
+        elif not _stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise SourceError(f"{path}: not a regular file")
-        head = f.read(6)
-        f.seek(0)
+        else:
+            head = f.read(6)
+            f.seek(0)
         if head[:2] == b"\x1f\x8b":
             import gzip
             inner = gzip.GzipFile(fileobj=f, mode="rb")
@@ -138,6 +145,8 @@ def _open_stream(path: str):
             except ImportError:
                 raise SourceError(f"{path}: an xz archive, and this Python has no lzma module") from None
             inner = lzma.LZMAFile(f, "rb")
+        elif piped is not None:
+            return _Capped(f, MAX_STREAM), "r|", f      # a plain tar from a pipe: streamed too
         else:
             return f, "r:", f
         return _Capped(inner, MAX_STREAM), "r|", f
@@ -158,13 +167,15 @@ def _read_errors():
 
 
 class ArchiveSource(PathSource):
-    def __init__(self, path: str):
+    def __init__(self, path: str, fileobj=None):
         self.path = path
         self.label = f"archive:{path}"
+        self._piped = fileobj
         self.files: Dict[str, bytes] = {}
         self.links: Dict[str, str] = {}
         self.dirs: Dict[str, Set[str]] = {"": set()}
         self.problems: List[str] = []
+        self.not_read: Set[str] = set()     # members skipped for their size: there, not read
         self._mtime = 0
         self._cost = 0
         self._load()
@@ -197,7 +208,8 @@ class ArchiveSource(PathSource):
             if len(e[1]) < NAMES_SHOWN:
                 e[1].append(shown(name))
 
-        fileobj, mode, raw = _open_stream(self.path)
+        fileobj, mode, raw = _open_stream(self.path, self._piped)
+        self._piped = None
         try:
             with tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_SafeInfo,
                               errors="surrogateescape") as tf:
@@ -242,6 +254,7 @@ class ArchiveSource(PathSource):
                             continue
                         if m.size > MAX_MEMBER:
                             skip(f"over {MAX_MEMBER >> 20} MiB, not read", name)
+                            self.not_read.add(rel)
                             continue
                         self._charge(len(rel) + m.size)
                         f = tf.extractfile(m)
@@ -283,6 +296,9 @@ class ArchiveSource(PathSource):
         except KeyError:
             if rel in self.dirs or rel in self.links:
                 raise Unreadable(f"{rel}: not a regular file") from None
+            if rel in self.not_read:
+                # the process was captured, its file too large to read: not "exited"
+                raise Unreadable(f"{rel}: over {MAX_MEMBER >> 20} MiB, not read") from None
             raise Vanished(f"{rel}: not in archive") from None
 
     def readlink(self, rel):

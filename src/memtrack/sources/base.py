@@ -29,6 +29,14 @@ def is_number(name: str) -> bool:
 
 
 U64 = 1 << 64
+#: the kernel's PID_MAX_LIMIT (include/linux/threads.h, 64-bit): no process has a pid above it,
+#: and none has pid 0 (the idle task is no process of /proc)
+PID_MAX_LIMIT = 4194304
+_SHOWN = 3
+
+
+def is_pid(n: int) -> bool:
+    return 0 < n <= PID_MAX_LIMIT
 
 
 def now_iso() -> str:
@@ -81,9 +89,12 @@ class Source:
         return self.read(rel).decode("utf-8", "surrogateescape")
 
 
-def parse_statfile(text: str, key_is_range: bool) -> Dict[str, Stat]:
-    """fdstat: `fd dev ino size mode`; mapstat: `start-end dev ino size mode` (mode octal)."""
-    out = {}
+def parse_statfile(text: str, key_is_range: bool, dups: Optional[list] = None) -> Dict[str, Stat]:
+    """fdstat: `fd dev ino size mode`; mapstat: `start-end dev ino size mode` (mode octal).
+    A key given twice with different values is dropped (which line is the true one?); each
+    repeated key is appended to dups, for a note."""
+    out: Dict[str, Stat] = {}
+    conflicting = set()
     for line in text.splitlines():
         f = line.split()
         if len(f) < 4:
@@ -100,9 +111,18 @@ def parse_statfile(text: str, key_is_range: bool) -> Dict[str, Stat]:
             mode = int(f[4], 8) if len(f) > 4 and len(f[4]) <= 8 else 0
             if not (0 <= ino < U64 and 0 <= size < U64):
                 raise ValueError
-            out[f[0]] = (dev, ino, size, mode)
         except ValueError:
             continue
+        st = (dev, ino, size, mode)
+        old = out.get(f[0])
+        if old is not None or f[0] in conflicting:
+            if dups is not None:
+                dups.append(f[0])
+            if old != st:
+                conflicting.add(f[0])
+                out.pop(f[0], None)
+            continue
+        out[f[0]] = st
     return out
 
 
@@ -138,15 +158,50 @@ class PathProc(ProcReader):
             raise
 
     def _sidecar(self, name, key_is_range):
+        dups: list = []
         try:
-            return parse_statfile(self.src.read_text(f"{self.base}/{name}"), key_is_range)
+            out = parse_statfile(self.src.read_text(f"{self.base}/{name}"), key_is_range, dups)
         except (Vanished, Unreadable):
             return {}
+        if dups:
+            self.src.found(f"repeated lines in {name} (a key given twice; where the lines "
+                           "differ, neither is used)", f"{self.base}/{name}", len(dups))
+        return out
 
     def fdstat(self, fd):
         if self._fdstat is None:
             self._fdstat = self._sidecar("fdstat", False)
-        return self._fdstat.get(fd)
+        st = self._fdstat.get(fd)
+        if st is not None and not self._agrees(fd, st):
+            return None
+        return st
+
+    def _agrees(self, fd: str, st: Stat) -> bool:
+        """Whether the sidecar's inode for fd matches what the kernel's own files say of it:
+        the fdinfo `ino:` line (4.x+) and a link naming its inode (`anon_inode:[N]` style
+        `[N]` suffix). fdstat is written by the capturer, not the kernel: where they differ
+        it is not used, and that is noted."""
+        from ..readers.fd import fdinfo_int, parse_fdinfo
+        said = []
+        try:
+            ino = fdinfo_int(parse_fdinfo(self.src.read_text(f"{self.base}/fdinfo/{fd}")), "ino")
+            if ino is not None:
+                said.append(ino)
+        except ProcessGone:
+            pass
+        try:
+            link = self.readlink(fd)
+        except ProcessGone:
+            link = ""
+        if link.endswith("]") and "[" in link:
+            num = link[link.rindex("[") + 1:-1]
+            if num.isascii() and num.isdigit():
+                said.append(int(num))
+        if any(n != st[1] for n in said):
+            self.src.found("fdstat inode contradicts the fd's fdinfo or link (not used)",
+                           f"{self.base}/fd/{fd}")
+            return False
+        return True
 
     def mapstat(self, start, end):
         if self._mapstat is None:
@@ -172,12 +227,41 @@ class PathSource(Source):
     def exists(self, rel: str) -> bool: raise NotImplementedError
     def readlink(self, rel: str) -> str: raise NotImplementedError
 
+    _found: Optional[Dict[str, list]] = None
+    _pids_checked = False
+
+    def found(self, why: str, name: str, n: int = 1) -> None:
+        """Count something wrong found in the input while reading it, for input_notes()."""
+        if self._found is None:
+            self._found = {}
+        e = self._found.setdefault(why, [0, []])
+        e[0] += n
+        if len(e[1]) < _SHOWN and name not in e[1]:
+            e[1].append(name)
+
+    def input_notes(self) -> List[str]:
+        out = []
+        for why, (n, names) in sorted((self._found or {}).items()):
+            from .archive import shown
+            more = ", ..." if n > len(names) else ""
+            out.append(f"{n} {why} ({', '.join(shown(x) for x in names)}{more})")
+        return out
+
     def pids(self):
         try:
             names = self.listdir("proc")
         except Vanished:
             return []
-        return sorted(int(n) for n in names if is_number(n))
+        out = []
+        for n in names:
+            if is_number(n):
+                if is_pid(int(n)):
+                    out.append(int(n))
+                elif not self._pids_checked:
+                    self.found(f"proc/ entries that are no process (pid 0 or above {PID_MAX_LIMIT}), "
+                               "ignored", "proc/" + n)
+        self._pids_checked = True
+        return sorted(out)
 
     def process(self, pid):
         return PathProc(self, pid)

@@ -10,11 +10,13 @@ from ..model import Snapshot
 MAX_SNAPSHOT = 1 << 30
 
 
-def load_snapshot(path, saved_filter=None) -> Snapshot:
-    """The snapshot in the file; saved_filter (a dict) receives its "filter", if any."""
+def load_snapshot(path, saved_filter=None, data=None) -> Snapshot:
+    """The snapshot in the file; saved_filter (a dict) receives its "filter", if any.
+    data: the file's bytes, already read (from a pipe, which can be read only once)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SNAPSHOT + 1)
+        if data is None:
+            with open(path, "rb") as f:
+                data = f.read(MAX_SNAPSHOT + 1)
         if len(data) > MAX_SNAPSHOT:
             raise SourceError(f"{path}: a JSON snapshot over {MAX_SNAPSHOT >> 20} MiB, refusing")
         doc = json.loads(data.decode("utf-8"))

@@ -7,7 +7,8 @@ import time
 
 from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render
-from ..common import check_exclusive, emit, refuse, report_skipped, seconds_arg, with_categories
+from ..common import (check_exclusive, emit, refuse, report_skipped, seconds_arg, source_origin,
+                      with_categories)
 
 NAME = "diff"
 HELP = "buffers created/freed/resized, references acquired/released, usage deltas between two snapshots"
@@ -40,7 +41,7 @@ def load_any(spec: str, args):
             snap = scan(src, smaps=args.smaps)
         finally:
             src.close()
-        report_skipped(snap, quiet=args.quiet)
+        report_skipped(snap, quiet=args.quiet, origin=source_origin(src))
         snap = with_categories(snap, args)
     sel = []
     for key, given in (("pids", args.pid), ("kinds", args.kind)):

@@ -205,7 +205,7 @@ def run(args) -> int:
     if pids is not None:
         for pid in sorted(pids):
             if pid not in snap.process_map and pid in snap.skipped.denied:
-                raise MemtrackError(f"pid {pid}: access denied (run as root, or as its owner)")
+                raise MemtrackError(f"pid {pid}: access denied ({args.denied_hint})")
         view = view.restrict(pids=pids)
         filt["pids"] = sorted(pids)
     if args.json:

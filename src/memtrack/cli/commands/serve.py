@@ -29,6 +29,10 @@ def snapshot_source(args):
     once (scrapes share a scan), which the refresher needs."""
     live = not (args.root or getattr(args, "adb", None) is not None or getattr(args, "ssh", None))
     if not live:
+        from ...sources import is_stream
+        if is_stream(args.root):
+            snap = load_snapshot(args)          # a pipe can be read once: serve what it held
+            return lambda: snap
         return lambda: load_snapshot(args)
     from ...incremental import live_refresher
     refresher = live_refresher(args.backend, args.smaps)

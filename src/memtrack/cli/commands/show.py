@@ -57,7 +57,7 @@ def run(args) -> int:
     proc = snap.process_map.get(pid)
     if proc is None:
         if pid in snap.skipped.denied:
-            raise MemtrackError(f"pid {pid}: access denied (run as root, or as its owner)")
+            raise MemtrackError(f"pid {pid}: access denied ({args.denied_hint})")
         if pid in snap.skipped.vanished:
             raise MemtrackError(f"pid {pid}: exited during the scan")
         if pid in snap.skipped.unreadable:
