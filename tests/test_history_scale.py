@@ -56,6 +56,11 @@ def test_trend_is_exact_on_a_level_beyond_64_bits():
     assert tr.steady_growth and tr.r2 > 0.999
     assert abs(tr.slope - _exact_slope(times, leak)) < 1e-6 * 40960
     assert (tr.start, tr.end, tr.peak, tr.growth) == (2 * U64, 2 * U64 + 49 * 4096, 2 * U64 + 49 * 4096, 49 * 4096)
+    # a short window at the end of a long history: no rounding of sums over the whole of it
+    long = [1.7e9 + i * 0.1 for i in range(300000)]
+    late = [None] * (len(long) - 10) + [i * 4096 for i in range(10)]
+    tr = trend(long, late)
+    assert tr.steady_growth and abs(tr.slope - 40960) < 1e-3 and tr.r2 > 0.999
     flat = trend(times, [U64] * 25 + [None] * 5 + [U64] * 20)
     assert (flat.rises, flat.drops, flat.slope, flat.steady_growth) == (0, 0, 0.0, False)
 

@@ -43,7 +43,6 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from array import array
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -463,7 +462,7 @@ class History:
     buffer_life: Dict[int, List[Tuple[int, int]]]         # buffer -> [(i0, i1)]
     holds: List[Hold] = field(default_factory=list)
     runs: int = 1
-    _prefix: Optional[Tuple[Sequence[float], Sequence[float]]] = field(default=None, repr=False, compare=False)
+    _prefix: Optional[Tuple[List[int], List[int]]] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.times)
@@ -497,7 +496,7 @@ class History:
         return out
 
     @property
-    def prefix(self) -> Tuple[Sequence[float], Sequence[float]]:
+    def prefix(self) -> Tuple[List[int], List[int]]:
         if self._prefix is None:
             self._prefix = prefix_sums(self.times)
         return self._prefix
@@ -769,15 +768,17 @@ class Trend:
                 "rises": self.rises, "drops": self.drops}
 
 
-def prefix_sums(times: Sequence[float]) -> Tuple[Sequence[float], Sequence[float]]:
-    """Running sums of t and t*t (t counted from the first snapshot): any run of snapshots
-    then adds its share to a least-squares fit in one step, not one step per snapshot."""
+def prefix_sums(times: Sequence[float]) -> Tuple[List[int], List[int]]:
+    """Running sums of t and t*t, t in whole microseconds since the first snapshot: a run of
+    snapshots then adds its share to a least-squares fit in one step, not one per snapshot.
+    Ints, not floats: a short window late in a long history is the difference of two sums
+    near 10^16, where a float's rounding would swamp it."""
     if not times:
-        return array("d", [0.0]), array("d", [0.0])
+        return [0], [0]
     t0 = times[0]
-    # arrays of doubles: a third of the memory of lists of floats, at a million snapshots
-    return (array("d", itertools.accumulate((t - t0 for t in times), initial=0.0)),
-            array("d", itertools.accumulate(((t - t0) * (t - t0) for t in times), initial=0.0)))
+    us = [round((t - t0) * 1e6) for t in times]
+    return (list(itertools.accumulate(us, initial=0)),
+            list(itertools.accumulate((u * u for u in us), initial=0)))
 
 
 def runs_of(values: Sequence[Optional[int]]) -> List[Tuple[int, int, int]]:
@@ -801,31 +802,29 @@ def trend(times: Sequence[float], values: Sequence[Optional[int]]) -> Optional[T
 
 
 def trend_runs(times: Sequence[float], runs: Sequence[Tuple[int, int, int]],
-               prefix: Tuple[Sequence[float], Sequence[float]]) -> Optional[Trend]:
+               prefix: Tuple[List[int], List[int]]) -> Optional[Trend]:
     """The least-squares trend of a series given as runs of one value (as spans store it):
     the cost is per run, so a million snapshots with a few changes take no time."""
     if not runs:
         return None
     p1, p2 = prefix
-    n = 0
-    st = sv = stt = svv = stv = 0.0
-    base = runs[0][2]           # values counted from the first (exactly, as ints): a 2^64
-    for i0, i1, v in runs:      # level under MiB-sized changes would drown them in rounding
+    # exact integer sums (microseconds, bytes): neither a 2^64 level nor a late window loses
+    # the changes to rounding; one division per result
+    n = st = sv = stt = svv = stv = 0
+    for i0, i1, v in runs:
         k = i1 - i0 + 1
         s1 = p1[i1 + 1] - p1[i0]
-        fv = float(v - base)
         n += k
         st += s1
         stt += p2[i1 + 1] - p2[i0]
-        sv += fv * k
-        svv += fv * fv * k
-        stv += fv * s1
+        sv += v * k
+        svv += v * v * k
+        stv += v * s1
     dt = n * stt - st * st
     dv = n * svv - sv * sv
     cov = n * stv - st * sv
-    slope = cov / dt if dt > 0 else 0.0
+    slope = cov * 1_000_000 / dt if dt > 0 else 0.0         # per second
     r2 = (cov * cov) / (dt * dv) if dt > 0 and dv > 0 else 0.0
-    r2 = min(r2, 1.0)                   # rounding may carry a perfect fit a hair past 1
     rises = drops = up = down = 0
     peak, peak_t = runs[0][2], times[runs[0][0]]
     for (_, _, a), (i0, _, b) in zip(runs, runs[1:]):
