@@ -154,6 +154,8 @@ def max_connections() -> int:
 
 
 class _Conn:
+    """One client: what it sent and nobody parsed yet, what is left of its answer."""
+
     __slots__ = ("sock", "buf", "out", "keep", "deadline", "served", "closed")
 
     def __init__(self, sock):
