@@ -254,6 +254,8 @@ def test_p_naming_pids_that_are_not_there_says_so():
     assert f"memtrack: -p {gone}: no such process\n" in r.stderr, r.stderr
     r = run_memtrack("buffers", "-p", str(gone), timeout=120)
     assert r.returncode == 2 and f"-p {gone}: no such process" in r.stderr
+    r = run_memtrack("capture", "-o", os.devnull, "-p", str(gone), timeout=120)
+    assert r.returncode == 2 and r.stderr == f"memtrack: -p {gone}: no such process\n", r.stderr
 
 
 def test_p_naming_pids_not_in_a_capture_or_snapshot_says_so(tmp_path, capsys):
