@@ -144,7 +144,7 @@ def _gpu_doc(doc):
     (lambda d: d["processes"][0]["refs"][0].update(fd_list=[-1]), "no file descriptor"),
     (lambda d: d["processes"][0]["refs"][0].update(fd_list=[1 << 31]), "no file descriptor"),
     (lambda d: d["processes"][0].update(uid=-1), "no user id"),
-    (lambda d: d["processes"][0].update(uid=(1 << 32) - 1), "no user id"),
+    (lambda d: d["processes"][0].update(uid=1 << 32), "no user id"),
     (lambda d: _gpu_doc(d)["gpu"][0].update(fds=[-2]), "no file descriptor"),
     (lambda d: _gpu_doc(d)["gpu"][0]["regions"]["system0"].update(total=-1), "non-negative"),
     (lambda d: _gpu_doc(d)["gpu"][0]["regions"]["system0"].update(total=2 ** 70), "64-bit"),
