@@ -144,7 +144,7 @@ def _gpu_doc(doc):
     (lambda d: d["processes"][0]["refs"][0].update(fd_list=[-1]), "no file descriptor"),
     (lambda d: d["processes"][0]["refs"][0].update(fd_list=[1 << 31]), "no file descriptor"),
     (lambda d: d["processes"][0].update(uid=-1), "no user id"),
-    (lambda d: d["processes"][0].update(uid=(1 << 32) - 1), "no user id"),
+    (lambda d: d["processes"][0].update(uid=1 << 32), "no user id"),
     (lambda d: _gpu_doc(d)["gpu"][0].update(fds=[-2]), "no file descriptor"),
     (lambda d: _gpu_doc(d)["gpu"][0]["regions"]["system0"].update(total=-1), "non-negative"),
     (lambda d: _gpu_doc(d)["gpu"][0]["regions"]["system0"].update(total=2 ** 70), "64-bit"),
@@ -254,6 +254,8 @@ def test_p_naming_pids_that_are_not_there_says_so():
     assert f"memtrack: -p {gone}: no such process\n" in r.stderr, r.stderr
     r = run_memtrack("buffers", "-p", str(gone), timeout=120)
     assert r.returncode == 2 and f"-p {gone}: no such process" in r.stderr
+    r = run_memtrack("capture", "-o", os.devnull, "-p", str(gone), timeout=120)
+    assert r.returncode == 2 and r.stderr == f"memtrack: -p {gone}: no such process\n", r.stderr
 
 
 def test_p_naming_pids_not_in_a_capture_or_snapshot_says_so(tmp_path, capsys):

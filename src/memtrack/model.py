@@ -410,7 +410,7 @@ def _fd(v):
 
 
 def _uid(v):
-    if v is not None and not 0 <= _int(v) < (1 << 32) - 1:      # (uid_t)-1 is no uid
+    if v is not None and not 0 <= _int(v) < 1 << 32:           # a uid_t
         raise ValueError(f"{v!r} is no user id")
     return v
 
@@ -480,11 +480,8 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             referenced.setdefault(bid, set()).add(pid)
             vmas = tuple(_vma(v) for v in _list(r.get("vmas", ())))
             fds = tuple(_fd(f) for f in _list(r.get("fd_list", ())))
-            ref = Ref(buffer=bid, fds=fds, vmas=vmas, in_rss=_opt_u64(r.get("in_rss")) if smaps else None)
-            if ref.in_rss is not None and ref.in_rss > ref.mapped:
-                # smaps' Rss of a mapping is at most its length
-                raise ValueError(f"pid {pid}: {bid!r} has more in RSS than it maps")
-            refs.append(ref)
+            refs.append(Ref(buffer=bid, fds=fds, vmas=vmas,
+                            in_rss=_opt_u64(r.get("in_rss")) if smaps else None))
         if len({r.buffer for r in refs}) != len(refs):
             raise ValueError(f"pid {pid} references one buffer twice")
         procs.append(Process(pid=pid, comm=_opt_str(p.get("comm")) or "",

@@ -178,7 +178,7 @@ class PathProc(ProcReader):
 
     def _agrees(self, fd: str, st: Stat) -> bool:
         """Whether the sidecar's inode for fd matches what the kernel's own files say of it:
-        the fdinfo `ino:` line (4.x+) and a link naming its inode (`anon_inode:[N]` style
+        the fdinfo `ino:` line (where the kernel prints one) and a link naming its inode (`anon_inode:[N]` style
         `[N]` suffix). fdstat is written by the capturer, not the kernel: where they differ
         it is not used, and that is noted."""
         from ..readers.fd import fdinfo_int, parse_fdinfo
@@ -255,7 +255,7 @@ class PathSource(Source):
         out = []
         for n in names:
             if is_number(n):
-                if is_pid(int(n)):
+                if len(n) <= 7 and is_pid(int(n)):
                     out.append(int(n))
                 elif not self._pids_checked:
                     self.found(f"proc/ entries that are no process (pid 0 or above {PID_MAX_LIMIT}), "

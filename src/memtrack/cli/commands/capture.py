@@ -6,7 +6,7 @@ import os
 import sys
 
 from ...errors import MemtrackError
-from ..common import STDOUT, output_arg, output_name, refuse, report_skipped
+from ..common import STDOUT, missing_pids, output_arg, output_name, refuse, report_absent, report_skipped
 
 NAME = "capture"
 HELP = "write a capture archive of this machine (or of a device: --adb, --ssh), readable later with --root"
@@ -52,6 +52,12 @@ def run(args) -> int:
               "procfs (--backend bpf ignored)", file=sys.stderr)
     rec = RecordingSource(LiveSource())
     pids = sorted(args.pid) if args.pid is not None else None
+    if pids is not None:
+        # a pid that is not there is said so (an error if none is), not "exited during the scan"
+        absent = missing_pids(rec.inner, pids)
+        if absent:
+            report_absent(absent, pids, {}, quiet=args.quiet)
+            pids = [p for p in pids if p not in absent]
     snap = scan(rec, pids=pids, smaps=args.smaps)
     n = _write(lambda path: write_archive(rec, snap, path, pids=pids), args.output)
     report_skipped(snap, quiet=args.quiet)
