@@ -291,7 +291,8 @@ def main():
             gen, extra = CASES[name]
             path = os.path.join(where, f"{name}-{args.scale:g}.tar.gz")
             if not os.path.exists(path):
-                gen(path, args.scale)
+                gen(path + ".part", args.scale)     # renamed when whole: a rerun may reuse it
+                os.rename(path + ".part", path)
             size = os.path.getsize(path)
             rc, rss, wall, cpu, first = run_case(path, extra, args.src, args.as_limit, args.timeout)
             print(f"{name:<10} {size / 1e6:>8.1f}MB {rc:>3} {rss:>7.0f}MiB {wall:>7.1f} {cpu:>7.1f}  {first[:110]}",
