@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Iterator, Optional
 
 from .fd import classify
@@ -59,3 +60,106 @@ def parse_shared(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
                 bad.append(m.group(0)[:120])
             continue
         yield row
+
+
+# A line of maps is at most a path (PATH_MAX) and its fields; a smaps block is some 25 lines.
+# Longer ones are no kernel's output: their text is dropped unread, piece by piece.
+MAX_LINE = 8192
+MAX_BLOCK = 64 << 10
+_BLOCK = re.compile(rb"\n(?=[0-9a-f]+-[0-9a-f]+ )")    # where a smaps block starts
+_RSS_LINE = re.compile(rb"^Rss:[^\n]*", re.M)
+
+
+class SharedFilter:
+    """Keeps, of a maps (or smaps) text fed in chunks, only what the scan reads: the lines
+    (blocks: header and Rss line) of shared-buffer mappings, each address range once.
+
+    A kernel never prints two VMAs at one start address, so a line whose start was seen
+    before is a duplicate: it is dropped and counted (`dups`), the first one wins. The cost
+    is a chunk's worth of text at a time and the kept lines, whatever the input's size: a
+    line repeated a million times costs one line. Identical lines (blocks) of a chunk are
+    counted in C (Counter), so a repeated line costs no Python work per repetition."""
+
+    def __init__(self, smaps: bool = False):
+        self.smaps = smaps
+        self.out = []
+        self.kept = 0            # lines (blocks) kept: distinct shared-buffer mappings
+        self.nbytes = 0          # their bytes
+        self.dups = 0            # lines (blocks) dropped as duplicates of a kept one
+        self._seen = set()
+        self._carry = b""
+        self._skip = False       # inside an overlong line: drop up to the next newline
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._carry + chunk if self._carry else chunk
+        if self._skip:
+            nl = data.find(b"\n")
+            if nl < 0:
+                self._carry = b""
+                return
+            data, self._skip = data[nl + 1:], False
+        if self.smaps:
+            parts = _BLOCK.split(data)
+            tail = parts.pop()
+            if len(tail) > MAX_BLOCK:          # no kernel block is this long: take it as it
+                parts.append(tail)              # is; the rest of it, headerless, is ignored
+                tail, self._skip = b"", not tail.endswith(b"\n")
+        else:
+            nl = data.rfind(b"\n") + 1
+            first = data[:data.find(b"\n") + 1]
+            n = data.count(first, 0, nl) if nl else 0
+            if n > 1 and n * len(first) == nl:
+                # one line repeated to the end (counted in C, and never split into objects)
+                parts, times = [first[:-1]], n
+            else:
+                parts, times = data[:nl].split(b"\n"), 1
+                parts.pop()
+            tail = data[nl:]
+            if len(tail) > MAX_LINE:
+                tail, self._skip = b"", True
+            self._carry = tail
+            self._take(parts, times)
+            return
+        self._carry = tail
+        self._take(parts)
+
+    def finish(self) -> bytes:
+        if self._carry and not self._skip:
+            self._take([self._carry])
+        self._carry = b""
+        out, self.out = b"".join(self.out), []
+        return out
+
+    def _take(self, parts, times: int = 1) -> None:
+        keep = self.out.append
+        for part, n in (Counter(parts).items() if times == 1 else ((parts[0], times),)):
+            if b"s " not in part:               # no shared perms ("rw-s ") anywhere
+                continue
+            nl = part.find(b"\n")
+            line = part if nl < 0 else part[:nl]
+            m = _LINE.match(line)
+            if m is None or classify(m.group(6).decode("utf-8", "surrogateescape")) is None:
+                continue
+            start = m.group(1)
+            key = int(start, 16) if len(start) <= 16 else start
+            if key in self._seen:
+                self.dups += n
+                continue
+            self._seen.add(key)
+            self.dups += n - 1
+            if self.smaps:
+                rss = _RSS_LINE.search(part)
+                line = line + b"\n" + rss.group(0) if rss else line
+            keep(line + b"\n")
+            self.kept += 1
+            self.nbytes += len(line) + 1
+
+
+def filter_shared(data: bytes, smaps: bool = False) -> SharedFilter:
+    """SharedFilter of a whole text (the result in .text)."""
+    f = SharedFilter(smaps)
+    step = 1 << 20
+    for i in range(0, len(data), step):
+        f.feed(data[i:i + step])
+    f.text = f.finish()
+    return f

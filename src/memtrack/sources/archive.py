@@ -22,10 +22,17 @@ import zlib
 from typing import Dict, List, Set
 
 from ..errors import SourceError, Unreadable, Vanished
+from ..readers.maps import SharedFilter
 from .base import PathSource
 
 MAX_MEMBER = 64 << 20        # larger members are skipped, and said so
-MAX_TOTAL = 1 << 30          # bytes kept in memory in all (contents + names + overhead)
+MAX_TOTAL = 1 << 30          # the whole process's memory: what is kept, what the scan makes of it
+RESERVE = 128 << 20          # of MAX_TOTAL: the interpreter, memtrack, one member being read
+REF_COST = 2048              # what one fd link or kept mapping costs through scan, build and output (--json, matrix: ~1.2 KiB measured)
+MAX_FDINFO = 1 << 20         # a kernel's fdinfo of a buffer or DRM fd is a few KiB
+CHUNK = 1 << 20              # maps and smaps are read (and filtered) a chunk at a time
+STREAM_BUF = 256 << 10       # tarfile's reads of a compressed stream
+GZIP_MAX_RATIO = 1032        # deflate never expands one byte to more than this
 MAX_STREAM = 4 << 30         # bytes decompressed in all, skipped members included
 MAX_MEMBERS = 2_000_000
 MAX_HEADER = 1 << 20         # a pax header or GNU long name/link
@@ -95,8 +102,17 @@ class _SafeInfo(tarfile.TarInfo):
 class _Capped:
     """A decompressing reader that stops a decompression bomb at MAX_STREAM bytes."""
 
-    def __init__(self, inner, limit):
+    def __init__(self, inner, limit, raw=None, max_ratio=None):
         self.inner, self.limit, self.count, self.eof = inner, limit, 0, False
+        self.max_ratio = max_ratio
+        self.raw_size = os.fstat(raw.fileno()).st_size if raw is not None else 0
+
+    def could_hold(self, nbytes: int) -> bool:
+        """Whether the file could decompress to nbytes more than so far: a gzip file to at
+        most GZIP_MAX_RATIO times its size; bzip2 and xz have no such bound."""
+        if self.max_ratio is None:
+            return True
+        return self.count + nbytes <= (self.raw_size + 1) * self.max_ratio + (8 << 20)
 
     def read(self, n=-1):
         if n is None or n < 0:
@@ -149,7 +165,7 @@ def _open_stream(path: str, piped=None):
             return _Capped(f, MAX_STREAM), "r|", f      # a plain tar from a pipe: streamed too
         else:
             return f, "r:", f
-        return _Capped(inner, MAX_STREAM), "r|", f
+        return _Capped(inner, MAX_STREAM, f, GZIP_MAX_RATIO if head[:2] == b"\x1f\x8b" else None), "r|", f
     except BaseException:
         f.close()
         raise
@@ -177,7 +193,8 @@ class ArchiveSource(PathSource):
         self.problems: List[str] = []
         self.not_read: Set[str] = set()     # members skipped for their size: there, not read
         self._mtime = 0
-        self._cost = 0
+        self._cost = RESERVE
+        self._map_dups: Dict[int, int] = {}
         self._load()
 
     def _add_dirs(self, rel: str) -> None:
@@ -198,6 +215,30 @@ class ArchiveSource(PathSource):
         if self._cost > MAX_TOTAL:
             raise _TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content")
 
+    def _filtered(self, f, size: int, parts) -> bytes:
+        """A maps or smaps member read a chunk at a time, keeping only what the scan reads
+        (readers.maps.SharedFilter): the shared-buffer mappings, each address range once,
+        each charged for what the scan, the build and the output make of it."""
+        filt = SharedFilter(smaps=parts[2] == "smaps")
+        left, charged = size, 0
+        while left > 0:
+            chunk = f.read(min(left, CHUNK))
+            if not chunk:
+                raise EOFError("unexpected end of data")
+            left -= len(chunk)
+            filt.feed(chunk)
+            cost = filt.nbytes + filt.kept * REF_COST
+            self._cost += cost - charged
+            charged = cost
+            if self._cost > MAX_TOTAL:
+                raise _TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content and mappings "
+                               f"({filt.kept} distinct buffer mappings in {'/'.join(parts)})")
+        data = filt.finish()
+        if filt.dups and parts[2] == "maps":
+            pid = int(parts[1]) if parts[1].isdigit() and len(parts[1]) < 20 else -1
+            self._map_dups[pid] = self._map_dups.get(pid, 0) + filt.dups
+        return data
+
     def _load(self) -> None:
         count = 0
         skipped: Dict[str, List] = {}
@@ -211,13 +252,22 @@ class ArchiveSource(PathSource):
         fileobj, mode, raw = _open_stream(self.path, self._piped)
         self._piped = None
         try:
-            with tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_SafeInfo,
+            # bufsize: tarfile skips a member in a stream a bufsize at a time (10 KiB by
+            # default: 400,000 Python calls per GiB of a bomb)
+            with tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_SafeInfo, bufsize=STREAM_BUF,
                               errors="surrogateescape") as tf:
                 for m in tf:
                     tf.members = []           # tarfile keeps every TarInfo otherwise
                     count += 1
                     if count > MAX_MEMBERS:
                         raise _TooMuch(f"more than {MAX_MEMBERS} members")
+                    if isinstance(fileobj, _Capped) and m.size > 0 and \
+                            fileobj.count + m.size > fileobj.limit and fileobj.could_hold(m.size):
+                        # every byte a member declares is decompressed, read or skipped:
+                        # refuse the bomb on its header, not after seconds of inflating it.
+                        # (A member the rest of the file cannot hold is a truncated archive.)
+                        raise _TooMuch(f"decompresses to more than {fileobj.limit >> 20} MiB "
+                                       f"(a member declares {m.size} bytes)")
                     name = m.name
                     if len(name) > MAX_NAME or name.count("/") > MAX_DEPTH:
                         skip("name too long or too deep", name)
@@ -243,7 +293,8 @@ class ArchiveSource(PathSource):
                         if len(m.linkname) > MAX_NAME:
                             skip("link target too long", name)
                             continue
-                        self._charge(len(rel) + len(m.linkname))
+                        # an fd link is a reference: charged for what the scan makes of it
+                        self._charge(len(rel) + len(m.linkname) + REF_COST)
                         self.links[rel] = m.linkname
                     elif m.issparse():
                         skip("sparse member", name)
@@ -256,12 +307,20 @@ class ArchiveSource(PathSource):
                             skip(f"over {MAX_MEMBER >> 20} MiB, not read", name)
                             self.not_read.add(rel)
                             continue
-                        self._charge(len(rel) + m.size)
-                        f = tf.extractfile(m)
-                        data = f.read() if f else b""
-                        if len(data) != m.size:
-                            raise EOFError("unexpected end of data")
-                        self.files[rel] = data
+                        parts = rel.split("/")
+                        if len(parts) == 3 and parts[0] == "proc" and parts[2] in ("maps", "smaps"):
+                            self._charge(len(rel))
+                            self.files[rel] = self._filtered(tf.extractfile(m), m.size, parts)
+                        elif len(parts) == 4 and parts[2] == "fdinfo" and m.size > MAX_FDINFO:
+                            skip(f"fdinfo over {MAX_FDINFO >> 20} MiB, not read", name)
+                            continue
+                        else:
+                            self._charge(len(rel) + m.size)
+                            f = tf.extractfile(m)
+                            data = f.read() if f else b""
+                            if len(data) != m.size:
+                                raise EOFError("unexpected end of data")
+                            self.files[rel] = data
                     elif m.islnk():
                         skip("hard link", name)
                         continue
@@ -281,6 +340,13 @@ class ArchiveSource(PathSource):
                                  f"({shown(str(exc) or type(exc).__name__, 160)}); read what came before")
         finally:
             raw.close()
+        if self._map_dups:
+            pids = sorted(self._map_dups)
+            more = ", ..." if len(pids) > NAMES_SHOWN else ""
+            self.problems.append(
+                f"{sum(self._map_dups.values())} duplicate maps lines ignored (an address range "
+                f"printed again: no kernel does; the first wins), in pids "
+                f"{', '.join(map(str, pids[:NAMES_SHOWN]))}{more}")
         for why, (n, names) in sorted(skipped.items()):
             more = ", ..." if n > len(names) else ""
             self.problems.append(f"{n} archive members skipped: {why} ({', '.join(names)}{more})")

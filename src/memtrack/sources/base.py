@@ -209,10 +209,10 @@ class PathProc(ProcReader):
         return self._mapstat.get("%x-%x" % (start, end))
 
     def maps(self):
-        return self.src.read(self.base + "/maps")
+        return self.src.read_maps(self.base + "/maps")
 
     def smaps(self):
-        return self.src.read(self.base + "/smaps")
+        return self.src.read_maps(self.base + "/smaps", smaps=True)
 
     def status(self):
         return self.src.read_text(self.base + "/status")
@@ -246,6 +246,11 @@ class PathSource(Source):
             more = ", ..." if n > len(names) else ""
             out.append(f"{n} {why} ({', '.join(shown(x) for x in names)}{more})")
         return out
+
+    def read_maps(self, rel: str, smaps: bool = False) -> bytes:
+        """A maps (smaps) file, or what the scan needs of it: an archive keeps only that
+        (readers.maps.SharedFilter), a tree streams it through the same filter."""
+        return self.read(rel)
 
     def pids(self):
         try:

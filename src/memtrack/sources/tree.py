@@ -27,6 +27,8 @@ class DirSource(PathSource):
         self.root = os.path.abspath(root)
         self.label = f"dir:{root}"
         self._refused: Dict[str, list] = {}
+        self._cost = 0                    # what the kept mappings cost (read_maps)
+        self._map_dups: Dict[str, int] = {}
         # the last directory walked, kept open: a process's files share a few directories,
         # so most reads reuse it (a dup) instead of walking every component again
         self._last_key = None
@@ -66,6 +68,13 @@ class DirSource(PathSource):
         for why, (n, names) in sorted(self._refused.items()):
             more = ", ..." if n > len(names) else ""
             out.append(f"{n} files of the tree refused: {why} ({', '.join(names)}{more})")
+        if self._map_dups:
+            from .archive import shown
+            rels = sorted(self._map_dups)
+            more = ", ..." if len(rels) > _NAMES_SHOWN else ""
+            out.append(f"{sum(self._map_dups.values())} duplicate maps lines ignored (an address "
+                       f"range printed again: no kernel does; the first wins), in "
+                       f"{', '.join(shown(r) for r in rels[:_NAMES_SHOWN])}{more}")
         return out
 
     def _refuse(self, why: str, rel: str):
@@ -132,7 +141,8 @@ class DirSource(PathSource):
         finally:
             os.close(d)
 
-    def read(self, rel):
+    def _open_file(self, rel):
+        """An fd of the regular file rel (its path walked without following links)."""
         d, last = self._parent(rel)
         try:
             fd = os.open(last, _O_FILE, dir_fd=d)
@@ -143,6 +153,14 @@ class DirSource(PathSource):
         try:
             if not _stat.S_ISREG(os.fstat(fd).st_mode):
                 raise self._refuse("not a regular file", rel)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def read(self, rel):
+        fd = self._open_file(rel)
+        try:
             parts, left = [], MAX_FILE + 1
             while left > 0:
                 chunk = os.read(fd, min(left, 1 << 20))
@@ -157,6 +175,38 @@ class DirSource(PathSource):
             raise self._oserror(exc, rel) from None
         finally:
             os.close(fd)
+
+    def read_maps(self, rel, smaps=False):
+        """maps (smaps) streamed through SharedFilter a chunk at a time: only the shared-
+        buffer mappings are kept, each address range once, and what they will cost (the
+        archive's REF_COST each) is charged to the archive's memory budget, past which the
+        tree is refused (a SourceError: one line)."""
+        from ..readers.maps import SharedFilter
+        from .archive import CHUNK, MAX_TOTAL, REF_COST, RESERVE
+        fd = self._open_file(rel)
+        filt = SharedFilter(smaps)
+        try:
+            left = MAX_FILE + 1
+            while left > 0:
+                chunk = os.read(fd, min(left, CHUNK))
+                if not chunk:
+                    break
+                left -= len(chunk)
+                filt.feed(chunk)
+                if RESERVE + self._cost + filt.nbytes + filt.kept * REF_COST > MAX_TOTAL:
+                    raise SourceError(f"{self.root}: more than {MAX_TOTAL >> 20} MiB of mappings "
+                                      f"({filt.kept} distinct buffer mappings in {rel}), refusing")
+            if left <= 0:
+                raise self._refuse(f"over {MAX_FILE >> 20} MiB", rel)
+        except OSError as exc:
+            raise self._oserror(exc, rel) from None
+        finally:
+            os.close(fd)
+        data = filt.finish()
+        self._cost += filt.nbytes + filt.kept * REF_COST
+        if filt.dups and not smaps:
+            self._map_dups[rel] = filt.dups
+        return data
 
     def readlink(self, rel):
         d, last = self._parent(rel)
