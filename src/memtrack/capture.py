@@ -116,9 +116,14 @@ class RecordingSource(Source):
         return self.started
 
 
+def archived_pids(rec: RecordingSource, snap) -> list:
+    """The recorded processes the archive keeps: those the scan did not skip."""
+    dropped = set(snap.skipped.denied) | set(snap.skipped.vanished) | set(snap.skipped.unreadable)
+    return [pid for pid in sorted(rec.procs) if pid not in dropped]
+
+
 def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = None) -> int:
     """Write the recording as a .tar.gz atomically (temp file + rename). Returns members written."""
-    dropped = set(snap.skipped.denied) | set(snap.skipped.vanished) | set(snap.skipped.unreadable)
     meta = {
         "tool": "memtrack", "version": __version__, "taken_at": snap.taken_at,
         "host": {"hostname": snap.host.hostname, "kernel": snap.host.kernel},
@@ -153,9 +158,7 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
         for rel in sorted(rec.files):
             add_file(rel, rec.files[rel])
             members += 1
-        for pid in sorted(rec.procs):
-            if pid in dropped:
-                continue
+        for pid in archived_pids(rec, snap):
             pr = rec.procs[pid]
             for d in (pr.base, pr.base + "/fd", pr.base + "/fdinfo"):
                 add_dir(d)

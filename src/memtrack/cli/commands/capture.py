@@ -43,7 +43,7 @@ def run(args) -> int:
     target = target_from_args(args)
     if target is not None:
         return _remote(args, target)
-    from ...capture import RecordingSource, write_archive
+    from ...capture import RecordingSource, archived_pids, write_archive
     from ...scan import scan
     from ...sources.live import LiveSource
     if getattr(args, "backend", "auto") == "bpf" and not args.quiet:
@@ -61,7 +61,7 @@ def run(args) -> int:
     snap = scan(rec, pids=pids, smaps=args.smaps)
     n = _write(lambda path: write_archive(rec, snap, path, pids=pids), args.output)
     report_skipped(snap, quiet=args.quiet)
-    print(f"memtrack: wrote {output_name(args.output)}: {len(rec.procs) - snap.skipped.total} processes, "
+    print(f"memtrack: wrote {output_name(args.output)}: {len(archived_pids(rec, snap))} processes, "
           f"{len(snap.buffers)} buffers, {n} members", file=sys.stderr)
     return 0
 
