@@ -170,3 +170,29 @@ def test_refreshes_leave_nothing_frozen_even_if_the_interpreter_froze_some():
     finally:
         gc.unfreeze()
         del keep
+
+
+def rebuilder_ids_exact(rb) -> bool:
+    """The Rebuilder's per-id buffer counts are those of the buffers it holds now, and no
+    more: what a whole build computes (Rebuilder._full)."""
+    from collections import Counter
+    keys = set(rb._key_pids) | set(rb._kernel)
+    return rb._ready and rb._ids == dict(Counter((k[0], k[2]) for k in keys if k[1] != "anon"))
+
+
+def test_refresher_state_stays_bounded_under_buffer_churn():
+    """A process replacing its memfd again and again (a new inode each time, as under
+    process churn) leaves the refresher holding nothing of the buffers gone."""
+    with Kid() as k:
+        # (a new fd in place of one closed leaves the signature as it was: read every time)
+        sc = IncrementalScanner(pids=[k.pid], verify_every=1)
+        fd = k.add("churn-0", 4096)
+        sc.refresh()
+        for i in range(1, 40):
+            new = k.add(f"churn-{i}", 4096)
+            k.close(fd)
+            fd = new
+            snap = sc.refresh()
+            assert names(snap, k.pid) == [f"churn-{i}"]
+        rb = sc._rebuilder
+        assert rb.partial_builds >= 30 and rebuilder_ids_exact(rb)
