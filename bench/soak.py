@@ -8,7 +8,9 @@ Runs `memtrack serve` (scraped every --interval), `memtrack record -i INTERVAL` 
 shm file over SCM_RIGHTS, SIGKILLed after 20-200 ms). Every --sample seconds it reads each
 command's /proc/PID/status (VmRSS, RssAnon, Threads) and its fd count; after the warm-up it
 prints, per command, the RSS when the warm-up ended, at the end and its peak, the growth,
-and the refreshes it made. Run as root (the bpf backend needs it; the churn's processes
+and the refreshes it made; "excess" is the growth less that of a fresh refresher's RSS
+measured at the same two moments (a shared machine's process count moves under the run,
+and what a refresher holds with it), and MiB/h the least-squares trend. Run as root (the bpf backend needs it; the churn's processes
 must be seen).
 
     python3 bench/soak.py                          # 10 minutes, 150 processes/s
@@ -222,7 +224,8 @@ def main():
         sys.exit(f"soak: --minutes {a.minutes} is not longer than the {a.warmup:.0f} s warm-up")
     churn = subprocess.Popen([sys.executable, os.path.join(HERE, "churn.py"), "--spawner",
                               "--rate", str(a.rate)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             text=True)
+                             text=True, preexec_fn=lambda: os.nice(-5))
+    # (ahead of the rest: on a busy machine the spawner fell to 30-50 processes/s)
     running = []
     backends = sorted({m.split("-")[1] for m in modes})
     refs: dict = {}
