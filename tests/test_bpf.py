@@ -1197,3 +1197,48 @@ def test_name_lengths_from_the_kernel(scenario):
     fds: list = []
     R.parse_files(recs[1], {}, fds, [], None, lambda p: None)
     assert fds[0].kind == "memfd" and fds[0].name == "pool"
+
+
+def test_a_reused_scanner_forgets_the_buffers_gone():
+    """A process replacing its memfd again and again (a new inode each time, as under process
+    churn): the reused scanner's refreshes patch the last snapshot, and the Rebuilder keeps
+    per-id counts only for the buffers there now (a count left at 0 for every buffer gone
+    grew `serve`, `record` and `top` without bound)."""
+    scanner()
+    from livekids import Kid
+    from test_incremental import rebuilder_ids_exact
+    with Kid() as k, mbpf.BpfScanner() as s:
+        fd = k.add("churn-0", 4096)
+        s.scan()
+        for i in range(1, 30):
+            new = k.add(f"churn-{i}", 4096)
+            k.close(fd)
+            fd = new
+            snap = s.scan()
+            p = snap.process_map[k.pid]
+            assert [snap.buffer(r.buffer).name for r in p.refs] == [f"churn-{i}"]
+        rb = s._rebuilder
+        assert rb.partial_builds >= 20 and rebuilder_ids_exact(rb)
+
+
+def test_a_per_process_read_leaves_no_garbage_cycle():
+    """A reused scanner runs an iterator per changed process, hundreds a second under churn:
+    each left a ctypes.cast() cycle for the collector, which a refresher's paused
+    collections did not reach (scan.no_gc)."""
+    scanner()
+    import gc
+    fd = os.memfd_create("cycle-probe", 0)
+    os.ftruncate(fd, 4096)
+    with mbpf.BpfScanner() as s:
+        s._obj.read_pid("task_file", os.getpid())
+        gc.collect()
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            for _ in range(100):
+                assert s._obj.read_pid("task_file", os.getpid())
+            assert gc.collect() < 50
+        finally:
+            if was:
+                gc.enable()
+            os.close(fd)

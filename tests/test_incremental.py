@@ -170,3 +170,56 @@ def test_refreshes_leave_nothing_frozen_even_if_the_interpreter_froze_some():
     finally:
         gc.unfreeze()
         del keep
+
+
+def rebuilder_ids_exact(rb) -> bool:
+    """The Rebuilder's per-id buffer counts are those of the buffers it holds now, and no
+    more: what a whole build computes (Rebuilder._full)."""
+    from collections import Counter
+    keys = set(rb._key_pids) | set(rb._kernel)
+    return rb._ready and rb._ids == dict(Counter((k[0], k[2]) for k in keys if k[1] != "anon"))
+
+
+def test_refresher_state_stays_bounded_under_buffer_churn():
+    """A process replacing its memfd again and again (a new inode each time, as under
+    process churn) leaves the refresher holding nothing of the buffers gone."""
+    with Kid() as k:
+        # (a new fd in place of one closed leaves the signature as it was: read every time)
+        sc = IncrementalScanner(pids=[k.pid], verify_every=1)
+        fd = k.add("churn-0", 4096)
+        sc.refresh()
+        for i in range(1, 40):
+            new = k.add(f"churn-{i}", 4096)
+            k.close(fd)
+            fd = new
+            snap = sc.refresh()
+            assert names(snap, k.pid) == [f"churn-{i}"]
+        rb = sc._rebuilder
+        assert rb.partial_builds >= 30 and rebuilder_ids_exact(rb)
+
+
+def test_cycles_left_by_paused_collections_are_collected():
+    """A refresher pauses the collector for each refresh and moves what it made to the
+    oldest generation (scan.no_gc), where CPython's own rule never collects it again: a
+    cycle of garbage each refresh (a ctypes cast, an exception's traceback) stayed for
+    good. no_gc counts those objects and collects the oldest generation by the same rule."""
+    import gc
+    import weakref
+    from memtrack.scan import no_gc
+
+    class Cycle:
+        pass
+
+    gc.collect()
+    alive = []
+    for _ in range(1000):
+        with no_gc():
+            junk = [Cycle() for _ in range(200)]
+            for c in junk:
+                c.me = c                        # garbage the moment `junk` goes
+            alive.extend(weakref.ref(c) for c in junk)
+            del junk, c
+    left = sum(r() is not None for r in alive)
+    # at most what the pauses made since the last collection (a quarter of the heap, which
+    # the weak references make about the size of all that was made)
+    assert left < len(alive) // 4

@@ -115,3 +115,25 @@ def test_smaps_and_drm_are_always_built_whole():
     rb.build(obs, parts, None, **dict(META, smaps=True))
     rb.build(obs, parts, set(), **dict(META, smaps=True))
     assert rb.partial_builds == 0 and rb.full_builds == 2
+
+
+def test_ids_of_buffers_gone_are_forgotten():
+    """Under process churn every new memfd is a new inode: the Rebuilder's count of buffers
+    per "kind:inode" id keeps only ids some buffer still has (a count left at 0 for each
+    one gone grew a long-running refresher without bound)."""
+    rng = random.Random(5)
+    rb = Rebuilder()
+    parts = {10: random_part(rng, 10, False)}
+    rb.build(machine(rng, []), parts, None, **META)
+    ino = 1000
+    for step in range(300):
+        # one process goes, one comes with a memfd of its own (a new inode each time)
+        gone = min(parts)
+        del parts[gone]
+        pid = gone + 5
+        ino += 1
+        parts[pid] = Part([FdRef(pid, 3, "memfd", "00:01", ino, 4096, "churn", None, None, "stat")],
+                          [], ProcInfo(pid, "churn", "", 0))
+        rb.build(machine(rng, []), parts, {gone, pid}, **META)
+    assert rb.partial_builds > 250
+    assert len(rb._ids) == 1 and all(n > 0 for n in rb._ids.values())

@@ -179,8 +179,10 @@ class BpfObject:
         6.1: union bpf_iter_link_info's task.pid); a process that is gone gives b""."""
         lib = self._lib
         info = (ctypes.c_uint32 * 4)(0, pid, 0, 0)       # tid, pid, pid_fd, (union tail)
-        opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts),
-                               ctypes.cast(info, ctypes.c_void_p), ctypes.sizeof(info))
+        # the address, not ctypes.cast(): a cast result and its source refer to each other,
+        # a cycle of garbage per call (info stays alive in this frame for the call)
+        opts = _IterAttachOpts(ctypes.sizeof(_IterAttachOpts), ctypes.addressof(info),
+                               ctypes.sizeof(info))
         ctypes.set_errno(0)
         link = lib.bpf_program__attach_iter(self._progs[name], ctypes.byref(opts))
         if not link or lib.libbpf_get_error(link):

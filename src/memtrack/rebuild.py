@@ -149,7 +149,13 @@ class Rebuilder:
         after = {k for k in touched if k in key_pids or k in kernel}
         for k in before:
             if k[1] != "anon":
-                ids[(k[0], k[2])] -= 1
+                # an id no buffer has any more is forgotten: under process churn every new
+                # memfd is a new inode, and a count kept at 0 for each grew without bound
+                n = ids[(k[0], k[2])] - 1
+                if n:
+                    ids[(k[0], k[2])] = n
+                else:
+                    del ids[(k[0], k[2])]
         for k in after:
             if k[1] != "anon":
                 ids[(k[0], k[2])] = ids.get((k[0], k[2]), 0) + 1

@@ -397,6 +397,12 @@ class no_gc:
     held = False
     to_exit = False     # the process ends with its command: see keep_to_exit()
     one_shot = False    # ... and the command scans once, prints and ends (get_snapshot)
+    # What the pauses moved to the oldest generation since it was last collected, and how
+    # many objects that collection left (see __exit__); the floor keeps a small heap from
+    # being collected whole after every pause.
+    pending = 0
+    long_lived = 0
+    FLOOR = 20000
 
     def __enter__(self):
         self.was = gc.isenabled()
@@ -405,10 +411,27 @@ class no_gc:
     def __exit__(self, *exc):
         if self.was:
             if hasattr(gc, "freeze"):
+                made = gc.get_count()[0]        # objects made during the pause, net
                 gc.freeze()
                 if not no_gc.held:
                     gc.unfreeze()
+                    no_gc._age(made)
             gc.enable()
+
+    @staticmethod
+    def _age(made: int) -> None:
+        """unfreeze() puts what the pause made straight into the oldest generation, which
+        CPython collects only once a quarter more objects than its last collection left
+        have aged into it through the young ones: objects put there this way are not
+        counted, so in a refresher (top, serve, record) it never ran again, and every
+        cycle of garbage a refresh left (a ctypes cast, an exception and its traceback)
+        stayed for good: tens of MB an hour under process churn. The same rule, counted
+        here."""
+        no_gc.pending += max(0, made)
+        if no_gc.pending > max(no_gc.long_lived // 4, no_gc.FLOOR):
+            gc.collect()
+            no_gc.long_lived = len(gc.get_objects())
+            no_gc.pending = 0
 
 
 def hold_frozen():
