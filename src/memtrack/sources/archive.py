@@ -23,7 +23,7 @@ from typing import Dict, List, Set
 
 from ..errors import SourceError, Unreadable, Vanished
 from ..readers.maps import SharedFilter
-from .base import PathSource
+from .base import PathSource, shown
 
 MAX_MEMBER = 64 << 20        # larger members are skipped, and said so
 MAX_TOTAL = 1 << 30          # the whole process's memory: what is kept, what the scan makes of it
@@ -56,13 +56,6 @@ def _clean(name: str):
     if not parts or ".." in parts:
         return None
     return "/".join(parts)
-
-
-def shown(name: str, limit: int = 80) -> str:
-    """A member name made safe to print: undecodable bytes and control characters escaped."""
-    s = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
-    s = "".join(c if " " <= c < "\x7f" else "\\x%02x" % ord(c) for c in s)
-    return s if len(s) <= limit else s[:limit] + "..."
 
 
 class _TooMuch(Exception):

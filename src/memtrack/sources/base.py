@@ -7,6 +7,14 @@ from typing import Dict, List, Optional, Tuple
 
 from ..errors import ProcessGone, Unreadable, Vanished
 
+
+def shown(name: str, limit: int = 80) -> str:
+    """A member name made safe to print: undecodable bytes and control characters escaped."""
+    s = name.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+    s = "".join(c if " " <= c < "\x7f" else "\\x%02x" % ord(c) for c in s)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
 Stat = Tuple[str, int, int, int]     # (dev "MM:mm", inode, size, mode)
 
 
@@ -242,7 +250,6 @@ class PathSource(Source):
     def input_notes(self) -> List[str]:
         out = []
         for why, (n, names) in sorted((self._found or {}).items()):
-            from .archive import shown
             more = ", ..." if n > len(names) else ""
             out.append(f"{n} {why} ({', '.join(shown(x) for x in names)}{more})")
         return out

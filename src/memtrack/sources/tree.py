@@ -14,7 +14,7 @@ import stat as _stat
 from typing import Dict, List
 
 from ..errors import SourceError, Unreadable, translate_oserror
-from .base import PathSource
+from .base import PathSource, shown
 
 MAX_FILE = 64 << 20
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -69,7 +69,6 @@ class DirSource(PathSource):
             more = ", ..." if n > len(names) else ""
             out.append(f"{n} files of the tree refused: {why} ({', '.join(names)}{more})")
         if self._map_dups:
-            from .archive import shown
             rels = sorted(self._map_dups)
             more = ", ..." if len(rels) > _NAMES_SHOWN else ""
             out.append(f"{sum(self._map_dups.values())} duplicate maps lines ignored (an address "
@@ -81,7 +80,6 @@ class DirSource(PathSource):
         e = self._refused.setdefault(why, [0, []])
         e[0] += 1
         if len(e[1]) < _NAMES_SHOWN:
-            from .archive import shown
             e[1].append(shown(rel))
         return Unreadable(f"{rel}: {why}")
 
