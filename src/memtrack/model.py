@@ -11,6 +11,7 @@ from functools import cached_property
 from typing import Dict, List, Optional, Tuple
 
 from .errors import SourceError
+from .readers.num import PID_MAX_LIMIT, U64
 
 SCHEMA = 1
 KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem")
@@ -379,9 +380,6 @@ def _opt_nat(v):
     return None if v is None else _nat(v)
 
 
-U64 = 1 << 64
-#: include/linux/threads.h: no pid is above it, and no process has pid 0
-PID_MAX_LIMIT = 4194304
 #: the most fds a process can have (fs.nr_open's ceiling is INT_MAX rounded down)
 FD_LIMIT = 1 << 31
 

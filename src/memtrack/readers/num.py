@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 U64 = 1 << 64
+#: include/linux/threads.h (64-bit): no process has a pid above it, and none has pid 0
+PID_MAX_LIMIT = 4194304
 # the longest u64: 20 decimal or 16 hex digits; a sign, "0x" or "_" is never kernel output
 _MAXLEN = {10: 20, 16: 16, 8: 22}
 

@@ -6,6 +6,7 @@ import json
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import ProcessGone, Unreadable, Vanished
+from ..readers.num import PID_MAX_LIMIT, U64
 
 
 def shown(name: str, limit: int = 80) -> str:
@@ -36,10 +37,6 @@ def is_number(name: str) -> bool:
     return name.isascii() and name.isdigit() and (name == "0" or name[0] != "0")
 
 
-U64 = 1 << 64
-#: the kernel's PID_MAX_LIMIT (include/linux/threads.h, 64-bit): no process has a pid above it,
-#: and none has pid 0 (the idle task is no process of /proc)
-PID_MAX_LIMIT = 4194304
 _SHOWN = 3
 
 
