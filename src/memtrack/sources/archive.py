@@ -98,12 +98,13 @@ class _Capped:
     def __init__(self, inner, limit, raw=None, max_ratio=None):
         self.inner, self.limit, self.count, self.eof = inner, limit, 0, False
         self.max_ratio = max_ratio
-        self.raw_size = os.fstat(raw.fileno()).st_size if raw is not None else 0
+        # a pipe's size is unknown until its end: it is held to MAX_STREAM alone
+        self.raw_size = os.fstat(raw.fileno()).st_size if hasattr(raw, "fileno") else None
 
     def could_hold(self, nbytes: int) -> bool:
         """Whether the file could decompress to nbytes more than so far: a gzip file to at
         most GZIP_MAX_RATIO times its size; bzip2 and xz have no such bound."""
-        if self.max_ratio is None:
+        if self.max_ratio is None or self.raw_size is None:
             return True
         return self.count + nbytes <= (self.raw_size + 1) * self.max_ratio + (8 << 20)
 
