@@ -103,6 +103,25 @@ def test_repeated_mapping_in_a_tree_too(tmp_path):
     assert "duplicate maps lines ignored" in r.stderr
 
 
+def test_repeated_mapping_in_a_capture_stream_too(tmp_path):
+    """The capture script's stream format (what adb and ssh bring back) keeps what an archive
+    keeps: each address range once."""
+    boundary = b"b0undary-1234"
+    out = [b"memtrack-stream 1 " + boundary + b"\n"]
+    with tarfile.open(capture(tmp_path / "rep.tgz", repeated)) as tf:
+        for m in tf:
+            body = m.linkname.encode() if m.issym() else tf.extractfile(m).read()
+            out.append(b"\n" + boundary + (b" L " if m.issym() else b" F ") + m.name.encode() + b"\n" + body)
+    out.append(b"\n" + boundary + b" E end\n")
+    path = tmp_path / "rep.stream"
+    path.write_bytes(b"".join(out))
+    r = run_limited("--root", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [p["refs"][0]["vmas"] for p in doc["processes"]] == [[[0x7f0000000000, 0x7f0000001000, 0]]] * 6
+    assert "duplicate maps lines ignored" in r.stderr
+
+
 def distinct(pid):
     lines = []
     for i in range(40_000):

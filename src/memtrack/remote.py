@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Set
 
 from . import __version__
 from .errors import MemtrackError, SourceError
-from .sources.archive import ArchiveSource, _clean
+from .sources.archive import ArchiveSource, TooMuch, clean_name
 from .util.atomic import atomic_open
 
 SCRIPT_NAME = "capture.sh"
@@ -104,7 +104,7 @@ def parse_stream(data: bytes) -> Tree:
         if kind == "E":
             ended = True
             continue
-        rel = _clean(name)
+        rel = clean_name(name)
         if rel is None:
             raise SourceError(f"capture stream: record {n} has an unsafe path {name!r}")
         if kind == "F":
@@ -130,7 +130,7 @@ def parse_tar(data: bytes) -> Tree:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r|*") as tf:
             for m in tf:
-                rel = _clean(m.name)
+                rel = clean_name(m.name)
                 if rel is None:
                     continue
                 if m.isdir():
@@ -189,6 +189,13 @@ class TreeSource(ArchiveSource):
             else:
                 self.dirs[""].add(d)
         for rel, data in t.files.items():
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[0] == "proc" and parts[2] in ("maps", "smaps"):
+                # as an archive keeps it: the shared-buffer lines, each address range once
+                try:
+                    data = self._filtered(io.BytesIO(data), len(data), parts)
+                except TooMuch as exc:
+                    raise SourceError(f"{self.path}: {exc}, refusing") from None
             self.files[rel] = data
             self._add_dirs(rel)
         for rel, target in t.links.items():
@@ -196,6 +203,7 @@ class TreeSource(ArchiveSource):
             self._add_dirs(rel)
         if "proc" not in self.dirs:
             raise SourceError(f"{self.path}: no proc/ directory in the capture")
+        self._note_map_dups()
 
 
 def archive_meta(tree: Tree, transport: str) -> dict:

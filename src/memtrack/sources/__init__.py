@@ -11,8 +11,11 @@ from ..errors import SourceError
 
 #: --root - reads stdin
 STDIN = "-"
-#: the most a pipe is read for a JSON snapshot or a capture stream (an archive streams)
+#: the most a pipe is read for a JSON snapshot (an archive streams)
 MAX_PIPED = 1 << 30
+#: the most of the capture script's stream format read, from a file or a pipe: it is held
+#: whole and split into its files (about twice its size), within the 1 GiB cap of archives
+MAX_STREAM_FORMAT = 384 << 20
 
 
 def open_source(path=None, saved_filter=None):
@@ -58,6 +61,9 @@ def open_source(path=None, saved_filter=None):
         return load_snapshot(path, saved_filter)
     if head.startswith(b"memtrack-stream "):       # the sh capture script's own format
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_STREAM_FORMAT:
+                raise SourceError(f"{path}: a capture stream of more than "
+                                  f"{MAX_STREAM_FORMAT >> 20} MiB, refusing")
             data = f.read()
         return _stream_source(path, data)
     from .archive import ArchiveSource, looks_like_archive
@@ -117,11 +123,16 @@ class _Piped:
         return self.f.read(n)
 
     def read_all(self, cap: int, name: str) -> bytes:
-        data = self.head + self.f.read(cap + 1 - len(self.head))
+        # in pieces: one read(cap) would reserve the whole cap at once
+        parts, n = [self.head], len(self.head)
         self.head = b""
-        if len(data) > cap:
-            raise SourceError(f"{name}: more than {cap >> 20} MiB from a pipe, refusing")
-        return data
+        while n <= cap:
+            chunk = self.f.read(1 << 20)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+            n += len(chunk)
+        raise SourceError(f"{name}: more than {cap >> 20} MiB from a pipe, refusing")
 
     def close(self):
         self.f.close()
@@ -148,7 +159,7 @@ def _open_pipe(fd: int, name: str, saved_filter=None):
             from .snapshot_file import MAX_SNAPSHOT, load_snapshot
             return load_snapshot(name, saved_filter, data=piped.read_all(MAX_SNAPSHOT, name))
         if head.startswith(b"memtrack-stream "):
-            return _stream_source(name, piped.read_all(MAX_PIPED, name))
+            return _stream_source(name, piped.read_all(MAX_STREAM_FORMAT, name))
         from .archive import ArchiveSource, looks_like_archive
         if looks_like_archive(name, head):
             keep = True

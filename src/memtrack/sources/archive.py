@@ -48,7 +48,7 @@ def looks_like_archive(path: str, head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
-def _clean(name: str):
+def clean_name(name: str):
     """Relative posix path, or None for names that try to leave the archive root."""
     if name.startswith("/") or "\\" in name:
         return None
@@ -58,7 +58,7 @@ def _clean(name: str):
     return "/".join(parts)
 
 
-class _TooMuch(Exception):
+class TooMuch(Exception):
     """A cap on the whole archive was reached: refuse it."""
 
 
@@ -120,7 +120,7 @@ class _Capped:
             self.eof = True
         self.count += len(data)
         if self.count > self.limit:
-            raise _TooMuch(f"decompresses to more than {self.limit >> 20} MiB")
+            raise TooMuch(f"decompresses to more than {self.limit >> 20} MiB")
         return data
 
 
@@ -207,7 +207,7 @@ class ArchiveSource(PathSource):
     def _charge(self, nbytes: int) -> None:
         self._cost += nbytes + ENTRY_COST
         if self._cost > MAX_TOTAL:
-            raise _TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content")
+            raise TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content")
 
     def _filtered(self, f, size: int, parts) -> bytes:
         """A maps or smaps member read a chunk at a time, keeping only what the scan reads
@@ -225,13 +225,22 @@ class ArchiveSource(PathSource):
             self._cost += cost - charged
             charged = cost
             if self._cost > MAX_TOTAL:
-                raise _TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content and mappings "
+                raise TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content and mappings "
                                f"({filt.kept} distinct buffer mappings in {'/'.join(parts)})")
         data = filt.finish()
         if filt.dups and parts[2] == "maps":
             pid = int(parts[1]) if parts[1].isdigit() and len(parts[1]) < 20 else -1
             self._map_dups[pid] = self._map_dups.get(pid, 0) + filt.dups
         return data
+
+    def _note_map_dups(self) -> None:
+        if self._map_dups:
+            pids = sorted(self._map_dups)
+            more = ", ..." if len(pids) > NAMES_SHOWN else ""
+            self.problems.append(
+                f"{sum(self._map_dups.values())} duplicate maps lines ignored (an address range "
+                f"printed again: no kernel does; the first wins), in pids "
+                f"{', '.join(map(str, pids[:NAMES_SHOWN]))}{more}")
 
     def _load(self) -> None:
         count = 0
@@ -254,19 +263,19 @@ class ArchiveSource(PathSource):
                     tf.members = []           # tarfile keeps every TarInfo otherwise
                     count += 1
                     if count > MAX_MEMBERS:
-                        raise _TooMuch(f"more than {MAX_MEMBERS} members")
+                        raise TooMuch(f"more than {MAX_MEMBERS} members")
                     if isinstance(fileobj, _Capped) and m.size > 0 and \
                             fileobj.count + m.size > fileobj.limit and fileobj.could_hold(m.size):
                         # every byte a member declares is decompressed, read or skipped:
                         # refuse the bomb on its header, not after seconds of inflating it.
                         # (A member the rest of the file cannot hold is a truncated archive.)
-                        raise _TooMuch(f"decompresses to more than {fileobj.limit >> 20} MiB "
+                        raise TooMuch(f"decompresses to more than {fileobj.limit >> 20} MiB "
                                        f"(a member declares {m.size} bytes)")
                     name = m.name
                     if len(name) > MAX_NAME or name.count("/") > MAX_DEPTH:
                         skip("name too long or too deep", name)
                         continue
-                    rel = _clean(name)
+                    rel = clean_name(name)
                     if rel is None:
                         skip("unsafe name", name)
                         continue
@@ -322,7 +331,7 @@ class ArchiveSource(PathSource):
                         skip("device, FIFO or other special file", name)
                         continue
                     self._add_dirs(rel)
-        except _TooMuch as exc:
+        except TooMuch as exc:
             raise SourceError(f"{self.path}: {exc}, refusing (a tar bomb?)") from None
         except SourceError:
             raise
@@ -334,13 +343,7 @@ class ArchiveSource(PathSource):
                                  f"({shown(str(exc) or type(exc).__name__, 160)}); read what came before")
         finally:
             raw.close()
-        if self._map_dups:
-            pids = sorted(self._map_dups)
-            more = ", ..." if len(pids) > NAMES_SHOWN else ""
-            self.problems.append(
-                f"{sum(self._map_dups.values())} duplicate maps lines ignored (an address range "
-                f"printed again: no kernel does; the first wins), in pids "
-                f"{', '.join(map(str, pids[:NAMES_SHOWN]))}{more}")
+        self._note_map_dups()
         for why, (n, names) in sorted(skipped.items()):
             more = ", ..." if n > len(names) else ""
             self.problems.append(f"{n} archive members skipped: {why} ({', '.join(names)}{more})")
