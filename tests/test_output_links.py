@@ -81,7 +81,7 @@ def test_a_planted_link_in_a_sticky_directory_is_not_followed_by_any_output(box,
             ("x.prom", ("--root", REAL_CAPTURE, "textfile")),
             ("x.tar.gz", ("capture", "-p", str(os.getpid()))),
             ("x.trace.json", ("export-trace", db)),
-            ("x.db", ("record", "-n", "1", "-i", "0"))]
+            ("x.db", ("record", "-n", "1", "-i", "1"))]
     try:
         import matplotlib  # noqa: F401
         runs.append(("x.png", ("plot", db)))
@@ -151,7 +151,7 @@ def test_a_planted_sqlite_side_file_is_refused(box):
     secret = os.path.join(box, "secret")
     sticky = os.path.join(box, "sticky")
     plant(secret, os.path.join(sticky, "h.db-wal"))
-    refused(run_memtrack("record", "-n", "1", "-i", "0", "-o", os.path.join(sticky, "h.db"), timeout=300),
+    refused(run_memtrack("record", "-n", "1", "-i", "1", "-o", os.path.join(sticky, "h.db"), timeout=300),
             os.path.join(sticky, "h.db-wal"))
     untouched(secret)
 
@@ -180,7 +180,7 @@ def test_links_the_rule_allows_are_followed(box):
     # record through root's own link: the database is written where it leads
     os.chown(sticky, 0, 0)
     os.symlink(os.path.join(dir_, "h.db"), os.path.join(sticky, "h.db"))
-    r = run_memtrack("record", "-n", "1", "-i", "0", "-o", os.path.join(sticky, "h.db"), timeout=300)
+    r = run_memtrack("record", "-n", "1", "-i", "1", "-o", os.path.join(sticky, "h.db"), timeout=300)
     assert r.returncode == 0, r.stderr
     assert os.path.getsize(os.path.join(dir_, "h.db")) > 0 and os.path.islink(os.path.join(sticky, "h.db"))
 
