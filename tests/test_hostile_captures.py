@@ -199,3 +199,16 @@ def test_filter_is_the_same_whatever_the_chunks():
         assert list(parse_shared(kept)) == want
         assert f.dups == dups and f.kept == len(want)
     assert filter_shared(text).text == kept
+
+
+def test_json_snapshot_past_the_memory_cap_is_refused_in_one_line(tmp_path):
+    """A JSON snapshot becomes about 8.5 times its size in objects: one over 96 MiB would
+    take the process past 1 GiB, so it is refused before it is read (a sparse file here)."""
+    from memtrack.sources.snapshot_file import MAX_SNAPSHOT
+    path = tmp_path / "big.json"
+    with open(path, "wb") as f:
+        f.write(b'{"schema": 1, ')
+        f.truncate(MAX_SNAPSHOT + 1)
+    r = run_limited("--root", str(path), "--json")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "a JSON snapshot over 96 MiB, refusing" in r.stderr, r.stderr

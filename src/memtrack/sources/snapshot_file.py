@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ..errors import SourceError
 from ..model import Snapshot
 
 
-MAX_SNAPSHOT = 1 << 30
+#: JSON text becomes about 8.5 times its size in objects (measured: 36 MiB of snapshot,
+#: 200,000 references, 305 MiB peak): this keeps the whole process under the 1 GiB cap
+MAX_SNAPSHOT = 96 << 20
 
 
 def load_snapshot(path, saved_filter=None, data=None) -> Snapshot:
@@ -16,6 +19,8 @@ def load_snapshot(path, saved_filter=None, data=None) -> Snapshot:
     try:
         if data is None:
             with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size > MAX_SNAPSHOT:
+                    raise SourceError(f"{path}: a JSON snapshot over {MAX_SNAPSHOT >> 20} MiB, refusing")
                 data = f.read(MAX_SNAPSHOT + 1)
         if len(data) > MAX_SNAPSHOT:
             raise SourceError(f"{path}: a JSON snapshot over {MAX_SNAPSHOT >> 20} MiB, refusing")
