@@ -460,7 +460,7 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             holders=holders,
             fd_refs=_u64(b.get("fd_refs", 0)), map_refs=_u64(b.get("map_refs", 0)),
             kernel_count=_opt_u64(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
-    holders_of = {b.id: b.holders for b in buffers}
+    holders_of = {b.id: frozenset(b.holders) for b in buffers}     # a set: a buffer may have thousands
     if len(holders_of) != len(buffers):
         raise ValueError("duplicate buffer ids")
     procs = []
