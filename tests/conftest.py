@@ -8,12 +8,6 @@ if SRC not in sys.path:
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-SRC = SRC
-SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared"))
-REAL_CAPTURE = os.path.join(SHARED, "fixtures", "h100-cuda-dmabuf.tar.gz")
-if not os.path.exists(REAL_CAPTURE):      # a copy travels with the repository
-    REAL_CAPTURE = os.path.join(HERE, "data", "h100-cuda-dmabuf.tar.gz")
-
 
 try:
     import pytest

@@ -1206,7 +1206,7 @@ def test_a_reused_scanner_forgets_the_buffers_gone():
     grew `serve`, `record` and `top` without bound)."""
     scanner()
     from livekids import Kid
-    from test_incremental import rebuilder_ids_exact
+    from helpers.rebuild import rebuilder_ids_exact
     with Kid() as k, mbpf.BpfScanner() as s:
         fd = k.add("churn-0", 4096)
         s.scan()

@@ -224,7 +224,7 @@ def test_stream_drop_records():
 
 def test_script_captures_a_real_dmabuf_where_cuda_exists(tmp_path):
     """Where a GPU is: a CUDA dma-buf (nv_dmabuf) through the script, fdinfo and all."""
-    from test_tag import cuda_dmabuf_holder
+    from helpers.cuda import cuda_dmabuf_holder
     with cuda_dmabuf_holder() as (holder, _fd):
         pids = [holder.pid]
         live = memtrack.scan(None, pids=pids)

@@ -1,6 +1,7 @@
 """IncrementalScanner: the same snapshot as a full scan, re-reading only what changed."""
 from __future__ import annotations
 
+from helpers.rebuild import rebuilder_ids_exact
 from livekids import Kid
 
 from memtrack.incremental import IncrementalScanner, live_signature
@@ -170,14 +171,6 @@ def test_refreshes_leave_nothing_frozen_even_if_the_interpreter_froze_some():
     finally:
         gc.unfreeze()
         del keep
-
-
-def rebuilder_ids_exact(rb) -> bool:
-    """The Rebuilder's per-id buffer counts are those of the buffers it holds now, and no
-    more: what a whole build computes (Rebuilder._full)."""
-    from collections import Counter
-    keys = set(rb._key_pids) | set(rb._kernel)
-    return rb._ready and rb._ids == dict(Counter((k[0], k[2]) for k in keys if k[1] != "anon"))
 
 
 def test_refresher_state_stays_bounded_under_buffer_churn():

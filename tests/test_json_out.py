@@ -13,7 +13,8 @@ import pytest
 
 import kfixture
 import memtrack
-from conftest import REAL_CAPTURE
+from helpers.drm import gpu_tree
+from helpers.paths import REAL_CAPTURE
 from memtrack.categories import categorize, load_rules
 from memtrack.json_out import snapshot_json
 from memtrack.model import Buffer, GpuClient, Host, KernelInfo, Process, Ref, Skipped, Snapshot
@@ -69,7 +70,7 @@ def fixture_trees(tmp_path_factory, monkeypatch):
                     list(inspect.signature(fn).parameters) == ["tmp_path"]:
                 fn(tmp_path_factory.mktemp(name))
                 ran += 1
-    trees.append(test_drm.gpu_tree())
+    trees.append(gpu_tree())
     monkeypatch.undo()
     assert ran > 20 and len(trees) > 20, (ran, len(trees))
     return trees
@@ -231,7 +232,7 @@ def test_cli_json_bytes(tmp_path):
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402
 
-from test_fuzz_parsers import FUZZ, snapshots  # noqa: E402
+from helpers.strategies import FUZZ, snapshots  # noqa: E402
 
 ANY_CHARS = st.characters()           # every code point, lone surrogates and controls included
 ANY_TEXT = st.text(ANY_CHARS, max_size=12)

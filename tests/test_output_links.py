@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from conftest import REAL_CAPTURE
+from helpers.paths import REAL_CAPTURE
 from livehelpers import NOBODY, run_memtrack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),

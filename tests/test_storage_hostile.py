@@ -12,10 +12,10 @@ import tempfile
 
 import pytest
 
-from conftest import REAL_CAPTURE
+from helpers.paths import REAL_CAPTURE
 from livehelpers import NOBODY, run_memtrack
-from test_diff import MFD, snap
-from test_history import rows as count
+from helpers.snapshots import MFD, snap
+from helpers.db import rows as count
 
 from memtrack.errors import MemtrackError, SourceError
 from memtrack.history import Recorder, load
