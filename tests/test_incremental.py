@@ -118,20 +118,11 @@ def test_signature_of_self_moves_with_fds():
     assert live_signature("/proc", 2 ** 22 + 1) is None
 
 
-def _nobody_python():
-    """(interpreter, package dir) the nobody user can run and read, or None."""
-    from livehelpers import nobody_copy
-    return nobody_copy()
-
-def test_non_root_refresh_caches_denied_processes_too():
+def test_non_root_refresh_caches_denied_processes_too(nobody):
     import json
-    import shutil
     import subprocess
-    import pytest
-    got = _nobody_python()
-    if got is None:
-        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
-    exe, d = got
+    from helpers.nobody import NOBODY
+    exe, d = nobody.exe, nobody.pkg
     code = ("import json; from memtrack.incremental import IncrementalScanner as S\n"
             "s = S(verify_every=0); out = []\n"
             "for _ in range(3):\n"
@@ -139,9 +130,8 @@ def test_non_root_refresh_caches_denied_processes_too():
             "print(json.dumps(out))")
     with Kid() as root_kid:
         root_kid.add("roots", 4096)
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c", code],
+        r = subprocess.run(NOBODY + [exe, "-c", code],
                            capture_output=True, text=True, env={"PYTHONPATH": d, "PATH": "/usr/bin:/bin"}, cwd=d)
-    shutil.rmtree(d, ignore_errors=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert root_kid.pid in out[0][2] and root_kid.pid in out[2][2]     # denied, and still counted
