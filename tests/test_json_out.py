@@ -52,7 +52,7 @@ def fixture_trees(tmp_path_factory, monkeypatch):
     """Each kfixture.Tree written by the tests of these modules that need only tmp_path: run
     them again with Tree.write_dir/write_tar watched."""
     import test_drm
-    import test_fixtures
+    import test_kernel_trees
     import test_hostile
     trees = []
     for method in ("write_dir", "write_tar"):
@@ -64,7 +64,7 @@ def fixture_trees(tmp_path_factory, monkeypatch):
             return real(self, path)
         monkeypatch.setattr(kfixture.Tree, method, watched)
     ran = 0
-    for mod in (test_fixtures, test_drm, test_hostile):
+    for mod in (test_kernel_trees, test_drm, test_hostile):
         for name, fn in sorted(vars(mod).items()):
             if name.startswith("test_") and callable(fn) and \
                     list(inspect.signature(fn).parameters) == ["tmp_path"]:
