@@ -8,12 +8,6 @@ if SRC not in sys.path:
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-SRC = SRC
-SHARED = os.path.normpath(os.path.join(HERE, "..", "..", "shared"))
-REAL_CAPTURE = os.path.join(SHARED, "fixtures", "h100-cuda-dmabuf.tar.gz")
-if not os.path.exists(REAL_CAPTURE):      # a copy travels with the repository
-    REAL_CAPTURE = os.path.join(HERE, "data", "h100-cuda-dmabuf.tar.gz")
-
 
 try:
     import pytest
@@ -21,6 +15,16 @@ except ImportError:             # helpers import this directory's modules outsid
     pytest = None
 
 if pytest is not None:
+    def pytest_configure(config):
+        config.addinivalue_line("markers", "requires_root(reason=None): skip unless run as root")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(item):
+        # before the fixtures: a test needing root should not first start processes or copies
+        mark = item.get_closest_marker("requires_root")
+        if mark is not None and os.geteuid() != 0:
+            pytest.skip(mark.args[0] if mark.args else "needs root")
+
     @pytest.fixture(scope="module")
     def holders():
         """Live processes holding every kind of buffer (remote_util.Holders), per module."""
@@ -28,3 +32,14 @@ if pytest is not None:
         h = Holders()
         yield h
         h.close()
+
+    @pytest.fixture(scope="session")
+    def nobody():
+        """The nobody user with a copy of memtrack it may read (helpers.nobody.Nobody), or skip."""
+        import shutil
+        from helpers.nobody import SKIP, Nobody, nobody_copy
+        got = nobody_copy()
+        if got is None:
+            pytest.skip(SKIP)
+        yield Nobody(*got)
+        shutil.rmtree(got[1], ignore_errors=True)

@@ -25,37 +25,6 @@ def scenario(script="scenario.py", preexec=None):
         proc.wait(timeout=20)
 
 
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
-def nobody_copy(prefix="memtrack-nobody-", interpreters=None, drop=NOBODY):
-    """(interpreter, directory) for running memtrack as the nobody user: a copy of the package
-    nobody may read (the checkout may be under /root) in a new directory (the caller removes
-    it), and the first of `interpreters` (default: this one, then the system's python3) that
-    nobody can run and import it with. None where there is none (not root, no setpriv)."""
-    import shutil
-    import tempfile
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        return None
-    d = tempfile.mkdtemp(prefix=prefix)
-    os.chmod(d, 0o755)
-    shutil.copytree(os.path.join(SRC, "memtrack"), os.path.join(d, "memtrack"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    for top, dirs, files in os.walk(d):
-        for x in dirs:
-            os.chmod(os.path.join(top, x), 0o755)
-        for x in files:
-            os.chmod(os.path.join(top, x), 0o644)
-    env = dict(os.environ, PYTHONPATH=d)
-    for exe in interpreters or (sys.executable, "/usr/bin/python3"):
-        probe = subprocess.run(drop + [exe, "-c", "import sys, sqlite3, memtrack; assert sys.version_info >= (3, 9)"],
-                               env=env, cwd=d, capture_output=True)
-        if probe.returncode == 0:
-            return exe, d
-    shutil.rmtree(d, ignore_errors=True)
-    return None
-
-
 def memtrack_cmd(*args):
     return [sys.executable, "-m", "memtrack", *args]
 

@@ -11,7 +11,7 @@ from memtrack.account import account, pss_shares
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given  # noqa: E402
 
-from test_fuzz_parsers import FUZZ, snapshots  # noqa: E402
+from helpers.strategies import FUZZ, snapshots  # noqa: E402
 
 FIELDS = ("rss", "pss", "uss", "mapped", "in_rss", "buffers", "unknown")
 

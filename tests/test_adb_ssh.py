@@ -18,7 +18,7 @@ from memtrack import remote
 
 from remote_util import HELPERS, SRC, assert_rich, numbers
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="map_files sizes need root")
+needs_root = pytest.mark.requires_root("map_files sizes need root")
 
 
 @pytest.fixture

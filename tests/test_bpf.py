@@ -15,6 +15,8 @@ from memtrack.bpf import records as R
 from memtrack.bpf import stamp
 from memtrack.observe import FdRef, MapRef
 
+from helpers.nobody import NOBODY
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SRC = os.path.join(ROOT, "src")
@@ -166,19 +168,13 @@ def test_bpf_with_root_is_a_one_line_error(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-DROP = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-        "--bounding-set=-all"]
+DROP = NOBODY + ["--inh-caps=-all", "--bounding-set=-all"]
 
 
 @pytest.fixture
-def nobody_pythonpath():
+def nobody_pythonpath(nobody):
     """A copy of the package the nobody user can read (the checkout may be under /root)."""
-    from livehelpers import nobody_copy
-    got = nobody_copy("memtrack-bpf-nobody-", (sys.executable,), DROP)
-    if got is None:
-        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
-    yield got[1]
-    shutil.rmtree(got[1], ignore_errors=True)
+    return nobody.pkg_for_this_interpreter()
 
 def test_unprivileged_callers_never_get_bpf(nobody_pythonpath):
     env = dict(os.environ, PYTHONPATH=nobody_pythonpath)
@@ -195,10 +191,11 @@ def test_unprivileged_callers_never_get_bpf(nobody_pythonpath):
     assert doc["backend_reason"].startswith("auto: bpf unavailable: needs root")
 
 
+@pytest.mark.requires_root("needs root and unshare")
 def test_never_inside_a_pid_namespace():
     """Inside `unshare --pid --mount-proc` the iterators would report host pids that /proc
     there does not have (NSpid reads like the host's there: the namespace inode tells)."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
+    if not shutil.which("unshare"):
         pytest.skip("needs root and unshare")
     env = dict(os.environ, PYTHONPATH=SRC)
     base = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "memtrack"]
@@ -1206,7 +1203,7 @@ def test_a_reused_scanner_forgets_the_buffers_gone():
     grew `serve`, `record` and `top` without bound)."""
     scanner()
     from livekids import Kid
-    from test_incremental import rebuilder_ids_exact
+    from helpers.rebuild import rebuilder_ids_exact
     with Kid() as k, mbpf.BpfScanner() as s:
         fd = k.add("churn-0", 4096)
         s.scan()

@@ -15,11 +15,12 @@ from memtrack import remote
 from memtrack.errors import SourceError
 from memtrack.scan import scan
 
+from helpers.nobody import NOBODY
 from remote_util import SCRIPT, SRC, Holders, android_path, assert_rich, busybox_path, numbers
 
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="map_files sizes need root")
+needs_root = pytest.mark.requires_root("map_files sizes need root")
 
 
 def run_script(cmd, args, env=None):
@@ -134,7 +135,7 @@ def test_names_and_bytes_survive_the_stream(tmp_path):
         h.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.mark.requires_root("needs root to drop to another user")
 def test_non_root_capture_counts_what_it_could_not_read(holders, tmp_path):
     """As nobody: root's holders are denied; meta.json says so and the scan reports them
     skipped, so the capture does not pass for a complete one."""
@@ -143,8 +144,7 @@ def test_non_root_capture_counts_what_it_could_not_read(holders, tmp_path):
         pytest.skip("setpriv (util-linux) is not installed")
     with open(SCRIPT, "rb") as f:
         script = f.read()
-    p = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                        "dash", "-s", "--", "-p", ",".join(map(str, holders.pids))],
+    p = subprocess.run(NOBODY + ["dash", "-s", "--", "-p", ",".join(map(str, holders.pids))],
                        input=script, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", timeout=60)
     assert p.returncode == 0, p.stderr.decode()
     tree = remote.decode(p.stdout)
@@ -224,7 +224,7 @@ def test_stream_drop_records():
 
 def test_script_captures_a_real_dmabuf_where_cuda_exists(tmp_path):
     """Where a GPU is: a CUDA dma-buf (nv_dmabuf) through the script, fdinfo and all."""
-    from test_tag import cuda_dmabuf_holder
+    from helpers.cuda import cuda_dmabuf_holder
     with cuda_dmabuf_holder() as (holder, _fd):
         pids = [holder.pid]
         live = memtrack.scan(None, pids=pids)
@@ -252,14 +252,14 @@ def test_smaps_travel_with_the_capture(holders, tmp_path, sh):
     assert got[holders.pid] >= 16 << 10             # the pages the holder wrote
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.mark.requires_root("needs root to drop to another user")
 def test_non_root_capture_of_own_processes_matches_non_root_scan(tmp_path):
     """The Android shell-user case: as nobody, of nobody's own processes. Map-only sizes are
     unknown to both (map_files needs CAP_SYS_ADMIN); everything else agrees."""
     import shutil
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+    drop = NOBODY
     probe = subprocess.run(drop + [sys.executable, "-c", "import memtrack"], capture_output=True,
                            env=dict(os.environ, PYTHONPATH=SRC), cwd="/")
     if probe.returncode != 0:
@@ -304,7 +304,7 @@ def test_a_cut_tar_is_refused(tmp_path):
             remote.decode(bad, complete=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+@pytest.mark.requires_root("needs root for a mount namespace")
 def test_boundary_without_the_kernel_uuid(tmp_path):
     """/proc/sys/kernel/random/uuid hidden (bind-mounted /dev/null in a private mount
     namespace): the script makes its boundary from what the shell has, and still works."""

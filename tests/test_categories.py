@@ -12,7 +12,7 @@ import pytest
 
 import kfixture
 import memtrack
-from conftest import REAL_CAPTURE, SRC
+from helpers.paths import REAL_CAPTURE, SRC
 from memtrack.categories import RulesError, categorize, load_rules, parse_rules, parse_toml
 from memtrack.cli import main
 

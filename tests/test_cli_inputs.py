@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 
@@ -147,24 +146,8 @@ def test_root_directory_without_proc_is_not_a_capture(tmp_path, where):
         2, "", f"memtrack: {root}: no proc/ directory in it: not a memtrack capture\n")
 
 
-@pytest.fixture
-def nobody():
-    """(run memtrack as the nobody user, a directory nobody may enter), or skip. The venv's
-    interpreter may be out of nobody's reach: the system's python3 then runs the copy."""
-    from livehelpers import NOBODY, nobody_copy
-    got = nobody_copy("memtrack-inputs-")
-    if got is None:
-        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
-    py, d = got
-    env = dict(os.environ, PYTHONPATH=d)
-    try:
-        yield (lambda *args: subprocess.run(NOBODY + [py, "-m", "memtrack", *args], capture_output=True,
-                                            text=True, env=env, cwd=d, timeout=120)), d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
 def test_root_directory_nobody_may_not_read_is_a_one_line_error(nobody):
-    run, d = nobody
+    run, d = nobody.memtrack, nobody.pkg      # (d: a directory nobody may enter)
     private = os.path.join(d, "private")
     os.makedirs(os.path.join(private, "proc"))
     os.chmod(private, 0o700)

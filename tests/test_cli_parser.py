@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import SRC
+from helpers.paths import SRC
 from memtrack import cli
 
 

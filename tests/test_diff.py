@@ -6,25 +6,8 @@ import subprocess
 import sys
 
 from memtrack.diff import diff
-from memtrack.model import Buffer, Process, Ref, Snapshot
 
-
-def snap(buffers, procs, taken_at="t"):
-    """buffers: {id: dict(kind, inode, size, dev, exporter, name)};
-    procs: {pid: (comm, {buffer_id: (fds, vmas)})}. Holders and ref counts are derived."""
-    holders, fdn, mapn = {}, {}, {}
-    processes = []
-    for pid, (comm, refs) in sorted(procs.items()):
-        rs = []
-        for bid, (fds, vmas) in refs.items():
-            holders.setdefault(bid, set()).add(pid)
-            fdn[bid] = fdn.get(bid, 0) + len(fds)
-            mapn[bid] = mapn.get(bid, 0) + len(vmas)
-            rs.append(Ref(buffer=bid, fds=tuple(fds), vmas=tuple(vmas)))
-        processes.append(Process(pid=pid, comm=comm, cmdline=comm, refs=tuple(rs)))
-    bufs = tuple(Buffer(id=bid, holders=tuple(sorted(holders.get(bid, ()))), fd_refs=fdn.get(bid, 0),
-                        map_refs=mapn.get(bid, 0), **kw) for bid, kw in buffers.items())
-    return Snapshot(taken_at=taken_at, buffers=bufs, processes=tuple(processes))
+from helpers.snapshots import MFD, snap
 
 
 def ev(d):
@@ -33,9 +16,6 @@ def ev(d):
 
 def refs(d):
     return [(e.pid, e.action, e.via, e.buffer.id, e.fd if e.via == "fd" else e.vma) for e in d.refs]
-
-
-MFD = dict(kind="memfd", dev="00:01")
 
 
 def test_identical_snapshots_have_no_events():
@@ -151,7 +131,7 @@ def test_cli_diff_bad_source_is_one_line(tmp_path):
 
 def _env():
     import os
-    from conftest import SRC
+    from helpers.paths import SRC
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC
     return env

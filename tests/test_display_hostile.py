@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REAL_CAPTURE
+from helpers.paths import REAL_CAPTURE
 from kfixture import Tree
 from livehelpers import SRC, run_memtrack
 from memtrack.cli import main

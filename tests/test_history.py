@@ -12,17 +12,10 @@ import time
 
 from livehelpers import SRC, run_memtrack
 from livekids import LOOP as LOOP_SRC, Loop, wait_for
-from test_diff import MFD, snap
+from helpers.db import rows
+from helpers.snapshots import MFD, snap
 
 from memtrack.history import Recorder, analyze, load, trend
-
-
-def rows(db, table):
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    finally:
-        con.close()
 
 
 def test_unchanged_snapshots_cost_one_row_each(tmp_path):

@@ -11,7 +11,7 @@ import sys
 from fractions import Fraction
 
 from livehelpers import SRC, run_memtrack
-from test_diff import MFD, snap
+from helpers.snapshots import MFD, snap
 
 from memtrack.history import Recorder, load, trend
 from memtrack.views import timeline as tl

@@ -1,6 +1,7 @@
 """IncrementalScanner: the same snapshot as a full scan, re-reading only what changed."""
 from __future__ import annotations
 
+from helpers.rebuild import rebuilder_ids_exact
 from livekids import Kid
 
 from memtrack.incremental import IncrementalScanner, live_signature
@@ -117,20 +118,11 @@ def test_signature_of_self_moves_with_fds():
     assert live_signature("/proc", 2 ** 22 + 1) is None
 
 
-def _nobody_python():
-    """(interpreter, package dir) the nobody user can run and read, or None."""
-    from livehelpers import nobody_copy
-    return nobody_copy()
-
-def test_non_root_refresh_caches_denied_processes_too():
+def test_non_root_refresh_caches_denied_processes_too(nobody):
     import json
-    import shutil
     import subprocess
-    import pytest
-    got = _nobody_python()
-    if got is None:
-        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
-    exe, d = got
+    from helpers.nobody import NOBODY
+    exe, d = nobody.exe, nobody.pkg
     code = ("import json; from memtrack.incremental import IncrementalScanner as S\n"
             "s = S(verify_every=0); out = []\n"
             "for _ in range(3):\n"
@@ -138,9 +130,8 @@ def test_non_root_refresh_caches_denied_processes_too():
             "print(json.dumps(out))")
     with Kid() as root_kid:
         root_kid.add("roots", 4096)
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", exe, "-c", code],
+        r = subprocess.run(NOBODY + [exe, "-c", code],
                            capture_output=True, text=True, env={"PYTHONPATH": d, "PATH": "/usr/bin:/bin"}, cwd=d)
-    shutil.rmtree(d, ignore_errors=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert root_kid.pid in out[0][2] and root_kid.pid in out[2][2]     # denied, and still counted
@@ -170,14 +161,6 @@ def test_refreshes_leave_nothing_frozen_even_if_the_interpreter_froze_some():
     finally:
         gc.unfreeze()
         del keep
-
-
-def rebuilder_ids_exact(rb) -> bool:
-    """The Rebuilder's per-id buffer counts are those of the buffers it holds now, and no
-    more: what a whole build computes (Rebuilder._full)."""
-    from collections import Counter
-    keys = set(rb._key_pids) | set(rb._kernel)
-    return rb._ready and rb._ids == dict(Counter((k[0], k[2]) for k in keys if k[1] != "anon"))
 
 
 def test_refresher_state_stays_bounded_under_buffer_churn():

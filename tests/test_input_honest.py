@@ -178,11 +178,12 @@ def test_json_largest_kernel_values_and_sums_past_2_64_are_read(tmp_path, capsys
 HOLD = "import sys, time; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"
 
 
+@pytest.mark.requires_root("needs root and setpriv")
 def test_show_as_root_without_ptrace_is_not_told_to_run_as_root():
     """Root whose CAP_SYS_PTRACE is gone (a container, a confined service) is refused a
     process with more capabilities than it: memtrack says the kernel refused, not 'run as
     root', which it is."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
+    if not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv")
     holder = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:

@@ -13,7 +13,8 @@ import pytest
 
 import kfixture
 import memtrack
-from conftest import REAL_CAPTURE
+from helpers.drm import gpu_tree
+from helpers.paths import REAL_CAPTURE
 from memtrack.categories import categorize, load_rules
 from memtrack.json_out import snapshot_json
 from memtrack.model import Buffer, GpuClient, Host, KernelInfo, Process, Ref, Skipped, Snapshot
@@ -51,7 +52,7 @@ def fixture_trees(tmp_path_factory, monkeypatch):
     """Each kfixture.Tree written by the tests of these modules that need only tmp_path: run
     them again with Tree.write_dir/write_tar watched."""
     import test_drm
-    import test_fixtures
+    import test_kernel_trees
     import test_hostile
     trees = []
     for method in ("write_dir", "write_tar"):
@@ -63,13 +64,13 @@ def fixture_trees(tmp_path_factory, monkeypatch):
             return real(self, path)
         monkeypatch.setattr(kfixture.Tree, method, watched)
     ran = 0
-    for mod in (test_fixtures, test_drm, test_hostile):
+    for mod in (test_kernel_trees, test_drm, test_hostile):
         for name, fn in sorted(vars(mod).items()):
             if name.startswith("test_") and callable(fn) and \
                     list(inspect.signature(fn).parameters) == ["tmp_path"]:
                 fn(tmp_path_factory.mktemp(name))
                 ran += 1
-    trees.append(test_drm.gpu_tree())
+    trees.append(gpu_tree())
     monkeypatch.undo()
     assert ran > 20 and len(trees) > 20, (ran, len(trees))
     return trees
@@ -231,7 +232,7 @@ def test_cli_json_bytes(tmp_path):
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, strategies as st  # noqa: E402
 
-from test_fuzz_parsers import FUZZ, snapshots  # noqa: E402
+from helpers.strategies import FUZZ, snapshots  # noqa: E402
 
 ANY_CHARS = st.characters()           # every code point, lone surrogates and controls included
 ANY_TEXT = st.text(ANY_CHARS, max_size=12)

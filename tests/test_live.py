@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
 import memtrack
 from memtrack.account import account
+from helpers.nobody import NOBODY
 from livehelpers import run_memtrack, scenario
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc only")
@@ -134,51 +133,27 @@ def test_vanished_process_is_counted(live):
     assert [x.pid for x in snap.processes] == [live["c2"]]
 
 
-def _unprivileged_python():
-    """A copy of the package readable by nobody, and an interpreter nobody can run."""
-    if os.geteuid() != 0 or not shutil.which("setpriv"):
-        return None
-    d = tempfile.mkdtemp(prefix="memtrack-nobody-")
-    os.chmod(d, 0o755)
-    shutil.copytree(os.path.join(os.path.dirname(memtrack.__file__)), os.path.join(d, "memtrack"))
-    for root, dirs, files in os.walk(d):
-        for x in dirs:
-            os.chmod(os.path.join(root, x), 0o755)
-        for x in files:
-            os.chmod(os.path.join(root, x), 0o644)
-    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                            sys.executable, "-c", "print(1)"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return None
-    return d
-
-
-def test_non_root_sees_own_and_counts_others_denied(live):
-    d = _unprivileged_python()
-    if d is None:
-        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
-    try:
-        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        # a process of nobody's own, holding a memfd by fd and a shared anonymous map
-        holder = subprocess.Popen(drop + [sys.executable, "-c",
-                                  "import os,mmap,sys;f=os.memfd_create('mine');os.ftruncate(f,20000);"
-                                  "print(os.fstat(f).st_ino,flush=True);sys.stdin.read()"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        ino = int(holder.stdout.readline())
-        env = dict(os.environ, PYTHONPATH=d)
-        r = subprocess.run(drop + [sys.executable, "-m", "memtrack", "--json"], capture_output=True,
-                           text=True, env=env, cwd=d)
-        holder.stdin.close()
-        holder.wait()
-        assert r.returncode == 0, r.stderr
-        assert "access denied for" in r.stderr
-        assert len(r.stderr.strip().splitlines()) >= 1
-        doc = json.loads(r.stdout)
-        denied = set(doc["skipped"]["denied"])
-        assert set(live["pids"]) <= denied            # root's processes: counted, not shown
-        mine = [p for p in doc["processes"] if p["pid"] == holder.pid]
-        assert mine and mine[0]["totals"]["rss"] == 20000
-        assert [b for b in doc["buffers"] if b["inode"] == ino and b["kind"] == "memfd"][0]["size"] == 20000
-        assert doc["kernel"]["kernel_only_bytes"] is None   # can't be known without every process
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def test_non_root_sees_own_and_counts_others_denied(live, nobody):
+    d = nobody.pkg
+    drop = NOBODY
+    # a process of nobody's own, holding a memfd by fd and a shared anonymous map
+    holder = subprocess.Popen(drop + [nobody.exe, "-c",
+                              "import os,mmap,sys;f=os.memfd_create('mine');os.ftruncate(f,20000);"
+                              "print(os.fstat(f).st_ino,flush=True);sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ino = int(holder.stdout.readline())
+    env = dict(os.environ, PYTHONPATH=d)
+    r = subprocess.run(drop + [nobody.exe, "-m", "memtrack", "--json"], capture_output=True,
+                       text=True, env=env, cwd=d)
+    holder.stdin.close()
+    holder.wait()
+    assert r.returncode == 0, r.stderr
+    assert "access denied for" in r.stderr
+    assert len(r.stderr.strip().splitlines()) >= 1
+    doc = json.loads(r.stdout)
+    denied = set(doc["skipped"]["denied"])
+    assert set(live["pids"]) <= denied            # root's processes: counted, not shown
+    mine = [p for p in doc["processes"] if p["pid"] == holder.pid]
+    assert mine and mine[0]["totals"]["rss"] == 20000
+    assert [b for b in doc["buffers"] if b["inode"] == ino and b["kind"] == "memfd"][0]["size"] == 20000
+    assert doc["kernel"]["kernel_only_bytes"] is None   # can't be known without every process

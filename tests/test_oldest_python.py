@@ -2,30 +2,14 @@
 module and run a scan with the oldest interpreter present, with no third-party package."""
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import REAL_CAPTURE, SRC
+from helpers.paths import REAL_CAPTURE, SRC
+from helpers.pythons import PY39
 
-
-def oldest_python():
-    cands = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.9*/bin/python3.9"))) + \
-        ["/usr/bin/python3.9", shutil.which("python3.9")]
-    for cand in cands:
-        if not cand or not os.access(cand, os.X_OK):
-            continue
-        r = subprocess.run([cand, "-c", "import sys; print(sys.version_info[:2] == (3, 9))"],
-                           capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.strip() == "True":
-            return cand
-    return None
-
-
-PY39 = oldest_python()
 pytestmark = pytest.mark.skipif(PY39 is None, reason="no Python 3.9 interpreter on this machine")
 
 

@@ -13,11 +13,13 @@ import tempfile
 
 import pytest
 
-from conftest import REAL_CAPTURE
-from livehelpers import NOBODY, run_memtrack
+from helpers.paths import REAL_CAPTURE
+from helpers.nobody import NOBODY
+from livehelpers import run_memtrack
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                                reason="planting a link as nobody needs root and setpriv")
+pytestmark = [pytest.mark.requires_root("planting a link as nobody needs root and setpriv"),
+              pytest.mark.skipif(not shutil.which("setpriv"),
+                                 reason="planting a link as nobody needs root and setpriv")]
 
 SECRET = b"root:only:19000::::::\n"
 

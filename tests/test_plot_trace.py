@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from livehelpers import run_memtrack
-from test_diff import MFD, snap
+from helpers.snapshots import MFD, snap
 
 from memtrack.history import Recorder
 

@@ -384,7 +384,7 @@ def test_textfile_of_a_fixture_exact_numbers(tmp_path):
 def test_without_prometheus_client_one_line(tmp_path):
     """The core stays stdlib-only: on a Python without prometheus_client (3.9 -S here), serve
     and textfile say what to install, in one line, exit 2."""
-    from test_oldest_python import PY39
+    from helpers.pythons import PY39
     if PY39 is None:
         pytest.skip("no Python 3.9 interpreter on this machine")
     for args in (["serve"], ["textfile", "-o", str(tmp_path / "m.prom")]):

@@ -10,7 +10,7 @@ import pytest
 
 import memtrack
 from memtrack.account import account
-from conftest import REAL_CAPTURE
+from helpers.paths import REAL_CAPTURE
 from livehelpers import run_memtrack
 
 MiB = 1 << 20

@@ -14,7 +14,8 @@ import pytest
 
 import memtrack
 from memtrack.account import account
-from livehelpers import NOBODY as DROP, run_memtrack
+from helpers.nobody import NOBODY as DROP
+from livehelpers import run_memtrack
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc only")
 
@@ -25,15 +26,10 @@ HOLD = ("import os,sys\n"
         "print(os.getpid(),os.fstat(f).st_ino,flush=True);sys.stdin.read()\n")
 
 
-@pytest.fixture(scope="module")
-def nobody_pkg():
+@pytest.fixture
+def nobody_pkg(nobody):
     """A copy of the package the nobody user can read, or skip."""
-    from livehelpers import nobody_copy
-    got = nobody_copy("memtrack-rights-", (sys.executable,), DROP)
-    if got is None:
-        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
-    yield got[1]
-    shutil.rmtree(got[1], ignore_errors=True)
+    return nobody.pkg_for_this_interpreter()
 
 def as_nobody(pkg, *args):
     env = dict(os.environ, PYTHONPATH=pkg)
@@ -101,11 +97,12 @@ def test_unprivileged_sees_a_zombie_and_a_pid_namespace_calmly(nobody_pkg):
     assert [q["totals"]["rss"] for q in doc["processes"] if q["pid"] == pid] == [8192]
 
 
+@pytest.mark.requires_root("needs root and unshare")
 def test_process_in_another_pid_namespace_shares_exactly():
     """A memfd inherited by a process inside `unshare --pid`: from the host both holders are
     seen under their host pids, one buffer split in two; from inside, the namespace's own
     view is exact too."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
+    if not shutil.which("unshare"):
         pytest.skip("needs root and unshare")
     fd = os.memfd_create("pidns shared")
     os.ftruncate(fd, 65536)
@@ -194,6 +191,7 @@ print(json.dumps(out))
 CAPS = ["--inh-caps=+dac_read_search,+sys_admin", "--ambient-caps=+dac_read_search,+sys_admin"]
 
 
+@pytest.mark.requires_root("needs root to compare both users")
 @pytest.mark.parametrize("who", ["root", "nobody", "nobody+caps"])
 def test_kcmp_gate_never_passes_what_proc_denies(who, nobody_pkg):
     """The bpf backend's access check takes a kcmp(2) pass as /proc's: over every process,
@@ -202,8 +200,6 @@ def test_kcmp_gate_never_passes_what_proc_denies(who, nobody_pkg):
     ptrace check, no process kcmp lets through is one whose /proc/PID/exe link is refused,
     and every refusal is seen. Plain nobody gets no kcmp at all: kcmp has no DAC check on
     /proc/PID/fd, and nobody cannot tell whether a BPF LSM program is loaded."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to compare both users")
     holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                               stdin=subprocess.PIPE)          # a root process nobody may not read
     try:
@@ -286,12 +282,11 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.requires_root("needs root")
 def test_kcmp_gate_follows_the_callers_credentials_as_they_change():
     """kcmp stands in for /proc's check only on the credentials of the moment: a process
     that lowers its effective capabilities (keeping them permitted) is refused by /proc,
     and the gate, and a scan by a scanner loaded before the change, say so too."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from livehelpers import SRC
     got = json.loads(subprocess.run([sys.executable, "-c", CAPDROP], capture_output=True, text=True,
                                     env=dict(os.environ, PYTHONPATH=SRC), check=True,
@@ -370,13 +365,14 @@ def _release(*procs):
         p.wait(timeout=30)
 
 
+@pytest.mark.requires_root("needs root and setpriv")
 def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows(nobody_pkg):
     """Root without CAP_DAC_READ_SEARCH and CAP_DAC_OVERRIDE (dropped from the bounding set:
     neither effective nor permitted) cannot list another user's /proc/PID/fd (mode 0500),
     though the ptrace check passes: procfs counts that process denied, and so must the bpf
     backend, whose iterators see it and whose kcmp check has no DAC step. Its own user's
     process stays readable."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+    if shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv")
     from memtrack.bpf import unavailable
     if unavailable():
@@ -440,14 +436,13 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.requires_root("needs root")
 def test_access_check_is_the_scanning_threads():
     """Credentials are per thread: a thread that lowers its own effective capabilities
     (capset) is refused by /proc what the leader may read. Its scans, by scanners opened
     before the change (one-shot and reused), say so too, while another thread with full
     rights scans beside it and still reads that process: neither thread's check is the
     other's, nor the leader's (/proc/self/status)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from memtrack.bpf import unavailable
     if unavailable():
         pytest.skip("bpf backend unavailable: " + unavailable())
@@ -462,12 +457,11 @@ def test_access_check_is_the_scanning_threads():
     assert got["full thread saw it"] > 0
 
 
+@pytest.mark.requires_root("needs root")
 def test_a_confined_caller_is_checked_as_procfs_lists(monkeypatch):
     """Under a MAC module the scan's access check neither takes kcmp nor a readlink of
     /proc/PID/exe alone: it also opens /proc/PID/fd, as procfs lists it (a policy may judge
     the directory apart from the link). Unconfined root takes the readlink (or kcmp)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from memtrack import bpf as mbpf
     if mbpf.unavailable():
         pytest.skip("bpf backend unavailable: " + mbpf.unavailable())
@@ -517,14 +511,13 @@ def _zombie():
 BPF_CAPS = "+sys_ptrace,+sys_admin,+bpf,+perfmon"
 
 
+@pytest.mark.requires_root("needs root")
 def test_unprivileged_bpf_caller_is_refused_what_procfs_is(nobody_pkg):
     """A non-root caller given the bpf backend's capabilities (no DAC ones) may load the
     iterators, which see everything; /proc refuses it every /proc/PID/fd it does not own,
     a kernel thread's and root's included, and procfs counts those denied. The bpf backend
     counts the same: denied the same processes, a zombie in neither list, its own user's
     process shown."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from memtrack.bpf import unavailable
     if unavailable():
         pytest.skip("bpf backend unavailable: " + unavailable())
@@ -571,13 +564,12 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.requires_root("needs root")
 def test_a_caller_without_ptrace_rights_is_refused_what_procfs_is(nobody_pkg):
     """Root that lowers CAP_SYS_PTRACE (after opening its scanners) is refused the ptrace
     check on root's and other users' processes, and procfs counts them denied; it is not
     refused a kernel thread or a zombie, which have no fd or mm for procfs to check. The
     bpf backend, one-shot and reused, counts the same."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from memtrack.bpf import unavailable
     if unavailable():
         pytest.skip("bpf backend unavailable: " + unavailable())
@@ -629,13 +621,12 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.requires_root("needs root")
 def test_one_reused_scanner_scanned_from_two_threads(nobody_pkg):
     """A reused scanner carries verdicts and its last snapshot from scan to scan; shared by
     a thread with full rights and one that lowered its DAC capabilities, scanning at once,
     each thread's scans say what /proc lets that thread read: the lowered one never sees
     another user's process, the other always does."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     from memtrack.bpf import unavailable
     if unavailable():
         pytest.skip("bpf backend unavailable: " + unavailable())

@@ -12,10 +12,11 @@ import tempfile
 
 import pytest
 
-from conftest import REAL_CAPTURE
-from livehelpers import NOBODY, run_memtrack
-from test_diff import MFD, snap
-from test_history import rows as count
+from helpers.paths import REAL_CAPTURE
+from helpers.nobody import NOBODY
+from livehelpers import run_memtrack
+from helpers.snapshots import MFD, snap
+from helpers.db import rows as count
 
 from memtrack.errors import MemtrackError, SourceError
 from memtrack.history import Recorder, load
@@ -202,16 +203,8 @@ def test_a_history_whose_path_has_uri_characters_loads(tmp_path):
     assert len(load(db)) == 3
 
 
-def _nobody_python():
-    """(interpreter, package copy) the nobody user can run, or skip."""
-    from livehelpers import nobody_copy
-    got = nobody_copy("memtrack-ro-")
-    if got is None:
-        pytest.skip("needs root, setpriv and an interpreter the nobody user can run")
-    return got
-
-def test_readers_need_no_write_access():
-    exe, pkg = _nobody_python()
+def test_readers_need_no_write_access(nobody):
+    exe, pkg = nobody.exe, nobody.pkg
     top = tempfile.mkdtemp(prefix="memtrack-ro-")      # a path nobody can walk
     ro = os.path.join(top, "ro")
     try:
@@ -236,7 +229,6 @@ def test_readers_need_no_write_access():
     finally:
         os.chmod(ro, 0o755)
         shutil.rmtree(top)
-        shutil.rmtree(pkg)
 
 
 # -- rules files --------------------------------------------------------------------------
@@ -317,8 +309,8 @@ def test_new_output_files_follow_the_umask(tmp_path):
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o604)
 
 
-def test_an_existing_file_the_caller_may_not_write_is_not_replaced():
-    exe, pkg = _nobody_python()
+def test_an_existing_file_the_caller_may_not_write_is_not_replaced(nobody):
+    exe, pkg = nobody.exe, nobody.pkg
     top = tempfile.mkdtemp(prefix="memtrack-out-")
     try:
         os.chmod(top, 0o1777 & ~0o1000)                # world-writable, no sticky bit
@@ -354,7 +346,6 @@ def test_an_existing_file_the_caller_may_not_write_is_not_replaced():
         assert sorted(os.listdir(top)) == ["ro", "roots", "shared"]
     finally:
         shutil.rmtree(top)
-        shutil.rmtree(pkg)
 
 
 # -- diff of damaged or filtered snapshots ------------------------------------------------

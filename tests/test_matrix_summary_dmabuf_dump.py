@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from conftest import REAL_CAPTURE
+from helpers.paths import REAL_CAPTURE
 from memtrack.cli import main
 from memtrack.scan import scan
 from memtrack.sources import open_source
