@@ -1,4 +1,4 @@
-"""Build /proc + /sys trees in the exact kernel text formats (FORMATS.md), as a directory
+"""Build /proc + /sys trees in the exact kernel text formats, as a directory
 or a capture archive. Used where the real object can't be made on the test machine
 (dma-buf, DRM) and for shapes a live test can't force (old kernels, vanished processes)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""account() against the accounting rules of DESIGN.md written the plain way, on generated
+"""account() against the accounting rules of README.md written the plain way, on generated
 snapshots: every per-process, per-kind and machine-wide figure, and every pss share."""
 from __future__ import annotations
 

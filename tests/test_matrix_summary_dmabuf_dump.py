@@ -1,5 +1,5 @@
 """matrix, summary and dmabuf-dump on the real H100 capture, against numbers worked out by
-hand from its files (see ../shared/README.md):
+hand from its files (tests/data/h100-cuda-dmabuf.tar.gz):
 
   dmabuf:1     2 MiB nv_dmabuf, fds in 416 and 454 (fd 37 each), count 2, no map
   sysv:0       3 MiB, mapped once in each of 416, 454, 455 (nattch 3)

@@ -1,4 +1,4 @@
-"""Accounting: pure functions of a Snapshot (DESIGN.md, "Accounting rules").
+"""Accounting: pure functions of a Snapshot (README.md, "Accounting rules").
 
 For process P and buffer B of size S held by the set H(B):
   rss(P) = sum S over buffers P holds (each buffer once, however many fds/maps)

@@ -1,9 +1,9 @@
 """Capture archives: record every file a live scan reads, then write them as a .tar.gz laid
-out like / (DESIGN.md "Capture archive"), with memtrack's sidecars:
+out like / (README.md, "Captures"), with memtrack's sidecars:
   proc/<pid>/fdstat   `fd dev ino size mode` per buffer fd: what stat saw
   proc/<pid>/mapstat  `start-end dev ino size mode` per buffer mapping: a stat of map_files,
-                      so map-only buffers keep their real size (DESIGN.md lists only fdstat;
-                      without this a capture could not size shared anonymous maps)
+                      so map-only buffers keep their real size (without it a capture
+                      could not size shared anonymous maps)
   meta.json           host, kernel, time, tool version, scope, what was skipped
 Because the archive is what the scanner read, reading it back gives the same snapshot.
 """

@@ -1,7 +1,7 @@
 """Captures of machines without Python: run the POSIX sh script shipped in memtrack/data
 (capture.sh) on the target through adb or ssh, decode what it prints (a tar stream or the
 script's own stream format), and hand the result to the scanner as an in-memory archive,
-or write it out as a normal capture archive (.tar.gz, the layout of DESIGN.md).
+or write it out as a normal capture archive (.tar.gz, the layout README.md's "Captures" describes).
 
 Everything the target sends is untrusted: paths are cleaned as archive members are, links
 are never followed, and a stream that does not end with its end record is refused.

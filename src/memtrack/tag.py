@@ -1,5 +1,5 @@
-"""Naming a dma-buf at run time: DMA_BUF_SET_NAME on the buffer's fd (FORMATS.md, "Naming a
-buffer"). For another process's fd, pidfd_open + pidfd_getfd (Linux 5.6, ptrace rights) give
+"""Naming a dma-buf at run time: DMA_BUF_SET_NAME on the buffer's fd (the kernel's
+dma-buf naming ioctl). For another process's fd, pidfd_open + pidfd_getfd (Linux 5.6, ptrace rights) give
 this process a duplicate of it; the name is the buffer's, so every holder sees it.
 
 The only code outside sources/ that touches the system: it acts, it does not observe.
