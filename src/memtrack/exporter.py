@@ -17,6 +17,7 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 from .errors import MemtrackError
+from .util.text import printable
 
 
 class SingleFlight:
@@ -92,7 +93,7 @@ class MemtrackCollector:
         try:
             snap = self._scan()
         except Exception as exc:           # a server keeps serving: say so once, report up=0
-            from .views.table import printable     # a message may quote a process's name
+            # a message may quote a process's name
             msg = printable(str(exc) if isinstance(exc, MemtrackError) else f"{type(exc).__name__}: {exc}")
             if msg != self._last_error and not self._quiet:
                 print(f"memtrack: scan failed: {msg}", file=self.log, flush=True)

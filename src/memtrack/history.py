@@ -50,7 +50,7 @@ from . import __version__
 from .account import account
 from .errors import MemtrackError, SourceError
 from .model import Snapshot
-from .views.table import human, printable
+from .util.text import human, oneline, printable
 
 SCHEMA_VERSION = 1
 
@@ -428,13 +428,6 @@ class ProcRow:
     @property
     def short(self) -> str:
         return oneline(self.name, 60)
-
-
-def oneline(text: str, limit: int) -> str:
-    """Whitespace (newlines in a `python -c` cmdline...) collapsed, control characters and
-    undecodable bytes escaped (names come from other processes), cut at limit."""
-    s = printable(" ".join(text.split()))
-    return s if len(s) <= limit else s[:limit - 1] + "…"
 
 
 @dataclass
