@@ -65,11 +65,14 @@ class SingleFlight:
 
 
 class MemtrackCollector:
-    """A prometheus_client collector whose families come from a SingleFlight of scans."""
+    """A prometheus_client collector whose families come from a SingleFlight of scans.
+    families(snap, per_pid=, scan_seconds=) makes the metrics (views.prometheus.families):
+    the caller hands it in, so this server does not depend on the views."""
 
     def __init__(self, scan: Callable[[], object], min_interval: float, per_pid: bool = False,
-                 log=sys.stderr):
+                 log=sys.stderr, *, families: Callable[..., List]):
         self._scan = scan
+        self._make_families = families
         self.per_pid = per_pid
         self.log = log
         self.flight = SingleFlight(self._families, min_interval)
@@ -88,7 +91,6 @@ class MemtrackCollector:
             raise MemtrackError(self._last_error or "the first scan failed")
 
     def _families(self) -> Tuple[List, bool]:
-        from .views.prometheus import families
         t0 = time.monotonic()
         try:
             snap = self._scan()
@@ -100,7 +102,7 @@ class MemtrackCollector:
             self._last_error = msg
             return [], False
         self._last_error = None
-        return families(snap, per_pid=self.per_pid, scan_seconds=time.monotonic() - t0), True
+        return self._make_families(snap, per_pid=self.per_pid, scan_seconds=time.monotonic() - t0), True
 
     def describe(self):
         return []                          # keeps registration from scanning
