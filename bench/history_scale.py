@@ -29,7 +29,8 @@ import time
 
 import benchlib  # noqa: F401  (puts src/ on sys.path)
 
-from memtrack.history import Recorder, _insert, _SNAPSHOT_COLS  # noqa: E402
+from memtrack.history import Recorder  # noqa: E402
+from memtrack.history.schema import SNAPSHOT_COLS, insert  # noqa: E402
 
 MiB = 1 << 20
 U64 = 2 ** 64 - 1
@@ -43,16 +44,16 @@ def build(db: str, n: int, seed: int = 1) -> dict:
     con.execute("PRAGMA synchronous=OFF")
     con.execute("BEGIN")
     t0 = time.time() - n * 0.1
-    run = _insert(con, "runs", "started, interval, hostname, kernel", (t0, 0.1, "bench", "6.x"))
+    run = insert(con, "runs", "started, interval, hostname, kernel", (t0, 0.1, "bench", "6.x"))
     procs = []
     for k in range(10):
-        procs.append(_insert(con, "processes", "pid, comm, cmdline, uid",
-                             (1000 + k, f"app{k}", f"/usr/bin/app{k} --serve", 1000)))
+        procs.append(insert(con, "processes", "pid, comm, cmdline, uid",
+                            (1000 + k, f"app{k}", f"/usr/bin/app{k} --serve", 1000)))
     bufs = []                                            # (row id, size, category)
 
     def new_buffer(kind, size, cat):
-        bid = _insert(con, "buffers", "kind, dev, inode, size, exporter, name, category, nattch",
-                      (kind, "00:01", 5000 + len(bufs), size, "system" if kind == "dmabuf" else None,
+        bid = insert(con, "buffers", "kind, dev, inode, size, exporter, name, category, nattch",
+                     (kind, "00:01", 5000 + len(bufs), size, "system" if kind == "dmabuf" else None,
                        f"buf{len(bufs)}", cat, None))
         bufs.append((bid, size, cat))
         return len(bufs) - 1
@@ -88,7 +89,7 @@ def build(db: str, n: int, seed: int = 1) -> dict:
         for p, b in holds:
             key = (p, b)
             if key not in refs:
-                refs[key] = _insert(con, "refs", "process, buffer, fds, vmas", (p, bufs[b][0], "3", ""))
+                refs[key] = insert(con, "refs", "process, buffer, fds, vmas", (p, bufs[b][0], "3", ""))
             ref[refs[key]] = True
         return ({"ref": ref, "usage": {p: tuple(u) for p, u in usage.items() if u[3]},
                  "cat": {c: tuple(v) for c, v in cats.items()},
@@ -109,7 +110,7 @@ def build(db: str, n: int, seed: int = 1) -> dict:
             for key, val in now.items():
                 if key not in was:
                     vals = (key,) + (val if isinstance(val, tuple) else ())
-                    was[key] = (_insert(con, table, cols + ", first", vals + (sid,)), val)
+                    was[key] = (insert(con, table, cols + ", first", vals + (sid,)), val)
 
     change = sorted(rnd.sample(range(1, n), min(n - 1, n // 300)))
     leak = set(range(5000, n, 5000))
@@ -126,7 +127,7 @@ def build(db: str, n: int, seed: int = 1) -> dict:
         apply(cur, a + 1)
         spans += 1
         con.executemany(
-            f"INSERT INTO snapshots(id, {_SNAPSHOT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO snapshots(id, {SNAPSHOT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             ((i + 1, run, t0 + i * 0.1, None, 1, str(held).encode() if held >= 2 ** 63 else held,
               0, None, len(procs), len(bufs), 0) for i in range(a, b)))
     con.execute("COMMIT")

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 from .account import account
 from .errors import MemtrackError
 from .model import Buffer, Snapshot
-from .views.table import printable
+from .util.text import printable
 
 #: kinds whose size can change after creation (ftruncate)
 RESIZABLE = frozenset(("memfd", "shm"))

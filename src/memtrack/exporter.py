@@ -17,6 +17,7 @@ import time
 from typing import Callable, List, Optional, Tuple
 
 from .errors import MemtrackError
+from .util.text import printable
 
 
 class SingleFlight:
@@ -64,11 +65,14 @@ class SingleFlight:
 
 
 class MemtrackCollector:
-    """A prometheus_client collector whose families come from a SingleFlight of scans."""
+    """A prometheus_client collector whose families come from a SingleFlight of scans.
+    families(snap, per_pid=, scan_seconds=) makes the metrics (views.prometheus.families):
+    the caller hands it in, so this server does not depend on the views."""
 
     def __init__(self, scan: Callable[[], object], min_interval: float, per_pid: bool = False,
-                 log=sys.stderr):
+                 log=sys.stderr, *, families: Callable[..., List]):
         self._scan = scan
+        self._make_families = families
         self.per_pid = per_pid
         self.log = log
         self.flight = SingleFlight(self._families, min_interval)
@@ -87,19 +91,18 @@ class MemtrackCollector:
             raise MemtrackError(self._last_error or "the first scan failed")
 
     def _families(self) -> Tuple[List, bool]:
-        from .views.prometheus import families
         t0 = time.monotonic()
         try:
             snap = self._scan()
         except Exception as exc:           # a server keeps serving: say so once, report up=0
-            from .views.table import printable     # a message may quote a process's name
+            # a message may quote a process's name
             msg = printable(str(exc) if isinstance(exc, MemtrackError) else f"{type(exc).__name__}: {exc}")
             if msg != self._last_error and not self._quiet:
                 print(f"memtrack: scan failed: {msg}", file=self.log, flush=True)
             self._last_error = msg
             return [], False
         self._last_error = None
-        return families(snap, per_pid=self.per_pid, scan_seconds=time.monotonic() - t0), True
+        return self._make_families(snap, per_pid=self.per_pid, scan_seconds=time.monotonic() - t0), True
 
     def describe(self):
         return []                          # keeps registration from scanning

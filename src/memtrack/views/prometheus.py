@@ -21,7 +21,7 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from ..account import account
-from .table import printable
+from ..util.text import printable
 
 KIND_HELP = "dmabuf, memfd, shm (POSIX), sysv, shmem (shared anonymous), ashmem"
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..history import History, oneline
+from ..history import History
+from ..util.text import oneline
 
 
 def sample(n: int, limit: int = 2000) -> List[int]:

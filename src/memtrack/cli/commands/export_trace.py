@@ -43,7 +43,7 @@ def run(args) -> int:
 
 
 def trace(h, pids=None) -> dict:
-    from ...history import oneline
+    from ...util.text import oneline
     t0 = h.times[0]
     n = len(h)
 

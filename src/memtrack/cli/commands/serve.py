@@ -41,12 +41,13 @@ def snapshot_source(args):
 
 
 def run(args) -> int:
-    from ...views.prometheus import require_client
+    from ...views.prometheus import families, require_client
     from ...exporter import MemtrackCollector, make_server
     require_client()
     if not args.min_interval >= 0:
         raise MemtrackError("--min-interval must be 0 or more seconds")
-    collector = MemtrackCollector(snapshot_source(args), args.min_interval, per_pid=args.per_pid)
+    collector = MemtrackCollector(snapshot_source(args), args.min_interval, per_pid=args.per_pid,
+                                  families=families)
     server = make_server(args.listen, collector)     # bound first: a bad address costs no scan
     try:
         collector.prime()

@@ -144,7 +144,7 @@ def render(state: TopState, height=None):
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
-    from ...history import oneline
+    from ...util.text import oneline
     from ...views.table import human, printable
     raw = state.raw
     snap, acct = state.snap, state.acct
