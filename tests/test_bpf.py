@@ -1168,7 +1168,7 @@ def test_no_read_outlives_its_scan(reuse, scenario, monkeypatch):
         if reuse:
             real = s._read_tasks
             monkeypatch.setattr(s, "_read_tasks",
-                                lambda: {p: (t[0], None) + t[2:] for p, t in real().items()})
+                                lambda: {p: t._replace(seq=None) for p, t in real().items()})
         base = threading.active_count()
         for _ in range(5):
             s.scan(pids=scenario)
