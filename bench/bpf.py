@@ -99,6 +99,7 @@ def main():
     args = ap.parse_args()
 
     from memtrack import bpf as mbpf
+    from memtrack.bpf.reads import resolved
     from memtrack.scan import scan
     from memtrack.sources.live import LiveSource
 
@@ -168,7 +169,7 @@ def main():
 
             def read_all():
                 raw = cold._read()
-                return (raw[0], mbpf._resolved(raw[1])) + raw[2:]
+                return raw._replace(vmas=resolved(raw.vmas))
             import gc
             from memtrack.build import build as build_snap
             gc.disable()

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from memtrack import bpf as mbpf
-from memtrack.bpf import records as R
+from memtrack.bpf import access, records as R
+from memtrack.bpf.reads import Pending, resolved
 from memtrack.bpf import stamp
 from memtrack.observe import FdRef, MapRef
 
@@ -495,7 +496,7 @@ def test_every_task_described_once_across_read_buffers(many_small_processes):
     s = scanner()
     pids = set(many_small_processes)
     files, vmas, _dmabufs, _sysv = s._read()
-    vmas = mbpf._resolved(vmas)
+    vmas = resolved(vmas)
     for records, flag_at in ((R.FD_REC.iter_unpack(files), 5), (R.VMA_REC.iter_unpack(vmas), 1)):
         described, holding = [], set()
         for r in records:
@@ -620,7 +621,7 @@ def test_a_kernel_without_per_process_iterators_walks_everything(monkeypatch):
 
 
 def test_records_split_by_process():
-    from memtrack.bpf import _split_by_tgid
+    from memtrack.bpf.reads import split_by_tgid as _split_by_tgid
     recs = [fd_rec(5, 3), fd_rec(5, 4), fd_rec(7, 3), fd_rec(9, 3), fd_rec(9, 8)]
     parts = _split_by_tgid(b"".join(recs), R.FD_REC.size)
     assert parts == {5: recs[0] + recs[1], 7: recs[2], 9: recs[3] + recs[4]}
@@ -886,12 +887,12 @@ def test_a_cmdline_rewritten_in_place_shows_within_verify_every():
 def test_the_early_load_makes_the_scanners_checks_first(monkeypatch):
     """Where the scanner would not load (no rights, a pid namespace...), the early load makes
     no bpf() call either: a seccomp filter that kills on bpf() must not kill memtrack."""
-    from memtrack import _libbpf, _preload
+    from memtrack import _libbpf, _preload, bpf_policy
     monkeypatch.setattr(sys, "argv", ["memtrack"])
     monkeypatch.delenv("MEMTRACK_PRELOAD", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.setattr(_preload, "_job", None)
-    monkeypatch.setattr(_libbpf, "rights_problem", lambda: "runs in a pid namespace")
+    monkeypatch.setattr(bpf_policy, "rights_problem", lambda: "runs in a pid namespace")
     loads = []
     monkeypatch.setattr(_libbpf, "open_iterators", lambda *a: loads.append(a))
     _preload.early()
@@ -1085,7 +1086,7 @@ def test_proc_listing_is_made_by_the_walking_thread(monkeypatch):
     def listdir(path="."):
         on.append((path, threading.current_thread() is threading.main_thread()))
         return real_listdir(path)
-    monkeypatch.setattr(mbpf.os, "listdir", listdir)
+    monkeypatch.setattr(os, "listdir", listdir)
     snap = s.scan()
     assert ("/proc", False) in on and ("/proc", True) not in on
     assert set(snap.skipped.denied) == set(procfs_scan().skipped.denied)
@@ -1134,14 +1135,14 @@ def test_fds_merged_while_the_walk_goes_on(gone, scenario, monkeypatch):
         calls.append(kw.get("whole", True))
         return real(*a, **kw)
     monkeypatch.setattr(B, "accumulate_fds", spy)
-    monkeypatch.setattr(mbpf._Pending, "ready", lambda self: False)
+    monkeypatch.setattr(Pending, "ready", lambda self: False)
     lost = max(scenario)
     if gone:
-        real_gate = mbpf._gate           # a one-shot scanner's access check
-        monkeypatch.setattr(mbpf, "_gate", lambda pid: "vanished" if pid == lost else real_gate(pid))
+        real_gate = access.gate          # a one-shot scanner's access check
+        monkeypatch.setattr(access, "gate", lambda pid: "vanished" if pid == lost else real_gate(pid))
     snap = s.scan(pids=scenario)
     assert len(calls) == (2 if gone else 1)          # merged while waiting; again if it changed
-    monkeypatch.setattr(mbpf._Pending, "ready", lambda self: True)     # the usual way
+    monkeypatch.setattr(Pending, "ready", lambda self: True)     # the usual way
     del calls[:]
     plain = s.scan(pids=scenario)
     assert len(calls) == 1                              # by build() only
@@ -1164,7 +1165,7 @@ def test_no_read_outlives_its_scan(reuse, scenario, monkeypatch):
         if reuse:
             real = s._read_tasks
             monkeypatch.setattr(s, "_read_tasks",
-                                lambda: {p: (t[0], None) + t[2:] for p, t in real().items()})
+                                lambda: {p: t._replace(seq=None) for p, t in real().items()})
         base = threading.active_count()
         for _ in range(5):
             s.scan(pids=scenario)

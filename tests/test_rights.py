@@ -162,7 +162,7 @@ def test_zombie_as_root_is_not_a_holder_and_not_skipped():
 
 KCMP_CHECK = r"""
 import errno, json, os, sys
-from memtrack._libbpf import kcmp_gate
+from memtrack.bpf_policy import kcmp_gate
 gate = kcmp_gate()
 out = {"gate": gate is not None, "both": 0, "denied": 0, "fast_denied": 0, "wrong": []}
 for n in os.listdir("/proc"):
@@ -226,8 +226,8 @@ def test_kcmp_gate_never_passes_what_proc_denies(who, nobody_pkg):
 def test_kcmp_gate_refused_where_the_checks_differ():
     """No kcmp fast path where REALCREDS and FSCREDS could decide differently, or on a
     machine whose kcmp number is not known."""
-    from memtrack._libbpf import _status_fields, kcmp_gate
-    st = _status_fields()
+    from memtrack.bpf_policy import kcmp_gate, status_fields
+    st = status_fields()
     if kcmp_gate(st) is None:
         pytest.skip("kcmp cannot stand in for /proc's check here")
     assert kcmp_gate(st)(os.getpid()) is True
@@ -265,16 +265,17 @@ def lower_effective(*caps):
 CAPDROP = LOWER + r"""
 import ctypes, json, subprocess, sys
 from memtrack import bpf as mbpf
-from memtrack._libbpf import kcmp_gate
+from memtrack.bpf import access
+from memtrack.bpf_policy import kcmp_gate
 child = subprocess.Popen([sys.executable, "-c", "import os, sys; f = os.memfd_create('capdrop'); sys.stdin.read()"],
                          stdin=subprocess.PIPE)
 import time; time.sleep(0.3)
 scanner = None if mbpf.unavailable() else mbpf.BpfScanner(reuse=True)
-out = {"before": mbpf._gate(child.pid), "gate_before": kcmp_gate() is not None}
+out = {"before": access.gate(child.pid), "gate_before": kcmp_gate() is not None}
 if scanner is not None:
     out["scan_before"] = child.pid in scanner.scan(pids=[child.pid]).skipped.denied
 lower_effective(19, 1, 2)   # CAP_SYS_PTRACE, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-out.update(after=mbpf._gate(child.pid), gate_after=kcmp_gate() is not None)
+out.update(after=access.gate(child.pid), gate_after=kcmp_gate() is not None)
 if scanner is not None:
     out["scan_after"] = child.pid in scanner.scan(pids=[child.pid]).skipped.denied
 child.stdin.close(); child.wait()
@@ -300,7 +301,7 @@ def test_kcmp_gate_follows_the_callers_credentials_as_they_change():
 def test_no_kcmp_where_a_labelling_lsm_could_refuse_the_link():
     """/proc's link goes through the LSMs' inode hooks, kcmp does not: no kcmp under SELinux,
     Smack or TOMOYO, or for a process confined by a label; none where nothing can be told."""
-    from memtrack._libbpf import kcmp_gate, mac_problem
+    from memtrack.bpf_policy import kcmp_gate, mac_problem
     assert not mac_problem("capability,yama,landlock,bpf", None, False)
     assert not mac_problem("lockdown,capability,landlock,yama,apparmor,bpf", "unconfined\n", False)
     assert mac_problem("lockdown,capability,landlock,yama,apparmor,bpf", "snap.foo (enforce)\n", False)
@@ -312,7 +313,7 @@ def test_no_kcmp_where_a_labelling_lsm_could_refuse_the_link():
     assert mac_problem(None, "system_u:system_r:init_t:s0", False)
     assert kcmp_gate(mac="capability,selinux") is None
     # without securityfs (a container), the kernel command line's lsm= or security=
-    from memtrack._libbpf import boot_lsms
+    from memtrack.bpf_policy import boot_lsms
     assert boot_lsms("quiet security=tomoyo") == "tomoyo"
     assert boot_lsms("lsm=capability,selinux ro security=apparmor") == "capability,selinux"
     assert boot_lsms("console=ttyS0 quiet -- lsm=selinux") is None     # init's arguments
@@ -327,15 +328,16 @@ def test_no_kcmp_where_a_labelling_lsm_could_refuse_the_link():
 def test_lsm_programs_are_counted(nobody_pkg):
     """The BPF LSM check lists the loaded programs: a count as root, None where they cannot
     be listed (no CAP_SYS_ADMIN)."""
-    from memtrack._libbpf import available, lsm_programs
+    from memtrack._libbpf import available
+    from memtrack.bpf_policy import lsm_programs
     if os.geteuid() != 0 or available():
         pytest.skip("needs root and libbpf")
     assert isinstance(lsm_programs(), int) and lsm_programs() >= 0
     # the links are read too (fmod_ret ones count): this scanner's own iterator links are
     # listed, as BPF_LINK_TYPE_ITER (4), and not counted
     from memtrack import bpf as mbpf
-    from memtrack._libbpf import _bpf_infos
-    code = "from memtrack._libbpf import lsm_programs; print(lsm_programs())"
+    from memtrack._libbpf import bpf_infos
+    code = "from memtrack.bpf_policy import lsm_programs; print(lsm_programs())"
     out = subprocess.run(DROP + [sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, env=dict(os.environ, PYTHONPATH=nobody_pkg), cwd=nobody_pkg,
                          check=True).stdout
@@ -343,7 +345,7 @@ def test_lsm_programs_are_counted(nobody_pkg):
     before = lsm_programs()
     if not mbpf.unavailable():
         with mbpf.BpfScanner():
-            links = _bpf_infos("link", 5)
+            links = bpf_infos("link", 5)
             assert sum(i[0] == 4 for i in links) >= 3
             assert lsm_programs() == before
 
@@ -463,6 +465,7 @@ def test_a_confined_caller_is_checked_as_procfs_lists(monkeypatch):
     /proc/PID/exe alone: it also opens /proc/PID/fd, as procfs lists it (a policy may judge
     the directory apart from the link). Unconfined root takes the readlink (or kcmp)."""
     from memtrack import bpf as mbpf
+    from memtrack.bpf import access
     if mbpf.unavailable():
         pytest.skip("bpf backend unavailable: " + mbpf.unavailable())
     scanner = mbpf.BpfScanner(reuse=False)
@@ -470,11 +473,11 @@ def test_a_confined_caller_is_checked_as_procfs_lists(monkeypatch):
         seen = []
         for facts in ((None, None, False, 0), (None, "confined_t (enforce)", False, 0),
                       ("capability,selinux", None, False, 0), (None, None, False, 1)):
-            monkeypatch.setattr(mbpf, "_mac_facts", lambda facts=facts: facts)
+            monkeypatch.setattr(access, "mac_facts", lambda facts=facts: facts)
             scanner._as_caller()
-            seen.append((mbpf._caller.fast is None, mbpf._caller.exe_only))
-            assert mbpf._gate(os.getpid()) is None
-            mbpf._caller.fast = mbpf._caller.exe_only = mbpf._caller.scanning = False
+            seen.append((access.caller.fast is None, access.caller.exe_only))
+            assert access.gate(os.getpid()) is None
+            access.caller.fast = access.caller.exe_only = access.caller.scanning = False
     finally:
         scanner.close()
     assert seen[0][1] is True

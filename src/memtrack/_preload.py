@@ -6,12 +6,13 @@ command that will scan this machine once starts the load first (memtrack/__init_
 early()), and BpfScanner takes the result (take()) instead of loading again. The guess is
 made from the command line before it is parsed; a wrong guess costs a load nobody uses
 (closed at take(), or freed at exit). The thread makes the scanner's own checks first
-(rights, pid namespace, libbpf, BTF, kernel: _libbpf.unavailable), so it calls bpf() only
+(rights, pid namespace, libbpf, BTF, kernel: bpf_policy.unavailable), so it calls bpf() only
 where the scanner would; and nothing is read through the object before the scanner has
 taken it: the guess loads, it never scans.
 
 MEMTRACK_PRELOAD=0 turns it off. Standard library only; it imports no other memtrack
-module but _libbpf (ctypes), which the thread needs and the scan would import anyway.
+module but _libbpf (ctypes) and bpf_policy, which the thread needs and the scan would
+import anyway.
 """
 from __future__ import annotations
 
@@ -62,9 +63,9 @@ def wanted(argv, orig_argv=None, euid=None, env=None) -> bool:
 
 
 class _Job:
-    def __init__(self, lib):
+    def __init__(self, lib, policy):
         import threading
-        self.lib = lib
+        self.lib, self.policy = lib, policy
         # what BpfScanner(reuse=False) asks of open_iterators (see take())
         self.params = (lib.OBJECT, lib.DRM_MAJOR, False)
         self.result = None
@@ -75,7 +76,7 @@ class _Job:
         try:
             # the checks BpfScanner makes before it loads (rights, pid namespace, libbpf,
             # BTF, kernel, object): no bpf() call where the backend would not make one
-            if self.lib.unavailable(self.params[0]) is None:
+            if self.policy.unavailable(self.params[0]) is None:
                 self.result = self.lib.open_iterators(*self.params)
         except Exception:
             self.result = None     # BpfScanner loads again and reports the failure itself
@@ -89,8 +90,8 @@ def early() -> None:
     try:
         if not wanted(sys.argv, getattr(sys, "orig_argv", None)):
             return
-        from . import _libbpf
-        _job = _Job(_libbpf)
+        from . import _libbpf, bpf_policy
+        _job = _Job(_libbpf, bpf_policy)
     except Exception:
         _job = None                # a guess: never the reason a command fails
 

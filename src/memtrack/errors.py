@@ -14,6 +14,10 @@ class SourceError(MemtrackError):
     """The source (directory, archive, snapshot file) is missing or malformed."""
 
 
+class BpfUnavailable(MemtrackError):
+    """The bpf backend cannot run here; the text names the missing piece."""
+
+
 class ProcessGone(Exception):
     """Base of the per-process conditions a scan counts instead of failing."""
 

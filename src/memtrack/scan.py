@@ -184,6 +184,9 @@ def _read_drm(p, fdn: int, fd: str, target: str, counters: Dict[str, int]) -> Op
                      d["regions"], d["engines"], d["driver_keys"])
 
 
+read_drm = _read_drm                # the bpf backend reads DRM clients as this backend does
+
+
 def _map_size(p, start: int, end: int, ino: int, counters: Dict[str, int]) -> Optional[int]:
     try:
         st = p.mapstat(start, end)

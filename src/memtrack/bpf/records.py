@@ -57,7 +57,8 @@ class Task:
 Readlink = Callable[[str], Optional[str]]
 
 
-def _readlink(path: str) -> Optional[str]:
+def link_target(path: str) -> Optional[str]:
+    """readlink(path), or None where the link is gone."""
     try:
         return os.readlink(path)
     except OSError:
@@ -91,7 +92,7 @@ _new = tuple.__new__                   # NamedTuple without its Python-level __n
 
 
 def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List[tuple],
-                want=None, readlink: Readlink = _readlink) -> None:
+                want=None, readlink: Readlink = link_target) -> None:
     """task_file records -> FdRef (and tasks, DRM fds (pid, fd, rdev)), in the iterator's
     order, which is procfs order: pids ascending, fds ascending."""
     pseudo = _pseudo_kinds(classify_fd)
@@ -139,7 +140,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
-               want=None, readlink: Readlink = _readlink) -> None:
+               want=None, readlink: Readlink = link_target) -> None:
     """task_vma records -> MapRef, pids ascending, addresses ascending (maps order)."""
     pseudo = _pseudo_kinds(classify)
     devs: Dict[int, str] = {}
