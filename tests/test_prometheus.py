@@ -196,6 +196,16 @@ def test_single_flight_shares_a_run_in_flight(holders):
     ("::1:80", "put an IPv6 address in brackets"),
     ("[::1", "want [ADDRESS]:PORT"),
     ("192.0.2.1:9846", "cannot listen on 192.0.2.1:9846"),
+    # ports are ASCII digits, and every interface is bound only when named
+    (":\u0663", "the port must be a number from 0 to 65535"),        # ARABIC-INDIC DIGIT THREE
+    ("127.0.0.1:\u0663", "the port must be a number from 0 to 65535"),
+    ("\uff19\uff18\uff14\uff16", "the port must be a number from 0 to 65535"),  # fullwidth 9846
+    ("127.0.0.1:+80", "the port must be a number from 0 to 65535"),
+    ("127.0.0.1: 80", "the port must be a number from 0 to 65535"),
+    (":9846", "name the address: 127.0.0.1:9846 for this machine, 0.0.0.0:9846 or [::]:9846"),
+    ("[]:9846", "name the address"),
+    ("\u0661\u0662\u0667.0.0.1:9846", "not a host name or address"),
+    ("local host:9846", "not a host name or address"),
 ])
 def test_bad_listen(listen, text):
     p = subprocess.run([sys.executable, "-m", "memtrack", "serve", "--listen", listen],
