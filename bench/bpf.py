@@ -6,7 +6,7 @@ memfds, a tenth shared by groups of 10, four mapped).
 
 Prints medians (ms) of:
   walker        the C walker (bench/walk.c): readlink every fd, fdinfo of buffer fds, maps
-  procfs scan   memtrack.scan.scan(LiveSource()) in this process: /proc to finished Snapshot
+  procfs scan   memtrack.procfs.scan(LiveSource()) in this process: /proc to finished Snapshot
   bpf scan      BpfScanner(reuse=False).scan(), object already loaded: the first scan of a
                 fresh process (one per round), as the memtrack command runs it
                 (cli.console: what the scan made and no longer needs, the parse's records
@@ -51,7 +51,7 @@ from benchlib import OUT, HERE, SRC, timed  # noqa: E402 (puts src/ on sys.path)
 FIRST_SCAN = r"""
 import sys, time
 from memtrack import bpf
-from memtrack.scan import no_gc
+from memtrack.speed import no_gc
 # as the memtrack command runs it (cli.console): the scan's temporaries are left to the
 # exit; "free" frees them inside the scan, as a caller of the library does
 no_gc.to_exit = no_gc.one_shot = sys.argv[1:] != ["free"]
@@ -100,7 +100,7 @@ def main():
 
     from memtrack import bpf as mbpf
     from memtrack.bpf.reads import resolved
-    from memtrack.scan import scan
+    from memtrack.procfs import scan
     from memtrack.sources.live import LiveSource
 
     from load import Load

@@ -135,7 +135,7 @@ def test_broken_pipe_is_quiet(tmp_path):
 
 KEEP = r'''
 import sys
-from memtrack.scan import keep_to_exit, no_gc
+from memtrack.speed import keep_to_exit, no_gc
 class Loud:
     def __del__(self):
         sys.stdout.write("freed\n")
@@ -167,16 +167,17 @@ def test_only_a_one_shot_command_keeps_what_its_scans_made(monkeypatch):
     import importlib
     import os
     from memtrack.sources.live import LiveSource
-    S = importlib.import_module("memtrack.scan")
+    from memtrack.procfs import scan
+    S = importlib.import_module("memtrack.speed")
     monkeypatch.setattr(S, "_kept", None)
     monkeypatch.setattr(S.no_gc, "to_exit", True)
     monkeypatch.setattr(S.no_gc, "one_shot", False)
     monkeypatch.setattr(S.no_gc, "held", S.no_gc.held)
     for _ in range(2):
-        S.scan(LiveSource(), pids=[os.getpid()])
+        scan(LiveSource(), pids=[os.getpid()])
     assert S._kept is None
     monkeypatch.setattr(S.no_gc, "one_shot", True)
-    S.scan(LiveSource(), pids=[os.getpid()])
+    scan(LiveSource(), pids=[os.getpid()])
     kept = S._kept
     assert kept is not None and kept[0] is kept
     assert any(type(o).__name__ == "Observations" for o in kept)

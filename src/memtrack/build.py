@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 from .model import KINDS, GpuClient, Host, KernelInfo, Process, Skipped, Snapshot, new_buffer, new_ref
 from .observe import Observations
-from .scan import keep_to_exit
+from .speed import keep_to_exit
 
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 _NOT_DEV = ("dmabuf", "sysv", "anon")     # identity fs values that name no device

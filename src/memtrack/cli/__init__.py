@@ -191,7 +191,7 @@ def main(argv=None) -> int:
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 70
     finally:
-        held = sys.modules.get("memtrack.scan")   # get_snapshot froze the snapshot's objects
+        held = sys.modules.get("memtrack.speed")   # get_snapshot froze the snapshot's objects
         if held is not None:
             if not held.no_gc.to_exit:
                 held.thaw()
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
 def console() -> None:
     """The memtrack command (the console script, python -m memtrack): main(), in a process
     that ends with it, so what the command made is left to the exit, not freed (keep_to_exit)."""
-    from ..scan import no_gc
+    from ..speed import no_gc
     no_gc.to_exit = True
     rc = main()
     # the interpreter's last collection would walk every object only to free it anyway
