@@ -21,7 +21,7 @@ from .readers.fd import classify, fdinfo_int, parse_fdinfo
 from .readers.maps import parse_shared
 from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
-from .speed import keep_to_exit, no_gc
+from .speed import no_gc
 
 
 def _skip_list(obs: Observations, exc: ProcessGone) -> list:
@@ -221,9 +221,7 @@ def scan(src, pids: Optional[Iterable[int]] = None, smaps: bool = False):
     taken_at = src.taken_at()
     with no_gc():
         obs = collect(src, pids, smaps)
-        snap = _finish(src, obs, taken_at, pids, smaps)
-        keep_to_exit(obs)              # a one-shot command's: left to the exit, not freed
-        return snap
+        return _finish(src, obs, taken_at, pids, smaps)
 
 
 def _finish(src, obs, taken_at, pids, smaps):

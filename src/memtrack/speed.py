@@ -1,27 +1,17 @@
-"""Process-wide speed policy, in one place: the cyclic collector paused during a scan
-(no_gc), a one-shot command's heap frozen (hold_frozen, thaw), and what a one-shot command
-leaves to its exit rather than freeing (keep_to_exit). The backends and the CLI call it;
-nothing here is switched on at import."""
+"""Process-wide speed policy, in one place: the cyclic collector paused while a scan builds
+its snapshot (no_gc). The backends and the JSON writer call it; it restores what it found.
+(A one-shot command's exit without freeing anything is the console entry point's: cli.console.)"""
 from __future__ import annotations
 
 import gc
-from typing import Optional
 
 
 class no_gc:
     """A scan allocates ~10 objects per buffer reference and frees none of them: the cyclic
     collector would walk that growing heap again and again for nothing. Pause it; and
     before it runs again, move what was made to its oldest generation (freeze, unfreeze),
-    or the first young collection after the pause would walk all of it (10-30 ms).
+    or the first young collection after the pause would walk all of it (10-30 ms)."""
 
-    While a one-shot command holds the heap frozen (hold_frozen), what is made stays frozen.
-    Whether it does is this module's flag, not gc.get_freeze_count(): that walks the whole
-    frozen list, and some interpreters (3.12) start with objects frozen, which made a
-    refresher keep every snapshot frozen and pay a walk of all of them per refresh."""
-
-    held = False
-    to_exit = False     # the process ends with its command: see keep_to_exit()
-    one_shot = False    # ... and the command scans once, prints and ends (get_snapshot)
     # What the pauses moved to the oldest generation since it was last collected, and how
     # many objects that collection left (see __exit__); the floor keeps a small heap from
     # being collected whole after every pause.
@@ -38,9 +28,8 @@ class no_gc:
             if hasattr(gc, "freeze"):
                 made = gc.get_count()[0]        # objects made during the pause, net
                 gc.freeze()
-                if not no_gc.held:
-                    gc.unfreeze()
-                    no_gc._age(made)
+                gc.unfreeze()
+                no_gc._age(made)
             gc.enable()
 
     @staticmethod
@@ -57,39 +46,3 @@ class no_gc:
             gc.collect()
             no_gc.long_lived = len(gc.get_objects())
             no_gc.pending = 0
-
-
-def hold_frozen():
-    """For a command that runs once: freeze everything made so far (its snapshot, kept to
-    the end) so the collector never walks it again, until thaw()."""
-    if hasattr(gc, "freeze"):
-        gc.freeze()
-        no_gc.held = True
-
-
-def thaw():
-    no_gc.held = False
-    if hasattr(gc, "unfreeze"):
-        gc.unfreeze()
-
-
-_kept: Optional[list] = None
-
-
-def keep_to_exit(obj) -> None:
-    """In a process that exits when its one-shot command ends (cli.console: the memtrack
-    command, not a caller of cli.main; get_snapshot: a command that scans once, not top,
-    serve or record), never free obj: tens of thousands of objects freed one by one cost
-    5-10 ms for nothing, the process is about to go. Its snapshot, and what its scan made
-    on the way (the parse's records, the builder's merge). obj joins a list that holds
-    itself, frozen: when the interpreter clears the modules at exit the list is an
-    unreachable cycle, and the collector leaves the frozen ones alone. Elsewhere a no-op."""
-    global _kept
-    if not (no_gc.to_exit and no_gc.one_shot) or not hasattr(gc, "freeze"):
-        return
-    if _kept is None:
-        _kept = [None]
-        _kept[0] = _kept
-    _kept.append(obj)
-    gc.freeze()
-    no_gc.held = True

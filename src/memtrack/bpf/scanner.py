@@ -344,7 +344,7 @@ class BpfScanner(Reads):
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
         from ..kernel import host_info
-        from ..speed import keep_to_exit, no_gc
+        from ..speed import no_gc
         from ..sources.live import LiveSource
         hostname, kernel = host_info(LiveSource())
         want = None if pids is None else frozenset(pids)
@@ -379,8 +379,6 @@ class BpfScanner(Reads):
                 if got is None:
                     got = self._scan_whole(raw, pids, want, smaps, meta)
             snap, obs = got
-            if not self.reuse:
-                keep_to_exit(obs)           # a one-shot command's: left to the exit, not freed
             raw = raw._replace(vmas=resolved(raw.vmas))
             # DRM clients' fdinfo (engine time, resident memory) moves without the records
             # moving: a scan that read any is never reused

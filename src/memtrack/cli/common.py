@@ -132,8 +132,7 @@ def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """The snapshot the options name, for a command that runs once. -p restricts the view,
     not the scan: pss needs every holder. on_source(src) is called with the open source (or
     the saved Snapshot) before it is scanned, to ask it what the snapshot cannot tell."""
-    from ..speed import hold_frozen, keep_to_exit, no_gc
-    no_gc.one_shot = True
+    from ..speed import no_gc
     absent = []
     named = getattr(args, "pid", None)
     origin = {}
@@ -146,11 +145,6 @@ def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
             inner(src)
     with no_gc():
         snap = load_snapshot(args, pids_for_scan, on_source)
-    # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
-    # end of the command: keep the cyclic collector from walking them all again (main()
-    # thaws them when it returns), and the exit from freeing them one by one.
-    hold_frozen()
-    keep_to_exit(snap)
     # what a command says of a denied process it was asked about (show, dmabuf-dump)
     args.denied_hint = denied_hint(snap, origin)
     report_skipped(snap, quiet=getattr(args, "quiet", False), origin=origin)
