@@ -465,7 +465,7 @@ def test_backend_reason_survives_json():
 def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
     """auto: a scanner that loads but cannot read gives way to procfs, and says so;
     bpf: a one-line error."""
-    from memtrack.cli import common
+    from memtrack.backends import scan_source
     from memtrack.sources.live import LiveSource
 
     class Broken:
@@ -475,10 +475,10 @@ def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
         def close(self):
             pass
     monkeypatch.setattr(mbpf, "open_backend", lambda backend, live: (Broken(), "auto: test"))
-    snap = common.scan_source(LiveSource(), "auto", pids=[os.getpid()])
+    snap = scan_source(LiveSource(), "auto", pids=[os.getpid()])
     assert snap.backend == "procfs" and "boom" in snap.backend_reason
     with pytest.raises(mbpf.BpfUnavailable, match="^--backend bpf: reading"):
-        common.scan_source(LiveSource(), "bpf", pids=[os.getpid()])
+        scan_source(LiveSource(), "bpf", pids=[os.getpid()])
 
 
 @pytest.fixture

@@ -196,7 +196,11 @@ def console() -> None:
     """The memtrack command (the console script, python -m memtrack): main(), then the
     process ends at once. Freeing a big machine's snapshot object by object, as the
     interpreter's exit does, is work for nothing; so, once stdout and stderr are flushed and
-    no other thread runs that the exit would wait for, os._exit."""
+    no other thread runs that the exit would wait for, os._exit. As root, about to scan this
+    machine once, it first starts loading the BPF object in a thread (_preload), beside the
+    imports the command still needs."""
+    from .. import _preload
+    _preload.early()
     rc = main()
     try:
         sys.stdout.flush()

@@ -219,6 +219,7 @@ def denied_hint(snap: Snapshot, origin: Optional[dict] = None) -> str:
 
 def load_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """get_snapshot without the notes on stderr (for servers that scan again and again)."""
+    from ..backends import scan_source
     from ..procfs import scan
     from ..sources import open_source
     target = None
@@ -264,23 +265,6 @@ def categorizer(args, overwrite: bool = True):
 
 def with_categories(snap: Snapshot, args, overwrite: bool = True) -> Snapshot:
     return categorizer(args, overwrite)(snap)
-
-
-def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> Snapshot:
-    """Scan with the backend --backend names; the snapshot records which ran and why."""
-    from dataclasses import replace
-    from ..bpf import BpfUnavailable, fallback_reason, open_backend
-    from ..procfs import scan
-    scanner, reason = open_backend(backend, live=getattr(src, "live", False))
-    if scanner is not None:
-        try:
-            return scanner.scan(pids=pids, smaps=smaps, reason=reason)
-        except BpfUnavailable as exc:
-            reason = fallback_reason(backend, exc)
-        finally:
-            scanner.close()
-    snap = scan(src, pids=pids, smaps=smaps)
-    return replace(snap, backend_reason=reason) if reason else snap
 
 
 def report_skipped(snap: Snapshot, quiet: bool = False, origin: Optional[dict] = None) -> None:
