@@ -845,6 +845,26 @@ def test_collect_restores_the_switch_interval_when_it_fails(monkeypatch):
     assert sys.getswitchinterval() == before
 
 
+def test_a_scan_leaves_the_switch_interval_alone(monkeypatch):
+    """Library code does not change process-wide settings behind the caller's back: not
+    even while the VMA walk runs in its thread beside the parse."""
+    s = scanner()
+    seen = []
+    real = R.parse_files
+
+    def watched(*a, **kw):
+        seen.append(sys.getswitchinterval())
+        return real(*a, **kw)
+    monkeypatch.setattr(R, "parse_files", watched)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.01)
+    try:
+        s.collect()
+    finally:
+        sys.setswitchinterval(before)
+    assert seen and set(seen) == {0.01}
+
+
 _KID_TITLE = r"""
 import os, sys
 fd = os.memfd_create("titled", 0)
