@@ -4,9 +4,11 @@ fixture tests build, the real capture, a live scan, generated snapshots, hostile
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
+import pickle
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -51,28 +53,20 @@ def check(snap):
 
 def fixture_trees(tmp_path_factory, monkeypatch):
     """Each kfixture.Tree written by the tests of these modules that need only tmp_path: run
-    them again with Tree.write_dir/write_tar watched."""
-    import test_drm
-    import test_kernel_trees
-    import test_hostile
-    trees = []
-    for method in ("write_dir", "write_tar"):
-        real = getattr(kfixture.Tree, method)
-
-        def watched(self, path, real=real):
-            if all(t is not self for t in trees):
-                trees.append(self)
-            return real(self, path)
-        monkeypatch.setattr(kfixture.Tree, method, watched)
-    ran = 0
-    for mod in (test_kernel_trees, test_drm, test_hostile):
-        for name, fn in sorted(vars(mod).items()):
-            if name.startswith("test_") and callable(fn) and \
-                    list(inspect.signature(fn).parameters) == ["tmp_path"]:
-                fn(tmp_path_factory.mktemp(name))
-                ran += 1
+    them again (by pytest, in a process of their own) with Tree.write_dir/write_tar watched
+    (helpers/treewatch.py)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    work = tmp_path_factory.mktemp("replay")
+    env = dict(os.environ, MEMTRACK_TREES=str(work / "trees.pickle"),
+               PYTHONPATH=os.pathsep.join([here, os.path.join(os.path.dirname(here), "src")]))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "helpers.treewatch",
+                        "--basetemp", str(work / "tmp"), "--rootdir", here,
+                        *(os.path.join(here, m) for m in ("test_kernel_trees.py", "test_drm.py", "test_hostile.py"))],
+                       capture_output=True, text=True, env=env, cwd=here, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    with open(work / "trees.pickle", "rb") as f:
+        trees, ran = pickle.load(f)
     trees.append(gpu_tree())
-    monkeypatch.undo()
     assert ran > 20 and len(trees) > 20, (ran, len(trees))
     return trees
 

@@ -146,3 +146,18 @@ def test_no_module_takes_another_modules_private_name():
                     and f"{bound[node.value.id]}.{node.attr}" not in names):
                 bad.append(f"{os.path.relpath(path, SRC)}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not bad, bad
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/helpers/ (or kfixture, conftest...), never in a test module."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    bad = []
+    for path in sorted(glob.glob(os.path.join(tests, "*.py")) + glob.glob(os.path.join(tests, "helpers", "*.py"))):
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            bad += [f"{os.path.basename(path)} imports {n}" for n in names if n.split(".")[0].startswith("test_")]
+    assert not bad, bad
