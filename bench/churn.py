@@ -236,7 +236,7 @@ def run(duration: float, rate: float, seed: int):
     try:
         while time.monotonic() - t0 < duration:
             try:
-                snap = memtrack.scan()
+                snap = memtrack.scan(backend="procfs")
                 acct = account(snap)
                 if scans % 10 == 0:
                     again = from_dict(json.loads(to_json(snap)))

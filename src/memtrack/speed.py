@@ -40,7 +40,12 @@ class no_gc:
         counted, so in a refresher (top, serve, record) it never ran again, and every
         cycle of garbage a refresh left (a ctypes cast, an exception and its traceback)
         stayed for good: tens of MB an hour under process churn. The same rule, counted
-        here."""
+        here. The first pause's objects are taken as the long-lived heap a collection would
+        have found (a scan's are its snapshot), not collected at once: a one-shot command
+        would walk its whole snapshot for nothing."""
+        if not no_gc.long_lived:
+            no_gc.long_lived = max(0, made)
+            return
         no_gc.pending += max(0, made)
         if no_gc.pending > max(no_gc.long_lived // 4, no_gc.FLOOR):
             gc.collect()
