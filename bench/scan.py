@@ -92,7 +92,7 @@ def main():
 
         def scan():
             t = time.perf_counter()
-            memtrack.scan()
+            memtrack.scan(backend="procfs")
             return (time.perf_counter() - t) * 1e3
 
         def whole():
@@ -109,12 +109,12 @@ def main():
             s.append(scan())
         walk_ms, scan_ms = statistics.median(w), statistics.median(s)
         whole_ms = median_ms(whole, max(3, args.runs // 2))
-        snap = memtrack.scan()
+        snap = memtrack.scan(backend="procfs")
         mine = set(load.pids)
         held = [p for p in snap.processes if p.pid in mine]
         nrefs = sum(len(p.refs) for p in held)
         tracemalloc.start()
-        memtrack.scan()
+        memtrack.scan(backend="procfs")
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         child = subprocess.Popen([sys.executable, "-m", "memtrack", "--json", "-q", "--backend", "procfs"], env=env,

@@ -15,6 +15,8 @@ from memtrack.bpf import access, records as R
 from memtrack.bpf.reads import Pending, resolved
 from memtrack.bpf import stamp
 from memtrack.observe import FdRef, MapRef
+from memtrack.json_out import to_dict, to_json
+from memtrack.json_in import from_dict
 
 from helpers.nobody import NOBODY
 
@@ -251,12 +253,12 @@ def failing_read(real, failing: str):
 def comparable(snap, pids):
     """The parts both backends must agree on, for these processes: buffers, refs, sizes,
     accounting (the kernel-table source and notes legitimately differ)."""
-    doc = snap.restrict(pids=set(pids)).to_dict()
+    doc = to_dict(snap.restrict(pids=set(pids)))
     return {"buffers": doc["buffers"], "processes": doc["processes"], "totals": doc["totals"]}
 
 
 def procfs_scan(pids=None, smaps=False):
-    from memtrack.scan import scan
+    from memtrack.procfs import scan
     from memtrack.sources.live import LiveSource
     return scan(LiveSource(), pids=pids, smaps=smaps)
 
@@ -455,15 +457,15 @@ def test_a_reused_scanner_never_returns_a_stale_size():
 def test_backend_reason_survives_json():
     from memtrack.model import Snapshot
     snap = Snapshot(backend="bpf", backend_reason="auto: root, libbpf, BTF and the iterators")
-    back = Snapshot.from_dict(json.loads(snap.to_json()))
+    back = from_dict(json.loads(to_json(snap)))
     assert (back.backend, back.backend_reason) == ("bpf", snap.backend_reason)
-    assert Snapshot.from_dict(json.loads(Snapshot().to_json())).backend_reason is None
+    assert from_dict(json.loads(to_json(Snapshot()))).backend_reason is None
 
 
 def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
     """auto: a scanner that loads but cannot read gives way to procfs, and says so;
     bpf: a one-line error."""
-    from memtrack.cli import common
+    from memtrack.backends import scan_source
     from memtrack.sources.live import LiveSource
 
     class Broken:
@@ -473,10 +475,10 @@ def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
         def close(self):
             pass
     monkeypatch.setattr(mbpf, "open_backend", lambda backend, live: (Broken(), "auto: test"))
-    snap = common.scan_source(LiveSource(), "auto", pids=[os.getpid()])
+    snap = scan_source(LiveSource(), "auto", pids=[os.getpid()])
     assert snap.backend == "procfs" and "boom" in snap.backend_reason
     with pytest.raises(mbpf.BpfUnavailable, match="^--backend bpf: reading"):
-        common.scan_source(LiveSource(), "bpf", pids=[os.getpid()])
+        scan_source(LiveSource(), "bpf", pids=[os.getpid()])
 
 
 @pytest.fixture
@@ -841,6 +843,26 @@ def test_collect_restores_the_switch_interval_when_it_fails(monkeypatch):
     with pytest.raises(ValueError):
         s.collect()
     assert sys.getswitchinterval() == before
+
+
+def test_a_scan_leaves_the_switch_interval_alone(monkeypatch):
+    """Library code does not change process-wide settings behind the caller's back: not
+    even while the VMA walk runs in its thread beside the parse."""
+    s = scanner()
+    seen = []
+    real = R.parse_files
+
+    def watched(*a, **kw):
+        seen.append(sys.getswitchinterval())
+        return real(*a, **kw)
+    monkeypatch.setattr(R, "parse_files", watched)
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.01)
+    try:
+        s.collect()
+    finally:
+        sys.setswitchinterval(before)
+    assert seen and set(seen) == {0.01}
 
 
 _KID_TITLE = r"""
@@ -1222,7 +1244,7 @@ def test_a_reused_scanner_forgets_the_buffers_gone():
 def test_a_per_process_read_leaves_no_garbage_cycle():
     """A reused scanner runs an iterator per changed process, hundreds a second under churn:
     each left a ctypes.cast() cycle for the collector, which a refresher's paused
-    collections did not reach (scan.no_gc)."""
+    collections did not reach (speed.no_gc)."""
     scanner()
     import gc
     fd = os.memfd_create("cycle-probe", 0)

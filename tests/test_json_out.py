@@ -1,12 +1,14 @@
-"""Snapshot.to_json() (memtrack/json_out.py writes it without to_dict's document) gives the
+"""to_json(Snapshot) (memtrack/json_out.py writes it without to_dict's document) gives the
 bytes json.dumps(to_dict()) gives, on every snapshot we can make: each kernel-format tree the
 fixture tests build, the real capture, a live scan, generated snapshots, hostile names."""
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import os
+import pickle
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -18,12 +20,13 @@ from helpers.paths import REAL_CAPTURE
 from memtrack.categories import categorize, load_rules
 from memtrack.json_out import snapshot_json
 from memtrack.model import Buffer, GpuClient, Host, KernelInfo, Process, Ref, Skipped, Snapshot
+from memtrack.json_out import to_dict, to_json
 
 RULES = load_rules(use_user_file=False)
 
 
 def old_json(snap, filt=None):
-    return json.dumps(snap.to_dict(filt), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(to_dict(snap, filt), ensure_ascii=False, separators=(",", ":"))
 
 
 def check(snap):
@@ -42,7 +45,7 @@ def check(snap):
         want = old_json(view, filt)
         got = snapshot_json(view, filt)
         assert got == want
-        assert view.to_json(filt=filt) == want
+        assert to_json(view, filt=filt) == want
     return snap
 
 
@@ -50,28 +53,20 @@ def check(snap):
 
 def fixture_trees(tmp_path_factory, monkeypatch):
     """Each kfixture.Tree written by the tests of these modules that need only tmp_path: run
-    them again with Tree.write_dir/write_tar watched."""
-    import test_drm
-    import test_kernel_trees
-    import test_hostile
-    trees = []
-    for method in ("write_dir", "write_tar"):
-        real = getattr(kfixture.Tree, method)
-
-        def watched(self, path, real=real):
-            if all(t is not self for t in trees):
-                trees.append(self)
-            return real(self, path)
-        monkeypatch.setattr(kfixture.Tree, method, watched)
-    ran = 0
-    for mod in (test_kernel_trees, test_drm, test_hostile):
-        for name, fn in sorted(vars(mod).items()):
-            if name.startswith("test_") and callable(fn) and \
-                    list(inspect.signature(fn).parameters) == ["tmp_path"]:
-                fn(tmp_path_factory.mktemp(name))
-                ran += 1
+    them again (by pytest, in a process of their own) with Tree.write_dir/write_tar watched
+    (helpers/treewatch.py)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    work = tmp_path_factory.mktemp("replay")
+    env = dict(os.environ, MEMTRACK_TREES=str(work / "trees.pickle"),
+               PYTHONPATH=os.pathsep.join([here, os.path.join(os.path.dirname(here), "src")]))
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "helpers.treewatch",
+                        "--basetemp", str(work / "tmp"), "--rootdir", here,
+                        *(os.path.join(here, m) for m in ("test_kernel_trees.py", "test_drm.py", "test_hostile.py"))],
+                       capture_output=True, text=True, env=env, cwd=here, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    with open(work / "trees.pickle", "rb") as f:
+        trees, ran = pickle.load(f)
     trees.append(gpu_tree())
-    monkeypatch.undo()
     assert ran > 20 and len(trees) > 20, (ran, len(trees))
     return trees
 
@@ -122,9 +117,9 @@ def test_live_bpf_scan(holders):
 def test_saved_snapshot_reads_back_to_the_same_bytes(tmp_path):
     snap = categorize(memtrack.scan(REAL_CAPTURE if os.path.exists(REAL_CAPTURE) else None), RULES)
     path = tmp_path / "s.json"
-    path.write_text(snap.to_json())
+    path.write_text(to_json(snap))
     again = memtrack.load(str(path))
-    assert check(again).to_json() == path.read_text()
+    assert to_json(check(again)) == path.read_text()
 
 
 # -- names and values that need escaping ----------------------------------------------------
@@ -202,7 +197,7 @@ def test_empty_and_default_snapshots():
 
 def test_indent_keeps_the_generic_path():
     snap = nasty_snapshot(True)
-    assert snap.to_json(indent=1) == json.dumps(snap.to_dict(), indent=1, ensure_ascii=False)
+    assert to_json(snap, indent=1) == json.dumps(to_dict(snap), indent=1, ensure_ascii=False)
 
 
 def test_cli_json_bytes(tmp_path):

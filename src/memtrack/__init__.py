@@ -3,25 +3,24 @@
 Public API::
 
     import memtrack
-    snap = memtrack.scan()                      # this machine
+    snap = memtrack.scan()                      # this machine (backend "auto": bpf where it can run)
     snap = memtrack.scan("capture.tar.gz")      # a capture archive or a directory tree
     snap = memtrack.load("snapshot.json")       # a saved JSON snapshot
     acct = memtrack.account(snap)               # rss/pss/uss/mapped per process and kind
     snap = memtrack.categorize(snap)            # GL, GRAPHICS, MULTIMEDIA, CAMERA, OTHER...
+
+Importing it reads no command line, environment or user id and starts no thread: the CLI's
+own start-up is in memtrack.cli.console.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The CLI, as root, about to scan: load the BPF object while the rest is imported (_preload).
-from ._preload import early as _early  # noqa: E402
-_early()
-del _early
 from .errors import MemtrackError, SourceError  # noqa: E402
 from .model import Snapshot, Buffer, Ref, Process  # noqa: E402
 from .account import account  # noqa: E402
-# Load the scan module now, so that the function below (not the module) stays `memtrack.scan`.
-from . import scan as _scan_module  # noqa: E402
+
+BACKENDS = ("auto", "procfs", "bpf")
 
 
 def open_source(path=None):
@@ -29,14 +28,20 @@ def open_source(path=None):
     return _open(path)
 
 
-def scan(path=None, pids=None, smaps=False):
-    """Scan a live machine (path None), a directory tree or a capture archive."""
+def scan(path=None, pids=None, smaps=False, backend="auto"):
+    """Scan a live machine (path None), a directory tree or a capture archive. backend:
+    "procfs" reads /proc text, "bpf" kernel iterators (root, libbpf, BTF: else
+    BpfUnavailable), "auto" bpf where it can run on this machine, else procfs. The snapshot
+    says which ran and why (backend, backend_reason). A path is always read as files."""
+    from .backends import scan_source
     from .sources import open_source as _open
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     src = _open(path)
     try:
         if isinstance(src, Snapshot):
             return src
-        return _scan_module.scan(src, pids=pids, smaps=smaps)
+        return scan_source(src, backend, pids=pids, smaps=smaps)
     finally:
         close = getattr(src, "close", None)
         if close:
@@ -57,4 +62,4 @@ def load(path):
 
 
 __all__ = ["scan", "load", "account", "categorize", "open_source", "Snapshot", "Buffer", "Ref", "Process",
-           "MemtrackError", "SourceError", "__version__"]
+           "MemtrackError", "SourceError", "BACKENDS", "__version__"]

@@ -4,7 +4,6 @@ the parse, and for a reused scanner only the processes whose records may have mo
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from bisect import bisect_right
 from typing import Dict, NamedTuple, Optional
@@ -59,40 +58,19 @@ def split_by_tgid(data: bytes, size: int) -> Dict[int, bytes]:
     return out
 
 
-_switch = [0, None]          # [threads wanting a short switch interval, the interval before]
-
-
-def _fast_switch(on: bool) -> None:
-    if on:
-        if _switch[0] == 0:
-            _switch[1] = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch[1], Pending.SWITCH))
-        _switch[0] += 1
-    else:
-        _switch[0] -= 1
-        if _switch[0] == 0:
-            sys.setswitchinterval(_switch[1])
-
-
 class Pending:
     """An iterator read running in a thread of its own: the kernel walks (read() releases
     the GIL) while this thread reads and parses the other iterators. get() gives the bytes.
-
-    Between two read()s the walking thread needs the GIL back; at the default switch
-    interval (5 ms) a busy parser would keep it waiting that long each time, so the
-    interval is short (0.2 ms) until the thread is done (or restore())."""
-
-    SWITCH = 0.00005
+    (The interpreter's switch interval is left as the program set it: a shorter one, to hand
+    the GIL back to the walk sooner, bought nothing measurable.)"""
 
     def __init__(self, fn, extra=None):
         """fn() gives the bytes; extra(), if given, runs after it in the same thread, for
         what its reader can do without and needs later: get() returns as soon as fn() has,
         extras() waits for extra()'s result (None where it failed)."""
         self._value = self._error = self._extra = None
-        self._fast = True
         self._has_extra = extra is not None
         self._ready = threading.Event()
-        _fast_switch(True)
         self._thread = threading.Thread(target=self._run, args=(fn, extra), daemon=True)
         self._thread.start()
 
@@ -110,17 +88,9 @@ class Pending:
             except Exception:
                 self._extra = None
 
-    def restore(self) -> None:
-        """The switch interval as it was (wait() and extras() do it; so must whoever drops
-        this)."""
-        if self._fast:
-            self._fast = False
-            _fast_switch(False)
-
     def wait(self) -> None:
-        """Let the thread finish (its results or error dropped), the switch interval restored."""
+        """Let the thread finish (its results or error dropped)."""
         self._thread.join()
-        self.restore()
 
     def get(self) -> bytes:
         """fn()'s bytes, once it returned (the thread may still run extra())."""
