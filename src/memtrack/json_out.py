@@ -86,16 +86,17 @@ def _buffers(bufs, S, I):
             f'"exporter":{S[b.exporter]},"name":{"null" if name is None else enc(name)},'
             f'"category":{S[b.category]},"holders":[{I[b.holders]}],"fd_refs":{N[b.fd_refs]},'
             f'"map_refs":{N[b.map_refs]},"kernel_count":{N[b.kernel_count]},'
-            f'"size_from":{S[b.size_from]}}}')
+            f'"size_from":{S[b.size_from]},"allocated":{N[b.allocated]},"swapped":{N[b.swapped]}}}')
     return ids, ",".join(out)
 
 
 def _usage(u, smaps: bool) -> str:
     if smaps:
         return (f'{{"rss":{u.rss},"pss":{u.pss},"uss":{u.uss},"mapped":{u.mapped},"buffers":{u.buffers},'
-                f'"unknown_size":{u.unknown},"in_rss":{u.in_rss}}}')
+                f'"unknown_size":{u.unknown},"mem":{u.mem},"unknown_allocated":{u.unknown_alloc},'
+                f'"in_rss":{u.in_rss}}}')
     return (f'{{"rss":{u.rss},"pss":{u.pss},"uss":{u.uss},"mapped":{u.mapped},"buffers":{u.buffers},'
-            f'"unknown_size":{u.unknown}}}')
+            f'"unknown_size":{u.unknown},"mem":{u.mem},"unknown_allocated":{u.unknown_alloc}}}')
 
 
 def _processes(snap, acct, ids, S, I) -> str:

@@ -6,7 +6,7 @@ number (rss, pss, uss, kernel-only...) comes from ``account.py`` so it can never
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
+from dataclasses import MISSING, FrozenInstanceError, dataclass, field, fields, replace
 from functools import cached_property
 from typing import Dict, List, Optional, Tuple
 
@@ -78,6 +78,11 @@ class Buffer:
     map_refs: int = 0
     kernel_count: Optional[int] = None  # dma-buf: file count (bufinfo/fdinfo); sysv: nattch
     size_from: Optional[str] = None    # which interface gave the size
+    # bytes of memory the buffer really holds, in RAM or swapped out (a sparse or untouched
+    # file holds less than its size); None = could not be known. swapped: the part of it in
+    # swap, where the kernel tells it apart (SysV)
+    allocated: Optional[int] = None
+    swapped: Optional[int] = None
 
 
 @_slotted
@@ -247,6 +252,7 @@ class Snapshot:
                 "dmabuf_exported_count": self.kernel.dmabuf_exported_count,
                 "sysv_source": self.kernel.sysv_source,
                 "held_bytes": acct.held_bytes,
+                "held_allocated": acct.held_allocated,
                 "kernel_only_bytes": acct.kernel_only_bytes,
                 "kernel_only_buffers": acct.kernel_only_buffers,
                 "unattributed_bytes": acct.unattributed_bytes,
@@ -291,7 +297,8 @@ def _buffer_dict(b: Buffer) -> dict:
     return {"id": b.id, "kind": b.kind, "dev": b.dev, "inode": b.inode, "size": b.size,
             "exporter": b.exporter, "name": b.name, "category": b.category,
             "holders": list(b.holders), "fd_refs": b.fd_refs, "map_refs": b.map_refs,
-            "kernel_count": b.kernel_count, "size_from": b.size_from}
+            "kernel_count": b.kernel_count, "size_from": b.size_from,
+            "allocated": b.allocated, "swapped": b.swapped}
 
 
 def _gpu_dict(g: GpuClient) -> dict:
@@ -459,7 +466,9 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             name=_opt_str(b.get("name")), category=_opt_str(b.get("category")),
             holders=holders,
             fd_refs=_u64(b.get("fd_refs", 0)), map_refs=_u64(b.get("map_refs", 0)),
-            kernel_count=_opt_u64(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
+            kernel_count=_opt_u64(b.get("kernel_count")), size_from=_opt_str(b.get("size_from")),
+            # absent in snapshots from before allocated was known: unknown, not a guess
+            allocated=_opt_u64(b.get("allocated")), swapped=_opt_u64(b.get("swapped"))))
     holders_of = {b.id: frozenset(b.holders) for b in buffers}     # a set: a buffer may have thousands
     if len(holders_of) != len(buffers):
         raise ValueError("duplicate buffer ids")
@@ -532,8 +541,15 @@ def fast_factory(cls):
     names = field_names(cls)
     assert not {"_cls", "self"} & set(names)
     ns = {"_cls": cls}
+    params = []
+    for f in fields(cls):         # a field with a plain default may be left out, as in __init__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            ns["_d_" + f.name] = f.default
+            params.append(f"{f.name}=_d_{f.name}")
     body = "".join(f"    self.{n} = {n}\n" for n in names)
-    exec(f"def __init__(self, {', '.join(names)}):\n{body}    self.__class__ = _cls\n", ns)
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}    self.__class__ = _cls\n", ns)
     # both slots of tp_setattro plain, or every store goes through a lookup by name
     return type(f"_New{cls.__name__}", (cls,), {
         "__slots__": (), "__init__": ns["__init__"], "__module__": cls.__module__,
