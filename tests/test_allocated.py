@@ -1,0 +1,214 @@
+"""Allocated bytes against the real kernel: buffers of 8 MiB with 1 MiB written, held by
+two processes (helpers/sparse.py), must say allocated 1 MiB and mem 512 KiB per holder, in
+both backends, live and through every capture path; a capture from before the block count
+was recorded reads back with allocated unknown."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import memtrack
+from memtrack import remote
+from memtrack.account import account
+from memtrack.model import Snapshot
+from memtrack.scan import scan
+from memtrack.sources.live import LiveSource
+
+from livehelpers import run_memtrack, scenario
+from remote_util import SCRIPT, android_path, busybox_path
+
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc only"),
+              pytest.mark.requires_root("map_files (shared anonymous sizes) needs root")]
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def sparse():
+    with scenario("sparse.py") as info:
+        info["pids"] = [info["parent"], info["child"]]
+        yield info
+
+
+def kernel_says(info) -> dict:
+    """The allocated bytes of each buffer, as the test reads them from /proc itself: st_blocks
+    of the holder's fd or mapping, and the rss + swap columns of the SysV table."""
+    parent = info["parent"]
+    out = {}
+    for fd in os.listdir(f"/proc/{parent}/fd"):
+        st = os.stat(f"/proc/{parent}/fd/{fd}")
+        if st.st_ino in (info["memfd_ino"], info["shm_ino"]) and st.st_size == info["size"]:
+            out["memfd" if st.st_ino == info["memfd_ino"] else "shm"] = st.st_blocks * 512
+    with open(f"/proc/{parent}/maps") as f:
+        for line in f:
+            if line.rstrip().endswith("/dev/zero (deleted)") and line.split()[1].endswith("s"):
+                st = os.stat(f"/proc/{parent}/map_files/{line.split()[0]}")
+                if st.st_size == info["size"]:
+                    out["shmem"] = st.st_blocks * 512
+    with open("/proc/sysvipc/shm") as f:
+        cols = f.readline().split()
+        for line in f:
+            row = dict(zip(cols, line.split()))
+            if int(row["shmid"]) == info["shmid"]:
+                out["sysv"] = int(row["rss"]) + int(row["swap"])
+                out["sysv_swap"] = int(row["swap"])
+    return out
+
+
+def held(snap, info):
+    """kind -> the sparse buffer of that kind."""
+    pids = tuple(sorted(info["pids"]))
+    got = {}
+    for b in snap.buffers:
+        if b.holders == pids and b.size == info["size"]:
+            got[b.kind] = b
+    return got
+
+
+def bpf_scan(pids):
+    from memtrack import bpf as mbpf
+    why = mbpf.unavailable()
+    if why:
+        pytest.skip(f"bpf backend cannot run here: {why}")
+    try:
+        return mbpf.BpfScanner(reuse=False).scan(pids=pids)
+    except mbpf.BpfUnavailable as exc:
+        pytest.skip(f"bpf backend cannot run here: {exc}")
+
+
+def live_scan(backend, pids):
+    return scan(LiveSource(), pids=pids) if backend == "procfs" else bpf_scan(pids)
+
+
+@pytest.mark.parametrize("backend", ["procfs", "bpf"])
+def test_allocated_and_mem_of_sparse_buffers(sparse, backend):
+    snap = live_scan(backend, sparse["pids"])
+    k = kernel_says(sparse)
+    assert k["memfd"] == k["shm"] == k["shmem"] == k["sysv"] == MiB     # the scenario is as meant
+    bufs = held(snap, sparse)
+    assert sorted(bufs) == ["memfd", "shm", "shmem", "sysv"]
+    for kind, b in bufs.items():
+        assert (b.size, b.allocated) == (8 * MiB, MiB), kind
+    assert bufs["sysv"].swapped == k["sysv_swap"]
+    assert bufs["memfd"].swapped is None        # the kernel tells a tmpfs file's swap apart nowhere
+    acct = account(snap)
+    for pid in sparse["pids"]:
+        u = acct.processes[pid]
+        assert u.total.mem == 4 * (MiB // 2) and u.total.unknown_alloc == 0
+        assert {kind: ku.mem for kind, ku in u.by_kind.items()} == \
+            {"memfd": MiB // 2, "shm": MiB // 2, "shmem": MiB // 2, "sysv": MiB // 2}
+        assert u.total.pss == 4 * (4 * MiB)     # pss still splits the size
+    doc = snap.to_dict()
+    assert doc["totals"]["mem"] == 4 * MiB == doc["kernel"]["held_allocated"]
+    for p in doc["processes"]:
+        assert p["totals"]["mem"] == 2 * MiB and p["by_kind"]["memfd"]["mem"] == MiB // 2
+    for b in doc["buffers"]:
+        if b["kind"] in bufs and b["id"] == bufs[b["kind"]].id:
+            assert b["allocated"] == MiB
+    assert json.loads(snap.to_json()) == doc
+
+
+def test_both_backends_give_the_same_allocated(sparse):
+    from test_bpf import comparable
+    b = bpf_scan(sparse["pids"])
+    a = scan(LiveSource(), pids=sparse["pids"])
+    assert comparable(b, sparse["pids"]) == comparable(a, sparse["pids"])
+    assert [x.allocated for x in held(a, sparse).values()] == [MiB] * 4
+
+
+def test_mem_sums_to_the_allocated_bytes_to_the_byte(sparse):
+    """Three holders of an odd byte count: the remainder goes as pss's does."""
+    from memtrack.model import Buffer, Process, Ref
+    b = Buffer("memfd:1", "memfd", 1, "00:01", 10, allocated=7, holders=(3, 5, 9))
+    snap = Snapshot(buffers=(b,), processes=tuple(Process(p, refs=(Ref("memfd:1", (3,)),)) for p in (3, 5, 9)))
+    acct = account(snap)
+    assert [acct.processes[p].total.mem for p in (3, 5, 9)] == [3, 2, 2]
+    assert [acct.processes[p].total.pss for p in (3, 5, 9)] == [4, 3, 3]
+    assert acct.total.mem == acct.held_allocated == 7
+    live = scan(LiveSource(), pids=sparse["pids"])
+    acct = account(live)
+    assert sum(u.total.mem for u in acct.processes.values()) == acct.held_allocated
+
+
+def test_python_capture_carries_allocated(sparse, tmp_path):
+    path = str(tmp_path / "cap.tar.gz")
+    r = run_memtrack("capture", "-o", path, "-p", ",".join(map(str, sparse["pids"])))
+    assert r.returncode == 0, r.stderr
+    snap = memtrack.scan(path, pids=sparse["pids"])
+    assert {k: b.allocated for k, b in held(snap, sparse).items()} == \
+        {"memfd": MiB, "shm": MiB, "shmem": MiB, "sysv": MiB}
+
+
+def shell(tmp_path, name):
+    if name == "dash":
+        return ["dash"], None
+    d = busybox_path(tmp_path) if name == "busybox" else android_path(tmp_path)
+    return [os.path.join(d, "sh")], dict(os.environ, PATH=d)
+
+
+@pytest.mark.parametrize("sh", ["dash", "busybox", "mksh+toybox"])
+def test_script_capture_carries_allocated(sparse, tmp_path, sh):
+    """GNU (dash + coreutils), busybox and toybox stat all give %b in 512-byte %B units."""
+    cmd, env = shell(tmp_path, sh)
+    p = subprocess.run(cmd + [SCRIPT, "-f", "stream", "-p", ",".join(map(str, sparse["pids"]))],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=120)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr.decode()
+    tree = remote.decode(p.stdout)
+    path = str(tmp_path / "cap.tar.gz")
+    remote.write_tree(tree, path, "test")
+    snap = memtrack.scan(path, pids=sparse["pids"])
+    assert {k: b.allocated for k, b in held(snap, sparse).items()} == \
+        {"memfd": MiB, "shm": MiB, "shmem": MiB, "sysv": MiB}
+
+
+def test_old_capture_reads_back_with_allocated_unknown(sparse, tmp_path):
+    """Sidecars of five fields (as before the block count) and a SysV table without its rss
+    and swap columns: allocated null, mem not guessed, the buffers counted as unknown."""
+    tree = remote.decode(subprocess.run(
+        ["dash", SCRIPT, "-f", "stream", "-p", ",".join(map(str, sparse["pids"]))],
+        stdout=subprocess.PIPE, check=True, timeout=120).stdout)
+    for name in list(tree.files):
+        if name.endswith(("/fdstat", "/mapstat")):
+            lines = tree.files[name].decode().splitlines()
+            assert all(len(line.split()) == 6 for line in lines)
+            tree.files[name] = "".join(" ".join(line.split()[:5]) + "\n" for line in lines).encode()
+    table = tree.files["proc/sysvipc/shm"].decode().splitlines()
+    tree.files["proc/sysvipc/shm"] = "".join(
+        " ".join(line.split()[:-2]) + "\n" for line in table).encode()
+    path = str(tmp_path / "old.tar.gz")
+    remote.write_tree(tree, path, "test")
+    snap = memtrack.scan(path, pids=sparse["pids"])
+    bufs = held(snap, sparse)
+    assert sorted(bufs) == ["memfd", "shm", "shmem", "sysv"]
+    assert all(b.allocated is None and b.swapped is None for b in bufs.values())
+    acct = account(snap)
+    for pid in sparse["pids"]:
+        assert acct.processes[pid].total.mem == 0 and acct.processes[pid].total.unknown_alloc == 4
+    doc = snap.to_dict()
+    assert doc["processes"][0]["totals"]["unknown_allocated"] == 4
+    assert all(b["allocated"] is None for b in doc["buffers"] if b["holders"])
+
+
+def test_old_snapshot_json_reads_with_allocated_null(sparse):
+    doc = scan(LiveSource(), pids=sparse["pids"]).to_dict()
+    for b in doc["buffers"]:
+        del b["allocated"], b["swapped"]
+    for p in doc["processes"]:
+        for u in [p["totals"], *p["by_kind"].values()]:
+            del u["mem"], u["unknown_allocated"]
+    snap = Snapshot.from_dict(doc)
+    assert all(b.allocated is None for b in snap.buffers)
+    assert account(snap).total.mem == 0
+
+
+def test_ps_shows_mem(sparse):
+    r = run_memtrack("ps", "-p", ",".join(map(str, sparse["pids"])), "-b", check=True)
+    head = r.stdout.splitlines()[0].split()
+    assert head[:4] == ["PID", "Rss", "Pss", "Mem"], head
+    rows = [line.split() for line in r.stdout.splitlines()[1:] if re.match(r"\s*\d", line) and "TOTAL" not in line]
+    assert {int(row[0]): int(row[3]) for row in rows} == {p: 2 * MiB for p in sparse["pids"]}
