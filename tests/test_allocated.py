@@ -212,3 +212,106 @@ def test_ps_shows_mem(sparse):
     assert head[:4] == ["PID", "Rss", "Pss", "Mem"], head
     rows = [line.split() for line in r.stdout.splitlines()[1:] if re.match(r"\s*\d", line) and "TOTAL" not in line]
     assert {int(row[0]): int(row[3]) for row in rows} == {p: 2 * MiB for p in sparse["pids"]}
+
+
+def test_prometheus_carries_allocated_and_mem(sparse):
+    pytest.importorskip("prometheus_client")
+    from memtrack.views.prometheus import families
+    snap = scan(LiveSource(), pids=sparse["pids"]).restrict(pids=set(sparse["pids"]))   # no other SysV
+    fams = {f.name: f for f in families(snap)}
+    mem = {tuple(s.labels.values()): s.value for s in fams["memtrack_process_mem_bytes"].samples}
+    assert {k: v for k, v in mem.items() if k[0] == "mt-sparse"} == \
+        {("mt-sparse", kind): MiB for kind in ("memfd", "shm", "shmem", "sysv")}   # two holders each
+    assert fams["memtrack_held_allocated_bytes"].samples[0].value == 4 * MiB
+    alloc = {}
+    for s in fams["memtrack_buffer_allocated_bytes"].samples:
+        alloc[s.labels["kind"]] = alloc.get(s.labels["kind"], 0) + s.value
+    assert alloc == {"memfd": MiB, "shm": MiB, "shmem": MiB, "sysv": MiB}
+    assert [s.value for s in fams["memtrack_buffer_swapped_bytes"].samples] == [0]   # SysV's, no swap here
+
+
+def test_diff_shows_a_buffer_filled_and_trimmed(tmp_path):
+    """This process's own memfd: 1 MiB written between two scans is a fill, a hole punched
+    is a trim; its size never moves."""
+    import ctypes
+    from memtrack.diff import diff
+    fd = os.memfd_create("diff fill")
+    try:
+        os.ftruncate(fd, 8 * MiB)
+        ino = os.fstat(fd).st_ino
+        me = [os.getpid()]
+
+        def mine(s):
+            return s.restrict(kinds={"memfd"})
+        a = mine(scan(LiveSource(), pids=me))
+        os.pwrite(fd, b"f" * MiB, 0)
+        b = mine(scan(LiveSource(), pids=me))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        assert libc.fallocate(fd, 3, 0, MiB // 2) == 0     # PUNCH_HOLE | KEEP_SIZE
+        c = mine(scan(LiveSource(), pids=me))
+        d1, d2 = diff(a, b), diff(b, c)
+        fill = [e for e in d1.buffers if e.buffer.inode == ino]
+        assert [(e.action, e.old_allocated, e.buffer.allocated) for e in fill] == [("fill", 0, MiB)]
+        trim = [e for e in d2.buffers if e.buffer.inode == ino]
+        assert [(e.action, e.old_allocated, e.buffer.allocated) for e in trim] == [("trim", MiB, MiB // 2)]
+        doc = d1.to_dict()
+        assert [x["allocated"] for x in doc["buffers"]["filled"] if x["inode"] == ino] == [MiB]
+        me_delta = [p for p in d1.processes if p.pid == me[0]][0]
+        assert me_delta.mem[1] - me_delta.mem[0] == MiB and me_delta.delta("pss") == 0
+        path_a, path_b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+        for path, s in ((path_a, a), (path_b, b)):
+            with open(path, "w") as f:
+                f.write(s.to_json())
+        r = run_memtrack("diff", path_a, path_b, "-b")
+        assert r.returncode == 0, r.stderr
+        assert "1 filled" in r.stdout and f"allocated 0 -> {MiB} of {8 * MiB}" in r.stdout
+    finally:
+        os.close(fd)
+
+
+OLD_DDL_DROPS = (",\n    held_allocated INTEGER", ",\n    allocated INTEGER", ", mem INTEGER")
+
+
+def test_history_records_mem_and_reads_an_older_history(sparse, tmp_path):
+    import sqlite3
+    from memtrack.history import schema
+    from memtrack.history.analysis import analyze
+    from memtrack.history.load import load
+    from memtrack.history.recorder import Recorder
+    snap = scan(LiveSource(), pids=sparse["pids"])
+    db = str(tmp_path / "new.db")
+    rec = Recorder(db)
+    rec.add(snap, t=1.0)
+    rec.add(snap, t=2.0)
+    rec.close()
+    h = load(db)
+    assert h.held_allocated == [4 * MiB, 4 * MiB]
+    mems = {h.processes[k].pid: spans[0][2][5] for k, spans in h.usage.items()}
+    assert mems == {p: 2 * MiB for p in sparse["pids"]}
+    assert {b.allocated for b in h.buffers.values() if b.size == 8 * MiB} == {MiB}
+    doc = analyze(h)
+    assert {p["pid"]: p["mem"]["end"] for p in doc["processes"]} == {p: 2 * MiB for p in sparse["pids"]}
+    # a history written before the columns existed: its DDL without them
+    ddl = schema.DDL
+    for drop in OLD_DDL_DROPS:
+        assert drop in ddl
+        ddl = ddl.replace(drop, "")
+    old = str(tmp_path / "old.db")
+    con = sqlite3.connect(old)
+    con.executescript(ddl)
+    con.execute("INSERT INTO meta VALUES ('schema', '1')")
+    con.execute("INSERT INTO runs(id, started) VALUES (1, 0)")
+    con.execute("INSERT INTO snapshots(run, t, complete, held_bytes) VALUES (1, 0.5, 1, 0)")
+    con.commit()
+    con.close()
+    h = load(old)                                       # read-only: nothing added to it
+    assert h.held_allocated is None and len(h) == 1
+    r = run_memtrack("report", old)
+    assert r.returncode == 0, r.stderr
+    rec = Recorder(old)                                 # appending: the columns come first
+    rec.add(snap, t=1.0)
+    rec.close()
+    h = load(old)
+    assert h.held_allocated == [None, 4 * MiB]
+    assert {h.processes[k].pid: spans[0][2][5] for k, spans in h.usage.items()} == mems
