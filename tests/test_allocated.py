@@ -315,3 +315,26 @@ def test_history_records_mem_and_reads_an_older_history(sparse, tmp_path):
     h = load(old)
     assert h.held_allocated == [None, 4 * MiB]
     assert {h.processes[k].pid: spans[0][2][5] for k, spans in h.usage.items()} == mems
+
+
+@pytest.mark.parametrize("backend", ["procfs", "bpf"])
+def test_smaps_hidden_counts_no_untouched_pages(sparse, backend):
+    """Hidden (--smaps) was size - in_rss: 8 MiB buffers with 1 MiB in them claimed 7 MiB of
+    hidden memory each. Now allocated - in_rss: the parent touched its SysV and shared
+    anonymous megabyte (in its RSS), not the memfd and /dev/shm file it only wrote through
+    fds; the child, which touched nothing, has all four megabytes outside its RSS."""
+    pids = sparse["pids"]
+    snap = scan(LiveSource(), pids=pids, smaps=True) if backend == "procfs" else None
+    if snap is None:
+        from memtrack import bpf as mbpf
+        bpf_scan(pids)                                  # skips where bpf cannot run
+        snap = mbpf.BpfScanner(reuse=False).scan(pids=pids, smaps=True)
+    acct = account(snap.restrict(pids=set(pids)))
+    parent, child = acct.processes[sparse["parent"]].total, acct.processes[sparse["child"]].total
+    assert (parent.in_rss, parent.hidden) == (2 * MiB, 2 * MiB)
+    assert (child.in_rss, child.hidden) == (0, 4 * MiB)
+    r = run_memtrack("ps", "--smaps", "-b", "-p", ",".join(map(str, pids)), "--backend", backend)
+    assert r.returncode == 0, r.stderr
+    head = r.stdout.splitlines()[0].split()
+    row = [line.split() for line in r.stdout.splitlines() if line.split()[:1] == [str(sparse["child"])]][0]
+    assert row[head.index("Hidden")] == str(4 * MiB)
