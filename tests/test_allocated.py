@@ -338,3 +338,24 @@ def test_smaps_hidden_counts_no_untouched_pages(sparse, backend):
     head = r.stdout.splitlines()[0].split()
     row = [line.split() for line in r.stdout.splitlines() if line.split()[:1] == [str(sparse["child"])]][0]
     assert row[head.index("Hidden")] == str(4 * MiB)
+
+
+def test_top_shows_mem_and_a_buffer_filling_up():
+    """A memfd of 64 KiB, empty, then mapped and every page touched: top's Mem column moves
+    and the fill is among its events."""
+    pytest.importorskip("rich")
+    from livekids import Kid
+    from test_top import PtyTop
+    with Kid() as kid:
+        fd = kid.add("fillme", 65536)
+        t = PtyTop("-d", "0.2", "--verify-every", "1", "-p", str(kid.pid))
+        try:
+            t.wait_text("refresh 1")
+            assert "Mem" in t.text and "mem total: 0 " in t.text
+            kid.map(fd)
+            t.wait_text("'fillme' filled: allocated 0 -> 64.0 KiB of 64.0 KiB")
+            t.wait_text("mem total: 64.0 KiB")
+            t.send(b"q")
+            assert t.wait_exit() == 0
+        finally:
+            t.close()

@@ -83,9 +83,18 @@ class TopState:
         acct = self.acct if same else account(snap)
         if self.snap is not None and not same:
             stamp = time.strftime("%H:%M:%S")
-            for e in diff(self.snap, snap).refs:
+            d = diff(self.snap, snap)
+            for e in d.refs:
                 if self.pids is not None and e.pid not in self.pids:
                     continue                       # events follow the view's -p and --kind
+                if self.kinds is not None and e.buffer.kind not in self.kinds:
+                    continue
+                self.events.append((stamp, e))
+            for e in d.buffers:                    # a buffer filled up or trimmed
+                if e.action not in ("fill", "trim"):
+                    continue
+                if self.pids is not None and not set(self.pids) & set(e.buffer.holders):
+                    continue
                 if self.kinds is not None and e.buffer.kind not in self.kinds:
                     continue
                 self.events.append((stamp, e))
@@ -196,6 +205,12 @@ def render(state: TopState, height=None):
         ev = Text("last events:\n", style="bold")
         for stamp, e in state.events:
             b = e.buffer
+            if not hasattr(e, "pid"):                # a BufferEvent: filled or trimmed
+                line = (f"{stamp} {b.id}{' ' + repr(b.name) if b.name else ''} "
+                        f"{'filled' if e.action == 'fill' else 'trimmed'}: allocated "
+                        f"{human(e.old_allocated, raw)} -> {human(b.allocated, raw)} of {human(b.size, raw)}")
+                ev.append(printable(line) + "\n")
+                continue
             what = f"fd {e.fd}" if e.via == "fd" else "map"
             line = (f"{stamp} {e.pid} {e.comm}: {'acquired' if e.action == 'acquire' else 'released'} "
                     f"{what} {b.id}{' ' + repr(b.name) if b.name else ''} {human(b.size, raw)}")
