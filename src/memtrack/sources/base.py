@@ -133,7 +133,9 @@ def parse_statfile(text: str, key_is_range: bool, dups: Optional[list] = None,
         if old is not None or f[0] in conflicting:
             if dups is not None:
                 dups.append(f[0])
-            if old != st:
+            if old is not None and blocks and old[:4] == st[:4] and None in (old[4], st[4]):
+                out[f[0]] = old if st[4] is None else st     # one line lacks the count: no conflict
+            elif old != st:
                 conflicting.add(f[0])
                 out.pop(f[0], None)
             continue
