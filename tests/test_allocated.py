@@ -15,8 +15,10 @@ import pytest
 import memtrack
 from memtrack import remote
 from memtrack.account import account
+from memtrack.json_in import from_dict
+from memtrack.json_out import to_dict, to_json
 from memtrack.model import Snapshot
-from memtrack.scan import scan
+from memtrack.procfs import scan
 from memtrack.sources.live import LiveSource
 
 from livehelpers import run_memtrack, scenario
@@ -103,14 +105,14 @@ def test_allocated_and_mem_of_sparse_buffers(sparse, backend):
         assert {kind: ku.mem for kind, ku in u.by_kind.items()} == \
             {"memfd": MiB // 2, "shm": MiB // 2, "shmem": MiB // 2, "sysv": MiB // 2}
         assert u.total.pss == 4 * (4 * MiB)     # pss still splits the size
-    doc = snap.to_dict()
+    doc = to_dict(snap)
     assert doc["totals"]["mem"] == 4 * MiB == doc["kernel"]["held_allocated"]
     for p in doc["processes"]:
         assert p["totals"]["mem"] == 2 * MiB and p["by_kind"]["memfd"]["mem"] == MiB // 2
     for b in doc["buffers"]:
         if b["kind"] in bufs and b["id"] == bufs[b["kind"]].id:
             assert b["allocated"] == MiB
-    assert json.loads(snap.to_json()) == doc
+    assert json.loads(to_json(snap)) == doc
 
 
 def test_both_backends_give_the_same_allocated(sparse):
@@ -189,19 +191,19 @@ def test_old_capture_reads_back_with_allocated_unknown(sparse, tmp_path):
     acct = account(snap)
     for pid in sparse["pids"]:
         assert acct.processes[pid].total.mem == 0 and acct.processes[pid].total.unknown_alloc == 4
-    doc = snap.to_dict()
+    doc = to_dict(snap)
     assert doc["processes"][0]["totals"]["unknown_allocated"] == 4
     assert all(b["allocated"] is None for b in doc["buffers"] if b["holders"])
 
 
 def test_old_snapshot_json_reads_with_allocated_null(sparse):
-    doc = scan(LiveSource(), pids=sparse["pids"]).to_dict()
+    doc = to_dict(scan(LiveSource(), pids=sparse["pids"]))
     for b in doc["buffers"]:
         del b["allocated"], b["swapped"]
     for p in doc["processes"]:
         for u in [p["totals"], *p["by_kind"].values()]:
             del u["mem"], u["unknown_allocated"]
-    snap = Snapshot.from_dict(doc)
+    snap = from_dict(doc)
     assert all(b.allocated is None for b in snap.buffers)
     assert account(snap).total.mem == 0
 
@@ -262,7 +264,7 @@ def test_diff_shows_a_buffer_filled_and_trimmed(tmp_path):
         path_a, path_b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
         for path, s in ((path_a, a), (path_b, b)):
             with open(path, "w") as f:
-                f.write(s.to_json())
+                f.write(to_json(s))
         r = run_memtrack("diff", path_a, path_b, "-b")
         assert r.returncode == 0, r.stderr
         assert "1 filled" in r.stdout and f"allocated 0 -> {MiB} of {8 * MiB}" in r.stdout
