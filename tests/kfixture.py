@@ -46,6 +46,17 @@ def smaps_entry(start: int, end: int, perms: str, offset: int, dev: str, ino: in
     return body + f"VmFlags: {flags} \n"
 
 
+FULL = -1      # a sidecar's block count: every byte of the file allocated
+
+
+def _blocks(size: int, blocks) -> str:
+    """The sidecar's sixth field, st_blocks: FULL (the size in 512-byte blocks), a count,
+    or None for a capture from before the field existed (no field)."""
+    if blocks is None:
+        return ""
+    return " %d" % ((size + 511) // 512 if blocks == FULL else blocks)
+
+
 class Proc:
     def __init__(self, pid: int, comm: str, cmdline: str, uid: int):
         self.pid, self.comm, self.cmdline, self.uid = pid, comm, cmdline, uid
@@ -61,8 +72,8 @@ class Proc:
         self.fds[n] = (target, fdinfo)
         return self
 
-    def stat(self, n: int, dev: str, ino: int, size: int, mode: int = 0o100777):
-        self.fdstat.append(f"{n} {dev} {ino} {size} {mode:o}")
+    def stat(self, n: int, dev: str, ino: int, size: int, mode: int = 0o100777, blocks=FULL):
+        self.fdstat.append(f"{n} {dev} {ino} {size} {mode:o}" + _blocks(size, blocks))
         return self
 
     def dmabuf(self, n: int, ino: int, size: int, exporter: str = "system", name: Optional[str] = None,
@@ -70,27 +81,31 @@ class Proc:
         return self.fd(n, "/dmabuf:" + (name or ""),
                        fdinfo_dmabuf(ino if with_ino else None, size, exporter, count, name))
 
-    def memfd(self, n: int, name: str, ino: int, size: Optional[int] = None, dev: str = "00:01"):
+    def memfd(self, n: int, name: str, ino: int, size: Optional[int] = None, dev: str = "00:01",
+              blocks=FULL):
         self.fd(n, f"/memfd:{name} (deleted)", fdinfo_generic(ino, "0100002", 0))
         if size is not None:
-            self.stat(n, dev, ino, size)
+            self.stat(n, dev, ino, size, blocks=blocks)
         return self
 
-    def shm(self, n: int, name: str, ino: int, size: Optional[int] = None, dev: str = "00:1b"):
+    def shm(self, n: int, name: str, ino: int, size: Optional[int] = None, dev: str = "00:1b",
+            blocks=FULL):
         self.fd(n, f"/dev/shm/{name}", fdinfo_generic(ino, "02100002", 31))
         if size is not None:
-            self.stat(n, dev, ino, size)
+            self.stat(n, dev, ino, size, blocks=blocks)
         return self
 
     def other_fd(self, n: int, target: str = "pipe:[1234]"):
         return self.fd(n, target, "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1234\n")
 
     def map(self, start: int, end: int, path: str, dev: str, ino: int, offset: int = 0,
-            perms: str = "rw-s", rss_kb: Optional[int] = None, size: Optional[int] = None):
+            perms: str = "rw-s", rss_kb: Optional[int] = None, size: Optional[int] = None,
+            blocks=FULL):
         self.maps.append(maps_line(start, end, perms, offset, dev, ino, path))
         self.smaps.append(smaps_entry(start, end, perms, offset, dev, ino, path, rss_kb or 0))
         if size is not None:
-            self.mapstat.append("%x-%x %s %d %d 100777" % (start, end, dev, ino, size))
+            self.mapstat.append("%x-%x %s %d %d 100777" % (start, end, dev, ino, size)
+                                + _blocks(size, blocks))
         return self
 
     def private_map(self, start: int, end: int, path: str = "/usr/bin/app", ino: int = 999):

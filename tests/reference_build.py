@@ -86,6 +86,13 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
             [(kb.size, kb.source) for kb in kern if kb.size is not None] + \
             [(m.size, "map_files") for m in maps if m.size is not None]
         size, size_from = sizes[0] if sizes else (None, None)
+        # allocated bytes: from the same places in the same order; a dma-buf's are its size
+        allocs = [(r.allocated, None) for r in fds if r.allocated is not None] + \
+            [(kb.allocated, kb.swapped) for kb in kern if kb.allocated is not None] + \
+            [(m.allocated, None) for m in maps if m.allocated is not None]
+        allocated, swapped = allocs[0] if allocs else (None, None)
+        if kind == "dmabuf":
+            allocated = size
         if fds:
             dev = None if kind == "dmabuf" or fs in NO_DEVICE else fs
         elif maps:
@@ -112,7 +119,8 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
             exporter=first([r.exporter for r in fds] + [kb.exporter for kb in kern]),
             name=first([r.name for r in fds] + [m.name for m in maps] + [kb.name for kb in kern]),
             holders=tuple(holders), fd_refs=len(fds), map_refs=len(maps),
-            kernel_count=kernel_count if kernel_count is not None else count, size_from=size_from))
+            kernel_count=kernel_count if kernel_count is not None else count, size_from=size_from,
+            allocated=allocated, swapped=swapped))
 
     notes = list(obs.notes) + list(extra_notes)
     if unmatched:

@@ -59,12 +59,12 @@ def cli(*args, env=None, preexec=None):
 
 
 # -- records -> observations (no kernel needed) --------------------------------------------
-def fd_rec(tgid, fd, ino=0, size=0, dev=0, flags=0, count=0, name=b"", exp=b""):
-    return R.FD_REC.pack(tgid, fd, ino, size, dev, flags, count, name, exp)
+def fd_rec(tgid, fd, ino=0, size=0, dev=0, flags=0, count=0, name=b"", exp=b"", blocks=0):
+    return R.FD_REC.pack(tgid, fd, ino, size, dev, flags, count, name, exp, blocks)
 
 
-def vma_rec(tgid, flags, start, end, pgoff=0, ino=0, size=0, dev=0, name=b""):
-    return R.VMA_REC.pack(tgid, flags, start, end, pgoff, ino, size, dev, 0, name)
+def vma_rec(tgid, flags, start, end, pgoff=0, ino=0, size=0, dev=0, name=b"", blocks=0):
+    return R.VMA_REC.pack(tgid, flags, start, end, pgoff, ino, size, dev, 0, name, blocks)
 
 
 def test_fmt_dev_decodes_the_kernel_encoding():
@@ -77,13 +77,13 @@ def test_file_records_become_the_procfs_observations():
     links = {"/proc/7/fd/9": "/dev/shm/pool (deleted)", "/proc/7/fd/10": "/tmp/not-a-buffer"}
     data = b"".join([
         fd_rec(7, 1000, ino=555, flags=R.R_TASK, name=b"comm"),
-        fd_rec(7, 3, 11, 4096, 1, R.R_PSEUDO, 0, b"memfd:wl_shm pool"),
+        fd_rec(7, 3, 11, 4096, 1, R.R_PSEUDO, 0, b"memfd:wl_shm pool", blocks=8),
         fd_rec(7, 4, 12, 8192, 1, R.R_PSEUDO, 0, b"dev/zero"),
         fd_rec(7, 5, 13, 100, 1, R.R_PSEUDO, 0, b"SYSV00000000"),        # not an fd kind
         fd_rec(7, 6, 2, 2 << 20, 0, R.R_DMABUF | R.R_PSEUDO | R.R_NAMED, 3, b" cam ", b"nv_dmabuf"),
         fd_rec(7, 7, 3, 4096, 0, R.R_DMABUF | R.R_PSEUDO, 1, b"", b"system"),
         fd_rec(7, 8, 0, 0, 226 << 20 | 128, R.R_DRM),
-        fd_rec(7, 9, 14, 65536, 0x1b, 0, 0, b"pool"),                    # real path: readlink
+        fd_rec(7, 9, 14, 65536, 0x1b, 0, 0, b"pool", blocks=16),         # real path: readlink
         fd_rec(7, 10, 15, 1, 0x1b, 0, 0, b"x"),
         fd_rec(8, 3, 16, 1, 1, R.R_PSEUDO, 0, b"memfd:other"),           # filtered out by pid
     ])
@@ -92,11 +92,11 @@ def test_file_records_become_the_procfs_observations():
     assert tasks[7].comm == "comm" and tasks[7].uid == 1000 and tasks[7].start_time == 555
     assert drm == [(7, 8, 226 << 20 | 128)]
     assert fds == [
-        FdRef(7, 3, "memfd", "00:01", 11, 4096, "wl_shm pool", None, None, "stat"),
-        FdRef(7, 4, "shmem", "00:01", 12, 8192, None, None, None, "stat"),
+        FdRef(7, 3, "memfd", "00:01", 11, 4096, "wl_shm pool", None, None, "stat", 4096),
+        FdRef(7, 4, "shmem", "00:01", 12, 8192, None, None, None, "stat", 0),
         FdRef(7, 6, "dmabuf", "dmabuf", 2, 2 << 20, "cam", "nv_dmabuf", 3, "fdinfo"),
         FdRef(7, 7, "dmabuf", "dmabuf", 3, 4096, None, "system", 1, "fdinfo"),
-        FdRef(7, 9, "shm", "00:1b", 14, 65536, "pool", None, None, "stat"),
+        FdRef(7, 9, "shm", "00:1b", 14, 65536, "pool", None, None, "stat", 8192),
     ]
 
 
@@ -115,7 +115,7 @@ def test_vma_records_become_the_procfs_observations():
     page = R.PAGE_SIZE
     data = b"".join([
         vma_rec(7, R.R_TASK, 555, 1000, name=b"comm"),
-        vma_rec(7, R.R_PSEUDO, 0x1000, 0x3000, 1, 11, 8192, 1, b"memfd:a"),
+        vma_rec(7, R.R_PSEUDO, 0x1000, 0x3000, 1, 11, 8192, 1, b"memfd:a", blocks=16),
         vma_rec(7, R.R_PSEUDO, 0x5000, 0x6000, 0, 3, 4096, 1, b"SYSV0000abcd"),
         vma_rec(7, R.R_DMABUF | R.R_PSEUDO | R.R_PFNMAP, 0x7000, 0x9000, 0, 4, 1 << 20, 0, b""),
         vma_rec(7, 0, 0xa000, 0xb000, 0, 20, 4096, 0x1b, b"f"),
@@ -127,10 +127,10 @@ def test_vma_records_become_the_procfs_observations():
     assert tasks[7].uid == 1000
     assert pfn == {(7, 0x7000)}
     assert maps == [
-        MapRef(7, 0x1000, 0x3000, page, "memfd", "00:01", 11, "a", 8192),
+        MapRef(7, 0x1000, 0x3000, page, "memfd", "00:01", 11, "a", 8192, 8192),
         MapRef(7, 0x5000, 0x6000, 0, "sysv", "sysv", 3, "0x0000abcd", None),
         MapRef(7, 0x7000, 0x9000, 0, "dmabuf", "dmabuf", 4, None, 1 << 20),
-        MapRef(7, 0xa000, 0xb000, 0, "shm", "00:1b", 20, "f", 4096),
+        MapRef(7, 0xa000, 0xb000, 0, "shm", "00:1b", 20, "f", 4096, 0),
     ]
 
 

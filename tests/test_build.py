@@ -46,7 +46,8 @@ def random_observations(rng: random.Random) -> Observations:
                                  rng.choice([None, 1, 3]), size_from))
         else:
             obs.fds.append(FdRef(pid, fd, kind, rng.choice(DEVS + [None, None]), inode, size,
-                                 rng.choice([None, "a", "b"]), None, None, size_from))
+                                 rng.choice([None, "a", "b"]), None, None, size_from,
+                                 rng.choice([None, 0, 4096])))
     seen_vmas = set()
     for _ in range(rng.randint(0, 30)):
         pid, start = rng.choice(pids), rng.randrange(0x1000, 0x40000, 0x1000)
@@ -57,13 +58,14 @@ def random_observations(rng: random.Random) -> Observations:
         obs.maps.append(MapRef(pid, start, start + rng.choice([0x1000, 0x3000]), rng.choice([0, 0x1000]),
                                kind, kind if kind in ("dmabuf", "sysv") else rng.choice(DEVS),
                                rng.choice(inodes), rng.choice([None, "m"]),
-                               rng.choice([None, None, 8192])))
+                               rng.choice([None, None, 8192]), rng.choice([None, 0, 8192])))
     for _ in range(rng.randint(0, 10)):
         kind = rng.choice(["dmabuf", "dmabuf", "sysv"])
         size = rng.choice([None, 4096, 1 << 20])
         obs.kernel.append(KernelBuffer(kind, None if rng.random() < 0.1 else rng.choice(inodes),
                                        size, rng.choice([None, "system"]), rng.choice([None, "k"]),
-                                       rng.choice([None, 0, 2]), rng.choice(["debugfs", "sysvipc"])))
+                                       rng.choice([None, 0, 2]), rng.choice(["debugfs", "sysvipc"]),
+                                       *rng.choice([(None, None), (4096, 0), (8192, 4096)])))
     for m in obs.maps:
         if rng.random() < 0.7:
             obs.rss.append(VmaRss(m.pid, m.start, rng.choice([0, 4096, 1 << 21])))
@@ -126,7 +128,8 @@ def test_fast_factory_instances_are_plain_instances():
     import pickle
 
     from memtrack.model import Buffer, Ref, new_buffer, new_ref, with_category
-    args = ("memfd:7", "memfd", 7, "00:01", 4096, None, "pool", None, (3, 9), 2, 1, None, "stat")
+    args = ("memfd:7", "memfd", 7, "00:01", 4096, None, "pool", None, (3, 9), 2, 1, None, "stat",
+            4096, None)
     for fast, slow in ((new_buffer(*args), Buffer(*args)),
                        (new_ref("memfd:7", (4,), ((0x1000, 0x2000, 0),), 4096),
                         Ref("memfd:7", (4,), ((0x1000, 0x2000, 0),), 4096))):

@@ -233,7 +233,7 @@ def test_ps_gpu_column(gpu_dir):
     assert rows[200][6] == "17065302" and rows[200][1] == str(MiB)
     assert rows[402][6] == "0"
     rc, out, _ = run_cli("--root", gpu_dir, "-q")
-    assert out.splitlines()[0].split() == ["PID", "Rss", "Pss", "Uss", "Mapped", "dmabuf", "Gpu", "Name"]
+    assert out.splitlines()[0].split() == ["PID", "Rss", "Pss", "Mem", "Uss", "Mapped", "dmabuf", "Gpu", "Name"]
     rc, out, _ = run_cli("--root", gpu_dir, "-q", "--csv", "-s", "gpu")
     # the largest Gpu shares: 300 188 MiB, 500 48.8 MiB, 401 38 MiB
     assert [r.split(",")[0] for r in out.splitlines()[1:4]] == ["300", "500", "401"]

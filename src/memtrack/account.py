@@ -7,7 +7,12 @@ For process P and buffer B of size S held by the set H(B):
   uss(P) = sum S over buffers only P holds
   mapped(P) = bytes of P's mappings of those buffers; in_rss(P) = the part of them smaps
            says is already in P's RSS (only with --smaps)
-Buffers of unknown size add nothing and are counted in ``unknown``.
+  mem(P) = sum A/|H(B)| over the same buffers, A its allocated bytes (the memory really
+           there, RAM + swap), split exactly as pss: sum mem == sum A over held buffers
+  hidden(P) = with --smaps, per buffer max(0, A - in_rss): memory of the buffer that P's
+           RSS does not show (untouched pages of a sparse buffer are no memory at all)
+Buffers of unknown size add nothing and are counted in ``unknown``; of unknown allocated
+bytes, nothing to mem (or hidden) and are counted in ``unknown_alloc``.
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ class Usage:
     in_rss: int = 0
     buffers: int = 0
     unknown: int = 0           # buffers held whose size could not be known
+    mem: int = 0               # share of the allocated bytes, split as pss is
+    hidden: int = 0            # allocated bytes of held buffers not already inside RSS (--smaps)
+    unknown_alloc: int = 0     # buffers held whose allocated bytes could not be known
 
     def add(self, other: "Usage") -> None:
         self.rss += other.rss
@@ -35,18 +43,17 @@ class Usage:
         self.in_rss += other.in_rss
         self.buffers += other.buffers
         self.unknown += other.unknown
-
-    @property
-    def hidden(self) -> int:
-        """What memtrack adds on top of the mm counters: rss not already inside RSS."""
-        return self.rss - self.in_rss
+        self.mem += other.mem
+        self.hidden += other.hidden
+        self.unknown_alloc += other.unknown_alloc
 
     def get(self, key: str) -> int:
         return getattr(self, key)
 
     def as_dict(self, smaps: bool = False) -> dict:
         d = {"rss": self.rss, "pss": self.pss, "uss": self.uss, "mapped": self.mapped,
-             "buffers": self.buffers, "unknown_size": self.unknown}
+             "buffers": self.buffers, "unknown_size": self.unknown,
+             "mem": self.mem, "unknown_allocated": self.unknown_alloc}
         if smaps:
             d["in_rss"] = self.in_rss
         return d
@@ -65,6 +72,7 @@ class Accounting:
     by_kind: Dict[str, Usage]
     shares: Dict[str, Dict[int, int]]      # buffer id -> pid -> pss bytes
     held_bytes: int                         # sum of known sizes of buffers someone holds
+    held_allocated: int                     # sum of known allocated bytes of those buffers
     kernel_only_bytes: Optional[int]        # unheld buffers the kernel reports (None: can't tell)
     kernel_only_buffers: Optional[int]
     unattributed_bytes: int                 # unheld, but maybe held by processes we could not read
@@ -96,35 +104,50 @@ def account(snap: Snapshot) -> Accounting:
     total = Usage()
     by_kind: Dict[str, Usage] = {}
     shares: Dict[str, Dict[int, int]] = {}
-    # buffer id -> (kind, size, pss shares or None); shares None and size known: held alone
+    # buffer id -> (kind, size, pss shares or None, held alone, allocated, mem shares or
+    # None); shares None and size known: held alone
     facts: Dict[str, tuple] = {}
-    held = 0
+    held = held_alloc = 0
     unheld = []
     for b in snap.buffers:
-        size, holders = b.size, b.holders
-        sh = None
+        size, holders, alloc = b.size, b.holders, b.allocated
+        sh = msh = None
         if not holders:
             unheld.append(b)
-        elif size is not None:
-            held += size
-            if len(holders) == 1:
-                shares[b.id] = {holders[0]: size}     # what pss_shares gives, cheaper
-            else:
-                sh = shares[b.id] = pss_shares(size, holders)
-        facts[b.id] = (b.kind, size, sh, len(holders) == 1)
+        else:
+            if size is not None:
+                held += size
+                if len(holders) == 1:
+                    shares[b.id] = {holders[0]: size}     # what pss_shares gives, cheaper
+                else:
+                    sh = shares[b.id] = pss_shares(size, holders)
+            if alloc is not None:
+                held_alloc += alloc
+                if len(holders) > 1:
+                    msh = pss_shares(alloc, holders)
+        facts[b.id] = (b.kind, size, sh, len(holders) == 1, alloc, msh)
     ko_bytes, ko_count, unattributed = _unheld(snap, unheld)
     for p in snap.processes:
         pid = p.pid
-        acc: Dict[str, list] = {}          # kind -> [rss, pss, uss, mapped, in_rss, buffers, unknown]
+        # kind -> [rss, pss, uss, mapped, in_rss, buffers, unknown, mem, hidden, unknown_alloc]
+        acc: Dict[str, list] = {}
         for r in p.refs:
-            kind, size, sh, alone = facts[r.buffer]
+            kind, size, sh, alone, alloc, msh = facts[r.buffer]
             a = acc.get(kind)
             if a is None:
-                a = acc[kind] = [0, 0, 0, 0, 0, 0, 0]
+                a = acc[kind] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
             vmas = r.vmas
             if vmas:
                 a[3] += sum(e - s for s, e, _ in vmas)
             a[5] += 1
+            if alloc is None:
+                a[9] += 1
+            else:
+                a[7] += alloc if alone else msh.get(pid, 0)
+                if r.in_rss is not None and alloc > r.in_rss:
+                    a[8] += alloc - r.in_rss
+                elif r.in_rss is None:
+                    a[8] += alloc
             if size is None:
                 a[6] += 1                 # and its in_rss stays out too, or hidden would go negative
                 continue
@@ -149,6 +172,7 @@ def account(snap: Snapshot) -> Accounting:
         total.add(pu.total)
     return Accounting(
         processes=procs, total=total, by_kind=by_kind, shares=shares, held_bytes=held,
+        held_allocated=held_alloc,
         kernel_only_bytes=ko_bytes, kernel_only_buffers=ko_count, unattributed_bytes=unattributed)
 
 

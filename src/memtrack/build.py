@@ -4,7 +4,9 @@ Identity is (kind, fs, inode) with fs as in observe.py. An fd seen only through 
 capture without the fdstat sidecar) carries no device; it joins the one device that other
 observations of the same kind and inode show, if exactly one does. Sizes come, in this
 order, from the fd (fdinfo or stat), the kernel tables, then a stat of map_files: never
-from a mapping's length.
+from a mapping's length. Allocated bytes (what the buffer really holds) come from the same
+places: the stat's block count, the SysV table's rss + swap, map_files; a dma-buf's are its
+size (the kernel has no finer figure).
 
 Cost: a big scan has tens of thousands of buffers, nearly all held through one fd of one
 process. The Buffer and Ref objects made for them are most of the time (model.fast_factory
@@ -31,7 +33,7 @@ _KIND_INODE = itemgetter(0, 2)
 # once, by one fd: for them it is that FdRef itself. Any second sighting opens it into a
 # list (not an object: a big scan has tens of thousands) indexed by these. FDS: pid ->
 # [fd, ...]; VMAS: None until the buffer is seen mapped, then pid -> [(start, end, offset), ...].
-SIZE, SIZE_FROM, EXPORTER, NAME, COUNT, KERNEL_COUNT, DEV, FDS, VMAS = range(9)
+SIZE, SIZE_FROM, EXPORTER, NAME, COUNT, KERNEL_COUNT, DEV, FDS, VMAS, ALLOC, SWAPPED = range(11)
 
 
 def _resolver(obs: Observations):
@@ -65,8 +67,8 @@ def _device(k) -> Optional[str]:
 
 def _open(k, r) -> list:
     """The accumulator of a buffer seen so far through one fd, the FdRef r."""
-    pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from = r
-    return [size, size_from, exporter, name, count, None, _device(k), {pid: [fd]}, None]
+    pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from, alloc = r
+    return [size, size_from, exporter, name, count, None, _device(k), {pid: [fd]}, None, alloc, None]
 
 
 def order_key(k) -> tuple:
@@ -130,11 +132,13 @@ def accumulate_fds(fds, resolved=None, whole: bool = True) -> Optional[dict]:
         if a is None:
             accs[k] = r
             continue
-        pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from = r
+        pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from, alloc = r
         if a.__class__ is not list:
             a = accs[k] = _open(k, a)
         if a[SIZE] is None and size is not None:
             a[SIZE], a[SIZE_FROM] = size, size_from
+        if a[ALLOC] is None:
+            a[ALLOC] = alloc
         if a[EXPORTER] is None:
             a[EXPORTER] = exporter
         if a[NAME] is None:
@@ -162,7 +166,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             accs = accumulate_fds(obs.fds, _resolver(obs))
     get = accs.get
     vma_key = {}
-    for pid, start, end, offset, kind, fs, inode, name, _size in obs.maps:
+    for pid, start, end, offset, kind, fs, inode, name, _size, _alloc in obs.maps:
         if kind == "dmabuf" or kind == "sysv":
             k = (kind, kind, inode)
             dev = None
@@ -171,7 +175,8 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             dev = fs
         a = get(k)
         if a is None:
-            a = accs[k] = [None, None, None, name, None, None, dev, {}, {pid: [(start, end, offset)]}]
+            a = accs[k] = [None, None, None, name, None, None, dev, {}, {pid: [(start, end, offset)]},
+                           None, None]
         else:
             if a.__class__ is not list:
                 a = accs[k] = _open(k, a)
@@ -199,7 +204,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         k = (kb.kind, kb.kind, kb.inode)   # dmabuf and sysv: fs is the kind itself
         a = get(k)
         if a is None:
-            a = accs[k] = [None, None, None, None, None, None, _device(k), {}, None]
+            a = accs[k] = [None, None, None, None, None, None, _device(k), {}, None, None, None]
         elif a.__class__ is not list:
             a = accs[k] = _open(k, a)
         if kb.size is not None and a[SIZE] is None:
@@ -209,15 +214,19 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         if a[NAME] is None:
             a[NAME] = kb.name
         a[KERNEL_COUNT] = kb.count
+        if kb.allocated is not None and a[ALLOC] is None:
+            a[ALLOC], a[SWAPPED] = kb.allocated, kb.swapped
     if unmatched:
         notes.append(f"{unmatched} dma-bufs in the kernel table have no inode (kernel before 5.3): "
                      "they count in the exported total but cannot be matched to processes")
     for m in obs.maps:             # every mapped buffer is a list by now
-        if m.size is not None:
+        if m.size is not None or m.allocated is not None:
             kind = m.kind
             a = accs[(kind, kind if kind in ("dmabuf", "sysv") else m.fs, m.inode)]
-            if a[SIZE] is None:
+            if a[SIZE] is None and m.size is not None:
                 a[SIZE], a[SIZE_FROM] = m.size, "map_files"
+            if a[ALLOC] is None:
+                a[ALLOC] = m.allocated
 
     rss_by_ref: Dict[tuple, int] = defaultdict(int)
     for v in obs.rss:
@@ -243,12 +252,17 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         else:
             bid = f"{kind}:{inode}"
         if a.__class__ is not list:    # one fd of one process; the device is _device(k), inline
-            pid, fd, _, _, _, size, name, exporter, count, size_from = a
+            pid, fd, _, _, _, size, name, exporter, count, size_from, alloc = a
             refs_by_pid[pid].append(new_ref(bid, ones[fd], (), unmapped_rss))
+            if kind == "dmabuf":
+                alloc = size           # the kernel keeps no finer figure than a dma-buf's size
             add_buffer(new_buffer(bid, kind, inode, None if kind == "dmabuf" or fs in _NOT_DEV else fs,
-                                  size, exporter, name, None, ones[pid], 1, 0, count, size_from))
+                                  size, exporter, name, None, ones[pid], 1, 0, count, size_from,
+                                  alloc, None))
             continue
-        size, size_from, exporter, name, count, kernel_count, dev, fds, vmas = a
+        size, size_from, exporter, name, count, kernel_count, dev, fds, vmas, alloc, swapped = a
+        if kind == "dmabuf":
+            alloc = size
         nfds = nmaps = 0
         if vmas is None:               # held by fds only
             holders = ones[next(iter(fds))] if len(fds) == 1 else tuple(sorted(fds))
@@ -277,7 +291,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                 refs_by_pid[pid].append(new_ref(bid, fdl, vmal, in_rss))
         add_buffer(new_buffer(
             bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
-            kernel_count if kernel_count is not None else count, size_from))
+            kernel_count if kernel_count is not None else count, size_from, alloc, swapped))
     return assemble(obs, buffers, refs_by_pid, notes, taken_at=taken_at, source=source,
                     hostname=hostname, kernel=kernel, backend=backend, scope=scope, smaps=smaps)
 

@@ -1,7 +1,8 @@
 """Capture archives: record every file a live scan reads, then write them as a .tar.gz laid
 out like / (README.md, "Captures"), with memtrack's sidecars:
-  proc/<pid>/fdstat   `fd dev ino size mode` per buffer fd: what stat saw
-  proc/<pid>/mapstat  `start-end dev ino size mode` per buffer mapping: a stat of map_files,
+  proc/<pid>/fdstat   `fd dev ino size mode blocks` per buffer fd: what stat saw (blocks:
+                      st_blocks, 512-byte units; older captures lack it: allocated unknown)
+  proc/<pid>/mapstat  `start-end dev ino size mode blocks` per buffer mapping: a stat of map_files,
                       so map-only buffers keep their real size (without it a capture
                       could not size shared anonymous maps)
   meta.json           host, kernel, time, tool version, scope, what was skipped
@@ -20,6 +21,11 @@ from . import __version__
 from .errors import ProcessGone
 from .sources.base import ProcReader, Source, now_iso
 from .util.atomic import atomic_open
+
+
+def _blocks(st) -> str:
+    """The sidecar line's sixth field, st_blocks (absent where the stat had none)."""
+    return " %d" % st[4] if len(st) > 4 and st[4] is not None else ""
 
 
 class _RecordingProc(ProcReader):
@@ -47,13 +53,14 @@ class _RecordingProc(ProcReader):
     def fdstat(self, fd):
         st = self.inner.fdstat(fd)
         if st is not None:
-            self.fdstat_lines.append("%s %s %d %d %o" % (fd, st[0], st[1], st[2], st[3]))
+            self.fdstat_lines.append("%s %s %d %d %o" % (fd, st[0], st[1], st[2], st[3]) + _blocks(st))
         return st
 
     def mapstat(self, start, end):
         st = self.inner.mapstat(start, end)
         if st is not None:
-            self.mapstat_lines.append("%x-%x %s %d %d %o" % (start, end, st[0], st[1], st[2], st[3]))
+            self.mapstat_lines.append("%x-%x %s %d %d %o" % (start, end, st[0], st[1], st[2], st[3])
+                                      + _blocks(st))
         return st
 
     def _file(self, name, data):
@@ -132,7 +139,8 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
         "pids": sorted(pids) if pids is not None else None,
         "skipped": {"denied": list(snap.skipped.denied), "vanished": list(snap.skipped.vanished),
                     "unreadable": list(snap.skipped.unreadable)},
-        "format": {"fdstat": "fd dev ino size mode(octal)", "mapstat": "start-end dev ino size mode(octal)"},
+        "format": {"fdstat": "fd dev ino size mode(octal) blocks(512 B)",
+                   "mapstat": "start-end dev ino size mode(octal) blocks(512 B)"},
     }
     mtime = time.time()
     members = 0

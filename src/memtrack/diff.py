@@ -1,5 +1,7 @@
-"""Diff of two snapshots: buffers created, freed and resized; references acquired and released
-per process (the install/uninstall events of the memtrack proposal); usage deltas.
+"""Diff of two snapshots: buffers created, freed and resized, filled and trimmed (their
+allocated bytes grew or shrank: pages written, or punched out, swapped in or freed);
+references acquired and released per process (the install/uninstall events of the memtrack
+proposal); usage deltas.
 
 Pure functions of two Snapshots. Buffers are matched by identity (kind, dev, inode), not by
 id string: ids can be qualified differently in two snapshots. An inode can be reused once
@@ -56,10 +58,11 @@ def identity(b: Buffer) -> Identity:
 
 @dataclass(frozen=True)
 class BufferEvent:
-    action: str                        # "create" | "free" | "resize"
-    buffer: Buffer                     # as in B for create/resize, as in A for free
+    action: str                        # "create" | "free" | "resize" | "fill" | "trim"
+    buffer: Buffer                     # as in B for create/resize/fill/trim, as in A for free
     old_size: Optional[int] = None     # resize only
     reused: bool = False               # create/free caused by inode reuse
+    old_allocated: Optional[int] = None   # fill and trim: the allocated bytes in A
 
     def as_dict(self) -> dict:
         b = self.buffer
@@ -68,6 +71,9 @@ class BufferEvent:
              "holders": list(b.holders)}
         if self.action == "resize":
             d["old_size"] = self.old_size
+        if self.action in ("fill", "trim"):
+            d["allocated"] = b.allocated
+            d["old_allocated"] = self.old_allocated
         if self.reused:
             d["inode_reused"] = True
         return d
@@ -107,14 +113,15 @@ class UsageDelta:
     before: Dict[str, int]             # rss, pss, uss, buffers (zeros when absent)
     after: Dict[str, int]
     status: str = ""                   # "new": holds nothing in A; "gone": holds nothing in B
+    mem: Tuple[int, int] = (0, 0)      # mem in A, in B (a filled buffer moves it alone)
 
     def delta(self, key: str) -> int:
         return self.after[key] - self.before[key]
 
     def as_dict(self) -> dict:
         return {"pid": self.pid, "comm": self.comm, "name": self.name, "status": self.status,
-                "before": dict(self.before), "after": dict(self.after),
-                "delta": {k: self.delta(k) for k in self.after}}
+                "before": dict(self.before, mem=self.mem[0]), "after": dict(self.after, mem=self.mem[1]),
+                "delta": dict({k: self.delta(k) for k in self.after}, mem=self.mem[1] - self.mem[0])}
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,9 @@ class Diff:
             "b": {"taken_at": self.b.taken_at, "source": self.b.source},
             "buffers": {"created": [e.as_dict() for e in self.of("create")],
                         "freed": [e.as_dict() for e in self.of("free")],
-                        "resized": [e.as_dict() for e in self.of("resize")]},
+                        "resized": [e.as_dict() for e in self.of("resize")],
+                        "filled": [e.as_dict() for e in self.of("fill")],
+                        "trimmed": [e.as_dict() for e in self.of("trim")]},
             "events": [e.as_dict() for e in self.refs],
             "processes": [d.as_dict() for d in self.processes],
             "totals": self.totals,
@@ -191,6 +200,10 @@ def diff(a: Snapshot, b: Snapshot) -> Diff:
             a_to_b[x.id] = y.id
             if x.size != y.size and x.size is not None and y.size is not None:
                 events.append(BufferEvent("resize", y, old_size=x.size))
+            if x.allocated is not None and y.allocated is not None and x.allocated != y.allocated \
+                    and x.kind != "dmabuf":      # a dma-buf's allocated is its size: no news
+                events.append(BufferEvent("fill" if y.allocated > x.allocated else "trim", y,
+                                          old_allocated=x.allocated))
         elif y is not None:
             events.append(BufferEvent("free", x, reused=True))
             reused_b.add(y.id)
@@ -199,7 +212,7 @@ def diff(a: Snapshot, b: Snapshot) -> Diff:
     for y in b.buffers:
         if y.id not in taken_b:
             events.append(BufferEvent("create", y, reused=y.id in reused_b))
-    order = {"free": 0, "create": 1, "resize": 2}
+    order = {"free": 0, "create": 1, "resize": 2, "fill": 3, "trim": 4}
     events.sort(key=lambda e: (order[e.action], e.buffer.kind, str(e.buffer.dev),
                                e.buffer.inode if e.buffer.inode is not None else -1, e.buffer.id))
 
@@ -237,15 +250,19 @@ def diff(a: Snapshot, b: Snapshot) -> Diff:
         p = pb.get(pid) or pa.get(pid)
         before = _usage(acct_a, pid) if pid in pa else dict.fromkeys(_KEYS, 0)
         after = _usage(acct_b, pid) if pid in pb else dict.fromkeys(_KEYS, 0)
-        if before == after:
+        mem = (acct_a.process(pid).total.mem if pid in pa else 0,
+               acct_b.process(pid).total.mem if pid in pb else 0)
+        if before == after and mem[0] == mem[1]:
             continue
         status = "new" if pid not in pa else ("gone" if pid not in pb else "")
-        deltas.append(UsageDelta(pid, p.name, p.comm, before, after, status))
-    deltas.sort(key=lambda d: (-abs(d.delta("pss")), -abs(d.delta("rss")), -abs(d.delta("buffers")), d.pid))
+        deltas.append(UsageDelta(pid, p.name, p.comm, before, after, status, mem))
+    deltas.sort(key=lambda d: (-abs(d.delta("pss")), -abs(d.delta("rss")), -abs(d.delta("buffers")),
+                               -abs(d.mem[1] - d.mem[0]), d.pid))
 
     totals = {
         "held_bytes": _pair(acct_a.held_bytes, acct_b.held_bytes),
         "pss": _pair(acct_a.total.pss, acct_b.total.pss),
+        "held_allocated": _pair(acct_a.held_allocated, acct_b.held_allocated),
         "buffers": _pair(len(a.buffers), len(b.buffers)),
         "kernel_only_bytes": _pair(acct_a.kernel_only_bytes, acct_b.kernel_only_bytes),
         "dmabuf_exported_bytes": _pair(a.kernel.dmabuf_exported_bytes, b.kernel.dmabuf_exported_bytes),

@@ -166,7 +166,9 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             name=_opt_str(b.get("name")), category=_opt_str(b.get("category")),
             holders=holders,
             fd_refs=_u64(b.get("fd_refs", 0)), map_refs=_u64(b.get("map_refs", 0)),
-            kernel_count=_opt_u64(b.get("kernel_count")), size_from=_opt_str(b.get("size_from"))))
+            kernel_count=_opt_u64(b.get("kernel_count")), size_from=_opt_str(b.get("size_from")),
+            # absent in snapshots from before allocated was known: unknown, not a guess
+            allocated=_opt_u64(b.get("allocated")), swapped=_opt_u64(b.get("swapped"))))
     holders_of = {b.id: frozenset(b.holders) for b in buffers}     # a set: a buffer may have thousands
     if len(holders_of) != len(buffers):
         raise ValueError("duplicate buffer ids")

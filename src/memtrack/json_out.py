@@ -73,6 +73,7 @@ def _json_parts(snap: Snapshot, acct, filt: Optional[dict] = None) -> Tuple[dict
             "dmabuf_exported_count": snap.kernel.dmabuf_exported_count,
             "sysv_source": snap.kernel.sysv_source,
             "held_bytes": acct.held_bytes,
+            "held_allocated": acct.held_allocated,
             "kernel_only_bytes": acct.kernel_only_bytes,
             "kernel_only_buffers": acct.kernel_only_buffers,
             "unattributed_bytes": acct.unattributed_bytes,
@@ -93,7 +94,8 @@ def _buffer_dict(b: Buffer) -> dict:
     return {"id": b.id, "kind": b.kind, "dev": b.dev, "inode": b.inode, "size": b.size,
             "exporter": b.exporter, "name": b.name, "category": b.category,
             "holders": list(b.holders), "fd_refs": b.fd_refs, "map_refs": b.map_refs,
-            "kernel_count": b.kernel_count, "size_from": b.size_from}
+            "kernel_count": b.kernel_count, "size_from": b.size_from,
+            "allocated": b.allocated, "swapped": b.swapped}
 
 
 
@@ -184,16 +186,17 @@ def _buffers(bufs, S, I):
             f'"exporter":{S[b.exporter]},"name":{"null" if name is None else enc(name)},'
             f'"category":{S[b.category]},"holders":[{I[b.holders]}],"fd_refs":{N[b.fd_refs]},'
             f'"map_refs":{N[b.map_refs]},"kernel_count":{N[b.kernel_count]},'
-            f'"size_from":{S[b.size_from]}}}')
+            f'"size_from":{S[b.size_from]},"allocated":{N[b.allocated]},"swapped":{N[b.swapped]}}}')
     return ids, ",".join(out)
 
 
 def _usage(u, smaps: bool) -> str:
     if smaps:
         return (f'{{"rss":{u.rss},"pss":{u.pss},"uss":{u.uss},"mapped":{u.mapped},"buffers":{u.buffers},'
-                f'"unknown_size":{u.unknown},"in_rss":{u.in_rss}}}')
+                f'"unknown_size":{u.unknown},"mem":{u.mem},"unknown_allocated":{u.unknown_alloc},'
+                f'"in_rss":{u.in_rss}}}')
     return (f'{{"rss":{u.rss},"pss":{u.pss},"uss":{u.uss},"mapped":{u.mapped},"buffers":{u.buffers},'
-            f'"unknown_size":{u.unknown}}}')
+            f'"unknown_size":{u.unknown},"mem":{u.mem},"unknown_allocated":{u.unknown_alloc}}}')
 
 
 def _processes(snap, acct, ids, S, I) -> str:

@@ -5,7 +5,7 @@ number (rss, pss, uss, kernel-only...) comes from ``account.py`` so it can never
 """
 from __future__ import annotations
 
-from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
+from dataclasses import MISSING, FrozenInstanceError, dataclass, field, fields, replace
 from functools import cached_property
 from typing import Dict, List, Optional, Tuple
 
@@ -74,6 +74,11 @@ class Buffer:
     map_refs: int = 0
     kernel_count: Optional[int] = None  # dma-buf: file count (bufinfo/fdinfo); sysv: nattch
     size_from: Optional[str] = None    # which interface gave the size
+    # bytes of memory the buffer really holds, in RAM or swapped out (a sparse or untouched
+    # file holds less than its size); None = could not be known. swapped: the part of it in
+    # swap, where the kernel tells it apart (SysV)
+    allocated: Optional[int] = None
+    swapped: Optional[int] = None
 
 
 @_slotted
@@ -222,8 +227,15 @@ def fast_factory(cls):
     names = field_names(cls)
     assert not {"_cls", "self"} & set(names)
     ns = {"_cls": cls}
+    params = []
+    for f in fields(cls):         # a field with a plain default may be left out, as in __init__
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            ns["_d_" + f.name] = f.default
+            params.append(f"{f.name}=_d_{f.name}")
     body = "".join(f"    self.{n} = {n}\n" for n in names)
-    exec(f"def __init__(self, {', '.join(names)}):\n{body}    self.__class__ = _cls\n", ns)
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}    self.__class__ = _cls\n", ns)
     # both slots of tp_setattro plain, or every store goes through a lookup by name
     return type(f"_New{cls.__name__}", (cls,), {
         "__slots__": (), "__init__": ns["__init__"], "__module__": cls.__module__,

@@ -28,6 +28,7 @@ class FdRef(NamedTuple):
     exporter: Optional[str] = None
     count: Optional[int] = None
     size_from: Optional[str] = None
+    allocated: Optional[int] = None    # bytes the file really holds (st_blocks * 512)
 
 
 class MapRef(NamedTuple):
@@ -40,6 +41,7 @@ class MapRef(NamedTuple):
     inode: int
     name: Optional[str]
     size: Optional[int] = None         # from a stat of /proc/PID/map_files (never the VMA length)
+    allocated: Optional[int] = None    # the same stat's st_blocks * 512
 
 
 class KernelBuffer(NamedTuple):
@@ -51,6 +53,8 @@ class KernelBuffer(NamedTuple):
     name: Optional[str]
     count: Optional[int]
     source: str
+    allocated: Optional[int] = None    # sysv: the rss + swap columns
+    swapped: Optional[int] = None      # sysv: the swap column
 
 
 class DrmClient(NamedTuple):

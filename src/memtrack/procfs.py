@@ -2,7 +2,7 @@
 
 Cost model (what a scan of N processes with F buffer fds does): one listdir of /proc; per
 process an open of its directory, a listdir of fd/, one readlink per fd, one read of maps;
-per buffer fd one stat (memfd, shm: dev/inode/size in one syscall) or one fdinfo read
+per buffer fd one stat (memfd, shm: dev/inode/size/blocks in one syscall) or one fdinfo read
 (dma-buf: exporter, name and count live only there); per process that holds buffers one
 read of status and cmdline; per fd to a /dev/dri node one fdinfo read (a DRM client).
 map_files is stat'ed only for mappings whose size nothing else gave (map-only references);
@@ -63,10 +63,12 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
             key = (kind, fs, ino)
             if thorough or (key not in sized and kind != "sysv" and not (kind == "dmabuf" and obs.dmabuf_source)):
                 # A map-only reference: the VMA length is not the buffer size; the file's is.
-                size = _map_size(p, start, end, ino, counters)
+                size, alloc = _map_size(p, start, end, ino, counters)
                 if size is not None:
                     sized[key] = size
-            maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size))
+            else:
+                alloc = None
+            maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size, alloc))
         if smaps and maps:
             per_vma = parse_rss(p.smaps())
             for m in maps:
@@ -92,15 +94,26 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
     obs.drm.extend(drm)
 
 
-def _map_size(p, start: int, end: int, ino: int, counters: Dict[str, int]) -> Optional[int]:
+def _map_size(p, start: int, end: int, ino: int, counters: Dict[str, int]) -> tuple:
+    """(size, allocated bytes) of the file a mapping maps, each None where unknown."""
     try:
         st = p.mapstat(start, end)
     except Vanished:
-        return None
+        return None, None
     except (Denied, Unreadable):
         counters["mapstat_denied"] = counters.get("mapstat_denied", 0) + 1
-        return None
-    return st[2] if st is not None and st[1] == ino else None
+        return None, None
+    if st is None or st[1] != ino:
+        return None, None
+    return st[2], allocated(st)
+
+
+def allocated(st) -> Optional[int]:
+    """Bytes a file holds from its stat: st_blocks counts 512-byte units whatever the
+    filesystem (tmpfs and hugetlbfs count each page they hold, swapped out or not); None
+    where the stat came without it (a capture from before the sidecars had it)."""
+    blocks = st[4] if len(st) > 4 else None
+    return None if blocks is None else blocks * 512
 
 
 def _is_zombie(p) -> bool:
@@ -152,7 +165,7 @@ def _read_fd(p, fdn: int, fd: str, target: str, kind: str, name: Optional[str], 
     st = _stat(p, fd)
     if st is not None:
         dev, ino, size = st[0], st[1], st[2]
-        return FdRef(pid, fdn, kind, dev, ino, size, name, None, None, "stat")
+        return FdRef(pid, fdn, kind, dev, ino, size, name, None, None, "stat", allocated(st))
     if info is None:
         info = _fdinfo(p, fd, counters)
         if info is None:
@@ -192,7 +205,7 @@ def _read_ashmem(p, pid, fdn, fd, target, name, info, counters):
     if target.rstrip("/") != "/dev/ashmem":
         st = _stat(p, fd)                # a link naming the backing file: stat reaches it
         if st is not None:
-            return FdRef(pid, fdn, "ashmem", st[0], st[1], st[2], name, None, None, "stat")
+            return FdRef(pid, fdn, "ashmem", st[0], st[1], st[2], name, None, None, "stat", allocated(st))
     counters["no_identity"] = counters.get("no_identity", 0) + 1
     return None
 

@@ -59,8 +59,8 @@ def archive_meta(tree: Tree, transport: str) -> dict:
     meta["tool"] = "memtrack"
     meta["version"] = __version__
     meta["transport"] = transport
-    meta["format"] = {"fdstat": "fd dev ino size mode(octal)",
-                      "mapstat": "start-end dev ino size mode(octal)",
+    meta["format"] = {"fdstat": "fd dev ino size mode(octal) blocks(512 B)",
+                      "mapstat": "start-end dev ino size mode(octal) blocks(512 B)",
                       "script_output": tree.format}
     return meta
 

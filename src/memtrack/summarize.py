@@ -5,19 +5,25 @@ Every buffer of known size lands in exactly one row, so the rows add up to the g
 (by process: each holder gets its pss share), unheld ones to "(kernel only)" or, when some
 processes could not be read, "(unattributed)"; buffers of unknown size have a row of their
 own that counts them and adds no bytes.
+
+measure="allocated" sums allocated bytes (what the buffers really hold) instead of sizes,
+by the same rules: by process each holder gets its mem share; buffers whose allocated bytes
+are unknown go to a row of their own.
 """
 from __future__ import annotations
 
 import json
 from typing import Dict, List, NamedTuple, Optional
 
-from .account import Accounting, account, is_kernel_only
+from .account import Accounting, account, is_kernel_only, pss_shares
 from .model import Snapshot
 
 BY = ("category", "exporter", "kind", "name", "process")
 KERNEL_ONLY = "(kernel only)"
 UNATTRIBUTED = "(unattributed)"
 UNKNOWN_SIZE = "(unknown size)"
+UNKNOWN_ALLOCATED = "(unknown allocated)"
+MEASURES = ("size", "allocated")
 NONE = {"category": "(none)", "exporter": "(none)", "name": "(unnamed)"}
 
 
@@ -27,51 +33,62 @@ class Row(NamedTuple):
     bytes: Optional[int]            # None for the unknown-size row
 
 
-def summarize(snap: Snapshot, by: str, acct: Optional[Accounting] = None) -> List[Row]:
+def summarize(snap: Snapshot, by: str, acct: Optional[Accounting] = None,
+              measure: str = "size") -> List[Row]:
     """Group rows sorted largest first, then the kernel-only, unattributed and unknown-size
     rows (only those that are not empty)."""
     if by not in BY:
         raise ValueError(f"cannot group by {by!r}")
+    if measure not in MEASURES:
+        raise ValueError(f"cannot sum {measure!r}")
     acct = acct or account(snap)
+    alloc = measure == "allocated"
     sizes: Dict[str, int] = {}
     counts: Dict[str, int] = {}
     special = {KERNEL_ONLY: [0, 0], UNATTRIBUTED: [0, 0]}
     unknown = 0
     for b in snap.buffers:
-        if b.size is None:
+        size = b.allocated if alloc else b.size
+        if size is None:
             unknown += 1
             continue
         if not b.holders:
             verdict = is_kernel_only(snap, b)
             row = special[KERNEL_ONLY if verdict else UNATTRIBUTED]
             row[0] += 1
-            row[1] += b.size
+            row[1] += size
             continue
         if by == "process":
-            for pid, share in acct.shares.get(b.id, {}).items():
+            shares = pss_shares(size, b.holders) if alloc else acct.shares.get(b.id, {})
+            for pid, share in shares.items():
                 p = snap.process_map.get(pid)
                 g = f"{pid} {p.comm}" if p and p.comm else str(pid)
                 sizes[g] = sizes.get(g, 0) + share
                 counts[g] = counts.get(g, 0) + 1
             continue
         g = getattr(b, by) or NONE.get(by, "?")
-        sizes[g] = sizes.get(g, 0) + b.size
+        sizes[g] = sizes.get(g, 0) + size
         counts[g] = counts.get(g, 0) + 1
     rows = [Row(g, counts[g], sizes[g]) for g in sorted(sizes, key=lambda g: (-sizes[g], g))]
     for g, (n, size) in special.items():
         if n:
             rows.append(Row(g, n, size))
     if unknown:
-        rows.append(Row(UNKNOWN_SIZE, unknown, None))
+        rows.append(Row(UNKNOWN_ALLOCATED if alloc else UNKNOWN_SIZE, unknown, None))
     return rows
 
 
-def grand_total(snap: Snapshot) -> Row:
-    """Every buffer, every known size: what the rows of `summarize` add up to."""
-    return Row("TOTAL", len(snap.buffers), sum(b.size for b in snap.buffers if b.size is not None))
+def grand_total(snap: Snapshot, measure: str = "size") -> Row:
+    """Every buffer, every known size (or allocated bytes): what the rows of `summarize` add
+    up to."""
+    field = "allocated" if measure == "allocated" else "size"
+    return Row("TOTAL", len(snap.buffers),
+               sum(getattr(b, field) for b in snap.buffers if getattr(b, field) is not None))
 
 
-def to_json(snap: Snapshot, by: str, rows: List[Row]) -> str:
-    t = grand_total(snap)
-    return json.dumps({"by": by, "rows": [r._asdict() for r in rows],
-                       "total": {"buffers": t.buffers, "bytes": t.bytes}}, indent=1)
+def to_json(snap: Snapshot, by: str, rows: List[Row], measure: str = "size") -> str:
+    t = grand_total(snap, measure)
+    doc = {"by": by, "rows": [r._asdict() for r in rows], "total": {"buffers": t.buffers, "bytes": t.bytes}}
+    if measure != "size":
+        doc["measure"] = measure
+    return json.dumps(doc, indent=1)

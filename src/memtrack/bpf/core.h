@@ -80,6 +80,7 @@ struct inode {
 	unsigned long i_ino;
 	dev_t i_rdev;
 	loff_t i_size;
+	u64 i_blocks;          /* blkcnt_t: 512-byte units the file holds */
 };
 
 struct qstr {

@@ -61,6 +61,7 @@ struct fd_rec {
 	s64 count;        /* dma-buf: the file count, as fdinfo's count: prints it */
 	char name[NAME_LEN];
 	char exp[EXP_LEN];
+	u64 blocks;       /* i_blocks: 512-byte units the file holds (what stat's st_blocks says) */
 };
 
 struct vma_rec {
@@ -74,6 +75,7 @@ struct vma_rec {
 	u32 dev;
 	u32 pad;
 	char name[NAME_LEN];
+	u64 blocks;       /* as in fd_rec */
 };
 
 struct dmabuf_rec {
@@ -167,7 +169,7 @@ static __always_inline u32 dentry_flags(struct file *file)
  * "/dmabuf:" + its name (dmabuf_dname); anything else needs a real path walk, left to
  * userspace (readlink), which sees it without R_PSEUDO. */
 static __always_inline u32 file_name(struct file *file, char *name, char *exp, s64 *count,
-				     u64 *size)
+				     u64 *size, u64 *blocks)
 {
 	struct dentry *de = file->f_path.dentry;
 	struct inode *inode = file->f_inode;
@@ -191,6 +193,7 @@ static __always_inline u32 file_name(struct file *file, char *name, char *exp, s
 		return flags;
 	}
 	*size = inode->i_size;
+	*blocks = inode->i_blocks;
 	len = bpf_probe_read_kernel_str(name, NAME_LEN, de->d_name.name);
 	if (len > 1)            /* the name's length, for userspace to cut it without a search */
 		flags |= (u32)(len - 1) << R_LEN_SHIFT;
@@ -207,7 +210,7 @@ static __always_inline int file_record(struct state *st, struct task_struct *tas
 	if (kind == F_NONE)
 		return 0;
 	if (kind == F_BUFFER) {
-		r->flags = file_name(file, r->name, r->exp, &r->count, &r->size);
+		r->flags = file_name(file, r->name, r->exp, &r->count, &r->size, &r->blocks);
 		r->dev = inode->i_sb->s_dev;
 	} else {
 		r->flags = R_DRM;
@@ -273,6 +276,7 @@ struct sum_fields {
 	u32 flags;
 	s64 count;
 	u64 name;         /* d_name.hash_len, or the folded dma-buf name */
+	u64 blocks;       /* a buffer filled or trimmed moves it */
 };                        /* never written: task_sum hashes it */
 
 static __always_inline u64 mix(u64 h, u64 w)
@@ -311,6 +315,7 @@ static __always_inline int sum_record(struct state *st, struct task_struct *task
 		r->dev = inode->i_sb->s_dev;
 	} else {
 		r->size = inode->i_size;
+		r->blocks = inode->i_blocks;
 		r->name = file->f_path.dentry->d_name.hash_len;
 		r->flags = dentry_flags(file);
 		r->dev = inode->i_sb->s_dev;
@@ -545,7 +550,7 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	if (file_kind(st, inode) != F_BUFFER)
 		return 0;
 	r.tgid = task->tgid;
-	r.flags = file_name(file, r.name, 0, 0, &r.size);
+	r.flags = file_name(file, r.name, 0, 0, &r.size, &r.blocks);
 	if (vm_flags & VM_PFNMAP)
 		r.flags |= R_PFNMAP;
 	r.start = vma->vm_start;

@@ -7,6 +7,9 @@ classify identically by construction. A pseudo file's path is "/" + dentry name 
 dma-buf's "/dmabuf:" + its name (dmabuf_dname); files with a real path (a /dev/shm file, a
 file on any tmpfs) come without R_PSEUDO and are read with readlink, as procfs would.
 
+blocks (the inode's i_blocks) is what stat's st_blocks says: allocated = blocks * 512, as
+the procfs backend computes it from its stat.
+
 size_from names the procfs interface that prints the same kernel field (i_size: "stat";
 dma_buf.size: "fdinfo"; the mapped file's i_size: "map_files"), so the two backends'
 snapshots compare equal; Snapshot.backend says which one ran.
@@ -25,10 +28,10 @@ from ..kernel import BUFFER_PREFIXES
 R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 32, 64
 R_LEN_SHIFT = 8                                   # flags bits 8-15: a copied name's length, or 0
 
-FD_REC = struct.Struct("<IIQQIIq64s32s")          # struct fd_rec
-FD_HEAD = struct.Struct("<IIQQIIq64s32x")         # the same, exp skipped: only dma-bufs need it
-FD_EXP = FD_REC.size - 32                         # offset of exp in a record
-VMA_REC = struct.Struct("<IIQQQQQII64s")          # struct vma_rec
+FD_REC = struct.Struct("<IIQQIIq64s32sQ")         # struct fd_rec
+FD_HEAD = struct.Struct("<IIQQIIq64s32xQ")        # the same, exp skipped: only dma-bufs need it
+FD_EXP = struct.calcsize("<IIQQIIq64s")           # offset of exp in a record
+VMA_REC = struct.Struct("<IIQQQQQII64sQ")         # struct vma_rec
 DMABUF_REC = struct.Struct("<QQqII32s64s")        # struct dmabuf_rec
 SUM_REC = struct.Struct("<IIQ")                   # struct sum_rec (task_sum)
 TASK_REC = struct.Struct("<IIQQQQ16s")            # struct task_rec (task_mm)
@@ -101,7 +104,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
     # exp is cut from data only for dma-buf records: a bytes object per record costs a
     # sixth of the parse
     step = FD_REC.size
-    for i, (tgid, fd, ino, size, dev, flags, count, name) in enumerate(FD_HEAD.iter_unpack(data)):
+    for i, (tgid, fd, ino, size, dev, flags, count, name, blocks) in enumerate(FD_HEAD.iter_unpack(data)):
         if want is not None and tgid not in want:
             continue
         if flags & _PSEUDO_MASK == R_PSEUDO:
@@ -125,7 +128,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
                 n = _str(name) if flags & R_NAMED else ""
                 at = i * step + FD_EXP
                 add(FdRef(tgid, fd, "dmabuf", "dmabuf", ino, size, n.strip() or n or None,
-                          _str(bytes(data[at:at + 32])).strip() or None, count, "fdinfo"))
+                          _str(bytes(data[at:at + 32])).strip() or None, count, "fdinfo", None))
             continue
         else:
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
@@ -136,7 +139,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
         d = devs.get(dev)
         if d is None:
             d = devs[dev] = fmt_dev(dev)
-        add(_new(FdRef, (tgid, fd, kind, d, ino, size, bname, None, None, "stat")))
+        add(_new(FdRef, (tgid, fd, kind, d, ino, size, bname, None, None, "stat", blocks * 512)))
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
@@ -145,7 +148,7 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
     pseudo = _pseudo_kinds(classify)
     devs: Dict[int, str] = {}
     add = maps.append
-    for tgid, flags, start, end, pgoff, ino, size, dev, _pad, name in VMA_REC.iter_unpack(data):
+    for tgid, flags, start, end, pgoff, ino, size, dev, _pad, name, blocks in VMA_REC.iter_unpack(data):
         if want is not None and tgid not in want:
             continue
         if flags & R_TASK:
@@ -163,17 +166,17 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
             continue
         kind = kp[0]
         if kind == "sysv":
-            fs, msize = "sysv", None      # sized by /proc/sysvipc/shm, as in procfs
+            fs, msize, alloc = "sysv", None, None   # sized by /proc/sysvipc/shm, as in procfs
         elif kind == "dmabuf":
-            fs, msize = "dmabuf", size
+            fs, msize, alloc = "dmabuf", size, None
         else:
             fs = devs.get(dev)
             if fs is None:
                 fs = devs[dev] = fmt_dev(dev)
-            msize = size
+            msize, alloc = size, blocks * 512
         if flags & R_PFNMAP:
             pfnmap.add((tgid, start))
-        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize)))
+        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize, alloc)))
 
 
 def parse_dmabufs(data: bytes) -> List[KernelBuffer]:

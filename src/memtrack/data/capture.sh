@@ -52,6 +52,9 @@ case $uid in ''|*[!0-9]*) uid=;; esac
 
 statok=0
 if have stat && stat -L -c '%d %D %i %s %f' /proc/self >/dev/null 2>&1; then statok=1; fi
+# the block count (allocated bytes) where this stat has it; "- -" (unknown) where not
+statfmt="%n %d %D %i %s %f - -"
+if [ $statok = 1 ] && stat -L -c '%b %B' /proc/self >/dev/null 2>&1; then statfmt="%n %d %D %i %s %f %b %B"; fi
 
 stage=
 cleanup() { [ -n "$stage" ] && rm -rf "$stage" "$stage.err"; }
@@ -127,20 +130,24 @@ devfmt() {
   tohex $(((_v & 255) | ((_v >> 12) & 1048320))); R=$_maj:$R
 }
 nozeros() { _z=$1; while [ ${#_z} -gt 1 ]; do case $_z in 0*) _z=${_z#0};; *) break;; esac; done; R=$_z; }
-# `stat -L -c '%n %d %D %i %s %f'` lines -> sidecar lines `key dev ino size mode(octal)`,
-# key = the last path component (fd number, or start-end for map_files)
+# `stat -L -c '%n %d %D %i %s %f %b %B'` lines -> sidecar lines `key dev ino size
+# mode(octal) blocks`, key = the last path component (fd number, or start-end for
+# map_files). blocks is st_blocks (%b, in units of %B: 512 on Linux); left out where %B
+# says another unit or %b is no number, so the reader knows it unknown rather than guess.
 statlines() {
   S=
   _o=$IFS; IFS=$nl; set -- $1; IFS=$_o
   for _l do
     set -- $_l
-    [ $# -eq 6 ] || continue
+    [ $# -eq 8 ] || continue
     case $4$5 in *[!0-9]*) continue;; esac
     case $6 in *[!0-9a-fA-F]*) continue;; esac
     devfmt "$2" "$3" || continue
     _dev=$R
+    _blk=
+    case $7 in ''|*[!0-9]*) ;; *) [ "$8" = 512 ] && _blk=" $7";; esac
     tooct $((0x$6))
-    S="$S${1##*/} $_dev $4 $5 $R$nl"
+    S="$S${1##*/} $_dev $4 $5 $R$_blk$nl"
   done
 }
 
@@ -194,7 +201,7 @@ cap_proc() {
     sts="$sts $d/fd/$fd"
   done
   if [ -n "$sts" ] && [ $statok = 1 ]; then
-    statlines "$(stat -L -c '%n %d %D %i %s %f' $sts 2>/dev/null)"
+    statlines "$(stat -L -c "$statfmt" $sts 2>/dev/null)"
     [ -n "$S" ] && f_data "$p/fdstat" "$S"
   fi
   if [ $root = 1 ] || [ $smaps = 1 ]; then
@@ -215,7 +222,7 @@ cap_proc() {
       mf="$mf $d/map_files/$a-$R"
     done
     if [ -n "$mf" ] && [ $root = 1 ] && [ $statok = 1 ]; then
-      statlines "$(stat -L -c '%n %d %D %i %s %f' $mf 2>/dev/null)"
+      statlines "$(stat -L -c "$statfmt" $mf 2>/dev/null)"
       [ -n "$S" ] && f_data "$p/mapstat" "$S"
     fi
     if [ $smaps = 1 ] && [ $nbm = 1 ]; then

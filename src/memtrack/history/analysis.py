@@ -126,7 +126,10 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
                                   for col in (1, 0, 3))
         entry = {"pid": prow.pid, "comm": prow.comm, "name": prow.short, "cmdline": prow.cmdline,
                  "first_seen": _iso(T[i0]), "last_seen": _iso(T[i1]), "snapshots": i1 - i0 + 1,
-                 "pss": tr_pss.as_dict(), "rss": tr_rss.as_dict(), "buffers": tr_buf.as_dict()}
+                 "pss": tr_pss.as_dict(), "rss": tr_rss.as_dict(), "buffers": tr_buf.as_dict(),
+                 "mem": None}
+        if all(v[5] is not None for _, _, v in spans):     # an older history kept no mem
+            entry["mem"] = trend_runs(T, h.value_runs(spans, 5, i0, i1), h.prefix).as_dict()
         procs_out.append(entry)
         subject = f"pid {prow.pid} ({prow.short})"
         for label, tr, fmt in (("held bytes", tr_rss, human), ("buffer count", tr_buf, str)):
@@ -188,12 +191,15 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
                                     f"held bytes grew steadily from {human(tr.start)} to {human(tr.end)} "
                                     f"(+{human(int(round(tr.slope)))}/s)",
                                     dict(tr.as_dict(), category=cat)))
+    # allocated bytes held by processes (None: a history from before they were kept)
+    ha = trend_runs(T, runs_of(h.held_allocated), h.prefix) if h.held_allocated is not None else None
     procs_out.sort(key=lambda e: (-e["pss"]["peak"], e["pid"]))
     cats_out.sort(key=lambda e: -e["bytes"]["peak"])
     return {"history": h.path, "snapshots": n, "runs": h.runs,
             "start": _iso(T[0]), "end": _iso(T[-1]), "seconds": round(T[-1] - T[0], 3),
             "processes": procs_out, "categories": cats_out,
             "kernel_only": ko.as_dict() if ko else None,
+            "held_allocated": ha.as_dict() if ha else None,
             "suspects": [f.as_dict() for f in findings]}
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import SourceError
 from ..util.text import oneline
-from .schema import check_schema, open_readonly, source_error, to_ints
+from .schema import check_schema, has_column, open_readonly, source_error, to_ints
 
 
 @dataclass
@@ -42,6 +42,7 @@ class BufRow:
     name: Optional[str]
     category: Optional[str]
     nattch: Optional[int]
+    allocated: Optional[int] = None      # None: unknown (or a history from before it was kept)
 
     @property
     def label(self) -> str:
@@ -68,11 +69,13 @@ class History:
     held: List[Optional[int]]
     processes: Dict[int, ProcRow]
     buffers: Dict[int, BufRow]
-    usage: Dict[int, List[Tuple[int, int, tuple]]]       # process -> [(i0, i1, (rss,pss,uss,bufs,mapped))]
+    # process -> [(i0, i1, (rss, pss, uss, bufs, mapped, mem))]; mem None in an older history
+    usage: Dict[int, List[Tuple[int, int, tuple]]]
     categories: Dict[str, List[Tuple[int, int, tuple]]]  # category -> [(i0, i1, (bytes, buffers))]
     buffer_life: Dict[int, List[Tuple[int, int]]]         # buffer -> [(i0, i1)]
     holds: List[Hold] = field(default_factory=list)
     runs: int = 1
+    held_allocated: Optional[List[Optional[int]]] = None    # None: an older history
     _prefix: Optional[Tuple[List[int], List[int]]] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -176,10 +179,11 @@ _REQUIRE = {
     "buffers": (("kind", lambda v: v is not None and _is_text(v), "text"), ("dev", _is_text, "text"),
                 ("inode", _is_int, "an integer"), ("size", _is_count, "a byte count"),
                 ("exporter", _is_text, "text"), ("name", _is_text, "text"), ("category", _is_text, "text"),
-                ("nattch", _is_int, "an integer")),
+                ("nattch", _is_int, "an integer"), ("allocated", _is_count, "a byte count")),
     "usage_spans": (("process", _is_id, "a row id"), ("rss", _is_count, "a byte count"),
                     ("pss", _is_count, "a byte count"), ("uss", _is_count, "a byte count"),
-                    ("buffers", _is_count, "a count"), ("mapped", _is_count, "a byte count")) + _SPAN,
+                    ("buffers", _is_count, "a count"), ("mapped", _is_count, "a byte count"),
+                    ("mem", _is_count, "a byte count")) + _SPAN,
     "category_spans": (("category", lambda v: v is not None and _is_text(v), "text"),
                        ("bytes", _is_count, "a byte count"), ("buffers", _is_count, "a count")) + _SPAN,
     "buffer_spans": (("buffer", _is_id, "a row id"),) + _SPAN,
@@ -243,6 +247,12 @@ def load(path: str, progress=None) -> History:
         times = _column(con, "t")
         kernel_only = _column(con, "kernel_only_bytes")
         held = _column(con, "held_bytes")
+        # the columns a later memtrack added: absent from an older history, read as unknown
+        newer = {t: has_column(con, t, c) for t, c in (("snapshots", "held_allocated"),
+                                                        ("buffers", "allocated"), ("usage_spans", "mem"))}
+        held_alloc = _column(con, "held_allocated") if newer["snapshots"] else None
+        if newer["snapshots"] and (held_alloc is None or not all(_is_count(v) for v in held_alloc)):
+            raise _damaged(path, "snapshots: a held_allocated value is not a byte count")
         if con.execute(_BAD_SNAPSHOTS).fetchone()[0] or kernel_only is None or held is None:
             for _ in _checked(path, "snapshots", con.execute(
                     "SELECT id, t, kernel_only_bytes, held_bytes FROM snapshots ORDER BY id")):
@@ -273,7 +283,8 @@ def load(path: str, progress=None) -> History:
         procs = {r[0]: ProcRow(*r) for r in _checked(path, "processes", con.execute(
             "SELECT id, pid, comm, cmdline, uid FROM processes"))}
         bufs = {r[0]: BufRow(*r) for r in _checked(path, "buffers", con.execute(
-            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers"))}
+            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch, "
+            + ("allocated" if newer["buffers"] else "NULL") + " FROM buffers"))}
 
         def spans(table, sql, refers):
             """Rows of a span table: (its columns..., i0, i1) for the spans whose snapshots
@@ -288,8 +299,9 @@ def load(path: str, progress=None) -> History:
                     yield r[1:-2] + (i0, i1)
 
         usage: Dict[int, list] = {}
-        for proc, *vals, i0, i1 in spans("usage_spans", "SELECT rowid, process, rss, pss, uss, buffers, "
-                                         "mapped, first, last FROM usage_spans", ((1, procs),)):
+        for proc, *vals, i0, i1 in spans("usage_spans", "SELECT rowid, process, rss, pss, uss, buffers, mapped, "
+                                         + ("mem" if newer["usage_spans"] else "NULL")
+                                         + ", first, last FROM usage_spans", ((1, procs),)):
             usage.setdefault(proc, []).append((i0, i1, tuple(vals)))
         cats: Dict[str, list] = {}
         for cat, nbytes, nbufs, i0, i1 in spans("category_spans", "SELECT rowid, category, bytes, buffers, "
@@ -319,7 +331,8 @@ def load(path: str, progress=None) -> History:
         v.sort()
     return History(path=path, times=times, sids=sids, kernel_only=kernel_only, held=held,
                    processes=procs, buffers=bufs, usage=usage, categories=cats,
-                   buffer_life={k: _merge(v) for k, v in life.items()}, holds=holds, runs=runs)
+                   buffer_life={k: _merge(v) for k, v in life.items()}, holds=holds, runs=runs,
+                   held_allocated=held_alloc)
 
 
 def _merge(spans: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:

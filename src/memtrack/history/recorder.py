@@ -10,8 +10,8 @@ from .. import __version__
 from ..account import account
 from ..errors import SourceError
 from ..model import Snapshot
-from .schema import (DDL, SCHEMA_VERSION, SNAPSHOT_COLS, SPAN_TABLES, check_schema, connect, insert,
-                     source_error, to_ints, write_transaction)
+from .schema import (DDL, SCHEMA_VERSION, SNAPSHOT_COLS, SPAN_TABLES, add_later_columns, check_schema,
+                     connect, insert, source_error, to_ints, write_transaction)
 
 
 def category_of(b) -> str:
@@ -35,6 +35,8 @@ class Recorder:
             con.execute("PRAGMA synchronous=NORMAL")
             if exists:
                 check_schema(con, path)
+                with write_transaction(con):
+                    add_later_columns(con)
             else:
                 con.execute("BEGIN IMMEDIATE")
                 for stmt in DDL.strip().split(";"):
@@ -46,7 +48,7 @@ class Recorder:
                     ("tool", f"memtrack {__version__}")])
                 con.execute("COMMIT")
             self._buffers = {to_ints(row[1:]): row[0] for row in con.execute(
-                "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
+                "SELECT id, kind, dev, inode, size, exporter, name, category, nattch, allocated FROM buffers")}
             self._procs = {row[1:]: row[0] for row in con.execute(
                 "SELECT id, pid, comm, cmdline, uid FROM processes")}
             self._refs = {row[1:]: row[0] for row in con.execute(
@@ -129,16 +131,16 @@ class Recorder:
                 sid = insert(con, "snapshots", SNAPSHOT_COLS,
                              (self.run, t, snap.taken_at, int(snap.complete), acct.held_bytes,
                               acct.kernel_only_bytes, snap.kernel.dmabuf_exported_bytes, len(procs),
-                              len(buffers), len(snap.skipped.denied)))
+                              len(buffers), len(snap.skipped.denied), acct.held_allocated))
                 bids = {}
                 used: Dict[str, dict] = {"_buffers": {}, "_procs": {}, "_refs": {}}
                 cats: Dict[str, List[int]] = {}
                 for b in buffers:
                     key = (b.kind, b.dev, b.inode, b.size, b.exporter, b.name, b.category,
-                           b.kernel_count if b.kind == "sysv" else None)
+                           b.kernel_count if b.kind == "sysv" else None, b.allocated)
                     bids[b.id] = self._intern(self._buffers, "buffers",
-                                              "kind, dev, inode, size, exporter, name, category, nattch", key,
-                                              used["_buffers"])
+                                              "kind, dev, inode, size, exporter, name, category, nattch, "
+                                              "allocated", key, used["_buffers"])
                     if b.holders and b.size is not None:
                         c = cats.setdefault(category_of(b), [0, 0])
                         c[0] += b.size
@@ -148,7 +150,7 @@ class Recorder:
                     prow = self._intern(self._procs, "processes", "pid, comm, cmdline, uid",
                                         (p.pid, p.comm, p.cmdline, p.uid), used["_procs"])
                     u = acct.processes[p.pid].total
-                    usage[prow] = (u.rss, u.pss, u.uss, u.buffers, u.mapped)
+                    usage[prow] = (u.rss, u.pss, u.uss, u.buffers, u.mapped, u.mem)
                     for r in p.refs:
                         key = (prow, bids[r.buffer], ",".join(map(str, r.fds)),
                                ";".join("%x-%x+%x" % v for v in r.vmas))
@@ -162,7 +164,8 @@ class Recorder:
                     return new_span
                 self._spans("buffer_spans", dict.fromkeys(bids.values(), True), sid, span("buffer_spans", "buffer"))
                 self._spans("ref_spans", refs, sid, span("ref_spans", "ref"))
-                self._spans("usage_spans", usage, sid, span("usage_spans", "process, rss, pss, uss, buffers, mapped"))
+                self._spans("usage_spans", usage, sid,
+                            span("usage_spans", "process, rss, pss, uss, buffers, mapped, mem"))
                 self._spans("category_spans", {k: tuple(v) for k, v in cats.items()}, sid,
                             span("category_spans", "category, bytes, buffers"))
         except BaseException as exc:
@@ -183,7 +186,7 @@ class Recorder:
         self._same = (snap.buffers, snap.processes, pids,
                       (int(snap.complete), acct.held_bytes, acct.kernel_only_bytes,
                        snap.kernel.dmabuf_exported_bytes, len(procs), len(buffers),
-                       len(snap.skipped.denied)))
+                       len(snap.skipped.denied), acct.held_allocated))
         return sid
 
     def _add_unchanged(self, snap: Snapshot, t: float) -> int:
@@ -198,7 +201,7 @@ class Recorder:
 
     def _reload_open(self) -> None:
         self._buffers = {to_ints(row[1:]): row[0] for row in self.con.execute(
-            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch FROM buffers")}
+            "SELECT id, kind, dev, inode, size, exporter, name, category, nattch, allocated FROM buffers")}
         self._procs = {row[1:]: row[0] for row in self.con.execute(
             "SELECT id, pid, comm, cmdline, uid FROM processes")}
         self._refs = {row[1:]: row[0] for row in self.con.execute(
@@ -210,7 +213,8 @@ class Recorder:
             "ref_spans": {r[1]: (r[0], True) for r in c.execute(
                 "SELECT rowid, ref FROM ref_spans WHERE last IS NULL")},
             "usage_spans": {r[1]: (r[0], to_ints(r[2:])) for r in c.execute(
-                "SELECT rowid, process, rss, pss, uss, buffers, mapped FROM usage_spans WHERE last IS NULL")},
+                "SELECT rowid, process, rss, pss, uss, buffers, mapped, mem FROM usage_spans "
+                "WHERE last IS NULL")},
             "category_spans": {r[1]: (r[0], to_ints(r[2:])) for r in c.execute(
                 "SELECT rowid, category, bytes, buffers FROM category_spans WHERE last IS NULL")},
         }

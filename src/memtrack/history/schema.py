@@ -12,13 +12,17 @@ Schema version 1 (``meta`` key ``schema``):
   meta(key, value)                          schema, created_at, tool
   runs(id, started, interval, hostname, kernel)       one per `memtrack record`
   snapshots(id, run, t, taken_at, complete, held_bytes, kernel_only_bytes,
-            dmabuf_exported_bytes, processes, buffers, denied)
-  buffers(id, kind, dev, inode, size, exporter, name, category, nattch)   distinct buffer states
+            dmabuf_exported_bytes, processes, buffers, denied, held_allocated)
+  buffers(id, kind, dev, inode, size, exporter, name, category, nattch, allocated)
+                                                                          distinct buffer states
   processes(id, pid, comm, cmdline, uid)                                  distinct processes
   refs(id, process, buffer, fds, vmas)                                    distinct references
   buffer_spans(buffer, first, last)    ref_spans(ref, first, last)
-  usage_spans(process, rss, pss, uss, buffers, mapped, first, last)
+  usage_spans(process, rss, pss, uss, buffers, mapped, first, last, mem)
   category_spans(category, bytes, buffers, first, last)
+The last column of snapshots, buffers and usage_spans (allocated bytes; mem, a process's share
+of them) came later: a history written before has not got them, and reads as unknown (None)
+there; a recorder appending to it adds the columns first (NULL in the rows before).
 
 Numbers are stored as SQLite INTEGERs where they fit its signed 64 bits; a size may be
 2^64-1 (any user's sparse memfd is 2^63-1) and a sum of sizes more, so a number beyond
@@ -51,9 +55,11 @@ CREATE TABLE IF NOT EXISTS runs(id INTEGER PRIMARY KEY, started REAL NOT NULL, i
     hostname TEXT, kernel TEXT);
 CREATE TABLE IF NOT EXISTS snapshots(id INTEGER PRIMARY KEY, run INTEGER NOT NULL, t REAL NOT NULL,
     taken_at TEXT, complete INTEGER, held_bytes INTEGER, kernel_only_bytes INTEGER,
-    dmabuf_exported_bytes INTEGER, processes INTEGER, buffers INTEGER, denied INTEGER);
+    dmabuf_exported_bytes INTEGER, processes INTEGER, buffers INTEGER, denied INTEGER,
+    held_allocated INTEGER);
 CREATE TABLE IF NOT EXISTS buffers(id INTEGER PRIMARY KEY, kind TEXT NOT NULL, dev TEXT,
-    inode INTEGER, size INTEGER, exporter TEXT, name TEXT, category TEXT, nattch INTEGER);
+    inode INTEGER, size INTEGER, exporter TEXT, name TEXT, category TEXT, nattch INTEGER,
+    allocated INTEGER);
 CREATE TABLE IF NOT EXISTS processes(id INTEGER PRIMARY KEY, pid INTEGER NOT NULL, comm TEXT,
     cmdline TEXT, uid INTEGER);
 CREATE TABLE IF NOT EXISTS refs(id INTEGER PRIMARY KEY, process INTEGER NOT NULL,
@@ -61,12 +67,25 @@ CREATE TABLE IF NOT EXISTS refs(id INTEGER PRIMARY KEY, process INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS buffer_spans(buffer INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER);
 CREATE TABLE IF NOT EXISTS ref_spans(ref INTEGER NOT NULL, first INTEGER NOT NULL, last INTEGER);
 CREATE TABLE IF NOT EXISTS usage_spans(process INTEGER NOT NULL, rss INTEGER, pss INTEGER,
-    uss INTEGER, buffers INTEGER, mapped INTEGER, first INTEGER NOT NULL, last INTEGER);
+    uss INTEGER, buffers INTEGER, mapped INTEGER, first INTEGER NOT NULL, last INTEGER, mem INTEGER);
 CREATE TABLE IF NOT EXISTS category_spans(category TEXT NOT NULL, bytes INTEGER, buffers INTEGER,
     first INTEGER NOT NULL, last INTEGER);
 """
 SNAPSHOT_COLS = ("run, t, taken_at, complete, held_bytes, kernel_only_bytes, dmabuf_exported_bytes, "
-                 "processes, buffers, denied")
+                 "processes, buffers, denied, held_allocated")
+#: columns added after the first histories were written: (table, column)
+LATER_COLUMNS = (("snapshots", "held_allocated"), ("buffers", "allocated"), ("usage_spans", "mem"))
+
+
+def has_column(con: sqlite3.Connection, table: str, col: str) -> bool:
+    return any(r[1] == col for r in con.execute(f"PRAGMA table_info({table})"))
+
+
+def add_later_columns(con: sqlite3.Connection) -> None:
+    """A history from before LATER_COLUMNS: the columns added (NULL, unknown, in its rows)."""
+    for table, col in LATER_COLUMNS:
+        if not has_column(con, table, col):
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {col} INTEGER")
 SPAN_TABLES = ("buffer_spans", "ref_spans", "usage_spans", "category_spans")
 
 

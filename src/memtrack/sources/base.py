@@ -17,6 +17,8 @@ def shown(name: str, limit: int = 80) -> str:
 
 
 Stat = Tuple[str, int, int, int]     # (dev "MM:mm", inode, size, mode)
+# with blocks: (dev, inode, size, mode, st_blocks or None), st_blocks in 512-byte units
+StatB = Tuple[str, int, int, int, Optional[int]]
 
 
 _DEVS = {}
@@ -94,8 +96,12 @@ class Source:
         return self.read(rel).decode("utf-8", "surrogateescape")
 
 
-def parse_statfile(text: str, key_is_range: bool, dups: Optional[list] = None) -> Dict[str, Stat]:
-    """fdstat: `fd dev ino size mode`; mapstat: `start-end dev ino size mode` (mode octal).
+def parse_statfile(text: str, key_is_range: bool, dups: Optional[list] = None,
+                   blocks: bool = False) -> Dict[str, Stat]:
+    """fdstat: `fd dev ino size mode [blocks]`; mapstat: `start-end dev ino size mode
+    [blocks]` (mode octal, blocks st_blocks: 512-byte units). With blocks, each value has
+    a fifth item, the block count, None where the line has none (a capture from before
+    it was written) or a malformed one: unknown, never guessed.
     A key given twice with different values is dropped (which line is the true one?); each
     repeated key is appended to dups, for a note."""
     out: Dict[str, Stat] = {}
@@ -119,11 +125,17 @@ def parse_statfile(text: str, key_is_range: bool, dups: Optional[list] = None) -
         except ValueError:
             continue
         st = (dev, ino, size, mode)
+        if blocks:
+            nb = f[5] if len(f) > 5 else ""
+            nb = int(nb) if nb.isascii() and nb.isdigit() and len(nb) <= 20 else None
+            st += (nb if nb is not None and nb < U64 // 512 else None,)
         old = out.get(f[0])
         if old is not None or f[0] in conflicting:
             if dups is not None:
                 dups.append(f[0])
-            if old != st:
+            if old is not None and blocks and old[:4] == st[:4] and None in (old[4], st[4]):
+                out[f[0]] = old if st[4] is None else st     # one line lacks the count: no conflict
+            elif old != st:
                 conflicting.add(f[0])
                 out.pop(f[0], None)
             continue
@@ -165,7 +177,7 @@ class PathProc(ProcReader):
     def _sidecar(self, name, key_is_range):
         dups: list = []
         try:
-            out = parse_statfile(self.src.read_text(f"{self.base}/{name}"), key_is_range, dups)
+            out = parse_statfile(self.src.read_text(f"{self.base}/{name}"), key_is_range, dups, True)
         except (Vanished, Unreadable):
             return {}
         if dups:

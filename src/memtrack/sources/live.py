@@ -70,12 +70,12 @@ class LiveProc(ProcReader):
     @translated
     def fdstat(self, fd):
         st = os.stat(fd, dir_fd=self._fddir)
-        return fmt_dev(st.st_dev), st.st_ino, st.st_size, st.st_mode
+        return fmt_dev(st.st_dev), st.st_ino, st.st_size, st.st_mode, st.st_blocks
 
     @translated
     def mapstat(self, start, end):
         st = os.stat("map_files/%x-%x" % (start, end), dir_fd=self._dir)
-        return fmt_dev(st.st_dev), st.st_ino, st.st_size, st.st_mode
+        return fmt_dev(st.st_dev), st.st_ino, st.st_size, st.st_mode, st.st_blocks
 
     @translated
     def maps(self):

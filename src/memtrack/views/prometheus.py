@@ -4,10 +4,16 @@ families (the client is imported lazily: the core library stays stdlib-only).
   memtrack_buffer_bytes{kind,category,exporter}   sizes of every buffer (held + kernel-only)
   memtrack_buffers{kind,category,exporter}        how many buffers
   memtrack_buffers_unknown_size{kind}             buffers whose size could not be known
+  memtrack_buffer_allocated_bytes{kind,category,exporter}  bytes those buffers really hold
+                                                  (RAM + swap; a dma-buf's: its size)
+  memtrack_buffer_swapped_bytes{kind,category,exporter}    the part of it in swap, where the
+                                                  kernel tells it apart (SysV)
+  memtrack_buffers_unknown_allocated{kind}        buffers whose allocated bytes are unknown
   memtrack_process_pss_bytes{comm,kind[,pid]}     pss summed over processes of one name
   memtrack_process_rss_bytes{comm,kind[,pid]}     rss likewise (a buffer counts once per process)
+  memtrack_process_mem_bytes{comm,kind[,pid]}     mem likewise: allocated bytes split as pss
   memtrack_processes{comm[,pid]}                  processes of that name holding buffers
-  memtrack_held_bytes, memtrack_kernel_only_bytes (absent when unknown),
+  memtrack_held_bytes, memtrack_held_allocated_bytes, memtrack_kernel_only_bytes (absent when unknown),
   memtrack_dmabuf_exported_bytes (absent without a kernel dma-buf table)
   memtrack_gpu_resident_bytes{driver,device,region}  DRM clients, each (device, client) once
   memtrack_scrape_duration_seconds, memtrack_scrape_skipped_processes{reason}
@@ -75,21 +81,44 @@ def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) 
     unknown = GaugeMetricFamily("memtrack_buffers_unknown_size",
                                 "Buffers whose size could not be known (not in memtrack_buffer_bytes)",
                                 labels=["kind"])
-    by: Dict[tuple, List[int]] = defaultdict(lambda: [0, 0])
+    alloc = GaugeMetricFamily("memtrack_buffer_allocated_bytes",
+                              "Bytes of memory shared buffers really hold (RAM + swap; a dma-buf: its "
+                              "size), by kind, category and exporter; buffers of unknown allocated "
+                              "bytes left out", labels=["kind", "category", "exporter"])
+    swapped = GaugeMetricFamily("memtrack_buffer_swapped_bytes",
+                                "Of those, bytes swapped out, where the kernel tells them apart (SysV)",
+                                labels=["kind", "category", "exporter"])
+    unknown_alloc = GaugeMetricFamily("memtrack_buffers_unknown_allocated",
+                                      "Buffers whose allocated bytes could not be known "
+                                      "(not in memtrack_buffer_allocated_bytes)", labels=["kind"])
+    by: Dict[tuple, List[int]] = defaultdict(lambda: [0, 0, 0, None])
     unk: Dict[str, int] = defaultdict(int)
+    unk_alloc: Dict[str, int] = defaultdict(int)
     for b in snap.buffers:
         key = (b.kind, _label(b.category), _label(b.exporter))
-        by[key][1] += 1
+        row = by[key]
+        row[1] += 1
         if b.size is None:
             unk[b.kind] += 1
         else:
-            by[key][0] += b.size
+            row[0] += b.size
+        if b.allocated is None:
+            unk_alloc[b.kind] += 1
+        else:
+            row[2] += b.allocated
+        if b.swapped is not None:
+            row[3] = (row[3] or 0) + b.swapped
     for key in sorted(by):
         size.add_metric(list(key), by[key][0])
         count.add_metric(list(key), by[key][1])
+        alloc.add_metric(list(key), by[key][2])
+        if by[key][3] is not None:
+            swapped.add_metric(list(key), by[key][3])
     for kind in sorted(unk):
         unknown.add_metric([kind], unk[kind])
-    fams += [size, count, unknown]
+    for kind in sorted(unk_alloc):
+        unknown_alloc.add_metric([kind], unk_alloc[kind])
+    fams += [size, count, unknown, alloc, swapped, unknown_alloc]
 
     labels = ["comm", "kind"] + (["pid"] if per_pid else [])
     pss = GaugeMetricFamily("memtrack_process_pss_bytes",
@@ -98,9 +127,13 @@ def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) 
     rss = GaugeMetricFamily("memtrack_process_rss_bytes",
                             "Shared buffers a process holds, each once, summed over the processes of one name"
                             + (" (per pid)" if per_pid else ""), labels=labels)
+    mem = GaugeMetricFamily("memtrack_process_mem_bytes",
+                            "Share of the allocated bytes (memory really there) of the shared buffers "
+                            "held, split as pss is, summed over the processes of one name"
+                            + (" (per pid)" if per_pid else ""), labels=labels)
     nproc = GaugeMetricFamily("memtrack_processes", "Processes holding shared buffers",
                               labels=["comm"] + (["pid"] if per_pid else []))
-    agg: Dict[tuple, List[int]] = defaultdict(lambda: [0, 0])
+    agg: Dict[tuple, List[int]] = defaultdict(lambda: [0, 0, 0])
     nagg: Dict[tuple, int] = defaultdict(int)
     for p in snap.processes:
         pu = acct.processes.get(p.pid)
@@ -112,16 +145,21 @@ def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) 
             a = agg[(who[0], kind) + who[1:]]
             a[0] += u.pss
             a[1] += u.rss
+            a[2] += u.mem
     for key in sorted(agg):
         pss.add_metric(list(key), agg[key][0])
         rss.add_metric(list(key), agg[key][1])
+        mem.add_metric(list(key), agg[key][2])
     for key in sorted(nagg):
         nproc.add_metric(list(key), nagg[key])
-    fams += [pss, rss, nproc]
+    fams += [pss, rss, mem, nproc]
 
     fams.append(GaugeMetricFamily("memtrack_held_bytes",
                                   "Bytes of buffers some process holds (fd or mapping), each once",
                                   value=acct.held_bytes))
+    fams.append(GaugeMetricFamily("memtrack_held_allocated_bytes",
+                                  "Allocated bytes (RAM + swap) of buffers some process holds, each once: "
+                                  "the sum of memtrack_process_mem_bytes", value=acct.held_allocated))
     if acct.kernel_only_bytes is not None:
         fams.append(GaugeMetricFamily("memtrack_kernel_only_bytes",
                                       "Bytes of buffers the kernel reports that no process holds",

@@ -54,7 +54,11 @@ def by_category(h: History, idx: Optional[Sequence[int]] = None) -> Tuple[List[s
 def process_timeline(h: History, prow_id: int, idx: Optional[Sequence[int]] = None) -> Dict[str, List[int]]:
     idx = range(len(h)) if idx is None else idx
     spans = h.usage.get(prow_id, [])
-    return {name: h.sampled(spans, i, idx) for i, name in enumerate(("rss", "pss", "uss", "buffers"))}
+    out = {name: h.sampled(spans, i, idx) for i, name in enumerate(("rss", "pss", "uss", "buffers"))}
+    mem = h.sampled(spans, 5, idx)
+    if all(v is not None for v in mem):       # an older history kept no mem: no series
+        out["mem"] = mem
+    return out
 
 
 def pick(values: Sequence, idx: Sequence[int]) -> List:

@@ -117,6 +117,8 @@ def _buf_line(sign: str, e, raw: bool) -> str:
     size = human(b.size, raw)
     if e.action == "resize":
         size = f"{human(e.old_size, raw)} -> {size}"
+    elif e.action in ("fill", "trim"):
+        size = f"allocated {human(e.old_allocated, raw)} -> {human(b.allocated, raw)} of {size}"
     extra = []
     if b.exporter:
         extra.append(f"exporter {b.exporter}")
@@ -130,12 +132,17 @@ def _buf_line(sign: str, e, raw: bool) -> str:
 def render_text(d, raw: bool = False) -> str:
     out = [f"A: {d.a.source} {d.a.taken_at}", f"B: {d.b.source} {d.b.taken_at}"]
     created, freed, resized = d.of("create"), d.of("free"), d.of("resize")
+    filled, trimmed = d.of("fill"), d.of("trim")
     reused = sum(1 for e in created if e.reused)
     out.append(f"buffers: {len(created)} created, {len(freed)} freed"
-               + (f" ({reused} by inode reuse)" if reused else "") + f", {len(resized)} resized")
+               + (f" ({reused} by inode reuse)" if reused else "") + f", {len(resized)} resized"
+               + (f", {len(filled)} filled" if filled else "")
+               + (f", {len(trimmed)} trimmed" if trimmed else ""))
     out += [_buf_line("-", e, raw) for e in freed]
     out += [_buf_line("+", e, raw) for e in created]
     out += [_buf_line("~", e, raw) for e in resized]
+    out += [_buf_line(">", e, raw) for e in filled]      # pages written into it
+    out += [_buf_line("<", e, raw) for e in trimmed]     # pages punched out or freed
     if d.refs:
         out.append(f"references: {sum(e.action == 'acquire' for e in d.refs)} acquired, "
                    f"{sum(e.action == 'release' for e in d.refs)} released")
@@ -146,7 +153,8 @@ def render_text(d, raw: bool = False) -> str:
             out.append(f"  {pid} {comm}: " + ", ".join(evs))
     t = d.totals
     parts = []
-    for key, label in (("held_bytes", "held"), ("pss", "pss"), ("kernel_only_bytes", "kernel-only")):
+    for key, label in (("held_bytes", "held"), ("pss", "pss"), ("held_allocated", "allocated"),
+                       ("kernel_only_bytes", "kernel-only")):
         v = t[key]
         if v["delta"] is None:
             parts.append(f"{label}: unknown")
@@ -156,10 +164,10 @@ def render_text(d, raw: bool = False) -> str:
     # names, exporters, sources and times come from other processes and files: escaped
     text = "\n".join(map(printable, out)) + "\n"
     if d.processes:
-        cols = [Column("PID"), Column("dRss"), Column("dPss"), Column("dUss"), Column("dBufs"),
-                Column("Pss A"), Column("Pss B"), Column(""), Column("Name", "<")]
+        cols = [Column("PID"), Column("dRss"), Column("dPss"), Column("dMem"), Column("dUss"),
+                Column("dBufs"), Column("Pss A"), Column("Pss B"), Column(""), Column("Name", "<")]
         rows = [[str(p.pid), _signed(p.delta("rss"), raw), _signed(p.delta("pss"), raw),
-                 _signed(p.delta("uss"), raw), "%+d" % p.delta("buffers"),
+                 _signed(p.mem[1] - p.mem[0], raw), _signed(p.delta("uss"), raw), "%+d" % p.delta("buffers"),
                  human(p.before["pss"], raw), human(p.after["pss"], raw), p.status, p.name]
                 for p in d.processes]
         text += render(cols, rows, max_last=80)

@@ -60,7 +60,7 @@ def trace(h, pids=None) -> dict:
             continue
         named[p.pid] = oneline(f"{p.comm} ({p.cmdline})" if p.cmdline else p.comm or "?", 120)
         prev_end = None
-        for i0, i1, (rss, pss, uss, nbuf, mapped) in spans:
+        for i0, i1, (rss, pss, uss, nbuf, mapped, *_mem) in spans:
             if prev_end is not None and i0 > prev_end + 1:
                 events.append(_counters(p.pid, ts(prev_end + 1), 0, 0, 0, 0))
             events.append(_counters(p.pid, ts(i0), rss, pss, uss, nbuf))

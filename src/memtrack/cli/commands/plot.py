@@ -106,7 +106,9 @@ def draw(plt, matplotlib, d, ext) -> bytes:
     ax1.grid(alpha=0.3)
     t = d["timeline"]
     if t:
-        for key in ("rss", "pss", "uss"):
+        for key in ("rss", "pss", "uss", "mem"):
+            if key not in t:
+                continue                              # mem: not in an older history
             line, = ax2.step(d["x"], [v / mib for v in t[key]], where="post", label=key)
             line.set_gid(f"timeline-{key}")
         ax2.set_ylabel("MiB")

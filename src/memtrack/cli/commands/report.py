@@ -43,11 +43,12 @@ def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
     out = [printable(f"{doc['history']}: {doc['snapshots']} snapshots from {doc['start']} to {doc['end']} "
            f"({doc['seconds']:.0f} s, {doc['runs']} recording run{'s' if doc['runs'] != 1 else ''})"), ""]
     procs = doc["processes"][:top] if top else doc["processes"]
-    cols = [Column("PID"), Column("Peak Pss"), Column("Pss start"), Column("Pss end"), Column("Growth"),
-            Column("Slope"), Column("Bufs"), Column("First seen", "<"), Column("Last seen", "<"),
-            Column("Name", "<")]
+    cols = [Column("PID"), Column("Peak Pss"), Column("Pss start"), Column("Pss end"), Column("Mem end"),
+            Column("Growth"), Column("Slope"), Column("Bufs"), Column("First seen", "<"),
+            Column("Last seen", "<"), Column("Name", "<")]
     rows = [[str(p["pid"]), human(p["pss"]["peak"], raw), human(p["pss"]["start"], raw),
-             human(p["pss"]["end"], raw), _signed(p["pss"]["growth"], raw), _rate(p["pss"]["slope_per_s"], raw),
+             human(p["pss"]["end"], raw), "?" if p.get("mem") is None else human(p["mem"]["end"], raw),
+             _signed(p["pss"]["growth"], raw), _rate(p["pss"]["slope_per_s"], raw),
              f"{p['buffers']['start']}->{p['buffers']['end']}", p["first_seen"][11:], p["last_seen"][11:],
              p["name"]] for p in procs]
     out.append(f"processes (largest peak pss first, {len(procs)} of {len(doc['processes'])}):")
@@ -65,6 +66,10 @@ def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
     out.append("")
     out.append("kernel-only: " + ("unknown (no kernel dma-buf table or processes unread)" if ko is None else
                f"{human(ko['start'], raw)} -> {human(ko['end'], raw)}, peak {human(ko['peak'], raw)}"))
+    ha = doc.get("held_allocated")
+    if ha is not None:
+        out.append(f"allocated (held by processes): {human(ha['start'], raw)} -> {human(ha['end'], raw)}, "
+                   f"peak {human(ha['peak'], raw)}")
     out.append("")
     if doc["suspects"]:
         out.append(f"suspected leaks ({len(doc['suspects'])}):")

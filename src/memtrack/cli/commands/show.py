@@ -17,6 +17,24 @@ def add_arguments(p):
     p.add_argument("target_pid", type=pid_arg, metavar="PID")
 
 
+def alloc_text(b, raw=False) -> str:
+    """A buffer's allocated bytes: "?" where unknown (an older capture, no stat of it), with
+    the swapped part where the kernel tells it apart."""
+    if b.allocated is None:
+        return "?"
+    if b.swapped:
+        return f"{human(b.allocated, raw)} ({human(b.swapped, raw)} swapped)"
+    return human(b.allocated, raw)
+
+
+def mem_share(b, pid):
+    """pid's share of b's allocated bytes, split as pss is; None where unknown."""
+    if b.allocated is None or pid not in b.holders:
+        return None
+    from ...account import pss_shares
+    return pss_shares(b.allocated, b.holders)[pid]
+
+
 def holder_text(snap, b, me=None, limit=8) -> str:
     if not b.holders:
         return "kernel only"
@@ -84,26 +102,30 @@ def run(args) -> int:
         for r in refs:
             b = snap.buffer(r.buffer)
             rows.append([b.id, b.kind, b.inode, b.size, share.get(b.id, {}).get(pid), " ".join(map(str, r.fds)),
-                         len(r.vmas), r.mapped, b.exporter, b.name, " ".join(map(str, b.holders))])
+                         len(r.vmas), r.mapped, b.exporter, b.name, " ".join(map(str, b.holders)),
+                         b.allocated, mem_share(b, pid)])
         emit(to_csv(["buffer", "kind", "inode", "size", "pss", "fds", "maps", "mapped", "exporter",
-                     "name", "holders"], rows), args)
+                     "name", "holders", "allocated", "mem"], rows), args)
         return 0
     u = acct.processes[pid].total
     head = (printable(f"pid {pid} ({proc.comm})  {proc.cmdline}") + "\n"
             f"rss {human(u.rss, raw)}  pss {human(u.pss, raw)}  uss {human(u.uss, raw)}  "
+            f"mem {human(u.mem, raw)}{'+' if u.unknown_alloc else ''}  "
             f"mapped {human(u.mapped, raw)}  buffers {u.buffers}"
             + (f"  in_rss {human(u.in_rss, raw)}" if snap.smaps else "")
             + (f"  ({u.unknown} of unknown size)" if u.unknown else "") + "\n\n")
-    cols = [Column("Kind", "<"), Column("Inode"), Column("Size"), Column("Pss"), Column("Fds", "<"),
-            Column("Maps"), Column("Mapped")]
+    cols = [Column("Kind", "<"), Column("Inode"), Column("Size"), Column("Alloc"), Column("Pss"),
+            Column("Mem"), Column("Fds", "<"), Column("Maps"), Column("Mapped")]
     if snap.smaps:
         cols.append(Column("InRss"))
     cols += [Column("Exporter", "<"), Column("Name", "<"), Column("Holders", "<")]
     rows = []
     for r in refs:
         b = snap.buffer(r.buffer)
-        row = [b.kind, "-" if b.inode is None else str(b.inode), human(b.size, raw),
+        m = mem_share(b, pid)
+        row = [b.kind, "-" if b.inode is None else str(b.inode), human(b.size, raw), alloc_text(b, raw),
                human(share.get(b.id, {}).get(pid), raw) if b.size is not None else "?",
+               human(m, raw) if m is not None else "?",
                ",".join(map(str, r.fds)) or "-", str(len(r.vmas)), human(r.mapped, raw)]
         if snap.smaps:
             row.append(human(r.in_rss, raw))

@@ -1,7 +1,7 @@
 """memtrack summary --by category|exporter|kind|name|process: totals per group."""
 from __future__ import annotations
 
-from ...summarize import BY, grand_total, summarize, to_json
+from ...summarize import BY, MEASURES, grand_total, summarize, to_json
 from ...views.table import Column, human, render, to_csv
 from ..common import emit, prepare
 
@@ -13,21 +13,26 @@ ORDER = 3
 def add_arguments(p):
     p.add_argument("--by", choices=BY, default="category",
                    help="what to group buffers by (default category; process: pss shares)")
+    p.add_argument("--measure", choices=MEASURES, default="size",
+                   help="what to add up: buffer sizes (default), or allocated bytes, the memory "
+                        "really there (by process: mem shares)")
 
 
 def run(args) -> int:
     _, snap = prepare(args)
-    rows = summarize(snap, args.by)
-    total = grand_total(snap)
+    measure = getattr(args, "measure", "size")
+    rows = summarize(snap, args.by, measure=measure)
+    total = grand_total(snap, measure)
     if args.json:
-        emit(to_json(snap, args.by, rows) + "\n", args)
+        emit(to_json(snap, args.by, rows, measure) + "\n", args)
         return 0
     if args.csv:
         emit(to_csv([args.by, "buffers", "bytes"], [list(r) for r in rows] + [list(total)]), args)
         return 0
     raw = args.bytes
-    title = args.by.capitalize() + (" (pss)" if args.by == "process" else "")
-    cols = [Column(title, "<"), Column("Buffers"), Column("Size")]
+    alloc = measure == "allocated"
+    title = args.by.capitalize() + ((" (mem)" if alloc else " (pss)") if args.by == "process" else "")
+    cols = [Column(title, "<"), Column("Buffers"), Column("Allocated" if alloc else "Size")]
     body = [[r.group, str(r.buffers), human(r.bytes, raw)] for r in rows]
     emit(render(cols, body, [["TOTAL", str(total.buffers), human(total.bytes, raw)]]), args)
     return 0

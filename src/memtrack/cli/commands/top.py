@@ -1,7 +1,7 @@
 """memtrack top: a live, full-screen per-process view (needs `rich`: pip install 'memtrack[top]').
 
 Each refresh goes through IncrementalScanner, so only processes whose signature moved are
-re-read. Keys: p/r/u/d sort by pss/rss/uss/delta, k cycles the kind filter, q quits.
+re-read. Keys: p/m/r/u/d sort by pss/mem/rss/uss/delta, k cycles the kind filter, q quits.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ NAME = "top"
 HELP = "live full-screen view of shared-buffer memory per process, with deltas and events (needs rich)"
 ORDER = 25
 
-SORTS = {"p": "pss", "r": "rss", "u": "uss", "d": "delta"}
+SORTS = {"p": "pss", "m": "mem", "r": "rss", "u": "uss", "d": "delta"}
 
 
 def add_arguments(p):
@@ -83,9 +83,18 @@ class TopState:
         acct = self.acct if same else account(snap)
         if self.snap is not None and not same:
             stamp = time.strftime("%H:%M:%S")
-            for e in diff(self.snap, snap).refs:
+            d = diff(self.snap, snap)
+            for e in d.refs:
                 if self.pids is not None and e.pid not in self.pids:
                     continue                       # events follow the view's -p and --kind
+                if self.kinds is not None and e.buffer.kind not in self.kinds:
+                    continue
+                self.events.append((stamp, e))
+            for e in d.buffers:                    # a buffer filled up or trimmed
+                if e.action not in ("fill", "trim"):
+                    continue
+                if self.pids is not None and not set(self.pids) & set(e.buffer.holders):
+                    continue
                 if self.kinds is not None and e.buffer.kind not in self.kinds:
                     continue
                 self.events.append((stamp, e))
@@ -95,18 +104,19 @@ class TopState:
         self.frame += 1
 
     def usage(self, acct, pid):
-        """(rss, pss, uss, buffers) of pid in acct, over the kinds shown."""
+        """(rss, pss, uss, buffers, mem) of pid in acct, over the kinds shown."""
         pu = acct.process(pid)
         kinds = {self.kind} if self.kind else self.kinds
         if not kinds:
             u = pu.total
-            return (u.rss, u.pss, u.uss, u.buffers)
-        rss = pss = uss = n = 0
+            return (u.rss, u.pss, u.uss, u.buffers, u.mem)
+        rss = pss = uss = n = mem = 0
         for k in kinds:
             u = pu.by_kind.get(k)
             if u:
                 rss, pss, uss, n = rss + u.rss, pss + u.pss, uss + u.uss, n + u.buffers
-        return (rss, pss, uss, n)
+                mem += u.mem
+        return (rss, pss, uss, n, mem)
 
     def key(self, ch: str) -> bool:
         """Apply a key press; True when the view changed."""
@@ -131,7 +141,7 @@ class TopState:
             prev = self.usage(self.prev_acct, p.pid)
             first = self.usage(self.start_acct, p.pid)
             out.append((p, u, u[1] - prev[1], u[1] - first[1]))
-        idx = {"rss": 0, "pss": 1, "uss": 2}
+        idx = {"rss": 0, "pss": 1, "uss": 2, "mem": 4}
         if self.sort == "delta":
             out.sort(key=lambda r: (-abs(r[2]), -abs(r[3]), -r[1][1], r[0].pid))
         else:
@@ -154,7 +164,7 @@ def render(state: TopState, height=None):
         return "0" if n == 0 else ("+" if n > 0 else "-") + human(abs(n), raw)
 
     rows = state.rows()
-    tot = [sum(r[1][i] for r in rows) for i in range(4)]
+    tot = [sum(r[1][i] for r in rows) for i in range(5)]
     shown = {state.kind} if state.kind else state.kinds
     if shown:                                      # the figures of the kinds in the table
         from ...account import footing
@@ -166,6 +176,7 @@ def render(state: TopState, height=None):
     head.append(f"memtrack top  {time.strftime('%H:%M:%S')}  refresh {state.frame}", style="bold")
     head.append(f"  sort: {state.sort}  kind: {state.kind or (','.join(sorted(state.kinds)) if state.kinds else 'all')}\n")
     head.append(f"held by processes: {human(held, raw)}   pss total: {human(tot[1], raw)}   "
+                f"mem total: {human(tot[4], raw)}   "
                 f"kernel-only: {'unknown' if ko is None else human(ko, raw)}"
                 + ("" if shown and "dmabuf" not in shown else
                    f"   dma-buf exported: {'unknown' if exported is None else human(exported, raw)}")
@@ -176,7 +187,8 @@ def render(state: TopState, height=None):
                 + (f", {len(snap.skipped.vanished) + len(snap.skipped.unreadable)} not read"
                    if len(snap.skipped.vanished) + len(snap.skipped.unreadable) else ""))
     table = Table(box=None, pad_edge=False, expand=True, show_edge=False, header_style="bold reverse")
-    for title in ("PID", "Rss", "Pss", "Uss", "dPss", "dPss start", "Bufs"):
+    # Mem after Bufs: readers of the columns before it keep their places
+    for title in ("PID", "Rss", "Pss", "Uss", "dPss", "dPss start", "Bufs", "Mem"):
         table.add_column(title, justify="right", no_wrap=True)
     table.add_column("Name", justify="left", no_wrap=True, overflow="ellipsis", ratio=1)
     limit = None
@@ -185,7 +197,7 @@ def render(state: TopState, height=None):
     for p, u, dlast, dstart in rows[:limit]:
         # a Text, not a str: rich would read a name's "[/b]" as markup (and fail on it)
         table.add_row(str(p.pid), human(u[0], raw), human(u[1], raw), human(u[2], raw), signed(dlast),
-                      signed(dstart), str(u[3]), Text(printable(oneline(p.name, 200))))
+                      signed(dstart), str(u[3]), human(u[4], raw), Text(printable(oneline(p.name, 200))))
     parts = [head, table]
     if limit is not None and len(rows) > limit:
         parts.append(Text(f"... {len(rows) - limit} more"))
@@ -193,12 +205,18 @@ def render(state: TopState, height=None):
         ev = Text("last events:\n", style="bold")
         for stamp, e in state.events:
             b = e.buffer
+            if not hasattr(e, "pid"):                # a BufferEvent: filled or trimmed
+                line = (f"{stamp} {b.id}{' ' + repr(b.name) if b.name else ''} "
+                        f"{'filled' if e.action == 'fill' else 'trimmed'}: allocated "
+                        f"{human(e.old_allocated, raw)} -> {human(b.allocated, raw)} of {human(b.size, raw)}")
+                ev.append(printable(line) + "\n")
+                continue
             what = f"fd {e.fd}" if e.via == "fd" else "map"
             line = (f"{stamp} {e.pid} {e.comm}: {'acquired' if e.action == 'acquire' else 'released'} "
                     f"{what} {b.id}{' ' + repr(b.name) if b.name else ''} {human(b.size, raw)}")
             ev.append(printable(line) + "\n")     # comm and name come from the process
         parts.append(ev)
-    parts.append(Text("keys: p r u d sort (pss rss uss delta)  k kind  q quit", style="dim"))
+    parts.append(Text("keys: p m r u d sort (pss mem rss uss delta)  k kind  q quit", style="dim"))
     return Group(*parts)
 
 
