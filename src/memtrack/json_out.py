@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring as _str
-from typing import Dict, Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 from .account import account
 from .model import Buffer, GpuClient, Ref, Snapshot
@@ -162,32 +162,52 @@ class _Mappings(dict):
 
 
 def snapshot_json(snap, filt: Optional[dict] = None) -> str:
+    return "".join(json_chunks(snap, filt))
+
+
+# buffers and processes per piece: big enough that writes stay few, small enough that a
+# piece is a few hundred KB
+_BATCH = 1024
+
+
+def json_document(snap, filt: Optional[dict] = None) -> Iterator[str]:
+    """The pieces of what `memtrack --json` prints: the compact document and a newline."""
+    with no_gc():
+        yield from json_chunks(snap, filt)
+    yield "\n"
+
+
+def json_chunks(snap, filt: Optional[dict] = None) -> Iterator[str]:
+    """The compact document in pieces whose concatenation is snapshot_json's text."""
     acct = account(snap)
     head, tail = _json_parts(snap, acct, filt)
     strings, ints = _Strings(), _Ints()
-    ids, buffers = _buffers(snap.buffers, strings, ints)
-    processes = _processes(snap, acct, ids, strings, ints)
-    return "".join((_encode(head)[:-1], ',"buffers":[', buffers, '],"processes":[', processes, "],",
-                    _encode(tail)[1:]))
+    yield _encode(head)[:-1] + ',"buffers":['
+    bufs = snap.buffers
+    for i in range(0, len(bufs), _BATCH):
+        yield ("," if i else "") + _buffers(bufs[i:i + _BATCH], strings, ints)
+    yield '],"processes":['
+    procs = snap.processes
+    for i in range(0, len(procs), _BATCH):
+        yield ("," if i else "") + _processes(procs[i:i + _BATCH], snap.smaps, acct, strings, ints)
+    yield "]," + _encode(tail)[1:]
 
 
-def _buffers(bufs, S, I):
-    """({buffer id: its JSON text}, the buffers' JSON objects joined by commas)."""
+def _buffers(bufs, S, I) -> str:
+    """The buffers' JSON objects joined by commas."""
     enc = _str
     N = _Numbers()
-    ids: Dict[str, str] = {}
     out = []
     add = out.append
     for b in bufs:
-        ids[b.id] = i = enc(b.id)
         inode, name = b.inode, b.name
-        add(f'{{"id":{i},"kind":{S[b.kind]},"dev":{S[b.dev]},'
+        add(f'{{"id":{enc(b.id)},"kind":{S[b.kind]},"dev":{S[b.dev]},'
             f'"inode":{"null" if inode is None else inode},"size":{N[b.size]},'
             f'"exporter":{S[b.exporter]},"name":{"null" if name is None else enc(name)},'
             f'"category":{S[b.category]},"holders":[{I[b.holders]}],"fd_refs":{N[b.fd_refs]},'
             f'"map_refs":{N[b.map_refs]},"kernel_count":{N[b.kernel_count]},'
             f'"size_from":{S[b.size_from]},"allocated":{N[b.allocated]},"swapped":{N[b.swapped]}}}')
-    return ids, ",".join(out)
+    return ",".join(out)
 
 
 def _usage(u, smaps: bool) -> str:
@@ -199,13 +219,12 @@ def _usage(u, smaps: bool) -> str:
             f'"unknown_size":{u.unknown},"mem":{u.mem},"unknown_allocated":{u.unknown_alloc}}}')
 
 
-def _processes(snap, acct, ids, S, I) -> str:
+def _processes(procs, smaps: bool, acct, S, I) -> str:
     enc = _str
-    smaps = snap.smaps
     usage = acct.processes
     M = _Mappings({(): ('0,"mapped":0', "")})
     out = []
-    for p in snap.processes:
+    for p in procs:
         refs = []
         add = refs.append
         for r in p.refs:
@@ -213,10 +232,10 @@ def _processes(snap, acct, ids, S, I) -> str:
             maps, vmas = M[r.vmas]
             if smaps:
                 in_rss = r.in_rss
-                add(f'{{"buffer":{ids[r.buffer]},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
+                add(f'{{"buffer":{enc(r.buffer)},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
                     f'"vmas":[{vmas}],"in_rss":{"null" if in_rss is None else in_rss}}}')
             else:
-                add(f'{{"buffer":{ids[r.buffer]},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
+                add(f'{{"buffer":{enc(r.buffer)},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
                     f'"vmas":[{vmas}]}}')
         u = usage[p.pid]
         kinds = ",".join(f"{enc(k)}:{_usage(ku, smaps)}" for k, ku in sorted(u.by_kind.items()))

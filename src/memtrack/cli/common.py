@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Set
+from typing import Iterable, Optional, Set, Union
 
 from ..errors import MemtrackError
 from ..model import KINDS, Snapshot
@@ -307,25 +307,31 @@ def prepare(args):
     return snap, narrowed(snap, args)
 
 
-def emit_json(view: Snapshot, args) -> int:
-    from ..json_out import to_json
-    emit(to_json(view, filt=filter_doc(args)) + "\n", args)
+def emit_json(view: Snapshot, args, filt: Optional[dict] = None) -> int:
+    """The view's JSON document (filt: the filter it records; by default -p/--kind's)."""
+    from ..json_out import json_document
+    emit(json_document(view, filter_doc(args) if filt is None else filt), args)
     return 0
 
 
-def emit(text: str, args=None) -> None:
-    """The command's output, to stdout or, with -o FILE, atomically to FILE. Undecodable
-    bytes in names (held as surrogates) are written as \\udcXX: in JSON that is a valid
-    escape that reads back to the same name."""
+def emit(text: Union[str, Iterable[str]], args=None) -> None:
+    """The command's output (a str, or the pieces of one), to stdout or, with -o FILE,
+    atomically to FILE. Undecodable bytes in names (held as surrogates) are written as
+    \\udcXX: in JSON that is a valid escape that reads back to the same name."""
+    pieces = (text,) if isinstance(text, str) else text
     path = getattr(args, "output", None) if args is not None else None
     if path is not None and path != STDOUT:
-        from ..util.atomic import atomic_write
+        from ..util.atomic import atomic_open
         try:
-            atomic_write(path, text.encode("utf-8", "backslashreplace"))
+            with atomic_open(path) as f:
+                for piece in pieces:
+                    f.write(piece.encode("utf-8", "backslashreplace"))
         except OSError as exc:
             raise MemtrackError(f"{path}: {exc.strerror or exc}") from None
         return
-    sys.stdout.write(text)
+    write = sys.stdout.write
+    for piece in pieces:
+        write(piece)
     sys.stdout.flush()
 
 

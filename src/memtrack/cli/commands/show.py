@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ...account import account
 from ...errors import MemtrackError
-from ...json_out import to_json
 from ...views.table import Column, human, printable, render, to_csv
-from ..common import check_exclusive, emit, get_snapshot, pid_arg, refuse
+from ..common import check_exclusive, emit, emit_json, get_snapshot, pid_arg, refuse
 
 NAME = "show"
 HELP = "the shared buffers of one process, with their other holders"
@@ -84,14 +83,12 @@ def run(args) -> int:
         if why and why[0]:
             raise MemtrackError(f"pid {pid}: {why[0]}")
         if args.json:
-            emit(to_json(snap.restrict(pids={pid}), filt={"pids": [pid]}) + "\n", args)
-            return 0
+            return emit_json(snap.restrict(pids={pid}), args, {"pids": [pid]})
         emit(f"pid {pid} holds no shared buffers\n", args)
         return 0
     view = snap.restrict(pids={pid}, kinds=args.kind)
     if args.json:
-        emit(to_json(view, filt={"pids": [pid]}) + "\n", args)
-        return 0
+        return emit_json(view, args, {"pids": [pid]})
     acct = account(snap)
     share = acct.shares
     refs = sorted(view.process_map[pid].refs,
