@@ -45,3 +45,58 @@ def test_shared_anonymous_huge_pages_and_hugetlb_memfds_are_buffers():
     assert ref_of(snap, parent, b.id).vmas == ((start, end, 0),)
     m = by_name(snap, "huge-memfd")
     assert (m.kind, m.size, m.holders, m.fd_refs, m.map_refs) == ("memfd", hp, (parent, child), 2, 2)
+
+
+def _holders_of(dev_ino, pids):
+    """{pid: [(start, end, st_size)]} of the given processes mapping the file dev_ino."""
+    out = {}
+    for pid in pids:
+        with open("/proc/%d/maps" % pid) as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) < 6 or int(parts[4]) != dev_ino[1]:
+                    continue
+                s, e = parts[0].split("-")
+                st = os.stat("/proc/%d/map_files/%s-%s" % (pid, s, e))
+                if (st.st_dev, st.st_ino) == dev_ino:
+                    out.setdefault(pid, []).append((int(s, 16), int(e, 16), st.st_size))
+    return out
+
+
+@ROOT_ONLY
+def test_postgresql_huge_pages_shared_buffers():
+    """PostgreSQL with huge_pages=on: its shared_buffers segment is one shmem buffer held by
+    the postmaster and every child, sized as map_files says, in both backends."""
+    import shutil
+    from helpers.holdings import bpf_scan, comparable
+    from helpers.postgres_huge import find_bindir, huge_server, server_pids
+    bindir = find_bindir()
+    if bindir is None or not shutil.which("setpriv"):
+        pytest.skip("no PostgreSQL server (/usr/lib/postgresql/*/bin) or no setpriv")
+    with huge_pages(24) as hp:                 # 16 MB shared_buffers and the rest, in 2 MB pages
+        if not hp:
+            pytest.skip("the kernel gives no huge pages here")
+        try:
+            server = huge_server(bindir)
+            postmaster = server.__enter__()
+        except RuntimeError as exc:
+            pytest.skip(f"PostgreSQL with huge_pages=on did not start: {exc}")
+        try:
+            pids = server_pids(postmaster)
+            seg = _map_files(postmaster, "/anon_hugepage (deleted)")
+            assert len(seg) == 1, seg
+            st = os.stat("/proc/%d/map_files/%x-%x" % (postmaster, seg[0][0], seg[0][1]))
+            want = _holders_of((st.st_dev, st.st_ino), pids)
+            a = procfs_scan(pids)
+            b = bpf_scan(pids)
+        finally:
+            server.__exit__(None, None, None)
+    bufs = [x for x in a.buffers if x.inode == st.st_ino and x.name == "anon_hugepage"]
+    assert len(bufs) == 1
+    buf = bufs[0]
+    assert buf.size == st.st_size >= 16 << 20
+    assert buf.holders == tuple(sorted(want)) and len(want) >= 4    # postmaster + its workers
+    for pid, vmas in want.items():
+        assert ref_of(a, pid, buf.id).vmas == tuple((s, e, 0) for s, e, _ in vmas)
+    if b is not None:
+        assert comparable(b, pids) == comparable(a, pids)
