@@ -100,3 +100,22 @@ def test_postgresql_huge_pages_shared_buffers():
         assert ref_of(a, pid, buf.id).vmas == tuple((s, e, 0) for s, e, _ in vmas)
     if b is not None:
         assert comparable(b, pids) == comparable(a, pids)
+
+
+def test_a_process_whose_main_thread_exited_is_read_through_a_live_thread():
+    with holdkid("exited") as (pid,):
+        assert os.listdir("/proc/%d/fd" % pid) == [] if os.geteuid() == 0 else True
+        snap = procfs_scan([pid])
+    fd_only, mapped = by_name(snap, "left-by-main"), by_name(snap, "mapped-left-by-main")
+    assert (fd_only.holders, fd_only.size, fd_only.fd_refs) == ((pid,), 5 * PAGE, 1)
+    assert (mapped.holders, mapped.size, mapped.fd_refs, mapped.map_refs) == ((pid,), 6 * PAGE, 0, 1)
+    assert not snap.skipped.total
+
+
+def test_a_thread_with_its_own_fd_table_holds_for_the_process():
+    with holdkid("ownfiles") as (pid,):
+        snap = procfs_scan([pid])
+    own, both = by_name(snap, "thread-table-only"), by_name(snap, "in-both-tables")
+    assert (own.holders, own.size, own.fd_refs) == ((pid,), 3 * PAGE, 1)
+    # the thread's table began as a copy of the leader's: the same fd is not counted twice
+    assert (both.holders, both.size, both.fd_refs) == ((pid,), 2 * PAGE, 1)

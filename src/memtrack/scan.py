@@ -113,36 +113,68 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
     thorough = src.thorough
     fds, maps, rss, drm = [], [], [], []
     p = None
+    tables = []
     try:
         p = src.process(pid)
-        for fd, target in p.fd_targets():
-            if not target.startswith(BUFFER_PREFIXES):
-                continue
-            kp = classify(target)
-            if kp is None:
-                if is_drm_path(target):
-                    client = _read_drm(p, int(fd), fd, target, counters)
-                    if client is not None:
-                        drm.append(client)
-                continue
-            ref = _read_fd(p, int(fd), fd, target, kp[0], kp[1], thorough, counters)
-            if ref is not None:
-                fds.append(ref)
-                if ref.size is not None:
-                    sized[(ref.kind, ref.fs, ref.inode)] = ref.size
+        try:
+            targets = p.fd_targets()
+        except Denied:
+            if not _is_zombie(p):
+                raise
+            targets = []                  # an exited leader: its live threads may hold
+        tables = p.fd_tables()
+        if tables and tables[0] is None:  # no kcmp: only an exited leader's thread is read
+            tables.pop(0)
+            if targets:
+                tables.pop().close()
+                counters["no_kcmp"] = counters.get("no_kcmp", 0) + 1
+        seen = set()
+        for q in [p] + tables:
+            for fd, target in (targets if q is p else q.fd_targets()):
+                if not target.startswith(BUFFER_PREFIXES):
+                    continue
+                kp = classify(target)
+                if kp is None:
+                    if is_drm_path(target) and q is p:
+                        client = _read_drm(p, int(fd), fd, target, counters)
+                        if client is not None:
+                            drm.append(client)
+                    continue
+                ref = _read_fd(q, int(fd), fd, target, kp[0], kp[1], thorough, counters)
+                if ref is not None:
+                    if tables:
+                        # a table copied from another (unshare) holds the same files
+                        key = (ref.fd, ref.kind, ref.fs, ref.inode)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                    fds.append(ref)
+                    if ref.size is not None:
+                        sized[(ref.kind, ref.fs, ref.inode)] = ref.size
+        try:
+            text = p.maps()
+        except Denied:
+            if not tables:
+                raise
+            text = b""
+        mp = p
+        if not text and tables:
+            # the leader has exited: its maps are empty, its threads' mm is the process's
+            mp = tables[0]
+            text = mp.maps()
         bad = []
-        for start, end, off, dev, ino, kind, name in parse_shared(p.maps(), bad):
+        for start, end, off, dev, ino, kind, name in parse_shared(text, bad):
             fs = kind if kind in ("sysv", "dmabuf") else dev
             size = None
             key = (kind, fs, ino)
             if thorough or (key not in sized and kind != "sysv" and not (kind == "dmabuf" and obs.dmabuf_source)):
                 # A map-only reference: the VMA length is not the buffer size; the file's is.
-                size = _map_size(p, start, end, ino, counters)
+                size = _map_size(mp, start, end, ino, counters)
                 if size is not None:
                     sized[key] = size
             maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size))
         if smaps and maps:
-            per_vma = parse_rss(p.smaps())
+            per_vma = parse_rss(mp.smaps())
             for m in maps:
                 r = per_vma.get(m.start)
                 if r is not None:
@@ -157,6 +189,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
     finally:
         if p is not None:
             p.close()
+        for q in tables:
+            q.close()
     if bad:
         counters["bad_maps_lines"] = counters.get("bad_maps_lines", 0) + len(bad)
         counters.setdefault("bad_maps_pids", []).append(pid)
@@ -343,6 +377,8 @@ _COUNTER_NOTES = (
     ("bad_maps_lines", "{n} maps lines with impossible numbers (over 64 bits, end before start) "
                        "left out, in pids {bad_maps_pids}"),
     ("no_identity", "{n} buffer fds had no inode in fdinfo and no stat data: left out"),
+    ("no_kcmp", "kcmp(2) unavailable: the fd tables of {n} multi-threaded processes' other "
+                "threads (unshare(CLONE_FILES)) were not read"),
 )
 
 
