@@ -1262,3 +1262,34 @@ def _holding_case(case, *args):
 def test_huge_pages_same_as_procfs():
     a = _holding_case("huge")
     assert {b.name for b in a.buffers} >= {"anon_hugepage", "huge-memfd"}
+
+
+def test_an_exited_leaders_process_same_as_procfs():
+    a = _holding_case("exited")
+    assert {b.name for b in a.buffers} >= {"left-by-main", "mapped-left-by-main"}
+
+
+def test_a_threads_own_fd_table_same_as_procfs():
+    a = _holding_case("ownfiles")
+    assert {b.name for b in a.buffers} >= {"thread-table-only", "in-both-tables"}
+
+
+@pytest.mark.parametrize("case", ["exited", "ownfiles"])
+def test_a_reused_scanner_sees_thread_holdings(case):
+    """A reused scanner's refreshes (per-process sums and walks) keep a process read through
+    its threads, and see them gone."""
+    from helpers.holdings import holdkid
+    scanner()
+    s = mbpf.BpfScanner(reuse=True)
+    try:
+        with holdkid(case) as pids:
+            first = s.scan(pids=pids)
+            again = s.scan(pids=pids)
+            whole = s.scan()
+            a = procfs_scan(pids=pids)
+        assert comparable(first, pids) == comparable(again, pids) == comparable(a, pids)
+        assert comparable(whole, pids) == comparable(a, pids)
+        gone = s.scan(pids=pids)
+        assert not [b for b in gone.buffers if set(b.holders) & set(pids)]
+    finally:
+        s.close()

@@ -22,7 +22,7 @@ from ..observe import FdRef, KernelBuffer, MapRef
 from ..readers.fd import classify
 from ..scan import BUFFER_PREFIXES
 
-R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 32, 64
+R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP, R_THREAD = 1, 2, 4, 8, 16, 32, 64, 128
 R_LEN_SHIFT = 8                                   # flags bits 8-15: a copied name's length, or 0
 
 FD_REC = struct.Struct("<IIQQIIq64s32s")          # struct fd_rec
@@ -101,9 +101,15 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
     # exp is cut from data only for dma-buf records: a bytes object per record costs a
     # sixth of the parse
     step = FD_REC.size
+    threaded = set()                    # processes some of whose records are a thread's
+    first = len(fds)
     for i, (tgid, fd, ino, size, dev, flags, count, name) in enumerate(FD_HEAD.iter_unpack(data)):
         if want is not None and tgid not in want:
             continue
+        if flags & R_THREAD:
+            if flags & R_DRM:
+                continue                # DRM clients: the leader's table only, as in procfs
+            threaded.add(tgid)
         if flags & _PSEUDO_MASK == R_PSEUDO:
             ln = flags >> R_LEN_SHIFT & 0xFF
             if ln and name.startswith(b"memfd:"):    # pseudo(n), without the call or the search
@@ -137,6 +143,25 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
         if d is None:
             d = devs[dev] = fmt_dev(dev)
         add(_new(FdRef, (tgid, fd, kind, d, ino, size, bname, None, None, "stat")))
+    if threaded:
+        fds[first:] = once(fds[first:], threaded, lambda r: (r.pid, r.fd, r.kind, r.fs, r.inode))
+
+
+def once(records: list, pids: set, key) -> list:
+    """records with the repeats among those of `pids` dropped, the first kept: a thread's
+    fd table copied from the leader's (unshare) holds the same files under the same
+    numbers, and every live thread of an exited leader shows the same table and mm. The
+    procfs backend keeps the same ones (scan.read_process)."""
+    seen = set()
+    out = []
+    for r in records:
+        if r.pid in pids:
+            k = key(r)
+            if k in seen:
+                continue
+            seen.add(k)
+        out.append(r)
+    return out
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
@@ -145,9 +170,13 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
     pseudo = _pseudo_kinds(classify)
     devs: Dict[int, str] = {}
     add = maps.append
+    threaded = set()
+    first = len(maps)
     for tgid, flags, start, end, pgoff, ino, size, dev, _pad, name in VMA_REC.iter_unpack(data):
         if want is not None and tgid not in want:
             continue
+        if flags & R_THREAD:
+            threaded.add(tgid)
         if flags & R_TASK:
             if tgid not in tasks:
                 tasks[tgid] = Task(tgid, end, start, _str(name))
@@ -174,6 +203,8 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
         if flags & R_PFNMAP:
             pfnmap.add((tgid, start))
         add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize)))
+    if threaded:
+        maps[first:] = once(maps[first:], threaded, lambda m: (m.pid, m.start))
 
 
 def parse_dmabufs(data: bytes) -> List[KernelBuffer]:
