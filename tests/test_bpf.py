@@ -1254,6 +1254,8 @@ def _holding_case(case, *args):
         pids = stack.enter_context(holdkid(case, *args))
         a, b = procfs_scan(pids=pids), s.scan(pids=pids)
         full_b = s.scan()
+        a_rss, b_rss = procfs_scan(pids=pids, smaps=True), s.scan(pids=pids, smaps=True)
+    assert comparable(b_rss, pids) == comparable(a_rss, pids)
     assert comparable(b, pids) == comparable(a, pids)
     assert comparable(full_b, pids) == comparable(a, pids)
     return a
@@ -1293,3 +1295,17 @@ def test_a_reused_scanner_sees_thread_holdings(case):
         assert not [b for b in gone.buffers if set(b.holders) & set(pids)]
     finally:
         s.close()
+
+
+def test_private_mappings_same_as_procfs():
+    shm = "/dev/shm/memtrack-bpf-private-%d" % os.getpid()
+    try:
+        a = _holding_case("private", shm)
+    finally:
+        os.unlink(shm)
+    assert {b.name for b in a.buffers} >= {"private-memfd", os.path.basename(shm)}
+
+
+def test_a_program_run_from_a_memfd_same_as_procfs():
+    a = _holding_case("fexec")
+    assert "fexec-sleep" in {b.name for b in a.buffers}

@@ -119,3 +119,60 @@ def test_a_thread_with_its_own_fd_table_holds_for_the_process():
     assert (own.holders, own.size, own.fd_refs) == ((pid,), 3 * PAGE, 1)
     # the thread's table began as a copy of the leader's: the same fd is not counted twice
     assert (both.holders, both.size, both.fd_refs) == ((pid,), 2 * PAGE, 1)
+
+
+def _lines_of(pid, path):
+    """(start, end, offset, perms) of pid's mappings of `path`, from maps."""
+    out = []
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split(None, 5)
+            if len(parts) == 6 and parts[5].rstrip("\n") == path:
+                s, e = parts[0].split("-")
+                out.append((int(s, 16), int(e, 16), int(parts[2], 16), parts[1]))
+    return out
+
+
+def test_private_mappings_of_buffer_files_hold_them(tmp_path):
+    from memtrack.cli import main
+    shm = "/dev/shm/memtrack-private-%d" % os.getpid()
+    try:
+        with holdkid("private", shm) as (pid,):
+            want_memfd = _lines_of(pid, "/memfd:private-memfd (deleted)")
+            want_shm = _lines_of(pid, shm)
+            snap = procfs_scan([pid], smaps=True)
+            out = tmp_path / "show.txt"
+            main(["show", str(pid), "-o", str(out)])
+            shown = out.read_text()
+    finally:
+        os.unlink(shm)
+    assert [p for *_, p in want_memfd + want_shm] == ["rw-p", "rw-p"]
+    for b, want, size in ((by_name(snap, "private-memfd"), want_memfd, 4 * PAGE),
+                          (by_name(snap, os.path.basename(shm)), want_shm, 3 * PAGE)):
+        assert (b.holders, b.fd_refs, b.map_refs) == ((pid,), 0, 1)
+        if os.geteuid() == 0:
+            assert b.size == size              # map_files: root
+        r = ref_of(snap, pid, b.id)
+        assert r.private == tuple((s, e, o) for s, e, o, _ in want) and r.vmas == ()
+        # the page written is a private copy: neither mapped nor resident in the buffer
+        assert r.mapped == 0 and r.in_rss == 0
+    assert "0+1p" in shown and "MAP_PRIVATE" in shown
+    import json
+    doc = snap.to_dict()
+    assert json.loads(snap.to_json())["processes"] == json.loads(json.dumps(doc))["processes"]
+    assert doc["processes"][0]["refs"][0]["private_vmas"]
+    again = type(snap).from_dict(doc)
+    assert [p.refs for p in again.processes] == [p.refs for p in snap.processes]
+
+
+def test_a_program_run_from_a_memfd_holds_it():
+    import shutil
+    with holdkid("fexec") as (child,):
+        want = _lines_of(child, "/memfd:fexec-sleep (deleted)")
+        snap = procfs_scan([child])
+    b = by_name(snap, "fexec-sleep")
+    assert len(want) >= 2 and all(p.endswith("p") for *_, p in want)
+    assert (b.kind, b.holders, b.fd_refs, b.map_refs) == ("memfd", (child,), 0, len(want))
+    if os.geteuid() == 0:
+        assert b.size == os.path.getsize(shutil.which("sleep"))
+    assert ref_of(snap, child, b.id).private == tuple((s, e, o) for s, e, o, _ in want)

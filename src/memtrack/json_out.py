@@ -110,13 +110,16 @@ def _processes(snap, acct, ids, S, I) -> str:
         for r in p.refs:
             fds = r.fds
             maps, vmas = M[r.vmas]
+            # "private_vmas" only where there are some (as model._ref_dict)
+            priv = (',"private_vmas":[%s]' % ",".join("[%d,%d,%d]" % v for v in r.private)
+                    if r.private else "")
             if smaps:
                 in_rss = r.in_rss
                 add(f'{{"buffer":{ids[r.buffer]},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
-                    f'"vmas":[{vmas}],"in_rss":{"null" if in_rss is None else in_rss}}}')
+                    f'"vmas":[{vmas}],"in_rss":{"null" if in_rss is None else in_rss}{priv}}}')
             else:
                 add(f'{{"buffer":{ids[r.buffer]},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
-                    f'"vmas":[{vmas}]}}')
+                    f'"vmas":[{vmas}]{priv}}}')
         u = usage[p.pid]
         kinds = ",".join(f"{enc(k)}:{_usage(ku, smaps)}" for k, ku in sorted(u.by_kind.items()))
         comm, cmdline, uid = p.comm, p.cmdline, p.uid

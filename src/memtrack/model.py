@@ -6,7 +6,7 @@ number (rss, pss, uss, kernel-only...) comes from ``account.py`` so it can never
 from __future__ import annotations
 
 import json
-from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
+from dataclasses import MISSING, FrozenInstanceError, dataclass, field, fields, replace
 from functools import cached_property
 from typing import Dict, List, Optional, Tuple
 
@@ -88,6 +88,10 @@ class Ref:
     fds: Tuple[int, ...] = ()
     vmas: Tuple[Tuple[int, int, int], ...] = ()   # (start, end, file offset)
     in_rss: Optional[int] = None                  # smaps Rss of those VMAs (with --smaps)
+    # MAP_PRIVATE mappings (start, end, offset): they keep the buffer alive, but the pages
+    # written through them are the process's own copies, so they count in neither `mapped`
+    # nor in_rss
+    private: Tuple[Tuple[int, int, int], ...] = ()
 
     @property
     def mapped(self) -> int:
@@ -338,6 +342,8 @@ def _ref_dict(r: Ref, smaps: bool) -> dict:
          "fd_list": list(r.fds), "vmas": [list(v) for v in r.vmas]}
     if smaps:
         d["in_rss"] = r.in_rss
+    if r.private:
+        d["private_vmas"] = [list(v) for v in r.private]
     return d
 
 
@@ -479,7 +485,8 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             vmas = tuple(_vma(v) for v in _list(r.get("vmas", ())))
             fds = tuple(_fd(f) for f in _list(r.get("fd_list", ())))
             refs.append(Ref(buffer=bid, fds=fds, vmas=vmas,
-                            in_rss=_opt_u64(r.get("in_rss")) if smaps else None))
+                            in_rss=_opt_u64(r.get("in_rss")) if smaps else None,
+                            private=tuple(_vma(v) for v in _list(r.get("private_vmas", ())))))
         if len({r.buffer for r in refs}) != len(refs):
             raise ValueError(f"pid {pid} references one buffer twice")
         procs.append(Process(pid=pid, comm=_opt_str(p.get("comm")) or "",
@@ -532,8 +539,17 @@ def fast_factory(cls):
     names = field_names(cls)
     assert not {"_cls", "self"} & set(names)
     ns = {"_cls": cls}
+    # the fields' plain defaults, as __init__ has them (a field added later, Ref.private,
+    # need not be passed by every caller)
+    params = []
+    for f in fields(cls):
+        if f.default is not MISSING:
+            ns["_d_" + f.name] = f.default
+            params.append(f"{f.name}=_d_{f.name}")
+        else:
+            params.append(f.name)
     body = "".join(f"    self.{n} = {n}\n" for n in names)
-    exec(f"def __init__(self, {', '.join(names)}):\n{body}    self.__class__ = _cls\n", ns)
+    exec(f"def __init__(self, {', '.join(params)}):\n{body}    self.__class__ = _cls\n", ns)
     # both slots of tp_setattro plain, or every store goes through a lookup by name
     return type(f"_New{cls.__name__}", (cls,), {
         "__slots__": (), "__init__": ns["__init__"], "__module__": cls.__module__,

@@ -40,6 +40,7 @@ class MapRef(NamedTuple):
     inode: int
     name: Optional[str]
     size: Optional[int] = None         # from a stat of /proc/PID/map_files (never the VMA length)
+    private: bool = False              # MAP_PRIVATE: holds the buffer; its written pages are copies
 
 
 class KernelBuffer(NamedTuple):

@@ -18,7 +18,7 @@ from .observe import DrmClient, FdRef, KernelBuffer, MapRef, Observations, ProcI
 from .readers import debugfs, sysv
 from .readers.drm import is_drm_path, parse_drm_fdinfo
 from .readers.fd import classify, fdinfo_int, parse_fdinfo
-from .readers.maps import parse_shared
+from .readers.maps import parse_private, parse_shared
 from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
 from .readers.num import u64 as to_u64
@@ -173,6 +173,16 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                 if size is not None:
                     sized[key] = size
             maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size))
+        for start, end, off, dev, ino, kind, name in parse_private(text, bad):
+            # held through a private mapping: the size comes as for a map-only reference
+            fs = "dmabuf" if kind == "dmabuf" else dev
+            key = (kind, fs, ino)
+            size = None
+            if thorough or (key not in sized and not (kind == "dmabuf" and obs.dmabuf_source)):
+                size = _map_size(mp, start, end, ino, counters)
+                if size is not None:
+                    sized[key] = size
+            maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size, True))
         if smaps and maps:
             per_vma = parse_rss(mp.smaps())
             for m in maps:

@@ -7,6 +7,7 @@ holdings the test checks), then waits until stdin closes. The caller kills the g
             one touched, shared with a forked child; an MFD_HUGETLB memfd, fd + map
   private   MAP_PRIVATE of a memfd and of a /dev/shm file (ARG: its path), fds closed, one
             page of each written (copy on write)
+  fexec     a child running `sleep` from a memfd (fexecve): the memfd mapped privately only
   exited    the main thread exits (SYS_exit) while a thread holds a memfd and a mapping
   ownfiles  a thread unshares its fd table (CLONE_FILES), then opens a memfd only it holds
   bind      in a private mount namespace, /dev/shm bind-mounted on ARG; opens ARG/NAME
@@ -77,6 +78,28 @@ def private(path):
     wait_stdin()
 
 
+def fexec():
+    import shutil
+    fd = os.memfd_create("fexec-sleep")           # close-on-exec: only the mappings hold it
+    with open(shutil.which("sleep"), "rb") as f:
+        data = f.read()
+    while data:
+        data = data[os.write(fd, data):]
+    child = os.fork()
+    if child == 0:
+        os.execve(fd, ["sleep", "1000"], {})
+    os.close(fd)
+    while True:                                     # until the exec is done
+        try:
+            if os.readlink("/proc/%d/exe" % child).startswith("/memfd:fexec-sleep"):
+                break
+        except OSError:
+            pass
+        threading.Event().wait(0.01)
+    ready(child)
+    wait_stdin()
+
+
 def exited():
     fd = os.memfd_create("left-by-main")
     os.ftruncate(fd, 5 * PAGE)
@@ -136,5 +159,5 @@ def bind(where, name):
 
 if __name__ == "__main__":
     case = sys.argv[1]
-    {"huge": huge, "private": private, "exited": exited, "ownfiles": ownfiles,
+    {"huge": huge, "private": private, "fexec": fexec, "exited": exited, "ownfiles": ownfiles,
      "bind": bind}[case](*sys.argv[2:])

@@ -49,6 +49,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define R_NAMED    0x20   /* dma-buf with a name (DMA_BUF_SET_NAME) */
 #define R_PFNMAP   0x40
 #define R_THREAD   0x80   /* from a thread other than the leader: may repeat another's */
+#define R_PRIVATE  0x10000 /* a MAP_PRIVATE mapping (above the name length's bits) */
 #define R_LEN_SHIFT 8     /* bits 8-15: the length of a copied dentry name (0: not given) */
 
 #define NAME_LEN 64
@@ -103,6 +104,8 @@ struct state {
 	u64 sum_hash;
 	u32 sum_tgid;
 	u32 sum_n;
+	u32 shm_dev;            /* /dev/shm's s_dev (set by the loader): see task_vma */
+	u32 pad;
 };
 
 struct {
@@ -571,8 +574,6 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	if (!st || !task || !vma || !of_group(task, 0, &thread))
 		return 0;
 	vm_flags = vma->vm_flags;
-	if (!(vm_flags & VM_MAYSHARE))
-		return 0;
 	file = vma->vm_file;
 	if (!file)
 		return 0;
@@ -581,6 +582,15 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 		return 0;
 	r.tgid = task->tgid;
 	r.flags = file_name(file, r.name, 0, 0, &r.size);
+	if (!(vm_flags & VM_MAYSHARE)) {
+		/* A private mapping holds the buffer too (a program run from a memfd): reported
+		 * for pseudo files (memfd, dma-buf; userspace drops private anonymous memory) and
+		 * files on /dev/shm's filesystem; not for every file on any tmpfs (/tmp), whose
+		 * names userspace would have to read for nothing. */
+		if (!(r.flags & R_PSEUDO) && inode->i_sb->s_dev != st->shm_dev)
+			return 0;
+		r.flags |= R_PRIVATE;
+	}
 	if (vm_flags & VM_PFNMAP)
 		r.flags |= R_PFNMAP;
 	if (thread)

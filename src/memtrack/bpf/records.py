@@ -20,9 +20,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..observe import FdRef, KernelBuffer, MapRef
 from ..readers.fd import classify
+from ..readers.maps import PRIVATE_KINDS
 from ..scan import BUFFER_PREFIXES
 
 R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP, R_THREAD = 1, 2, 4, 8, 16, 32, 64, 128
+R_PRIVATE = 0x10000
 R_LEN_SHIFT = 8                                   # flags bits 8-15: a copied name's length, or 0
 
 FD_REC = struct.Struct("<IIQQIIq64s32s")          # struct fd_rec
@@ -191,6 +193,9 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
         if kp is None:
             continue
         kind = kp[0]
+        private = bool(flags & R_PRIVATE)
+        if private and kind not in PRIVATE_KINDS:
+            continue                      # private anonymous memory, not a buffer
         if kind == "sysv":
             fs, msize = "sysv", None      # sized by /proc/sysvipc/shm, as in procfs
         elif kind == "dmabuf":
@@ -202,7 +207,7 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
             msize = size
         if flags & R_PFNMAP:
             pfnmap.add((tgid, start))
-        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize)))
+        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize, private)))
     if threaded:
         maps[first:] = once(maps[first:], threaded, lambda m: (m.pid, m.start))
 

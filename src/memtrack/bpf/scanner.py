@@ -312,7 +312,11 @@ class BpfScanner(Reads):
         if smaps:
             for pid in sorted({m.pid for m in maps}):
                 try:
-                    per_vma = parse_rss(read_at("/proc/%d/smaps" % pid))
+                    text = read_at("/proc/%d/smaps" % pid)
+                    if not text:                # an exited leader: a live thread's mm
+                        tids = [t for t in os.listdir("/proc/%d/task" % pid) if t != str(pid)]
+                        text = read_at("/proc/%s/smaps" % min(tids, key=int)) if tids else b""
+                    per_vma = parse_rss(text)
                 except OSError:
                     continue
                 for m in maps:

@@ -32,6 +32,50 @@ def shared_lines(data: bytes):
     return out
 
 
+# A private mapping (perms ending in 'p') of a buffer file; found by the path, not the perms:
+# nearly every line of a maps text is private
+_PLINE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) [r-][w-][x-]p ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) +(/[^\n]*)")
+_PRIVATE_PATHS = (b" /memfd:", b" /dev/shm/", b" /dmabuf:", b" /dev/ashmem")
+PRIVATE_KINDS = ("memfd", "shm", "dmabuf", "ashmem")
+
+
+def parse_private(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
+    """(start, end, offset, dev, inode, kind, name) for each MAP_PRIVATE mapping of a buffer
+    file (memfd, /dev/shm, dma-buf, ashmem: a program run from a memfd maps it so). Private
+    anonymous memory ("/dev/zero", "/anon_hugepage (deleted)" private) is no buffer."""
+    seen = set()
+    for needle in _PRIVATE_PATHS:
+        pos = data.find(needle)
+        while pos >= 0:
+            start = data.rfind(b"\n", 0, pos) + 1
+            if start not in seen:
+                seen.add(start)
+                m = _PLINE.match(data, start)
+                if m is not None and m.start(6) == pos + 1:
+                    row = _row(m, bad)
+                    if row is not None and row[5] in PRIVATE_KINDS:
+                        yield row
+            pos = data.find(needle, pos + 1)
+
+
+def _row(m, bad):
+    start, end, off, dev, ino, path = m.groups()
+    kp = classify(path.decode("utf-8", "surrogateescape"))
+    if kp is None:
+        return None
+    try:
+        if len(start) > 16 or len(end) > 16 or len(off) > 16 or len(ino) > 20:
+            raise ValueError("over 64 bits")
+        s, e, i = int(start, 16), int(end, 16), int(ino)
+        if e < s or i >= U64:
+            raise ValueError("end before start, or inode over 64 bits")
+        return (s, e, int(off, 16), norm_dev(dev.decode()), i, kp[0], kp[1])
+    except ValueError:
+        if bad is not None:
+            bad.append(m.group(0)[:120])
+        return None
+
+
 def norm_dev(dev: str) -> str:
     major, _, minor = dev.partition(":")
     return "%02x:%02x" % (u64(major, 16), u64(minor, 16))
