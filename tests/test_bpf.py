@@ -1309,3 +1309,17 @@ def test_private_mappings_same_as_procfs():
 def test_a_program_run_from_a_memfd_same_as_procfs():
     a = _holding_case("fexec")
     assert "fexec-sleep" in {b.name for b in a.buffers}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_a_shm_file_through_a_bind_mount_same_as_procfs(tmp_path):
+    name = "memtrack-bpf-bind-%d" % os.getpid()
+    where = tmp_path / "shm"
+    where.mkdir()
+    with open("/dev/shm/" + name, "wb") as f:
+        f.truncate(5 * R.PAGE_SIZE)
+    try:
+        a = _holding_case("bind", str(where), name)
+    finally:
+        os.unlink("/dev/shm/" + name)
+    assert [len(b.holders) for b in a.buffers if b.name == name] == [2]

@@ -176,3 +176,26 @@ def test_a_program_run_from_a_memfd_holds_it():
     if os.geteuid() == 0:
         assert b.size == os.path.getsize(shutil.which("sleep"))
     assert ref_of(snap, child, b.id).private == tuple((s, e, o) for s, e, o, _ in want)
+
+
+@ROOT_ONLY
+def test_a_shm_file_through_a_bind_mount_is_one_buffer_with_both_holders(tmp_path):
+    name = "memtrack-bind-%d" % os.getpid()
+    where = tmp_path / "shm"
+    where.mkdir()
+    with open("/dev/shm/" + name, "wb") as f:
+        f.truncate(5 * PAGE)
+    try:
+        with holdkid("bind", str(where), name) as (parent, child):
+            snap = procfs_scan([parent, child])
+            ino = os.stat("/dev/shm/" + name).st_ino
+    finally:
+        os.unlink("/dev/shm/" + name)
+    bufs = [b for b in snap.buffers if b.inode == ino]
+    assert len(bufs) == 1, [(b.id, b.name, b.holders) for b in bufs]
+    b = bufs[0]
+    assert (b.kind, b.name, b.size, b.holders) == ("shm", name, 5 * PAGE, (parent, child))
+    assert (b.fd_refs, b.map_refs) == (2, 2)
+    from memtrack.account import account
+    acct = account(snap)
+    assert acct.shares[b.id] == {parent: 5 * PAGE // 2, child: 5 * PAGE // 2}

@@ -19,6 +19,7 @@ from .readers import debugfs, sysv
 from .readers.drm import is_drm_path, parse_drm_fdinfo
 from .readers.fd import classify, fdinfo_int, parse_fdinfo
 from .readers.maps import parse_private, parse_shared
+from .readers.mounts import as_shm_path
 from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
 from .readers.num import u64 as to_u64
@@ -107,9 +108,11 @@ def _skip_list(obs: Observations, exc: ProcessGone) -> list:
 
 
 def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tuple, int],
-                 counters: Dict[str, int]) -> None:
+                 counters: Dict[str, int], binds=None) -> None:
     """Read one process. If it vanishes or can't be read, it is counted and whatever was
-    read of it is dropped: a half-read process would be a lie."""
+    read of it is dropped: a half-read process would be a lie. binds: a ShmBinds
+    (readers.mounts), for a live source: a /dev/shm file reached through a bind mount is
+    read as the /dev/shm file it is."""
     thorough = src.thorough
     fds, maps, rss, drm = [], [], [], []
     p = None
@@ -129,10 +132,13 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                 tables.pop().close()
                 counters["no_kcmp"] = counters.get("no_kcmp", 0) + 1
         seen = set()
+        bl = binds.of(pid) if binds is not None else ()
         for q in [p] + tables:
             for fd, target in (targets if q is p else q.fd_targets()):
                 if not target.startswith(BUFFER_PREFIXES):
-                    continue
+                    target = as_shm_path(target, bl) if bl else None
+                    if target is None:
+                        continue
                 kp = classify(target)
                 if kp is None:
                     if is_drm_path(target) and q is p:
@@ -163,7 +169,7 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
             mp = tables[0]
             text = mp.maps()
         bad = []
-        for start, end, off, dev, ino, kind, name in parse_shared(text, bad):
+        for start, end, off, dev, ino, kind, name in parse_shared(text, bad, bl):
             fs = kind if kind in ("sysv", "dmabuf") else dev
             size = None
             key = (kind, fs, ino)
@@ -362,8 +368,12 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     targets = src.pids() if pids is None else sorted(set(pids))
     sized: Dict[tuple, int] = {}
     counters: Dict[str, int] = {}
+    binds = None
+    if type(src).__name__ == "LiveSource":     # this machine's processes: their mounts
+        from .readers.mounts import live_shm_binds
+        binds = live_shm_binds(src.proc_root)
     for pid in targets:
-        read_process(src, pid, obs, smaps, sized, counters)
+        read_process(src, pid, obs, smaps, sized, counters, binds)
     _merge_recorded_skips(src, obs, pids)
     obs.notes.extend(counter_notes(counters))
     return obs

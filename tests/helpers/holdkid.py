@@ -10,8 +10,8 @@ holdings the test checks), then waits until stdin closes. The caller kills the g
   fexec     a child running `sleep` from a memfd (fexecve): the memfd mapped privately only
   exited    the main thread exits (SYS_exit) while a thread holds a memfd and a mapping
   ownfiles  a thread unshares its fd table (CLONE_FILES), then opens a memfd only it holds
-  bind      in a private mount namespace, /dev/shm bind-mounted on ARG; opens ARG/NAME
-            (ARG2: NAME) there and maps it
+  bind      /dev/shm/NAME (ARG2) held by fd and map by this process and by a child that, in
+            a private mount namespace, bind-mounts /dev/shm on ARG and opens ARG/NAME
 """
 import ctypes
 import mmap
@@ -145,6 +145,23 @@ def ownfiles():
 
 
 def bind(where, name):
+    """The parent holds /dev/shm/NAME; a child in a mount namespace of its own holds it
+    through the bind mount."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(r)
+        _bound(where, name, w)
+        return
+    os.close(w)
+    os.read(r, 1)
+    fd = os.open("/dev/shm/" + name, os.O_RDWR)
+    mm(os.fstat(fd).st_size, MAP_SHARED, fd, touch=PAGE)
+    ready(os.getpid(), child)
+    wait_stdin()
+
+
+def _bound(where, name, w):
     if libc.unshare(CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "unshare")
     if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
@@ -153,8 +170,8 @@ def bind(where, name):
         raise OSError(ctypes.get_errno(), "mount --bind")
     fd = os.open(os.path.join(where, name), os.O_RDWR)
     mm(os.fstat(fd).st_size, MAP_SHARED, fd, touch=PAGE)
-    ready(os.getpid())
-    wait_stdin()
+    os.write(w, b"k")
+    threading.Event().wait()
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ _new = tuple.__new__                   # NamedTuple without its Python-level __n
 
 
 def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List[tuple],
-                want=None, readlink: Readlink = link_target) -> None:
+                want=None, readlink: Readlink = link_target, binds=None) -> None:
     """task_file records -> FdRef (and tasks, DRM fds (pid, fd, rdev)), in the iterator's
     order, which is procfs order: pids ascending, fds ascending."""
     pseudo = _pseudo_kinds(classify_fd)
@@ -139,7 +139,11 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
             kp = classify_fd(target) if target is not None else None
             if kp is None:
-                continue
+                # /dev/shm's filesystem through a bind mount (readers.mounts), as procfs
+                shm = binds.rename(tgid, dev, target) if binds is not None else None
+                kp = classify(shm) if shm is not None else None
+                if kp is None:
+                    continue
             kind, bname = kp
         d = devs.get(dev)
         if d is None:
@@ -167,7 +171,7 @@ def once(records: list, pids: set, key) -> list:
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
-               want=None, readlink: Readlink = link_target) -> None:
+               want=None, readlink: Readlink = link_target, binds=None) -> None:
     """task_vma records -> MapRef, pids ascending, addresses ascending (maps order)."""
     pseudo = _pseudo_kinds(classify)
     devs: Dict[int, str] = {}
@@ -190,6 +194,9 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
         else:
             path = readlink("/proc/%d/map_files/%x-%x" % (tgid, start, end))
             kp = classify(path) if path is not None else None
+            if kp is None and binds is not None and not flags & R_PRIVATE:
+                shm = binds.rename(tgid, dev, path)
+                kp = classify(shm) if shm is not None else None
         if kp is None:
             continue
         kind = kp[0]

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Iterator, Optional
 
 from .fd import classify
+from .mounts import as_shm_path
 from .num import U64, u64
 
 # One line of maps: start-end perms offset dev inode path
@@ -81,15 +82,21 @@ def norm_dev(dev: str) -> str:
     return "%02x:%02x" % (u64(major, 16), u64(minor, 16))
 
 
-def parse_shared(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
+def parse_shared(data: bytes, bad: Optional[list] = None, binds=()) -> Iterator[tuple]:
     """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping.
     Lines whose numbers no kernel prints (over 64 bits, end before start) are left out,
-    and appended to `bad` when given, so the caller can say how many."""
+    and appended to `bad` when given, so the caller can say how many. binds: where else
+    /dev/shm's filesystem is mounted (readers.mounts), for the process."""
     for m in shared_lines(data):
         start, end, off, dev, ino, path = m.groups()
-        kp = classify(path.decode("utf-8", "surrogateescape"))
+        path = path.decode("utf-8", "surrogateescape")
+        kp = classify(path)
         if kp is None:
-            continue
+            if binds:
+                path = as_shm_path(path, binds)
+                kp = classify(path) if path is not None else None
+            if kp is None:
+                continue
         try:
             # the regex allowed only hex digits and ASCII digits: lengths are all that is
             # left to check (the hot path of a scan, so no general u64() here)
