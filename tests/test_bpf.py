@@ -1248,7 +1248,7 @@ def _holding_case(case, *args):
     from helpers.holdings import holdkid, huge_pages
     s = scanner()
     with ExitStack() as stack:
-        if case == "huge":
+        if case in ("huge", "hugefs"):
             if os.geteuid() != 0 or not stack.enter_context(huge_pages(3)):
                 pytest.skip("the kernel gives no huge pages here")
         pids = stack.enter_context(holdkid(case, *args))
@@ -1323,3 +1323,11 @@ def test_a_shm_file_through_a_bind_mount_same_as_procfs(tmp_path):
     finally:
         os.unlink("/dev/shm/" + name)
     assert [len(b.holders) for b in a.buffers if b.name == name] == [2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_a_file_on_a_hugetlbfs_mount_same_as_procfs(tmp_path):
+    where = tmp_path / "huge"
+    where.mkdir()
+    a = _holding_case("hugefs", str(where))
+    assert [b.kind for b in a.buffers if b.name == str(where / "hugefile")] == ["hugetlb"]

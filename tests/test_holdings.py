@@ -199,3 +199,21 @@ def test_a_shm_file_through_a_bind_mount_is_one_buffer_with_both_holders(tmp_pat
     from memtrack.account import account
     acct = account(snap)
     assert acct.shares[b.id] == {parent: 5 * PAGE // 2, child: 5 * PAGE // 2}
+
+
+@ROOT_ONLY
+def test_a_file_on_a_hugetlbfs_mount_is_a_buffer(tmp_path):
+    where = tmp_path / "huge"
+    where.mkdir()
+    with huge_pages(1) as hp:
+        if not hp:
+            pytest.skip("the kernel gives no huge pages here")
+        with holdkid("hugefs", str(where)) as (pid,):
+            path = str(where / "hugefile")
+            want = _lines_of(pid, path)
+            st = [os.stat("/proc/%d/map_files/%x-%x" % (pid, s, e)) for s, e, _o, _p in want]
+            snap = procfs_scan([pid])
+    b = by_name(snap, path)
+    assert len(want) == 1 and st[0].st_size == hp
+    assert (b.kind, b.inode, b.size, b.holders, b.fd_refs, b.map_refs) == \
+        ("hugetlb", st[0].st_ino, hp, (pid,), 1, 1)

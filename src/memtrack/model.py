@@ -14,7 +14,7 @@ from .errors import SourceError
 from .readers.num import PID_MAX_LIMIT, U64
 
 SCHEMA = 1
-KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem")
+KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem", "hugetlb")
 
 
 def _slotted(cls):

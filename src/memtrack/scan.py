@@ -19,7 +19,7 @@ from .readers import debugfs, sysv
 from .readers.drm import is_drm_path, parse_drm_fdinfo
 from .readers.fd import classify, fdinfo_int, parse_fdinfo
 from .readers.maps import parse_private, parse_shared
-from .readers.mounts import as_shm_path
+from .readers.mounts import kind_of
 from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
 from .readers.num import u64 as to_u64
@@ -135,11 +135,12 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
         bl = binds.of(pid) if binds is not None else ()
         for q in [p] + tables:
             for fd, target in (targets if q is p else q.fd_targets()):
-                if not target.startswith(BUFFER_PREFIXES):
-                    target = as_shm_path(target, bl) if bl else None
-                    if target is None:
+                if target.startswith(BUFFER_PREFIXES):
+                    kp = classify(target)
+                else:
+                    kp = kind_of(target, bl) if bl and target[:1] == "/" else None
+                    if kp is None:
                         continue
-                kp = classify(target)
                 if kp is None:
                     if is_drm_path(target) and q is p:
                         client = _read_drm(p, int(fd), fd, target, counters)

@@ -5,6 +5,7 @@ holdings the test checks), then waits until stdin closes. The caller kills the g
 
   huge      MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB (/anon_hugepage (deleted)), 2 huge pages,
             one touched, shared with a forked child; an MFD_HUGETLB memfd, fd + map
+  hugefs    a file on a hugetlbfs mounted (private mount namespace) on ARG, fd + map
   private   MAP_PRIVATE of a memfd and of a /dev/shm file (ARG: its path), fds closed, one
             page of each written (copy on write)
   fexec     a child running `sleep` from a memfd (fexecve): the memfd mapped privately only
@@ -76,6 +77,26 @@ def private(path):
     os.close(sfd)
     ready(os.getpid())
     wait_stdin()
+
+
+def hugefs(where):
+    """In a mount namespace of its own, a hugetlbfs mounted on ARG: one file there, 1 huge
+    page, held by fd and a shared mapping."""
+    _private_ns()
+    if libc.mount(b"none", where.encode(), b"hugetlbfs", 0, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount -t hugetlbfs")
+    fd = os.open(os.path.join(where, "hugefile"), os.O_CREAT | os.O_RDWR, 0o600)
+    os.ftruncate(fd, HUGE)
+    mm(HUGE, MAP_SHARED, fd, touch=PAGE)
+    ready(os.getpid())
+    wait_stdin()
+
+
+def _private_ns():
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
 
 
 def fexec():
@@ -176,5 +197,5 @@ def _bound(where, name, w):
 
 if __name__ == "__main__":
     case = sys.argv[1]
-    {"huge": huge, "private": private, "fexec": fexec, "exited": exited, "ownfiles": ownfiles,
+    {"huge": huge, "hugefs": hugefs, "private": private, "fexec": fexec, "exited": exited, "ownfiles": ownfiles,
      "bind": bind}[case](*sys.argv[2:])

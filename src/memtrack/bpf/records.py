@@ -140,8 +140,7 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
             kp = classify_fd(target) if target is not None else None
             if kp is None:
                 # /dev/shm's filesystem through a bind mount (readers.mounts), as procfs
-                shm = binds.rename(tgid, dev, target) if binds is not None else None
-                kp = classify(shm) if shm is not None else None
+                kp = binds.kind_of(tgid, target) if binds is not None else None
                 if kp is None:
                     continue
             kind, bname = kp
@@ -195,8 +194,7 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
             path = readlink("/proc/%d/map_files/%x-%x" % (tgid, start, end))
             kp = classify(path) if path is not None else None
             if kp is None and binds is not None and not flags & R_PRIVATE:
-                shm = binds.rename(tgid, dev, path)
-                kp = classify(shm) if shm is not None else None
+                kp = binds.kind_of(tgid, path)
         if kp is None:
             continue
         kind = kp[0]

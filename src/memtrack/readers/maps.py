@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Iterator, Optional
 
 from .fd import classify
-from .mounts import as_shm_path
+from .mounts import kind_of
 from .num import U64, u64
 
 # One line of maps: start-end perms offset dev inode path
@@ -92,9 +92,7 @@ def parse_shared(data: bytes, bad: Optional[list] = None, binds=()) -> Iterator[
         path = path.decode("utf-8", "surrogateescape")
         kp = classify(path)
         if kp is None:
-            if binds:
-                path = as_shm_path(path, binds)
-                kp = classify(path) if path is not None else None
+            kp = kind_of(path, binds) if binds else None
             if kp is None:
                 continue
         try:
