@@ -217,3 +217,19 @@ def test_a_file_on_a_hugetlbfs_mount_is_a_buffer(tmp_path):
     assert len(want) == 1 and st[0].st_size == hp
     assert (b.kind, b.inode, b.size, b.holders, b.fd_refs, b.map_refs) == \
         ("hugetlb", st[0].st_ino, hp, (pid,), 1, 1)
+
+
+@pytest.mark.parametrize("case", ["exited", "ownfiles"])
+def test_an_incremental_scanner_reads_thread_holdings_every_time(case):
+    """The incremental procfs scanner (top, serve, record) knows a process by its leader's fd
+    count and vsize, which a thread's own table does not move: such a process is re-read."""
+    from memtrack.incremental import IncrementalScanner
+    with holdkid(case) as pids:
+        sc = IncrementalScanner(pids=pids, verify_every=0)
+        first = sc.refresh()
+        again = sc.refresh()
+        assert sc.stats.reread == 1
+        fresh = procfs_scan(pids)
+    names = {b.name for b in first.buffers}
+    assert names >= ({"left-by-main"} if case == "exited" else {"thread-table-only"})
+    assert {b.name for b in again.buffers} == names == {b.name for b in fresh.buffers}

@@ -131,6 +131,10 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
             if targets:
                 tables.pop().close()
                 counters["no_kcmp"] = counters.get("no_kcmp", 0) + 1
+        if tables:
+            # their changes do not show in the leader's fd count or vsize: an incremental
+            # scanner reads such a process every time (incremental.py)
+            counters["thread_tables"] = counters.get("thread_tables", 0) + 1
         seen = set()
         bl = binds.of(pid) if binds is not None else ()
         for q in [p] + tables:
