@@ -114,7 +114,7 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
             id=bid, kind=kind, inode=inode, dev=dev, size=size,
             exporter=first([r.exporter for r in fds] + [kb.exporter for kb in kern]),
             name=first([r.name for r in fds] + [m.name for m in maps] + [kb.name for kb in kern]),
-            holders=tuple(holders), fd_refs=len(fds), map_refs=len(maps),
+            holders=tuple(holders), fd_refs=len(fds), map_refs=len([m for m in maps if not m.private]),
             kernel_count=kernel_count if kernel_count is not None else count, size_from=size_from))
 
     notes = list(obs.notes) + list(extra_notes)

@@ -261,7 +261,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                 vmal = (vmas or {}).get(pid, ())
                 pl = priv.get(pid, ())
                 nfds += len(fdl)
-                nmaps += len(vmal) + len(pl)
+                nmaps += len(vmal)     # map_refs: shared mappings, as the refs' vmas
                 in_rss = unmapped_rss
                 if smaps and vmal:
                     in_rss = min(rss_by_ref.get((pid, k), 0), size if size is not None else 1 << 64)
