@@ -31,6 +31,10 @@ SYSVIPC = "proc/sysvipc/shm"
 # what classify() can accept: a cheap C-level prefilter for the per-fd loop
 BUFFER_PREFIXES = ("/memfd:", "/dmabuf:", "/dev/shm/", "/dev/ashmem", "/dev/zero", "anon_inode:dmabuf",
                    "/dev/dri/")          # the last: DRM clients
+# fd targets no bind mount of /dev/shm nor any hugetlbfs can be under (devices, a devpts):
+# most processes' other fds, for which their mounts need not be read
+NOT_MOUNT_POINTS = ("/dev/null", "/dev/pts/", "/dev/tty", "/dev/urandom", "/dev/random",
+                    "/dev/full", "/dev/ptmx", "/dev/kmsg", "/dev/console")
 
 
 def _read_optional(src, rel, obs, what):
@@ -136,13 +140,16 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
             # scanner reads such a process every time (incremental.py)
             counters["thread_tables"] = counters.get("thread_tables", 0) + 1
         seen = set()
-        bl = binds.of(pid) if binds is not None else ()
-        for q in [p] + tables:
+        for q in (p, *tables):
             for fd, target in (targets if q is p else q.fd_targets()):
                 if target.startswith(BUFFER_PREFIXES):
                     kp = classify(target)
                 else:
-                    kp = kind_of(target, bl) if bl and target[:1] == "/" else None
+                    # a path only pid's mounts can tell: read them then (binds.of: once)
+                    if binds is None or not target.startswith("/") or target.startswith(NOT_MOUNT_POINTS):
+                        continue
+                    bl = binds.of(pid)
+                    kp = kind_of(target, bl) if bl else None
                     if kp is None:
                         continue
                 if kp is None:
@@ -174,7 +181,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
             mp = tables[0]
             text = mp.maps()
         bad = []
-        for start, end, off, dev, ino, kind, name in parse_shared(text, bad, bl):
+        lazy = (lambda: binds.of(pid)) if binds is not None else None
+        for start, end, off, dev, ino, kind, name in parse_shared(text, bad, lazy):
             fs = kind if kind in ("sysv", "dmabuf") else dev
             size = None
             key = (kind, fs, ino)

@@ -36,7 +36,8 @@ def shared_lines(data: bytes):
 # A private mapping (perms ending in 'p') of a buffer file; found by the path, not the perms:
 # nearly every line of a maps text is private
 _PLINE = re.compile(rb"([0-9a-f]+)-([0-9a-f]+) [r-][w-][x-]p ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) +(/[^\n]*)")
-_PRIVATE_PATHS = (b" /memfd:", b" /dev/shm/", b" /dmabuf:", b" /dev/ashmem")
+# one regex pass finds them (a quarter of the cost of four finds, mostly their call overhead)
+_PRIVATE_PATH = re.compile(rb" /(?:memfd:|dev/shm/|dmabuf:|dev/ashmem)")
 PRIVATE_KINDS = ("memfd", "shm", "dmabuf", "ashmem")
 
 
@@ -44,19 +45,19 @@ def parse_private(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
     """(start, end, offset, dev, inode, kind, name) for each MAP_PRIVATE mapping of a buffer
     file (memfd, /dev/shm, dma-buf, ashmem: a program run from a memfd maps it so). Private
     anonymous memory ("/dev/zero", "/anon_hugepage (deleted)" private) is no buffer."""
+    if _PRIVATE_PATH.search(data) is None:       # nearly every process
+        return
     seen = set()
-    for needle in _PRIVATE_PATHS:
-        pos = data.find(needle)
-        while pos >= 0:
-            start = data.rfind(b"\n", 0, pos) + 1
-            if start not in seen:
-                seen.add(start)
-                m = _PLINE.match(data, start)
-                if m is not None and m.start(6) == pos + 1:
-                    row = _row(m, bad)
-                    if row is not None and row[5] in PRIVATE_KINDS:
-                        yield row
-            pos = data.find(needle, pos + 1)
+    for hit in _PRIVATE_PATH.finditer(data):
+        pos = hit.start()
+        start = data.rfind(b"\n", 0, pos) + 1
+        if start not in seen:
+            seen.add(start)
+            m = _PLINE.match(data, start)
+            if m is not None and m.start(6) == pos + 1:
+                row = _row(m, bad)
+                if row is not None and row[5] in PRIVATE_KINDS:
+                    yield row
 
 
 def _row(m, bad):
@@ -82,17 +83,19 @@ def norm_dev(dev: str) -> str:
     return "%02x:%02x" % (u64(major, 16), u64(minor, 16))
 
 
-def parse_shared(data: bytes, bad: Optional[list] = None, binds=()) -> Iterator[tuple]:
+def parse_shared(data: bytes, bad: Optional[list] = None, binds=None) -> Iterator[tuple]:
     """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping.
     Lines whose numbers no kernel prints (over 64 bits, end before start) are left out,
-    and appended to `bad` when given, so the caller can say how many. binds: where else
-    /dev/shm's filesystem is mounted (readers.mounts), for the process."""
+    and appended to `bad` when given, so the caller can say how many. binds: a function
+    giving the process's other buffer mounts (readers.mounts), called only for a shared
+    mapping whose path does not say what it is."""
     for m in shared_lines(data):
         start, end, off, dev, ino, path = m.groups()
         path = path.decode("utf-8", "surrogateescape")
         kp = classify(path)
         if kp is None:
-            kp = kind_of(path, binds) if binds else None
+            b = binds() if binds is not None else None
+            kp = kind_of(path, b) if b else None
             if kp is None:
                 continue
         try:
