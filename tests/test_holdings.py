@@ -158,10 +158,12 @@ def test_private_mappings_of_buffer_files_hold_them(tmp_path):
         assert r.mapped == 0 and r.in_rss == 0
     assert "0+1p" in shown and "MAP_PRIVATE" in shown
     import json
-    doc = snap.to_dict()
-    assert json.loads(snap.to_json())["processes"] == json.loads(json.dumps(doc))["processes"]
+    from memtrack.json_in import from_dict
+    from memtrack.json_out import to_dict, to_json
+    doc = to_dict(snap)
+    assert json.loads(to_json(snap))["processes"] == json.loads(json.dumps(doc))["processes"]
     assert doc["processes"][0]["refs"][0]["private_vmas"]
-    again = type(snap).from_dict(doc)
+    again = from_dict(doc)
     assert [p.refs for p in again.processes] == [p.refs for p in snap.processes]
 
 

@@ -70,7 +70,7 @@ def huge_pages(n: int):
 
 
 def procfs_scan(pids, smaps=False):
-    from memtrack.scan import scan
+    from memtrack.procfs import scan
     from memtrack.sources.live import LiveSource
     return scan(LiveSource(), pids=pids, smaps=smaps)
 
@@ -90,7 +90,8 @@ def bpf_scan(pids, smaps=False):
 
 
 def comparable(snap, pids):
-    doc = snap.restrict(pids=set(pids)).to_dict()
+    from memtrack.json_out import to_dict
+    doc = to_dict(snap.restrict(pids=set(pids)))
     return {"buffers": doc["buffers"], "processes": doc["processes"], "totals": doc["totals"]}
 
 

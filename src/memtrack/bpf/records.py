@@ -20,8 +20,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..observe import FdRef, KernelBuffer, MapRef
 from ..readers.fd import classify
+from ..kernel import BUFFER_PREFIXES
 from ..readers.maps import PRIVATE_KINDS
-from ..scan import BUFFER_PREFIXES
 
 R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP, R_THREAD = 1, 2, 4, 8, 16, 32, 64, 128
 R_PRIVATE = 0x10000
