@@ -63,9 +63,11 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
             ids_used[(kind, inode)] = ids_used.get((kind, inode), 0) + 1
 
     # the smaps Rss of a mapping goes to the buffer its last observation at that address names
+    # (a private mapping's resident pages are the process's own copies: none)
     vma_owner = {}
     for m in obs.maps:
-        vma_owner[(m.pid, m.start)] = map_identity(m)
+        if not m.private:
+            vma_owner[(m.pid, m.start)] = map_identity(m)
     rss = {}
     for v in obs.rss:
         k = vma_owner.get((v.pid, v.start))
@@ -105,7 +107,8 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
         kernel_count = kern[-1].count if kern else None
         holders = sorted({r.pid for r in fds} | {m.pid for m in maps})
         for pid in holders:
-            vmas = sorted((m.start, m.end, m.offset) for m in maps if m.pid == pid)
+            vmas = sorted((m.start, m.end, m.offset) for m in maps if m.pid == pid and not m.private)
+            private = sorted((m.start, m.end, m.offset) for m in maps if m.pid == pid and m.private)
             in_rss = None
             if smaps:               # never more than the buffer
                 in_rss = rss.get((pid, k), 0) if vmas else 0
@@ -113,12 +116,12 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
                     in_rss = min(in_rss, size)
             refs.setdefault(pid, []).append(Ref(
                 buffer=bid, fds=tuple(sorted(r.fd for r in fds if r.pid == pid)),
-                vmas=tuple(vmas), in_rss=in_rss))
+                vmas=tuple(vmas), in_rss=in_rss, private=tuple(private)))
         buffers.append(Buffer(
             id=bid, kind=kind, inode=inode, dev=dev, size=size,
             exporter=first([r.exporter for r in fds] + [kb.exporter for kb in kern]),
             name=first([r.name for r in fds] + [m.name for m in maps] + [kb.name for kb in kern]),
-            holders=tuple(holders), fd_refs=len(fds), map_refs=len(maps),
+            holders=tuple(holders), fd_refs=len(fds), map_refs=len([m for m in maps if not m.private]),
             kernel_count=kernel_count if kernel_count is not None else count, size_from=size_from,
             allocated=allocated, swapped=swapped))
 

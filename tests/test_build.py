@@ -58,7 +58,8 @@ def random_observations(rng: random.Random) -> Observations:
         obs.maps.append(MapRef(pid, start, start + rng.choice([0x1000, 0x3000]), rng.choice([0, 0x1000]),
                                kind, kind if kind in ("dmabuf", "sysv") else rng.choice(DEVS),
                                rng.choice(inodes), rng.choice([None, "m"]),
-                               rng.choice([None, None, 8192]), rng.choice([None, 0, 8192])))
+                               rng.choice([None, None, 8192]), rng.choice([None, 0, 8192]),
+                               kind not in ("sysv", "shmem") and rng.random() < 0.2))
     for _ in range(rng.randint(0, 10)):
         kind = rng.choice(["dmabuf", "dmabuf", "sysv"])
         size = rng.choice([None, 4096, 1 << 20])

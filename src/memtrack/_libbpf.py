@@ -21,7 +21,7 @@ LIBBPF_NAMES = ("libbpf.so.1", "libbpf.so")
 OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "memtrack.bpf.o")
 BTF = "/sys/kernel/btf/vmlinux"
 DRM_MAJOR = 226                                   # the DRM char devices' major number
-STATE = struct.Struct("<IIQQIIQQII")              # struct state: drm_major, abi, then 0s
+STATE = struct.Struct("<IIQQIIQQIIII")            # struct state: drm_major, abi, 0s, shm_dev, 0
 ABI = 1
 
 
@@ -318,6 +318,16 @@ def unused_programs(reuse: bool, dmabuf: bool, cmd: bool = False) -> tuple:
             (() if cmd else ("task_cmd",)))
 
 
+def shm_dev() -> int:
+    """/dev/shm's device as the kernel encodes a dev_t (MAJOR << 20 | MINOR), 0 if none: the
+    iterators report private mappings of files there (a memfd's they know by its name)."""
+    try:
+        d = os.stat("/dev/shm").st_dev
+    except OSError:
+        return 0
+    return os.major(d) << 20 | os.minor(d)
+
+
 def open_iterators(path: str, drm_major: int, reuse: bool) -> tuple[BpfObject, bool, list[str]]:
     """memtrack's object at `path` loaded and its iterators attached: (object, whether
     iter/dmabuf is among them, notes for the snapshot). iter/dmabuf is asked for where the
@@ -325,7 +335,7 @@ def open_iterators(path: str, drm_major: int, reuse: bool) -> tuple[BpfObject, b
     without it and a note. task_cmd (cmdlines, 5.18+) is an extra: where the kernel refuses
     it, the object goes without it and cmdlines come from /proc (BpfObject.has). LibbpfError
     where the kernel refuses the rest."""
-    init = {"state": STATE.pack(drm_major, ABI, *[0] * 8)}
+    init = {"state": STATE.pack(drm_major, ABI, *[0] * 8, shm_dev(), 0)}
     notes: list[str] = []
     dmabuf, cmd = kernel_version() >= (6, 16), kernel_version() >= (5, 18)
     # where the kernel refuses the object, the extras are dropped: task_cmd, then iter/dmabuf,

@@ -32,8 +32,9 @@ _KIND_INODE = itemgetter(0, 2)
 # What is known of one buffer while the observations are merged. Most buffers are seen
 # once, by one fd: for them it is that FdRef itself. Any second sighting opens it into a
 # list (not an object: a big scan has tens of thousands) indexed by these. FDS: pid ->
-# [fd, ...]; VMAS: None until the buffer is seen mapped, then pid -> [(start, end, offset), ...].
-SIZE, SIZE_FROM, EXPORTER, NAME, COUNT, KERNEL_COUNT, DEV, FDS, VMAS, ALLOC, SWAPPED = range(11)
+# [fd, ...]; VMAS: None until the buffer is seen mapped, then pid -> [(start, end, offset), ...];
+# PRIV: the same for MAP_PRIVATE mappings.
+SIZE, SIZE_FROM, EXPORTER, NAME, COUNT, KERNEL_COUNT, DEV, FDS, VMAS, PRIV, ALLOC, SWAPPED = range(12)
 
 
 def _resolver(obs: Observations):
@@ -68,7 +69,7 @@ def _device(k) -> Optional[str]:
 def _open(k, r) -> list:
     """The accumulator of a buffer seen so far through one fd, the FdRef r."""
     pid, fd, _kind, _fs, _inode, size, name, exporter, count, size_from, alloc = r
-    return [size, size_from, exporter, name, count, None, _device(k), {pid: [fd]}, None, alloc, None]
+    return [size, size_from, exporter, name, count, None, _device(k), {pid: [fd]}, None, None, alloc, None]
 
 
 def order_key(k) -> tuple:
@@ -166,17 +167,18 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             accs = accumulate_fds(obs.fds, _resolver(obs))
     get = accs.get
     vma_key = {}
-    for pid, start, end, offset, kind, fs, inode, name, _size, _alloc in obs.maps:
+    for pid, start, end, offset, kind, fs, inode, name, _size, _alloc, private in obs.maps:
         if kind == "dmabuf" or kind == "sysv":
             k = (kind, kind, inode)
             dev = None
         else:
             k = (kind, fs, inode)
             dev = fs
+        at = PRIV if private else VMAS
         a = get(k)
         if a is None:
-            a = accs[k] = [None, None, None, name, None, None, dev, {}, {pid: [(start, end, offset)]},
-                           None, None]
+            a = accs[k] = [None, None, None, name, None, None, dev, {}, None, None, None, None]
+            a[at] = {pid: [(start, end, offset)]}
         else:
             if a.__class__ is not list:
                 a = accs[k] = _open(k, a)
@@ -184,16 +186,16 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                 a[DEV] = dev
             if a[NAME] is None:
                 a[NAME] = name
-            vmas = a[VMAS]
+            vmas = a[at]
             if vmas is None:
-                a[VMAS] = {pid: [(start, end, offset)]}
+                a[at] = {pid: [(start, end, offset)]}
             else:
                 per = vmas.get(pid)
                 if per is None:
                     vmas[pid] = [(start, end, offset)]
                 else:
                     per.append((start, end, offset))
-        if smaps:
+        if smaps and not private:      # a private mapping's resident pages are not the buffer's
             vma_key[(pid, start)] = k
     notes: List[str] = list(obs.notes) + list(extra_notes)
     unmatched = 0
@@ -204,7 +206,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         k = (kb.kind, kb.kind, kb.inode)   # dmabuf and sysv: fs is the kind itself
         a = get(k)
         if a is None:
-            a = accs[k] = [None, None, None, None, None, None, _device(k), {}, None, None, None]
+            a = accs[k] = [None, None, None, None, None, None, _device(k), {}, None, None, None, None]
         elif a.__class__ is not list:
             a = accs[k] = _open(k, a)
         if kb.size is not None and a[SIZE] is None:
@@ -253,24 +255,37 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
             bid = f"{kind}:{inode}"
         if a.__class__ is not list:    # one fd of one process; the device is _device(k), inline
             pid, fd, _, _, _, size, name, exporter, count, size_from, alloc = a
-            refs_by_pid[pid].append(new_ref(bid, ones[fd], (), unmapped_rss))
+            refs_by_pid[pid].append(new_ref(bid, ones[fd], (), unmapped_rss, ()))
             if kind == "dmabuf":
                 alloc = size           # the kernel keeps no finer figure than a dma-buf's size
             add_buffer(new_buffer(bid, kind, inode, None if kind == "dmabuf" or fs in _NOT_DEV else fs,
                                   size, exporter, name, None, ones[pid], 1, 0, count, size_from,
                                   alloc, None))
             continue
-        size, size_from, exporter, name, count, kernel_count, dev, fds, vmas, alloc, swapped = a
+        size, size_from, exporter, name, count, kernel_count, dev, fds, vmas, priv, alloc, swapped = a
         if kind == "dmabuf":
             alloc = size
         nfds = nmaps = 0
-        if vmas is None:               # held by fds only
+        if priv is not None:           # mapped privately: rare, the plain way
+            holders = tuple(sorted(fds.keys() | (vmas or {}).keys() | priv.keys()))
+            for pid in holders:
+                fdl = fds.get(pid, ())
+                vmal = (vmas or {}).get(pid, ())
+                pl = priv.get(pid, ())
+                nfds += len(fdl)
+                nmaps += len(vmal)     # map_refs: shared mappings, as the refs' vmas
+                in_rss = unmapped_rss
+                if smaps and vmal:
+                    in_rss = min(rss_by_ref.get((pid, k), 0), size if size is not None else 1 << 64)
+                refs_by_pid[pid].append(new_ref(bid, tuple(sorted(fdl)), tuple(sorted(vmal)), in_rss,
+                                                tuple(sorted(pl))))
+        elif vmas is None:             # held by fds only
             holders = ones[next(iter(fds))] if len(fds) == 1 else tuple(sorted(fds))
             for pid in holders:
                 fdl = fds[pid]
                 nfds += len(fdl)
                 fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
-                refs_by_pid[pid].append(new_ref(bid, fdl, (), unmapped_rss))
+                refs_by_pid[pid].append(new_ref(bid, fdl, (), unmapped_rss, ()))
         else:
             if len(vmas) == 1 and (not fds or (len(fds) == 1 and fds.keys() == vmas.keys())):
                 holders = ones[next(iter(vmas))]        # one process, by fd and mapping
@@ -288,7 +303,7 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
                         in_rss = size
                 fdl = ones[fdl[0]] if len(fdl) == 1 else tuple(sorted(fdl))
                 vmal = tuple(vmal) if len(vmal) < 2 else tuple(sorted(vmal))
-                refs_by_pid[pid].append(new_ref(bid, fdl, vmal, in_rss))
+                refs_by_pid[pid].append(new_ref(bid, fdl, vmal, in_rss, ()))
         add_buffer(new_buffer(
             bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
             kernel_count if kernel_count is not None else count, size_from, alloc, swapped))

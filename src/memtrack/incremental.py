@@ -169,14 +169,19 @@ class IncrementalScanner:
                             sized[(r.kind, r.fs, r.inode)] = r.size
                     continue
             todo.append((pid, sig))
+        binds = None
+        if todo and self._proc_root is not None:
+            from .readers.mounts import live_shm_binds
+            binds = live_shm_binds(self._proc_root)
         for pid, sig in todo:
             sub = Observations()
             sub.dmabuf_source = obs.dmabuf_source
             counters: Dict[str, int] = {}
-            read_process(src, pid, sub, self.smaps, sized, counters)
+            read_process(src, pid, sub, self.smaps, sized, counters, binds)
             part = _Part(sig, sub, counters)
-            # a process that went away or failed is asked again next time, never cached
-            if sub.vanished or sub.unreadable:
+            # a process that went away or failed is asked again next time, never cached; nor
+            # one read through its threads' tables, which its signature does not cover
+            if sub.vanished or sub.unreadable or counters.get("thread_tables"):
                 part.sig = None
             new[pid] = part
         moved = {pid for pid in old if pid not in new}

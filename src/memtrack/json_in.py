@@ -188,7 +188,8 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             vmas = tuple(_vma(v) for v in _list(r.get("vmas", ())))
             fds = tuple(_fd(f) for f in _list(r.get("fd_list", ())))
             refs.append(Ref(buffer=bid, fds=fds, vmas=vmas,
-                            in_rss=_opt_u64(r.get("in_rss")) if smaps else None))
+                            in_rss=_opt_u64(r.get("in_rss")) if smaps else None,
+                            private=tuple(_vma(v) for v in _list(r.get("private_vmas", ())))))
         if len({r.buffer for r in refs}) != len(refs):
             raise ValueError(f"pid {pid} references one buffer twice")
         procs.append(Process(pid=pid, comm=_opt_str(p.get("comm")) or "",

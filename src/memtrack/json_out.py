@@ -121,6 +121,8 @@ def _ref_dict(r: Ref, smaps: bool) -> dict:
          "fd_list": list(r.fds), "vmas": [list(v) for v in r.vmas]}
     if smaps:
         d["in_rss"] = r.in_rss
+    if r.private:
+        d["private_vmas"] = [list(v) for v in r.private]
     return d
 
 
@@ -230,13 +232,16 @@ def _processes(procs, smaps: bool, acct, S, I) -> str:
         for r in p.refs:
             fds = r.fds
             maps, vmas = M[r.vmas]
+            # "private_vmas" only where there are some (as _ref_dict)
+            priv = (',"private_vmas":[%s]' % ",".join("[%d,%d,%d]" % v for v in r.private)
+                    if r.private else "")
             if smaps:
                 in_rss = r.in_rss
                 add(f'{{"buffer":{enc(r.buffer)},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
-                    f'"vmas":[{vmas}],"in_rss":{"null" if in_rss is None else in_rss}}}')
+                    f'"vmas":[{vmas}],"in_rss":{"null" if in_rss is None else in_rss}{priv}}}')
             else:
                 add(f'{{"buffer":{enc(r.buffer)},"fds":{len(fds)},"maps":{maps},"fd_list":[{I[fds]}],'
-                    f'"vmas":[{vmas}]}}')
+                    f'"vmas":[{vmas}]{priv}}}')
         u = usage[p.pid]
         kinds = ",".join(f"{enc(k)}:{_usage(ku, smaps)}" for k, ku in sorted(u.by_kind.items()))
         comm, cmdline, uid = p.comm, p.cmdline, p.uid

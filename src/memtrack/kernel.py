@@ -18,6 +18,10 @@ SYSVIPC = "proc/sysvipc/shm"
 # what classify() can accept: a cheap C-level prefilter for the per-fd loop
 BUFFER_PREFIXES = ("/memfd:", "/dmabuf:", "/dev/shm/", "/dev/ashmem", "/dev/zero", "anon_inode:dmabuf",
                    "/dev/dri/")          # the last: DRM clients
+# fd targets no bind mount of /dev/shm nor any hugetlbfs can be under (devices, a devpts):
+# most processes' other fds, for which their mounts need not be read
+NOT_MOUNT_POINTS = ("/dev/null", "/dev/pts/", "/dev/tty", "/dev/urandom", "/dev/random",
+                    "/dev/full", "/dev/ptmx", "/dev/kmsg", "/dev/console")
 
 
 def _read_optional(src, rel, obs, what):
@@ -135,6 +139,8 @@ _COUNTER_NOTES = (
     ("bad_maps_lines", "{n} maps lines with impossible numbers (over 64 bits, end before start) "
                        "left out, in pids {bad_maps_pids}"),
     ("no_identity", "{n} buffer fds had no inode in fdinfo and no stat data: left out"),
+    ("no_kcmp", "kcmp(2) unavailable: the fd tables of {n} multi-threaded processes' other "
+                "threads (unshare(CLONE_FILES)) were not read"),
 )
 
 

@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Dict, List, Optional, Tuple
 
 SCHEMA = 1
-KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem")
+KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem", "hugetlb")
 
 
 def _slotted(cls):
@@ -89,6 +89,10 @@ class Ref:
     fds: Tuple[int, ...] = ()
     vmas: Tuple[Tuple[int, int, int], ...] = ()   # (start, end, file offset)
     in_rss: Optional[int] = None                  # smaps Rss of those VMAs (with --smaps)
+    # MAP_PRIVATE mappings (start, end, offset): they keep the buffer alive, but the pages
+    # written through them are the process's own copies, so they count in neither `mapped`
+    # nor in_rss
+    private: Tuple[Tuple[int, int, int], ...] = ()
 
     @property
     def mapped(self) -> int:
@@ -227,13 +231,15 @@ def fast_factory(cls):
     names = field_names(cls)
     assert not {"_cls", "self"} & set(names)
     ns = {"_cls": cls}
+    # the fields' plain defaults, as __init__ has them (a field added later, Ref.private,
+    # need not be passed by every caller)
     params = []
-    for f in fields(cls):         # a field with a plain default may be left out, as in __init__
-        if f.default is MISSING:
-            params.append(f.name)
-        else:
+    for f in fields(cls):
+        if f.default is not MISSING:
             ns["_d_" + f.name] = f.default
             params.append(f"{f.name}=_d_{f.name}")
+        else:
+            params.append(f.name)
     body = "".join(f"    self.{n} = {n}\n" for n in names)
     exec(f"def __init__(self, {', '.join(params)}):\n{body}    self.__class__ = _cls\n", ns)
     # both slots of tp_setattro plain, or every store goes through a lookup by name

@@ -42,6 +42,7 @@ class MapRef(NamedTuple):
     name: Optional[str]
     size: Optional[int] = None         # from a stat of /proc/PID/map_files (never the VMA length)
     allocated: Optional[int] = None    # the same stat's st_blocks * 512
+    private: bool = False              # MAP_PRIVATE: holds the buffer; its written pages are copies
 
 
 class KernelBuffer(NamedTuple):

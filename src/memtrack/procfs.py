@@ -14,11 +14,13 @@ from typing import Dict, Iterable, Optional
 
 from .build import build
 from .errors import Denied, ProcessGone, Unreadable, Vanished
-from .kernel import BUFFER_PREFIXES, counter_notes, host_info, merge_recorded_skips, read_drm, read_kernel_tables
+from .kernel import (BUFFER_PREFIXES, NOT_MOUNT_POINTS, counter_notes, host_info, merge_recorded_skips,
+                     read_drm, read_kernel_tables)
 from .observe import FdRef, MapRef, Observations, ProcInfo, VmaRss
 from .readers.drm import is_drm_path
 from .readers.fd import classify, fdinfo_int, parse_fdinfo
-from .readers.maps import parse_shared
+from .readers.maps import parse_private, parse_shared
+from .readers.mounts import kind_of
 from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
 from .speed import no_gc
@@ -33,44 +35,100 @@ def _skip_list(obs: Observations, exc: ProcessGone) -> list:
 
 
 def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tuple, int],
-                 counters: Dict[str, int]) -> None:
+                 counters: Dict[str, int], binds=None) -> None:
     """Read one process. If it vanishes or can't be read, it is counted and whatever was
-    read of it is dropped: a half-read process would be a lie."""
+    read of it is dropped: a half-read process would be a lie. binds: a ShmBinds
+    (readers.mounts), for a live source: a /dev/shm file reached through a bind mount is
+    read as the /dev/shm file it is."""
     thorough = src.thorough
     fds, maps, rss, drm = [], [], [], []
     p = None
+    tables = []
     try:
         p = src.process(pid)
-        for fd, target in p.fd_targets():
-            if not target.startswith(BUFFER_PREFIXES):
-                continue
-            kp = classify(target)
-            if kp is None:
-                if is_drm_path(target):
-                    client = read_drm(p, int(fd), fd, target, counters)
-                    if client is not None:
-                        drm.append(client)
-                continue
-            ref = _read_fd(p, int(fd), fd, target, kp[0], kp[1], thorough, counters)
-            if ref is not None:
-                fds.append(ref)
-                if ref.size is not None:
-                    sized[(ref.kind, ref.fs, ref.inode)] = ref.size
+        try:
+            targets = p.fd_targets()
+        except Denied:
+            if not _is_zombie(p):
+                raise
+            targets = []                  # an exited leader: its live threads may hold
+        tables = p.fd_tables()
+        if tables and tables[0] is None:  # no kcmp: only an exited leader's thread is read
+            tables.pop(0)
+            if targets:
+                tables.pop().close()
+                counters["no_kcmp"] = counters.get("no_kcmp", 0) + 1
+        if tables:
+            # their changes do not show in the leader's fd count or vsize: an incremental
+            # scanner reads such a process every time (incremental.py)
+            counters["thread_tables"] = counters.get("thread_tables", 0) + 1
+        seen = set()
+        for q in (p, *tables):
+            for fd, target in (targets if q is p else q.fd_targets()):
+                if target.startswith(BUFFER_PREFIXES):
+                    kp = classify(target)
+                else:
+                    # a path only pid's mounts can tell: read them then (binds.of: once)
+                    if binds is None or not target.startswith("/") or target.startswith(NOT_MOUNT_POINTS):
+                        continue
+                    bl = binds.of(pid)
+                    kp = kind_of(target, bl) if bl else None
+                    if kp is None:
+                        continue
+                if kp is None:
+                    if is_drm_path(target) and q is p:
+                        client = read_drm(p, int(fd), fd, target, counters)
+                        if client is not None:
+                            drm.append(client)
+                    continue
+                ref = _read_fd(q, int(fd), fd, target, kp[0], kp[1], thorough, counters)
+                if ref is not None:
+                    if tables:
+                        # a table copied from another (unshare) holds the same files
+                        key = (ref.fd, ref.kind, ref.fs, ref.inode)
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                    fds.append(ref)
+                    if ref.size is not None:
+                        sized[(ref.kind, ref.fs, ref.inode)] = ref.size
+        try:
+            text = p.maps()
+        except Denied:
+            if not tables:
+                raise
+            text = b""
+        mp = p
+        if not text and tables:
+            # the leader has exited: its maps are empty, its threads' mm is the process's
+            mp = tables[0]
+            text = mp.maps()
         bad = []
-        for start, end, off, dev, ino, kind, name in parse_shared(p.maps(), bad):
+        lazy = (lambda: binds.of(pid)) if binds is not None else None
+        for start, end, off, dev, ino, kind, name in parse_shared(text, bad, lazy):
             fs = kind if kind in ("sysv", "dmabuf") else dev
             size = None
             key = (kind, fs, ino)
             if thorough or (key not in sized and kind != "sysv" and not (kind == "dmabuf" and obs.dmabuf_source)):
                 # A map-only reference: the VMA length is not the buffer size; the file's is.
-                size, alloc = _map_size(p, start, end, ino, counters)
+                size, alloc = _map_size(mp, start, end, ino, counters)
                 if size is not None:
                     sized[key] = size
             else:
                 alloc = None
             maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size, alloc))
+        for start, end, off, dev, ino, kind, name in parse_private(text, bad):
+            # held through a private mapping: the size comes as for a map-only reference
+            fs = "dmabuf" if kind == "dmabuf" else dev
+            key = (kind, fs, ino)
+            size = alloc = None
+            if thorough or (key not in sized and not (kind == "dmabuf" and obs.dmabuf_source)):
+                size, alloc = _map_size(mp, start, end, ino, counters)
+                if size is not None:
+                    sized[key] = size
+            maps.append(MapRef(pid, start, end, off, kind, fs, ino, name, size, alloc, True))
         if smaps and maps:
-            per_vma = parse_rss(p.smaps())
+            per_vma = parse_rss(mp.smaps())
             for m in maps:
                 r = per_vma.get(m.start)
                 if r is not None:
@@ -85,6 +143,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
     finally:
         if p is not None:
             p.close()
+        for q in tables:
+            q.close()
     if bad:
         counters["bad_maps_lines"] = counters.get("bad_maps_lines", 0) + len(bad)
         counters.setdefault("bad_maps_pids", []).append(pid)
@@ -223,8 +283,12 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     targets = src.pids() if pids is None else sorted(set(pids))
     sized: Dict[tuple, int] = {}
     counters: Dict[str, int] = {}
+    binds = None
+    if type(src).__name__ == "LiveSource":     # this machine's processes: their mounts
+        from .readers.mounts import live_shm_binds
+        binds = live_shm_binds(src.proc_root)
     for pid in targets:
-        read_process(src, pid, obs, smaps, sized, counters)
+        read_process(src, pid, obs, smaps, sized, counters, binds)
     merge_recorded_skips(src, obs, pids)
     obs.notes.extend(counter_notes(counters))
     return obs

@@ -44,6 +44,7 @@ struct kuid { u32 val; };
 struct cred { struct kuid uid; };
 
 struct mm_struct;
+struct files_struct;
 
 struct task_struct {
 	int pid;
@@ -53,6 +54,8 @@ struct task_struct {
 	const struct cred *real_cred;
 	const struct cred *cred;
 	struct mm_struct *mm;
+	struct task_struct *group_leader;
+	struct files_struct *files;
 };
 
 /* mm->mm_lock_seq moves on every mmap write-lock cycle (mmap, munmap, mremap, mprotect...):

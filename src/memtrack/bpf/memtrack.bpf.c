@@ -17,8 +17,10 @@
  *
  * Everything else is filtered out here, in the kernel. Records are fixed-size so userspace
  * parses a whole read with struct.iter_unpack; the layouts are mirrored in records.py.
- * Only thread-group leaders are reported: /proc/<tgid> shows the leader's files and mm, and
- * threads sharing them would repeat the same records.
+ * Records are of thread groups (tgid) and come from their leader, and from the other threads
+ * only where those hold what the leader does not (see of_group): a thread with an fd table
+ * of its own (unshare(CLONE_FILES)), or every live thread once the leader has exited (its
+ * files and mm are gone). Such records carry R_THREAD; userspace drops their repeats.
  */
 #include "core.h"
 #include <bpf/bpf_helpers.h>
@@ -46,6 +48,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define R_TRUNC    0x10   /* the name did not fit */
 #define R_NAMED    0x20   /* dma-buf with a name (DMA_BUF_SET_NAME) */
 #define R_PFNMAP   0x40
+#define R_THREAD   0x80   /* from a thread other than the leader: may repeat another's */
+#define R_PRIVATE  0x10000 /* a MAP_PRIVATE mapping (above the name length's bits) */
 #define R_LEN_SHIFT 8     /* bits 8-15: the length of a copied dentry name (0: not given) */
 
 #define NAME_LEN 64
@@ -102,6 +106,8 @@ struct state {
 	u64 sum_hash;
 	u32 sum_tgid;
 	u32 sum_n;
+	u32 shm_dev;            /* /dev/shm's s_dev (set by the loader): see task_vma */
+	u32 pad;
 };
 
 struct {
@@ -116,6 +122,23 @@ static __always_inline struct state *get_state(void)
 	u32 zero = 0;
 
 	return bpf_map_lookup_elem(&state, &zero);
+}
+
+/* Whether task's files (files) or mappings (!files) are to be reported for its thread group:
+ * the leader's always; another thread's files where they are not the leader's table (the
+ * file iterators skip threads sharing it already, this says so again for any iterator), its
+ * mm where the leader has none left (it exited). *thread: whether it is not the leader. */
+static __always_inline bool of_group(struct task_struct *task, bool files, bool *thread)
+{
+	struct task_struct *leader;
+
+	*thread = task->pid != task->tgid;
+	if (!*thread)
+		return 1;
+	leader = task->group_leader;
+	if (files)
+		return task->files && BPF_CORE_READ(leader, files) != task->files;
+	return task->mm && !BPF_CORE_READ(leader, mm);
 }
 
 static __always_inline bool buffer_fs(unsigned long magic)
@@ -230,23 +253,28 @@ int task_file(struct bpf_iter__task_file *ctx)
 	struct file *file = ctx->file;
 	struct fd_rec r = {};
 	struct state *st = get_state();
-	bool new_task;
+	struct task_struct *leader;
+	bool new_task, thread;
 	long err = 0;
 
-	if (!st || !task || !file || task->pid != task->tgid)
+	if (!st || !task || !file || !of_group(task, 1, &thread))
 		return 0;
 	if (!file_record(st, task, ctx->fd, file, &r))
 		return 0;
+	if (thread)
+		r.flags |= R_THREAD;
 
 	new_task = st->file_tgid != r.tgid || st->file_session != ctx->meta->session_id;
 	if (new_task) {
 		struct fd_rec t = {};
 
+		/* the process as /proc/<tgid> shows it: its leader's, even an exited one's */
+		leader = task->group_leader;
 		t.flags = R_TASK;
 		t.tgid = r.tgid;
-		t.fd = task->real_cred->uid.val;
-		t.ino = task->start_time;
-		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), task->comm);
+		t.fd = BPF_CORE_READ(leader, real_cred, uid.val);
+		t.ino = BPF_CORE_READ(leader, start_time);
+		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), leader->comm);
 		err = bpf_seq_write(seq, &t, sizeof(t));
 	}
 	if (!err)
@@ -348,7 +376,8 @@ int task_sum(struct bpf_iter__task_file *ctx)
 	struct state *st = get_state();
 	struct sum_fields r = {};
 	const u64 *w = (const u64 *)&r;
-	bool open;
+	struct task_struct *leader;
+	bool open, thread;
 	u64 h;
 	u32 n;
 
@@ -360,10 +389,12 @@ int task_sum(struct bpf_iter__task_file *ctx)
 			st->sum_n = 0;
 		return 0;
 	}
-	if (!file || task->pid != task->tgid)
+	if (!file || !of_group(task, 1, &thread))
 		return 0;
 	if (!sum_record(st, task, ctx->fd, file, &r))
 		return 0;
+	if (thread)
+		r.flags |= R_THREAD;
 	if (open && st->sum_tgid == r.tgid) {
 		h = st->sum_hash;
 		n = st->sum_n;
@@ -374,9 +405,10 @@ int task_sum(struct bpf_iter__task_file *ctx)
 		 * runs this again for the same file in the next read() */
 		if (open && sum_out(seq, st))
 			return 0;
-		bpf_probe_read_kernel(comm, sizeof(comm), task->comm);
-		h = mix(mix(mix(0xcbf29ce484222325ULL, task->start_time),
-			    ((u64)task->real_cred->uid.val << 32) | r.tgid), comm[0]);
+		leader = task->group_leader;
+		bpf_probe_read_kernel(comm, sizeof(comm), leader->comm);
+		h = mix(mix(mix(0xcbf29ce484222325ULL, BPF_CORE_READ(leader, start_time)),
+			    ((u64)BPF_CORE_READ(leader, real_cred, uid.val) << 32) | r.tgid), comm[0]);
 		h = mix(h, comm[1]);
 		n = 0;
 	}
@@ -428,16 +460,21 @@ int task_mm(struct bpf_iter__task *ctx)
 	struct task_struct *task = ctx->task;
 	struct task_rec r = {};
 	struct mm_struct *mm;
+	struct task_struct *leader;
+	bool thread;
 
-	if (!task || task->pid != task->tgid)
+	/* an exited leader's process: a live thread's record follows the leader's, and being
+	 * later, stands for the process (its mm's sequence) in userspace's table */
+	if (!task || !of_group(task, 0, &thread))
 		return 0;
+	leader = task->group_leader;
 	mm = BPF_CORE_READ(task, mm);
 	r.tgid = task->tgid;
-	r.start_time = task->start_time;
+	r.start_time = BPF_CORE_READ(leader, start_time);
 	r.seq = mm_seq(mm, &r.flags);
-	r.cred = (u64)BPF_CORE_READ(task, real_cred);
+	r.cred = (u64)BPF_CORE_READ(leader, real_cred);
 	r.mm = (u64)mm;
-	bpf_probe_read_kernel(r.comm, sizeof(r.comm), task->comm);
+	bpf_probe_read_kernel(r.comm, sizeof(r.comm), leader->comm);
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }
@@ -535,14 +572,13 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	struct inode *inode;
 	struct state *st = get_state();
 	unsigned long vm_flags;
-	bool new_task;
+	struct task_struct *leader;
+	bool new_task, thread;
 	long err = 0;
 
-	if (!st || !task || !vma || task->pid != task->tgid)
+	if (!st || !task || !vma || !of_group(task, 0, &thread))
 		return 0;
 	vm_flags = vma->vm_flags;
-	if (!(vm_flags & VM_MAYSHARE))
-		return 0;
 	file = vma->vm_file;
 	if (!file)
 		return 0;
@@ -551,8 +587,19 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 		return 0;
 	r.tgid = task->tgid;
 	r.flags = file_name(file, r.name, 0, 0, &r.size, &r.blocks);
+	if (!(vm_flags & VM_MAYSHARE)) {
+		/* A private mapping holds the buffer too (a program run from a memfd): reported
+		 * for pseudo files (memfd, dma-buf; userspace drops private anonymous memory) and
+		 * files on /dev/shm's filesystem; not for every file on any tmpfs (/tmp), whose
+		 * names userspace would have to read for nothing. */
+		if (!(r.flags & R_PSEUDO) && inode->i_sb->s_dev != st->shm_dev)
+			return 0;
+		r.flags |= R_PRIVATE;
+	}
 	if (vm_flags & VM_PFNMAP)
 		r.flags |= R_PFNMAP;
+	if (thread)
+		r.flags |= R_THREAD;
 	r.start = vma->vm_start;
 	r.end = vma->vm_end;
 	r.pgoff = vma->vm_pgoff;
@@ -562,11 +609,12 @@ int task_vma(struct bpf_iter__task_vma *ctx)
 	if (new_task) {
 		struct vma_rec t = {};
 
+		leader = task->group_leader;
 		t.flags = R_TASK;
 		t.tgid = r.tgid;
-		t.start = task->start_time;
-		t.end = task->real_cred->uid.val;
-		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), task->comm);
+		t.start = BPF_CORE_READ(leader, start_time);
+		t.end = BPF_CORE_READ(leader, real_cred, uid.val);
+		bpf_probe_read_kernel_str(t.name, sizeof(task->comm), leader->comm);
 		err = bpf_seq_write(seq, &t, sizeof(t));
 	}
 	if (!err)

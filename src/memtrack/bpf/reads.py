@@ -58,6 +58,18 @@ def split_by_tgid(data: bytes, size: int) -> Dict[int, bytes]:
     return out
 
 
+def sums_by_tgid(raw: bytes) -> Dict[int, tuple]:
+    """task_sum's records -> tgid -> (buffer files, hash). A process whose threads' records
+    the walk met apart (a thread with a table of its own, its tid beyond other processes)
+    has several sums: all are kept, so a change in any of them shows. Its one-process read
+    sums it as one and never equals them: such a process is read again every scan."""
+    out: Dict[int, tuple] = {}
+    for tgid, n, h in SUM_REC.iter_unpack(raw):
+        had = out.get(tgid)
+        out[tgid] = (n, h) if had is None else (had[0] + n, (had[1], h))
+    return out
+
+
 class Pending:
     """An iterator read running in a thread of its own: the kernel walks (read() releases
     the GIL) while this thread reads and parses the other iterators. get() gives the bytes.
@@ -205,14 +217,14 @@ class Reads:
             return split_by_tgid(self._obj.read("task_file"), FD_REC.size)
         # the sums first: a change racing the full reads shows in the next scan
         raw = sums_read.get() if sums_read is not None else self._obj.read("task_sum")
-        sums = {tgid: (n, h) for tgid, n, h in SUM_REC.iter_unpack(raw)}
+        sums = sums_by_tgid(raw)
         old_sums, old = self._sums, self._file_parts
         # A change between the sum and the records read could be undone before the next
         # scan, whose sum would then match records of a state that no longer exists: where
         # the sum moved across the read, none is kept, so the next scan reads again.
         if old is None:
             parts = split_by_tgid(self._obj.read("task_file"), FD_REC.size)
-            after = {tgid: (n, h) for tgid, n, h in SUM_REC.iter_unpack(self._obj.read("task_sum"))}
+            after = sums_by_tgid(self._obj.read("task_sum"))
             sums = {tgid: s for tgid, s in sums.items() if after.get(tgid) == s}
         else:
             parts = {}

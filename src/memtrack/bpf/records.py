@@ -24,8 +24,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 from ..observe import FdRef, KernelBuffer, MapRef
 from ..readers.fd import classify
 from ..kernel import BUFFER_PREFIXES
+from ..readers.maps import PRIVATE_KINDS
 
-R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 32, 64
+R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP, R_THREAD = 1, 2, 4, 8, 16, 32, 64, 128
+R_PRIVATE = 0x10000
 R_LEN_SHIFT = 8                                   # flags bits 8-15: a copied name's length, or 0
 
 FD_REC = struct.Struct("<IIQQIIq64s32sQ")         # struct fd_rec
@@ -95,7 +97,7 @@ _new = tuple.__new__                   # NamedTuple without its Python-level __n
 
 
 def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List[tuple],
-                want=None, readlink: Readlink = link_target) -> None:
+                want=None, readlink: Readlink = link_target, binds=None) -> None:
     """task_file records -> FdRef (and tasks, DRM fds (pid, fd, rdev)), in the iterator's
     order, which is procfs order: pids ascending, fds ascending."""
     pseudo = _pseudo_kinds(classify_fd)
@@ -104,9 +106,15 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
     # exp is cut from data only for dma-buf records: a bytes object per record costs a
     # sixth of the parse
     step = FD_REC.size
+    threaded = set()                    # processes some of whose records are a thread's
+    first = len(fds)
     for i, (tgid, fd, ino, size, dev, flags, count, name, blocks) in enumerate(FD_HEAD.iter_unpack(data)):
         if want is not None and tgid not in want:
             continue
+        if flags & R_THREAD:
+            if flags & R_DRM:
+                continue                # DRM clients: the leader's table only, as in procfs
+            threaded.add(tgid)
         if flags & _PSEUDO_MASK == R_PSEUDO:
             ln = flags >> R_LEN_SHIFT & 0xFF
             if ln and name.startswith(b"memfd:"):    # pseudo(n), without the call or the search
@@ -134,23 +142,49 @@ def parse_files(data: bytes, tasks: Dict[int, Task], fds: List[FdRef], drm: List
             target = readlink("/proc/%d/fd/%d" % (tgid, fd))
             kp = classify_fd(target) if target is not None else None
             if kp is None:
-                continue
+                # /dev/shm's filesystem through a bind mount (readers.mounts), as procfs
+                kp = binds.kind_of(tgid, target) if binds is not None else None
+                if kp is None:
+                    continue
             kind, bname = kp
         d = devs.get(dev)
         if d is None:
             d = devs[dev] = fmt_dev(dev)
         add(_new(FdRef, (tgid, fd, kind, d, ino, size, bname, None, None, "stat", blocks * 512)))
+    if threaded:
+        fds[first:] = once(fds[first:], threaded, lambda r: (r.pid, r.fd, r.kind, r.fs, r.inode))
+
+
+def once(records: list, pids: set, key) -> list:
+    """records with the repeats among those of `pids` dropped, the first kept: a thread's
+    fd table copied from the leader's (unshare) holds the same files under the same
+    numbers, and every live thread of an exited leader shows the same table and mm. The
+    procfs backend keeps the same ones (scan.read_process)."""
+    seen = set()
+    out = []
+    for r in records:
+        if r.pid in pids:
+            k = key(r)
+            if k in seen:
+                continue
+            seen.add(k)
+        out.append(r)
+    return out
 
 
 def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: set,
-               want=None, readlink: Readlink = link_target) -> None:
+               want=None, readlink: Readlink = link_target, binds=None) -> None:
     """task_vma records -> MapRef, pids ascending, addresses ascending (maps order)."""
     pseudo = _pseudo_kinds(classify)
     devs: Dict[int, str] = {}
     add = maps.append
+    threaded = set()
+    first = len(maps)
     for tgid, flags, start, end, pgoff, ino, size, dev, _pad, name, blocks in VMA_REC.iter_unpack(data):
         if want is not None and tgid not in want:
             continue
+        if flags & R_THREAD:
+            threaded.add(tgid)
         if flags & R_TASK:
             if tgid not in tasks:
                 tasks[tgid] = Task(tgid, end, start, _str(name))
@@ -162,9 +196,14 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
         else:
             path = readlink("/proc/%d/map_files/%x-%x" % (tgid, start, end))
             kp = classify(path) if path is not None else None
+            if kp is None and binds is not None and not flags & R_PRIVATE:
+                kp = binds.kind_of(tgid, path)
         if kp is None:
             continue
         kind = kp[0]
+        private = bool(flags & R_PRIVATE)
+        if private and kind not in PRIVATE_KINDS:
+            continue                      # private anonymous memory, not a buffer
         if kind == "sysv":
             fs, msize, alloc = "sysv", None, None   # sized by /proc/sysvipc/shm, as in procfs
         elif kind == "dmabuf":
@@ -176,7 +215,9 @@ def parse_vmas(data: bytes, tasks: Dict[int, Task], maps: List[MapRef], pfnmap: 
             msize, alloc = size, blocks * 512
         if flags & R_PFNMAP:
             pfnmap.add((tgid, start))
-        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize, alloc)))
+        add(_new(MapRef, (tgid, start, end, pgoff * PAGE_SIZE, kind, fs, ino, kp[1], msize, alloc, private)))
+    if threaded:
+        maps[first:] = once(maps[first:], threaded, lambda m: (m.pid, m.start))
 
 
 def parse_dmabufs(data: bytes) -> List[KernelBuffer]:

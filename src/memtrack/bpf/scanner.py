@@ -19,6 +19,7 @@ from ..sources.live import read_at
 from . import access
 from .access import GateCache, Skipped, as_caller, caller, no_caller, others_denied
 from .reads import Pending, Reads, resolved, split_by_tgid
+from ..readers.mounts import live_shm_binds
 from .records import C_OK, CMD_REC, link_target
 
 _PID = itemgetter(0)                # FdRef.pid, MapRef.pid
@@ -254,7 +255,8 @@ class BpfScanner(Reads):
         drm: list = []
         pfnmap: set = set()
         links = _Links()
-        parse_files(files, tasks, fds, drm, want, links)
+        binds = live_shm_binds()
+        parse_files(files, tasks, fds, drm, want, links, binds)
         if isinstance(vmas, Pending) and not vmas.ready() and not self.reuse:
             # the walk is still going (processes with many mappings): merge the fds for
             # build() meanwhile, rather than wait
@@ -262,7 +264,7 @@ class BpfScanner(Reads):
             pre = accumulate_fds(fds, whole=False)
             if pre is not None:
                 obs.fd_accs = (fds, pre)
-        parse_vmas(resolved(vmas), tasks, maps, pfnmap, want, links)
+        parse_vmas(resolved(vmas), tasks, maps, pfnmap, want, links, binds)
         cmds, listing = (vmas.extras() or (None, None)) if isinstance(vmas, Pending) else (None, None)
         cmds = {rec[0]: rec for rec in CMD_REC.iter_unpack(cmds)} if cmds else None
         self._links = links.by_pid if self.reuse else {}
@@ -312,7 +314,11 @@ class BpfScanner(Reads):
         if smaps:
             for pid in sorted({m.pid for m in maps}):
                 try:
-                    per_vma = parse_rss(read_at("/proc/%d/smaps" % pid))
+                    text = read_at("/proc/%d/smaps" % pid)
+                    if not text:                # an exited leader: a live thread's mm
+                        tids = [t for t in os.listdir("/proc/%d/task" % pid) if t != str(pid)]
+                        text = read_at("/proc/%s/smaps" % min(tids, key=int)) if tids else b""
+                    per_vma = parse_rss(text)
                 except OSError:
                     continue
                 for m in maps:
@@ -474,10 +480,11 @@ class BpfScanner(Reads):
         maps: list = []
         drm: list = []
         links = _Links()
-        parse_files(b"".join(fparts.get(p, b"") for p in order), tasks, fds, drm, want, links)
+        binds = live_shm_binds()
+        parse_files(b"".join(fparts.get(p, b"") for p in order), tasks, fds, drm, want, links, binds)
         if drm:
             return None
-        parse_vmas(b"".join(vparts.get(p, b"") for p in order), tasks, maps, set(), want, links)
+        parse_vmas(b"".join(vparts.get(p, b"") for p in order), tasks, maps, set(), want, links, binds)
         fds_by, maps_by = _by_pid(fds), _by_pid(maps)
         parts, status = dict(old_parts), dict(old_status)
         cache = self._cmdlines

@@ -214,7 +214,7 @@ cap_proc() {
       case $line in */*) path=/${line#*/};; *) continue;; esac
       perms=${line#* }; perms=${perms%% *}
       case $perms in ???s) ;; *) continue;; esac
-      case $path in /memfd:*|/dmabuf:*|/dev/shm/*|/SYSV*|"/dev/zero (deleted)"|/dev/ashmem*) ;; *) continue;; esac
+      case $path in /memfd:*|/dmabuf:*|/dev/shm/*|/SYSV*|"/dev/zero (deleted)"|"/anon_hugepage (deleted)"|/dev/ashmem*) ;; *) continue;; esac
       nbm=1
       r=${line%% *}
       nozeros "${r%-*}"; a=$R

@@ -28,6 +28,10 @@ def classify(path: str) -> Optional[Tuple[str, Optional[str]]]:
         return "sysv", "0x" + path[5:13]
     if path == "/dev/zero (deleted)":
         return "shmem", None
+    if path == "/anon_hugepage (deleted)":
+        # MAP_SHARED|MAP_ANONYMOUS|MAP_HUGETLB: shared anonymous memory on the kernel's
+        # internal hugetlbfs mount, the huge-page twin of "/dev/zero (deleted)"
+        return "shmem", "anon_hugepage"
     if path.startswith("/dev/ashmem"):
         return "ashmem", strip_deleted(path[11:]).lstrip("/") or None
     return None

@@ -76,6 +76,11 @@ class ProcReader:
     def cmdline(self) -> bytes: raise NotImplementedError
     def close(self) -> None: pass
 
+    def fd_tables(self) -> list:
+        """Readers of this process's other fd tables (threads'; see LiveProc.fd_tables).
+        Captures and trees record the leader's alone."""
+        return []
+
 
 class Source:
     label = "?"

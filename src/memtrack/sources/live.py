@@ -31,14 +31,81 @@ def read_at(name, dir_fd=None, single=False) -> bytes:
         os.close(fd)
 
 
+# kcmp(2) by machine (no libc wrapper); elsewhere per-thread fd tables are not told apart
+_SYS_KCMP = {"x86_64": 312, "aarch64": 272, "riscv64": 272, "loongarch64": 272, "i686": 349,
+             "i386": 349, "armv7l": 378, "armv6l": 378, "ppc64le": 354, "s390x": 343}
+_KCMP_FILES = 2
+_kcmp = []
+
+
+def kcmp_files(pid: int, tid1: int, tid2: int):
+    """Whether threads tid1 and tid2 (of process pid) share one fd table: True, False, or
+    None where the kernel cannot say (no kcmp: CONFIG_KCMP off, an unknown machine, or
+    not allowed: kcmp needs the ptrace read access /proc/PID/fd needs too)."""
+    if not _kcmp:
+        import ctypes
+        nr = _SYS_KCMP.get(os.uname().machine)
+        libc = ctypes.CDLL(None, use_errno=True) if nr else None
+        if libc is not None:
+            libc.syscall.restype = ctypes.c_long
+        _kcmp.extend((libc, nr))
+    libc, nr = _kcmp
+    if libc is None:
+        return None
+    r = libc.syscall(nr, tid1, tid2, _KCMP_FILES, 0, 0)
+    return None if r < 0 else r == 0
+
+
 class LiveProc(ProcReader):
     __slots__ = ("pid", "_dir", "_fddir")
 
     @translated
-    def __init__(self, proc_root: str, pid: int):
+    def __init__(self, proc_root: str, pid: int, dir_fd=None):
         self.pid = pid
         self._fddir = None
-        self._dir = os.open(f"{proc_root}/{pid}", _O_DIR)
+        # dir_fd: another process's /proc/PID, pid a thread's id (see fd_tables)
+        self._dir = os.open(f"../{pid}" if dir_fd is not None else f"{proc_root}/{pid}", _O_DIR,
+                            dir_fd=dir_fd)
+
+    @translated
+    def fd_tables(self):
+        """Readers of the fd tables of this process's threads that are not its leader's (a
+        thread that unshared CLONE_FILES; every live thread's once the leader has exited,
+        whose table is then none), one per distinct table; reader.tid names the thread.
+        A single-threaded process costs one fstatat: /proc/PID/task's link count is 2 + its
+        threads. kcmp tells tables apart; where it cannot, the list is None and a reader of
+        the first other thread (for an exited leader: the caller notes what went unread).
+        Readers of threads carry the process's pid."""
+        if os.stat("task", dir_fd=self._dir).st_nlink <= 3:
+            return []
+        d = os.open("task", _O_DIR, dir_fd=self._dir)
+        try:
+            tids = sorted(int(t) for t in os.listdir(d) if t.isdigit() and int(t) != self.pid)
+            taken = [self.pid]
+            out = []
+            for tid in tids:
+                same = None
+                for t in taken:
+                    same = kcmp_files(self.pid, t, tid)
+                    if same is not False:
+                        break
+                if same:
+                    continue
+                try:
+                    # /proc/TID, not /proc/PID/task/TID: only the former has map_files
+                    r = LiveProc("", tid, dir_fd=self._dir)
+                except OSError:
+                    continue                          # the thread ended meanwhile
+                r.pid = self.pid
+                if same is None:
+                    for o in out:
+                        o.close()
+                    return [None, r]
+                taken.append(tid)
+                out.append(r)
+            return out
+        finally:
+            os.close(d)
 
     @translated
     def fds(self):

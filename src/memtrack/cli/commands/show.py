@@ -100,9 +100,9 @@ def run(args) -> int:
             b = snap.buffer(r.buffer)
             rows.append([b.id, b.kind, b.inode, b.size, share.get(b.id, {}).get(pid), " ".join(map(str, r.fds)),
                          len(r.vmas), r.mapped, b.exporter, b.name, " ".join(map(str, b.holders)),
-                         b.allocated, mem_share(b, pid)])
+                         b.allocated, mem_share(b, pid), len(r.private)])
         emit(to_csv(["buffer", "kind", "inode", "size", "pss", "fds", "maps", "mapped", "exporter",
-                     "name", "holders", "allocated", "mem"], rows), args)
+                     "name", "holders", "allocated", "mem", "private_maps"], rows), args)
         return 0
     u = acct.processes[pid].total
     head = (printable(f"pid {pid} ({proc.comm})  {proc.cmdline}") + "\n"
@@ -123,10 +123,16 @@ def run(args) -> int:
         row = [b.kind, "-" if b.inode is None else str(b.inode), human(b.size, raw), alloc_text(b, raw),
                human(share.get(b.id, {}).get(pid), raw) if b.size is not None else "?",
                human(m, raw) if m is not None else "?",
-               ",".join(map(str, r.fds)) or "-", str(len(r.vmas)), human(r.mapped, raw)]
+               ",".join(map(str, r.fds)) or "-",
+               str(len(r.vmas)) + (f"+{len(r.private)}p" if r.private else ""), human(r.mapped, raw)]
         if snap.smaps:
             row.append(human(r.in_rss, raw))
         row += [b.exporter or "-", b.name or "-", holder_text(snap, b, me=pid)]
         rows.append(row)
-    emit(head + render(cols, rows), args)
+    foot = ""
+    if any(r.private for r in refs):
+        foot = ("\nN+Mp: N shared and M private (MAP_PRIVATE) mappings. A private mapping keeps "
+                "the buffer alive; the pages written through it are this process's own memory, "
+                "not the buffer's (not in Mapped or InRss).\n")
+    emit(head + render(cols, rows) + foot, args)
     return 0
