@@ -9,7 +9,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   missing=()
   while read -r cmd pkg; do
     case $cmd in
-      /*) [ -e "$cmd" ] || missing+=("$pkg") ;;          # a file the package installs
+      /*) compgen -G "$cmd" >/dev/null || missing+=("$pkg") ;;   # a file (glob) the package installs
       *) command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg") ;;
     esac
   done <<'PKGS'
@@ -24,6 +24,8 @@ ssh openssh-client
 clang clang
 llvm-strip llvm
 /usr/include/bpf/bpf_helpers.h libbpf-dev
+/usr/lib/postgresql/*/bin/postgres postgresql
+weston-simple-shm weston
 PKGS
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
