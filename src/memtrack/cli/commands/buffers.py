@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...views.table import Column, human, render, to_csv
-from ..common import emit, emit_json, prepare
+from ..common import emit, emit_json, prepare, table_width
 from .show import holder_text
 
 NAME = "buffers"
@@ -40,5 +40,5 @@ def run(args) -> int:
                      b.name or "-", holder_text(snap, b, limit=10**9 if args.all else 8)])
     foot = ["", "", human(total, raw), "", "", "", "", f"TOTAL ({len(bufs)} buffers"
             + (f", {unknown} of unknown size)" if unknown else ")"), ""]
-    emit(render(cols, rows, [foot]), args)
+    emit(render(cols, rows, [foot], width=table_width(args)), args)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...account import account
 from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render, to_csv
-from ..common import check_exclusive, emit, get_snapshot, pid_arg, refuse
+from ..common import check_exclusive, emit, get_snapshot, pid_arg, refuse, table_width
 
 NAME = "show"
 HELP = "the shared buffers of one process, with their other holders"
@@ -108,5 +108,5 @@ def run(args) -> int:
             row.append(human(r.in_rss, raw))
         row += [b.exporter or "-", b.name or "-", holder_text(snap, b, me=pid)]
         rows.append(row)
-    emit(head + render(cols, rows), args)
+    emit(head + render(cols, rows, width=table_width(args)), args)
     return 0
