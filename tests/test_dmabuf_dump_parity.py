@@ -60,7 +60,7 @@ def test_unknown_size_is_not_zero_kb(tmp_path):
     assert "%22s %13s kB %13s kB %16d %16d  %22s" % ("preview", "?", "?", 1, 9, "<unknown>") in lines
     assert "%22s %13s kB %13s kB %16s" % ("PROCESS TOTAL", "8+", "4+", "") in lines
     assert "%22s %13s kB %13s kB %16s" % ("PROCESS TOTAL", "8", "4", "") in lines     # pid 11: all known
-    assert lines[-2].endswith("userspace_rss: 16+ kB userspace_pss: 8+ kB")
+    assert lines[-2] == "dmabuf total: 8+ kB kernel_rss: 0 kB userspace_rss: 16+ kB userspace_pss: 8+ kB"
     assert lines[-1].startswith("+ 1 dma-buf of unknown size")
     assert " 0 kB" not in out.replace("kernel_rss: 0 kB", "")
 

@@ -20,7 +20,7 @@ from ..common import check_exclusive, emit, get_snapshot
 from .matrix import cells
 
 NAME = "dmabuf-dump"
-HELP = "dma-buf report in the layout of Android's dmabuf_dump (-a grid, -b per-buffer stats)"
+HELP = "dma-buf report in the layout of Android's dmabuf_dump (-a grid, -b per-buffer stats, -a -b both)"
 ORDER = 6
 OVERRIDES_COMMON = True          # -b is dmabuf_dump's per-buffer switch here; --bytes stays
 SEP = "-----------------------"
@@ -134,13 +134,17 @@ def per_process(snap, view, csv: bool) -> str:
             print("memtrack: note: dma-bufs held by no process unknown (no kernel dma-buf table or "
                   "processes unread): kernel_rss shows 0", file=sys.stderr)
     total = exported if exported is not None else a.held_bytes + kernel_rss
+    # without the kernel's table the total is what processes hold: a lower bound if some
+    # buffer's size is unknown
+    total_unknown = exported is None and any(b.size is None for b in snap.buffers if b.kind == "dmabuf")
     if csv:
         out.append('\tTOTALS\n"dmabuf total (kB)","kernel_rss (kB)","userspace_rss (kB)","userspace_pss (kB)"\n')
-        out.append("%d,%d,%s,%s\n" % (_kb(total), _kb(kernel_rss), _sized(_kb(total_rss), any_unknown, csv),
+        out.append("%s,%d,%s,%s\n" % (_sized(_kb(total), total_unknown, csv), _kb(kernel_rss),
+                                       _sized(_kb(total_rss), any_unknown, csv),
                                        _sized(_kb(total_pss), any_unknown, csv)))
     else:
-        out.append("dmabuf total: %d kB kernel_rss: %d kB userspace_rss: %s kB userspace_pss: %s kB\n" % (
-            _kb(total), _kb(kernel_rss), _sized(_kb(total_rss), any_unknown),
+        out.append("dmabuf total: %s kB kernel_rss: %d kB userspace_rss: %s kB userspace_pss: %s kB\n" % (
+            _sized(_kb(total), total_unknown), _kb(kernel_rss), _sized(_kb(total_rss), any_unknown),
             _sized(_kb(total_pss), any_unknown)))
     out.append(unknown_line(len(unknown), csv))
     return "".join(out)
