@@ -154,7 +154,7 @@ def backends():
     """The live backends that can run here, as (name, scan()) pairs: procfs always; bpf where
     it loads (one scanner for the test session: loading is the slow part)."""
     global _bpf
-    from memtrack.scan import scan
+    from memtrack.procfs import scan
     from memtrack.sources import open_source
 
     def procfs():
