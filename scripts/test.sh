@@ -25,6 +25,7 @@ clang clang
 llvm-strip llvm
 /usr/include/bpf/bpf_helpers.h libbpf-dev
 /usr/lib/postgresql/*/bin/postgres postgresql
+weston-simple-shm weston
 PKGS
   if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq

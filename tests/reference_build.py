@@ -5,7 +5,7 @@ Everything is grouped first, then each buffer is decided from its group alone: n
 carried between records, no shortcuts for the common case."""
 from __future__ import annotations
 
-from memtrack.build import assemble
+from memtrack.build import TWICE_NOTE, assemble
 from memtrack.model import KINDS, Buffer, Ref
 
 NO_DEVICE = ("dmabuf", "sysv", "anon")
@@ -129,6 +129,10 @@ def reference_build(obs, *, taken_at="", source="test", hostname=None, kernel=No
     if unmatched:
         notes.append(f"{len(unmatched)} dma-bufs in the kernel table have no inode (kernel before 5.3): "
                      "they count in the exported total but cannot be matched to processes")
+    mapping = {m.pid for m in obs.maps if m.kind == "dmabuf"}
+    twice = [r for r in obs.fds if r.kind == "dmabuf" and r.inode is None and r.pid in mapping]
+    if twice:
+        notes.append(TWICE_NOTE % len(twice))
     # processes, tables and skips around the buffers: as build() does it (not what is tested)
     return assemble(obs, buffers, refs, notes, taken_at=taken_at, source=source, hostname=hostname,
                     kernel=kernel, backend=backend, scope=scope, smaps=smaps)

@@ -37,6 +37,22 @@ _KIND_INODE = itemgetter(0, 2)
 SIZE, SIZE_FROM, EXPORTER, NAME, COUNT, KERNEL_COUNT, DEV, FDS, VMAS, PRIV, ALLOC, SWAPPED = range(12)
 
 
+TWICE_NOTE = ("%d dma-buf fds came without their inode (a Linux 5.3-5.13 capture without the fdstat "
+              "sidecar) in processes that also map dma-bufs: a buffer both open and mapped by one "
+              "process counts twice there, once by its fd and once by its mapping")
+
+
+def fds_beside_maps(fds, maps) -> int:
+    """dma-buf fds without an inode in processes that map a dma-buf. Such an fd cannot be
+    joined to the mapping it may share a buffer with (nothing names its buffer), so the
+    builder keeps both apart and says so. A count per process, summed: the Rebuilder keeps
+    it per process."""
+    mapping = {m[0] for m in maps if m[4] == "dmabuf"}
+    if not mapping:
+        return 0
+    return sum(1 for r in fds if r[2] == "dmabuf" and r[4] is None and r[0] in mapping)
+
+
 def _resolver(obs: Observations):
     """Device for fd observations that came without one (fdinfo only: a capture without
     the fdstat sidecar): the one device other observations of that kind and inode show."""
@@ -221,6 +237,9 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
     if unmatched:
         notes.append(f"{unmatched} dma-bufs in the kernel table have no inode (kernel before 5.3): "
                      "they count in the exported total but cannot be matched to processes")
+    twice = fds_beside_maps(obs.fds, obs.maps)
+    if twice:
+        notes.append(TWICE_NOTE % twice)
     for m in obs.maps:             # every mapped buffer is a list by now
         if m.size is not None or m.allocated is not None:
             kind = m.kind

@@ -20,7 +20,7 @@ from bisect import bisect_left
 from dataclasses import replace
 from typing import Dict, Iterable, List, NamedTuple, Optional, Set
 
-from .build import build, order_key
+from .build import TWICE_NOTE, build, fds_beside_maps, order_key
 from .model import Snapshot
 from .observe import FdRef, MapRef, Observations, ProcInfo
 
@@ -79,6 +79,12 @@ class Rebuilder:
             return snap
         self._meta = meta
         self._kernel = _kernel_by_key(obs.kernel)
+        # dma-buf fds without an inode beside dma-buf maps, per process: build()'s note
+        self._twice: Dict[int, int] = {}
+        for pid, part in parts.items():
+            n = fds_beside_maps(part.fds, part.maps)
+            if n:
+                self._twice[pid] = n
         self._pid_keys: Dict[int, Set[tuple]] = {}
         self._key_pids: Dict[tuple, Set[int]] = {}
         for pid, part in parts.items():
@@ -113,6 +119,11 @@ class Rebuilder:
         for pid in changed:
             touched |= self._pid_keys.get(pid, set())
             part = parts.get(pid)
+            n = fds_beside_maps(part.fds, part.maps) if part is not None else 0
+            if n:
+                self._twice[pid] = n
+            else:
+                self._twice.pop(pid, None)
             if part is not None:
                 if any(r.fs is None for r in part.fds):
                     return None
@@ -125,7 +136,7 @@ class Rebuilder:
                 if kernel.get(k) != old_kernel.get(k):
                     touched.add(k)
         if not touched and not changed:
-            return replace(self._shell(obs, meta), buffers=tuple(self._bufs),
+            return replace(self._shell(obs, meta, sum(self._twice.values())), buffers=tuple(self._bufs),
                            processes=tuple(self._procs))
 
         # ids "kind:inode" shared by two buffers depend on both: not patched
@@ -205,17 +216,20 @@ class Rebuilder:
             else:
                 pids.insert(i, pid)
                 procs.insert(i, p)
-        return replace(self._shell(obs, meta), buffers=tuple(bufs), processes=tuple(procs))
+        return replace(self._shell(obs, meta, sum(self._twice.values())), buffers=tuple(bufs), processes=tuple(procs))
 
     @staticmethod
-    def _shell(obs: Observations, meta) -> Snapshot:
-        """The snapshot without buffers and processes: tables, skipped processes, notes."""
+    def _shell(obs: Observations, meta, twice: int = 0) -> Snapshot:
+        """The snapshot without buffers and processes: tables, skipped processes, notes
+        (twice: the count of build()'s note on dma-buf fds without an inode, from the
+        processes' parts, which the shell has none of)."""
         bare = Observations()
         for name in ("dmabuf_source", "dmabuf_total", "dmabuf_count", "sysv_source"):
             setattr(bare, name, getattr(obs, name))
         bare.notes = list(obs.notes)
         bare.denied, bare.vanished, bare.unreadable = obs.denied, obs.vanished, obs.unreadable
-        return build(bare, **meta)
+        snap = build(bare, **meta)
+        return replace(snap, notes=snap.notes + (TWICE_NOTE % twice,)) if twice else snap
 
 
 def meta_key(meta) -> tuple:

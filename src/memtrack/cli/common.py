@@ -126,6 +126,8 @@ def add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
                         "the old file or the new one, never a part (- is stdout)")
     o.add_argument("-q", "--quiet", action="store_true", default=d(False),
                    help="no notes on stderr (the count of processes skipped is still printed)")
+    o.add_argument("-w", "--wide", action="store_true", default=d(False),
+                   help="whole table rows: names not cut to the terminal's width or to 100 characters")
 
 
 def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
@@ -312,6 +314,29 @@ def emit_json(view: Snapshot, args, filt: Optional[dict] = None) -> int:
     from ..json_out import json_document
     emit(json_document(view, filter_doc(args) if filt is None else filt), args)
     return 0
+
+
+def table_width(args) -> Optional[int]:
+    """The terminal cells a table row may take: the terminal's width (COLUMNS where set, as
+    shutil reads it) when stdout is a terminal; None (whole rows) with --wide, -o FILE, or
+    a pipe, so scripts see every character."""
+    if getattr(args, "wide", False):
+        return None
+    path = getattr(args, "output", None)
+    if path is not None and path != STDOUT:
+        return None
+    try:
+        if not sys.stdout.isatty():
+            return None
+    except (AttributeError, ValueError):    # a replaced or closed stdout
+        return None
+    import shutil
+    return shutil.get_terminal_size().columns
+
+
+def name_cap(args, n: int) -> Optional[int]:
+    """The longest name a table prints (n characters), none with --wide."""
+    return None if getattr(args, "wide", False) else n
 
 
 def emit(text: Union[str, Iterable[str]], args=None) -> None:

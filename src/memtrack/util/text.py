@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Optional
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -39,3 +40,30 @@ def oneline(text: str, limit: int) -> str:
     undecodable bytes escaped (names come from other processes), cut at limit."""
     s = printable(" ".join(text.split()))
     return s if len(s) <= limit else s[:limit - 1] + "…"
+
+
+def _cells(c: str) -> int:
+    """Terminal cells one character takes: 2 for East Asian wide ones, 0 for combining marks."""
+    if c < "\u0300":
+        return 1
+    if unicodedata.combining(c):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in "WF" else 1
+
+
+def clip(line: str, width: int) -> str:
+    """line cut to at most width terminal cells, ending in … where cut (as ps and top cut a
+    row at the terminal's edge)."""
+    if len(line) <= width and line.isascii():
+        return line
+    used = 0
+    for i, c in enumerate(line):
+        used += _cells(c)
+        if used > width:
+            # room for the … (one cell): drop characters until it fits
+            out, used = line[:i], used - _cells(c)
+            while out and used + 1 > width:
+                used -= _cells(out[-1])
+                out = out[:-1]
+            return out + "…" if width > 0 else ""
+    return line

@@ -5,7 +5,7 @@ import csv
 import io
 from typing import List, Optional, Sequence
 
-from ..util.text import human, printable  # noqa: F401 (the commands take both from here)
+from ..util.text import clip, human, printable  # noqa: F401 (the commands take both from here)
 
 
 class Column:
@@ -16,8 +16,10 @@ class Column:
 
 
 def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optional[List[Sequence[str]]] = None,
-           max_last: Optional[int] = None) -> str:
-    """Aligned columns separated by two spaces; the last column is never padded."""
+           max_last: Optional[int] = None, width: Optional[int] = None) -> str:
+    """Aligned columns separated by two spaces; the last column is never padded. width: no
+    line takes more terminal cells than that (a terminal's width): the last column, the
+    name, is cut first, as ps and top cut theirs; None: whole lines."""
     body = [[printable(str(c)) for c in r] for r in rows]
     foot = [[printable(str(c)) for c in r] for r in (footer or [])]
     titles = [printable(c.title) for c in columns]   # a matrix column is named after a comm
@@ -43,6 +45,8 @@ def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optiona
     if foot:
         lines.append(line(["-" * w if i < len(columns) - 1 else "" for i, w in enumerate(widths)]))
         lines.extend(line(r) for r in foot)
+    if width is not None:
+        lines = [clip(x, width) for x in lines]
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...views.table import Column, human, render, to_csv
-from ..common import emit, emit_json, prepare
+from ..common import emit, emit_json, prepare, table_width
 from .show import alloc_text, holder_text
 
 NAME = "buffers"
@@ -48,5 +48,5 @@ def run(args) -> int:
     foot = ["", "", human(total, raw), human(alloc, raw) + ("+" if unknown_alloc and alloc else "")
             if alloc or not unknown_alloc else "?", "", "", "", "", f"TOTAL ({len(bufs)} buffers"
             + (f", {unknown} of unknown size)" if unknown else ")"), ""]
-    emit(render(cols, rows, [foot]), args)
+    emit(render(cols, rows, [foot], width=table_width(args)), args)
     return 0

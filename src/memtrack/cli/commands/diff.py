@@ -7,8 +7,8 @@ import time
 
 from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render
-from ..common import (check_exclusive, emit, refuse, report_skipped, seconds_arg, source_origin,
-                      with_categories)
+from ..common import (check_exclusive, emit, name_cap, refuse, report_skipped, seconds_arg, source_origin,
+                      table_width, with_categories)
 
 NAME = "diff"
 HELP = "buffers created/freed/resized, references acquired/released, usage deltas between two snapshots"
@@ -108,7 +108,7 @@ def run(args) -> int:
     if args.json:
         emit(json.dumps(d.to_dict(), indent=1) + "\n", args)
         return 0
-    emit(render_text(d, args.bytes), args)
+    emit(render_text(d, args.bytes, table_width(args), name_cap(args, 80)), args)
     return 0
 
 
@@ -129,7 +129,7 @@ def _buf_line(sign: str, e, raw: bool) -> str:
     return f"  {sign} {b.id:<24} {size:>12}  " + ", ".join(extra)
 
 
-def render_text(d, raw: bool = False) -> str:
+def render_text(d, raw: bool = False, width=None, cap=80) -> str:
     out = [f"A: {d.a.source} {d.a.taken_at}", f"B: {d.b.source} {d.b.taken_at}"]
     created, freed, resized = d.of("create"), d.of("free"), d.of("resize")
     filled, trimmed = d.of("fill"), d.of("trim")
@@ -170,7 +170,7 @@ def render_text(d, raw: bool = False) -> str:
                  _signed(p.mem[1] - p.mem[0], raw), _signed(p.delta("uss"), raw), "%+d" % p.delta("buffers"),
                  human(p.before["pss"], raw), human(p.after["pss"], raw), p.status, p.name]
                 for p in d.processes]
-        text += render(cols, rows, max_last=80)
+        text += render(cols, rows, max_last=cap, width=width)
     else:
         text += "no process changed\n"
     return text

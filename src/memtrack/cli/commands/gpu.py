@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ... import gpu as gpuacct
 from ...views.table import Column, human, render, to_csv
-from ..common import emit, emit_json, prepare
+from ..common import emit, emit_json, name_cap, prepare, table_width
 
 NAME = "gpu"
 HELP = "DRM GPU clients (GEM memory from drm fdinfo): one row per client and process"
@@ -55,7 +55,7 @@ def run(args) -> int:
                      _opt(gpuacct.stat_sum(g, "total"), raw), _opt(gpuacct.stat_sum(g, "resident"), raw),
                      _opt(gpuacct.stat_sum(g, "shared"), raw), human(share.get(g.pid, 0), raw),
                      _regions_text(g, raw), (p.name if p else "?")])
-    out = render(cols, rows, max_last=80)
+    out = render(cols, rows, max_last=name_cap(args, 80), width=table_width(args))
     dcols = [Column("Driver", "<"), Column("Device", "<"), Column("Region", "<")] + \
         [Column(s.capitalize()) for s in gpuacct.STATS]
     drows = []
@@ -69,7 +69,7 @@ def run(args) -> int:
         if not regions:
             drows.append([driver, dev, "-"] + ["-"] * len(gpuacct.STATS))
     out += "\nper device (each client once; an object shared by clients counts in each):\n"
-    out += render(dcols, drows)
+    out += render(dcols, drows, width=table_width(args))
     out += ("distinct clients: " + ", ".join(f"{n} on {dev}" for (_d, dev), n in sorted(ncl.items())) + "\n"
             "GEM memory is not part of the dma-buf totals of the other views "
             "(shared GEM objects are dma-bufs too)\n")

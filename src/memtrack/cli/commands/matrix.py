@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...account import account
 from ...views.table import Column, human, render, to_csv
-from ..common import emit, emit_json, prepare
+from ..common import emit, emit_json, prepare, table_width
 from .ps import sized
 
 NAME = "matrix"
@@ -56,5 +56,5 @@ def run(args) -> int:
         u = acct.process(p.pid).total
         foot.append(sized(u.rss, u.unknown, raw))
     foot.append("(per process: rss, each buffer once)")
-    emit(render(cols, rows, [foot]), args)
+    emit(render(cols, rows, [foot], width=table_width(args)), args)
     return 0

@@ -6,7 +6,7 @@ import argparse
 from ...account import account
 from ...model import KINDS
 from ...views.table import Column, human, render, to_csv
-from ..common import emit, emit_json, prepare
+from ..common import emit, emit_json, name_cap, prepare, table_width
 
 NAME = "ps"
 HELP = "per-process table of shared-buffer memory (the default command)"
@@ -119,7 +119,7 @@ def run(args) -> int:
     if gpu is not None:
         foot.append(human(sum(gpu.get(p.pid, 0) for p in procs), raw))
     foot.append(f"TOTAL ({len(procs)} processes)")
-    out = render(cols, rows, [foot], max_last=100)
+    out = render(cols, rows, [foot], max_last=name_cap(args, 100), width=table_width(args))
     out += summary_lines(snap, acct, raw, args.kind)
     if unknown_procs:
         out += (f"+ {unknown_procs} processes hold buffers whose size could not be known "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...views.table import Column, human, printable, render
-from ..common import Progress, count_arg, emit, load_history, refuse
+from ..common import Progress, count_arg, emit, load_history, name_cap, refuse, table_width
 
 NAME = "report"
 HELP = "per process and per category over a recorded history: peak, growth, suspected leaks"
@@ -27,7 +27,7 @@ def run(args) -> int:
     if args.json:
         emit(dumps(doc) + "\n", args)
         return 0
-    emit(render_text(doc, args.bytes, args.top), args)
+    emit(render_text(doc, args.bytes, args.top, table_width(args), name_cap(args, 60)), args)
     return 0
 
 
@@ -39,7 +39,7 @@ def _rate(x, raw):
     return ("+" if x >= 0 else "-") + human(int(round(abs(x))), raw) + "/s"
 
 
-def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
+def render_text(doc: dict, raw: bool = False, top: int = 20, width=None, cap=60) -> str:
     out = [printable(f"{doc['history']}: {doc['snapshots']} snapshots from {doc['start']} to {doc['end']} "
            f"({doc['seconds']:.0f} s, {doc['runs']} recording run{'s' if doc['runs'] != 1 else ''})"), ""]
     procs = doc["processes"][:top] if top else doc["processes"]
@@ -52,7 +52,7 @@ def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
              f"{p['buffers']['start']}->{p['buffers']['end']}", p["first_seen"][11:], p["last_seen"][11:],
              p["name"]] for p in procs]
     out.append(f"processes (largest peak pss first, {len(procs)} of {len(doc['processes'])}):")
-    out.append(render(cols, rows, max_last=60).rstrip("\n"))
+    out.append(render(cols, rows, max_last=cap, width=width).rstrip("\n"))
     if doc["categories"]:
         out += ["", "categories (held bytes, each buffer once):"]
         cols = [Column("Category", "<"), Column("Peak"), Column("Start"), Column("End"), Column("Growth"),
@@ -61,7 +61,7 @@ def render_text(doc: dict, raw: bool = False, top: int = 20) -> str:
                  human(c["bytes"]["end"], raw), _signed(c["bytes"]["growth"], raw),
                  _rate(c["bytes"]["slope_per_s"], raw), f"{c['buffers']['start']}->{c['buffers']['end']}"]
                 for c in doc["categories"]]
-        out.append(render(cols, rows).rstrip("\n"))
+        out.append(render(cols, rows, width=width).rstrip("\n"))
     ko = doc["kernel_only"]
     out.append("")
     out.append("kernel-only: " + ("unknown (no kernel dma-buf table or processes unread)" if ko is None else

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...account import account
 from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render, to_csv
-from ..common import check_exclusive, emit, emit_json, get_snapshot, pid_arg, refuse
+from ..common import check_exclusive, emit, emit_json, get_snapshot, pid_arg, refuse, table_width
 
 NAME = "show"
 HELP = "the shared buffers of one process, with their other holders"
@@ -134,5 +134,5 @@ def run(args) -> int:
         foot = ("\nN+Mp: N shared and M private (MAP_PRIVATE) mappings. A private mapping keeps "
                 "the buffer alive; the pages written through it are this process's own memory, "
                 "not the buffer's (not in Mapped or InRss).\n")
-    emit(head + render(cols, rows) + foot, args)
+    emit(head + render(cols, rows, width=table_width(args)) + foot, args)
     return 0

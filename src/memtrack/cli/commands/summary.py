@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...summarize import BY, MEASURES, grand_total, summarize, to_json
 from ...views.table import Column, human, render, to_csv
-from ..common import emit, prepare
+from ..common import emit, prepare, table_width
 
 NAME = "summary"
 HELP = "totals per category, exporter, kind, name or process, reconciling to the grand total"
@@ -34,5 +34,5 @@ def run(args) -> int:
     title = args.by.capitalize() + ((" (mem)" if alloc else " (pss)") if args.by == "process" else "")
     cols = [Column(title, "<"), Column("Buffers"), Column("Allocated" if alloc else "Size")]
     body = [[r.group, str(r.buffers), human(r.bytes, raw)] for r in rows]
-    emit(render(cols, body, [["TOTAL", str(total.buffers), human(total.bytes, raw)]]), args)
+    emit(render(cols, body, [["TOTAL", str(total.buffers), human(total.bytes, raw)]], width=table_width(args)), args)
     return 0
