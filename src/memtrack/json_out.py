@@ -123,5 +123,6 @@ def _processes(snap, acct, ids, S, I) -> str:
         out.append(f'{{"pid":{p.pid},"comm":{"null" if comm is None else enc(comm)},'
                    f'"cmdline":{"null" if cmdline is None else enc(cmdline)},'
                    f'"uid":{"null" if uid is None else uid},"totals":{_usage(u.total, smaps)},'
-                   f'"by_kind":{{{kinds}}},"refs":[{",".join(refs)}]}}')
+                   f'"by_kind":{{{kinds}}},"refs":[{",".join(refs)}]'
+                   + ("}" if p.cgroup is None else f',"cgroup":{enc(p.cgroup)}}}'))
     return ",".join(out)

@@ -101,6 +101,7 @@ class Process:
     cmdline: str = ""
     uid: Optional[int] = None
     refs: Tuple[Ref, ...] = ()
+    cgroup: Optional[str] = None       # the memory controller's cgroup path (cgroups.py); None: unknown
 
     @property
     def name(self) -> str:
@@ -130,6 +131,19 @@ class GpuClient:
         if self.client_id is None:
             return (self.pdev or self.device, None, self.pid, self.fds)
         return (self.pdev or self.device, self.client_id)
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    """What the memory controller says of one cgroup a scanned process is in: what it was
+    charged for shared memory (memory.stat, cgroups.STAT_KEYS names, bytes) and, where the
+    dmem controller is (Linux 6.14+, v2), device memory per region (max: None = no limit).
+    Keys the kernel did not print are absent. Treat the dicts as read-only."""
+    path: str
+    hierarchy: str                     # "v1" | "v2"
+    stat: Dict[str, int] = field(default_factory=dict)
+    dmem_current: Dict[str, int] = field(default_factory=dict)
+    dmem_max: Dict[str, Optional[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,11 @@ class Snapshot:
     notes: Tuple[str, ...] = ()
     schema: int = SCHEMA
     gpu: Tuple[GpuClient, ...] = ()    # DRM clients, one per (client, holding process)
+    cgroups: Tuple[CgroupInfo, ...] = ()   # the cgroups of the processes, by path
+
+    @cached_property
+    def cgroup_map(self) -> Dict[str, CgroupInfo]:
+        return {c.path: c for c in self.cgroups}
 
     @cached_property
     def buffer_map(self) -> Dict[str, Buffer]:
@@ -225,6 +244,8 @@ class Snapshot:
                 "by_kind": {k: u.as_dict(self.smaps) for k, u in sorted(usage.by_kind.items())},
                 "refs": [_ref_dict(r, self.smaps) for r in p.refs],
             })
+            if p.cgroup is not None:
+                doc["processes"][-1]["cgroup"] = p.cgroup
         doc.update(tail)
         return doc
 
@@ -258,6 +279,8 @@ class Snapshot:
             "notes": list(self.notes),
             "gpu": [_gpu_dict(g) for g in self.gpu],
         }
+        if self.cgroups:
+            tail["cgroups"] = [_cgroup_dict(c) for c in self.cgroups]
         if filt:
             tail["filter"] = filt
         return head, tail
@@ -292,6 +315,28 @@ def _buffer_dict(b: Buffer) -> dict:
             "exporter": b.exporter, "name": b.name, "category": b.category,
             "holders": list(b.holders), "fd_refs": b.fd_refs, "map_refs": b.map_refs,
             "kernel_count": b.kernel_count, "size_from": b.size_from}
+
+
+def _cgroup_dict(c: CgroupInfo) -> dict:
+    d = {"path": c.path, "hierarchy": c.hierarchy, "stat": dict(c.stat)}
+    if c.dmem_current or c.dmem_max:
+        d["dmem"] = {"current": dict(c.dmem_current), "max": dict(c.dmem_max)}
+    return d
+
+
+def _cgroup_from_dict(c) -> CgroupInfo:
+    c = _obj(c, "cgroups")
+    hier = c["hierarchy"]
+    if hier not in ("v1", "v2"):
+        raise ValueError(f"unknown cgroup hierarchy {hier!r}")
+    stat = _obj(c.get("stat") or {}, "cgroups: stat")
+    dmem = _obj(c.get("dmem") or {}, "cgroups: dmem")
+    cur = _obj(dmem.get("current") or {}, "cgroups: dmem")
+    mx = _obj(dmem.get("max") or {}, "cgroups: dmem")
+    return CgroupInfo(path=_str(c["path"]), hierarchy=hier,
+                      stat={str(k): _u64(v) for k, v in stat.items()},
+                      dmem_current={str(k): _u64(v) for k, v in cur.items()},
+                      dmem_max={str(k): _opt_u64(v) for k, v in mx.items()})
 
 
 def _gpu_dict(g: GpuClient) -> dict:
@@ -484,7 +529,7 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             raise ValueError(f"pid {pid} references one buffer twice")
         procs.append(Process(pid=pid, comm=_opt_str(p.get("comm")) or "",
                              cmdline=_opt_str(p.get("cmdline")) or "", uid=_uid(p.get("uid")),
-                             refs=tuple(refs)))
+                             refs=tuple(refs), cgroup=_opt_str(p.get("cgroup"))))
     if len({p.pid for p in procs}) != len(procs):
         raise ValueError("a pid listed twice")
     if not doc.get("filter"):
@@ -515,6 +560,7 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
                         unreadable=tuple(_pid(x) for x in _list(s.get("unreadable", ())))),
         notes=tuple(_str(n) for n in _list(doc.get("notes", ()))),
         gpu=tuple(_gpu_from_dict(g) for g in _list(doc.get("gpu") or ())),
+        cgroups=tuple(_cgroup_from_dict(c) for c in _list(doc.get("cgroups") or ())),
     )
 
 

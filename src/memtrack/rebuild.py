@@ -211,7 +211,7 @@ class Rebuilder:
     def _shell(obs: Observations, meta) -> Snapshot:
         """The snapshot without buffers and processes: tables, skipped processes, notes."""
         bare = Observations()
-        for name in ("dmabuf_source", "dmabuf_total", "dmabuf_count", "sysv_source"):
+        for name in ("dmabuf_source", "dmabuf_total", "dmabuf_count", "sysv_source", "cgroups"):
             setattr(bare, name, getattr(obs, name))
         bare.notes = list(obs.notes)
         bare.denied, bare.vanished, bare.unreadable = obs.denied, obs.vanished, obs.unreadable

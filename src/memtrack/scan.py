@@ -23,6 +23,7 @@ from .readers.proc import parse_cmdline, parse_status
 from .readers.smaps import parse_rss
 from .readers.num import u64 as to_u64
 from .sources.base import is_number
+from .cgroup_scan import process_cgroup, read_charges
 
 BUFINFO = "sys/kernel/debug/dma_buf/bufinfo"
 SYSFS_BUFFERS = "sys/kernel/dmabuf/buffers"
@@ -149,7 +150,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                     rss.append(VmaRss(pid, m.start, r))
         if fds or maps or drm or thorough:
             comm, uid = parse_status(p.status())
-            obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid))
+            obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid,
+                                      process_cgroup(p, obs)))
     except ProcessGone as exc:
         if not (isinstance(exc, Denied) and p is not None and _is_zombie(p)):
             _skip_list(obs, exc).append(pid)
@@ -320,6 +322,7 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     counters: Dict[str, int] = {}
     for pid in targets:
         read_process(src, pid, obs, smaps, sized, counters)
+    read_charges(src, obs)
     _merge_recorded_skips(src, obs, pids)
     obs.notes.extend(counter_notes(counters))
     return obs
