@@ -14,7 +14,9 @@ from typing import Dict, List, NamedTuple, Optional
 from .account import Accounting, account, is_kernel_only
 from .model import Snapshot
 
-BY = ("category", "exporter", "kind", "name", "process")
+BY = ("category", "exporter", "kind", "name", "process", "cgroup", "unit", "container", "pod")
+#: groupings of processes (groups.py): each group gets its pss share, as a process does
+PROCESS_GROUPS = ("cgroup", "unit", "container", "pod")
 KERNEL_ONLY = "(kernel only)"
 UNATTRIBUTED = "(unattributed)"
 UNKNOWN_SIZE = "(unknown size)"
@@ -33,6 +35,10 @@ def summarize(snap: Snapshot, by: str, acct: Optional[Accounting] = None) -> Lis
     if by not in BY:
         raise ValueError(f"cannot group by {by!r}")
     acct = acct or account(snap)
+    gshares = None
+    if by in PROCESS_GROUPS:
+        from .groups import account_groups
+        gshares = account_groups(snap, by).shares
     sizes: Dict[str, int] = {}
     counts: Dict[str, int] = {}
     special = {KERNEL_ONLY: [0, 0], UNATTRIBUTED: [0, 0]}
@@ -46,6 +52,11 @@ def summarize(snap: Snapshot, by: str, acct: Optional[Accounting] = None) -> Lis
             row = special[KERNEL_ONLY if verdict else UNATTRIBUTED]
             row[0] += 1
             row[1] += b.size
+            continue
+        if gshares is not None:
+            for g, share in gshares.get(b.id, {}).items():
+                sizes[g] = sizes.get(g, 0) + share
+                counts[g] = counts.get(g, 0) + 1
             continue
         if by == "process":
             for pid, share in acct.shares.get(b.id, {}).items():

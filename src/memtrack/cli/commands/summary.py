@@ -1,7 +1,7 @@
 """memtrack summary --by category|exporter|kind|name|process: totals per group."""
 from __future__ import annotations
 
-from ...summarize import BY, grand_total, summarize, to_json
+from ...summarize import BY, PROCESS_GROUPS, grand_total, summarize, to_json
 from ...views.table import Column, human, render, to_csv
 from ..common import emit, prepare
 
@@ -12,7 +12,8 @@ ORDER = 3
 
 def add_arguments(p):
     p.add_argument("--by", choices=BY, default="category",
-                   help="what to group buffers by (default category; process: pss shares)")
+                   help="what to group buffers by (default category; process, and the process "
+                        "groups cgroup, unit, container, pod: pss shares)")
 
 
 def run(args) -> int:
@@ -26,7 +27,7 @@ def run(args) -> int:
         emit(to_csv([args.by, "buffers", "bytes"], [list(r) for r in rows] + [list(total)]), args)
         return 0
     raw = args.bytes
-    title = args.by.capitalize() + (" (pss)" if args.by == "process" else "")
+    title = args.by.capitalize() + (" (pss)" if args.by in ("process",) + PROCESS_GROUPS else "")
     cols = [Column(title, "<"), Column("Buffers"), Column("Size")]
     body = [[r.group, str(r.buffers), human(r.bytes, raw)] for r in rows]
     emit(render(cols, body, [["TOTAL", str(total.buffers), human(total.bytes, raw)]]), args)
