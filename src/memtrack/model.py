@@ -223,12 +223,14 @@ class Snapshot:
             if kinds is not None and not refs:
                 continue
             procs.append(replace(p, refs=refs))
-        gpu = self.gpu
+        gpu, cgroups = self.gpu, self.cgroups
         if pids is not None:
             held = {r.buffer for p in procs for r in p.refs}
             buffers = tuple(b for b in buffers if b.id in held)
             gpu = tuple(g for g in gpu if g.pid in pids)
-        return replace(self, buffers=buffers, processes=tuple(procs), gpu=gpu)
+            seen = {p.cgroup for p in procs}
+            cgroups = tuple(c for c in cgroups if c.path in seen)
+        return replace(self, buffers=buffers, processes=tuple(procs), gpu=gpu, cgroups=cgroups)
 
     # -- JSON ---------------------------------------------------------------------------
     def to_dict(self, filt: Optional[dict] = None) -> dict:
