@@ -52,7 +52,8 @@ for line in sys.stdin:
     elif cmd == "openshm":
         print(mapped(os.open("/dev/shm/" + a[0], os.O_RDWR), False), flush=True)
     elif cmd == "openfd":
-        print(mapped(os.open("/proc/%s/fd/%s" % (a[0], a[1]), os.O_RDWR), False), flush=True)
+        # touching pages another process faulted maps them here, charging nothing
+        print(mapped(os.open("/proc/%s/fd/%s" % (a[0], a[1]), os.O_RDWR), a[2:] == ["touch"]), flush=True)
     elif cmd in ("sysv", "attach"):
         shmid = libc.shmget(int(a[0]), int(a[1]) if cmd == "sysv" else 0, 0o1600 if cmd == "sysv" else 0)
         assert shmid >= 0, ctypes.get_errno()
@@ -194,7 +195,7 @@ def test_held_and_charged_per_group_on_the_live_kernel(world):
     b("openshm", name)
     c("openshm", name)
     c("attach", key)
-    e("openfd", a.pid, ma)
+    e("openfd", a.pid, ma, "touch")         # e maps the pages a faulted: kpagecgroup can tell
     cg.move(e.pid, cgfs)                     # across groups, holding what docker was charged
     a("close", ma)                           # a holds the memfd no more: b and e do
     pids = [k.pid for k in kids]
@@ -264,6 +265,29 @@ def test_held_and_charged_per_group_on_the_live_kernel(world):
     got = {g["group"]: g for g in json.loads(r.stdout)["groups"]}
     # the pod shares the /dev/shm file and the SysV segment with one other group, "(no pod)"
     assert got[POD]["pids"] == [c.pid] and got[POD]["pss"] == MiB + MiB // 2
+
+    # show --cgroup: docker holds the /dev/shm file and the segment (its pages charged to it)
+    # and was charged for the memfd only others hold now (seen through e's mapping)
+    r = run_memtrack("show", "--cgroup", dock, "--json", "-q")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["pages_told"] is True and doc["charged"]["shmem"] == cg.stat(dock)[total]
+    held = {e["name"]: e for e in doc["buffers"]}
+    assert held[name]["charged_here"] == 2 * MiB
+    assert held[name]["holders_here"] == [a.pid]
+    assert sorted(held[name]["holders_elsewhere"]) == sorted([b.pid, c.pid])
+    others = {e["name"]: e for e in doc["others_charged_here"]}
+    assert others["mA"]["charged_here"] == 4 * MiB and sorted(others["mA"]["holders_elsewhere"]) == \
+        sorted([b.pid, e.pid])
+    r = run_memtrack("show", "--cgroup", svc, "--json", "-q")
+    doc = json.loads(r.stdout)
+    held = {e["name"]: e for e in doc["buffers"]}
+    assert held["mD"]["charged_here"] == 0 and held["mD"]["charged_elsewhere"] == MiB   # d's first cgroup
+    assert doc["held"]["uss"] == MiB and doc["charged"]["shmem"] == 0
+    r = run_memtrack("show", "--cgroup", svc, "-q")
+    assert r.returncode == 0 and "ChgElsewhere" in r.stdout and "mD" in r.stdout, r.stderr
+    r = run_memtrack("show", "--cgroup", "/../etc", "-q")
+    assert r.returncode != 0 and r.stderr.count("\n") == 1
 
     r = run_memtrack("ps", "--group", "unit", "-q", "-p", ",".join(map(str, pids)))
     assert r.returncode == 0, r.stderr

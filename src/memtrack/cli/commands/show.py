@@ -13,7 +13,10 @@ ORDER = 1
 
 
 def add_arguments(p):
-    p.add_argument("target_pid", type=pid_arg, metavar="PID")
+    p.add_argument("target_pid", type=pid_arg, metavar="PID", nargs="?", default=None)
+    p.add_argument("--cgroup", metavar="PATH", default=None,
+                   help="instead of a process: the buffers the processes of this cgroup hold, what "
+                        "the memory controller charged it, and (live, root) who holds what it was charged for")
 
 
 def holder_text(snap, b, me=None, limit=8) -> str:
@@ -51,6 +54,11 @@ def absent(src, pid: int, root=None):
 def run(args) -> int:
     check_exclusive(args)
     refuse(args, "show", "pid", why="the process is its PID argument")
+    if (args.target_pid is None) == (args.cgroup is None):
+        raise MemtrackError("show: give a PID or --cgroup PATH (one of them)")
+    if args.cgroup is not None:
+        from ..cgroupshow import run as show_cgroup
+        return show_cgroup(args)
     pid = args.target_pid
     why = []
     snap = get_snapshot(args, on_source=lambda src: why.append(absent(src, pid, args.root)))
