@@ -234,3 +234,49 @@ def test_capture_archive_and_script_record_cgroups(holders, tmp_path):
     snap = scan(remote.TreeSource(tree, "t"), pids=holders.pids)
     assert {p.pid: p.cgroup for p in snap.processes} == mine
     assert [c.path for c in snap.cgroups] == [c.path for c in live.cgroups]
+
+
+def _samples(text):
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name_labels, value = line.rsplit(" ", 1)
+        name, _, labels = name_labels.partition("{")
+        lab = dict(kv.split("=", 1) for kv in labels.rstrip("}").split(",")) if labels else {}
+        out.setdefault(name, {})[tuple(sorted((k, v.strip('"')) for k, v in lab.items()))] = float(value)
+    return out
+
+
+def test_textfile_group_by_bounded_with_a_rest_row(tmp_path):
+    pytest.importorskip("prometheus_client")
+    snap, svc, dock, pod = _snap()
+    path = tmp_path / "s.json"
+    path.write_text(snap.to_json())
+    r = subprocess.run([sys.executable, "-m", "memtrack", "--root", str(path), "textfile", "-q", "-o", "-",
+                        "--group-by", "cgroup", "--top", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = _samples(r.stdout)
+    pss = {}
+    for lab, v in s["memtrack_group_pss_bytes"].items():
+        d = dict(lab)
+        pss[d["cgroup"]] = pss.get(d["cgroup"], 0) + v
+    assert pss == {pod: 505, "rest": 503 + 10}                  # the top group, the others summed
+    assert s["memtrack_group_processes"] == {(("cgroup", pod),): 2, (("cgroup", "rest"),): 3}
+    assert s["memtrack_group_uss_bytes"][(("cgroup", "rest"),)] == 7
+    # charged: the pod's cgroup was not read (no sample); rest = docker's 5000 + the service's 7
+    assert s["memtrack_cgroup_charged_shmem_bytes"] == {(("cgroup", "rest"),): 5007}
+    assert s["memtrack_cgroup_dmem_bytes"] == {(("cgroup", "rest"),): 1 << 20}
+    r = subprocess.run([sys.executable, "-m", "memtrack", "--root", str(path), "textfile", "-q", "-o", "-",
+                        "--group-by", "pod", "--top", "x"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--top" in r.stderr
+
+
+def test_grafana_dashboard_has_a_panel_per_grouping():
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "..", "contrib", "grafana", "memtrack.json")) as f:
+        dash = json.load(f)
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", ())]
+    for by in ("unit", "container", "pod", "cgroup"):
+        assert any(f"sum by ({by}) (memtrack_group_pss_bytes" in e for e in exprs), by
+        assert any(f"sum by ({by}) (memtrack_cgroup_charged_shmem_bytes" in e for e in exprs), by
