@@ -223,17 +223,32 @@ def test_capture_archive_and_script_record_cgroups(holders, tmp_path):
     assert {p.pid: p.cgroup for p in back.processes} == mine
     assert [c.path for c in back.cgroups] == [c.path for c in live.cgroups]
     assert all(set(c.stat) == set(b.stat) for c, b in zip(live.cgroups, back.cgroups))
-    # the sh script too (dash here; test_capture_script runs it under busybox and toybox)
-    p = subprocess.run(["dash", SCRIPT, "-f", "stream", "-p", ",".join(map(str, holders.pids))],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
-    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.requires_root("the capture reads every process's cgroup")
+@pytest.mark.parametrize("fmt", ["stream", "tar"])
+@pytest.mark.parametrize("sh", ["dash", "busybox", "mksh+toybox"])
+def test_capture_script_records_cgroups(holders, tmp_path, sh, fmt):
+    """The sh script keeps proc/PID/cgroup and the memory.stat of each cgroup, under dash
+    with coreutils, busybox alone, and Android's mksh with toybox."""
+    from remote_util import android_path, busybox_path
+    from memtrack.scan import scan
+    live = memtrack.scan(None, pids=holders.pids)
+    if sh == "dash":
+        cmd, env = ["dash"], None
+    else:
+        d = busybox_path(tmp_path) if sh == "busybox" else android_path(tmp_path)
+        cmd, env = [os.path.join(d, "sh")], dict(os.environ, PATH=d)
+    p = subprocess.run(cmd + [SCRIPT, "-f", fmt, "-p", ",".join(map(str, holders.pids))],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=120)
+    assert p.returncode == 0 and p.stderr == b"", p.stderr
     tree = remote.decode(p.stdout)
     for pid in holders.pids:
         assert f"proc/{pid}/cgroup" in tree.files
-    from memtrack.scan import scan
     snap = scan(remote.TreeSource(tree, "t"), pids=holders.pids)
-    assert {p.pid: p.cgroup for p in snap.processes} == mine
+    assert {p.pid: p.cgroup for p in snap.processes} == {p.pid: p.cgroup for p in live.processes}
     assert [c.path for c in snap.cgroups] == [c.path for c in live.cgroups]
+    assert all(set(c.stat) == set(b.stat) for c, b in zip(live.cgroups, snap.cgroups))
 
 
 def _samples(text):
