@@ -266,9 +266,9 @@ def test_held_and_charged_per_group_on_the_live_kernel(world):
     # the pod shares the /dev/shm file and the SysV segment with one other group, "(no pod)"
     assert got[POD]["pids"] == [c.pid] and got[POD]["pss"] == MiB + MiB // 2
 
-    # show --cgroup: docker holds the /dev/shm file and the segment (its pages charged to it)
+    # show /CGROUP: docker holds the /dev/shm file and the segment (its pages charged to it)
     # and was charged for the memfd only others hold now (seen through e's mapping)
-    r = run_memtrack("show", "--cgroup", dock, "--json", "-q")
+    r = run_memtrack("show", dock, "--json", "-q")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["pages_told"] is True and doc["charged"]["shmem"] == cg.stat(dock)[total]
@@ -279,14 +279,14 @@ def test_held_and_charged_per_group_on_the_live_kernel(world):
     others = {e["name"]: e for e in doc["others_charged_here"]}
     assert others["mA"]["charged_here"] == 4 * MiB and sorted(others["mA"]["holders_elsewhere"]) == \
         sorted([b.pid, e.pid])
-    r = run_memtrack("show", "--cgroup", svc, "--json", "-q")
+    r = run_memtrack("show", svc, "--json", "-q")
     doc = json.loads(r.stdout)
     held = {e["name"]: e for e in doc["buffers"]}
     assert held["mD"]["charged_here"] == 0 and held["mD"]["charged_elsewhere"] == MiB   # d's first cgroup
     assert doc["held"]["uss"] == MiB and doc["charged"]["shmem"] == 0
-    r = run_memtrack("show", "--cgroup", svc, "-q")
+    r = run_memtrack("show", svc, "-q")
     assert r.returncode == 0 and "ChgElsewhere" in r.stdout and "mD" in r.stdout, r.stderr
-    r = run_memtrack("show", "--cgroup", "/../etc", "-q")
+    r = run_memtrack("show", "/../etc", "-q")
     assert r.returncode != 0 and r.stderr.count("\n") == 1
 
     r = run_memtrack("ps", "--group", "unit", "-q", "-p", ",".join(map(str, pids)))

@@ -1,4 +1,4 @@
-"""`memtrack show --cgroup PATH`: the buffers one cgroup's processes hold (the group as one
+"""`memtrack show /CGROUP/PATH`: the buffers one cgroup's processes hold (the group as one
 holder), what the memory controller charged it, and, on the live machine as root, which
 cgroup the seen pages of each buffer are charged to: the buffers it holds that others
 were charged for, and those held by others only that it was charged for."""
@@ -20,10 +20,9 @@ def _hierarchy(snap) -> str:
     return "v1" if os.path.exists("/sys/fs/cgroup/memory/memory.stat") else "v2"
 
 
-def run(args) -> int:
-    path = args.cgroup
+def run(args, path: str) -> int:
     if not safe_path(path):
-        raise MemtrackError(f"--cgroup {path!r}: a cgroup path starts with / and has no ..")
+        raise MemtrackError(f"cgroup {path!r}: a cgroup path starts with / and has no ..")
     path = path.rstrip("/") or "/"
     snap = get_snapshot(args)
     hier = _hierarchy(snap)

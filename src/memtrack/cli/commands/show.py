@@ -13,10 +13,18 @@ ORDER = 1
 
 
 def add_arguments(p):
-    p.add_argument("target_pid", type=pid_arg, metavar="PID", nargs="?", default=None)
-    p.add_argument("--cgroup", metavar="PATH", default=None,
-                   help="instead of a process: the buffers the processes of this cgroup hold, what "
-                        "the memory controller charged it, and (live, root) who holds what it was charged for")
+    p.add_argument("target_pid", type=_pid_or_cgroup, metavar="PID",
+                   help="a process, or a cgroup path (/system.slice/x.service: the buffers its "
+                        "processes hold, what the memory controller charged it, and, live as root, "
+                        "who holds the pages it was charged for)")
+
+
+class CgroupPath(str):
+    """show's argument when it names a cgroup (it starts with /) rather than a pid."""
+
+
+def _pid_or_cgroup(text: str):
+    return CgroupPath(text) if text.startswith("/") else pid_arg(text)
 
 
 def holder_text(snap, b, me=None, limit=8) -> str:
@@ -54,11 +62,9 @@ def absent(src, pid: int, root=None):
 def run(args) -> int:
     check_exclusive(args)
     refuse(args, "show", "pid", why="the process is its PID argument")
-    if (args.target_pid is None) == (args.cgroup is None):
-        raise MemtrackError("show: give a PID or --cgroup PATH (one of them)")
-    if args.cgroup is not None:
+    if isinstance(args.target_pid, CgroupPath):
         from ..cgroupshow import run as show_cgroup
-        return show_cgroup(args)
+        return show_cgroup(args, str(args.target_pid))
     pid = args.target_pid
     why = []
     snap = get_snapshot(args, on_source=lambda src: why.append(absent(src, pid, args.root)))
