@@ -6,13 +6,9 @@ memfds, a tenth shared by groups of 10, four mapped).
 
 Prints medians (ms) of:
   walker        the C walker (bench/walk.c): readlink every fd, fdinfo of buffer fds, maps
-  procfs scan   memtrack.scan.scan(LiveSource()) in this process: /proc to finished Snapshot
+  procfs scan   memtrack.procfs.scan(LiveSource()) in this process: /proc to finished Snapshot
   bpf scan      BpfScanner(reuse=False).scan(), object already loaded: the first scan of a
                 fresh process (one per round), as the memtrack command runs it
-                (cli.console: what the scan made and no longer needs, the parse's records
-                and the builder's merge, is left to the process's exit, not freed)
-  bpf scan, freeing   the same freeing them inside the scan, as a library caller's scan
-                does (and a long-running one's)
   bpf scan, this process   the same scanner scanning again and again in this bench process,
                 after its procfs rounds (this row and procfs scan free the last round's
                 snapshot outside the timing): slower than a fresh process's first scan, the
@@ -49,12 +45,8 @@ from benchlib import OUT, HERE, SRC, timed  # noqa: E402 (puts src/ on sys.path)
 
 
 FIRST_SCAN = r"""
-import sys, time
+import time
 from memtrack import bpf
-from memtrack.scan import no_gc
-# as the memtrack command runs it (cli.console): the scan's temporaries are left to the
-# exit; "free" frees them inside the scan, as a caller of the library does
-no_gc.to_exit = no_gc.one_shot = sys.argv[1:] != ["free"]
 scanner = bpf.BpfScanner(reuse=False)
 t = time.perf_counter()
 scanner.scan()
@@ -100,7 +92,7 @@ def main():
 
     from memtrack import bpf as mbpf
     from memtrack.bpf.reads import resolved
-    from memtrack.scan import scan
+    from memtrack.procfs import scan
     from memtrack.sources.live import LiveSource
 
     from load import Load
@@ -154,10 +146,8 @@ def main():
             # the first scan of a process that has just loaded the object: what a memtrack
             # command does, and top's or serve's first scan (before their refreshes)
             first = [sys.executable, "-c", FIRST_SCAN]
-            got = interleaved(walker, {"bpf scan": (first, env),
-                                       "bpf scan, freeing": (first + ["free"], env)},
-                              args.rounds, own=True)
-            walkers["bpf scan"] = walkers["bpf scan, freeing"] = got.pop("walker")
+            got = interleaved(walker, {"bpf scan": (first, env)}, args.rounds, own=True)
+            walkers["bpf scan"] = got.pop("walker")
             rows.update(got)
             rows["bpf scan, this process"], _ = timed(bpf_cold, args.rounds, drop)
             snap = keep
@@ -228,7 +218,7 @@ def main():
         for k, v in rows.items():
             print(f"  {k:<23} {v:8.1f} ms")
         print()
-        for k, target in (("bpf scan", 5), ("bpf scan, freeing", None),
+        for k, target in (("bpf scan", 5),
                           ("bpf scan, this process", None), ("bpf process", 2),
                           ("bpf process, no preload", None), ("bpf iterators", None),
                           ("procfs scan", None)):

@@ -67,7 +67,7 @@ def main():
     from memtrack import bpf as mbpf
     from memtrack.build import build
     from memtrack.bpf import records
-    from memtrack.scan import collect
+    from memtrack.procfs import collect
     from memtrack.sources.live import LiveSource
     from load import Load
 

@@ -221,7 +221,8 @@ def run(duration: float, rate: float, seed: int):
     sys.path.insert(0, SRC)
     import memtrack
     from memtrack.account import account
-    from memtrack.model import Snapshot
+    from memtrack.json_in import from_dict
+    from memtrack.json_out import to_json
     py = sys.executable
     hold = subprocess.Popen([py, __file__, "--holder"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     long_pids = json.loads(hold.stdout.readline())["pids"]
@@ -238,7 +239,7 @@ def run(duration: float, rate: float, seed: int):
                 snap = memtrack.scan()
                 acct = account(snap)
                 if scans % 10 == 0:
-                    again = Snapshot.from_dict(json.loads(snap.to_json()))
+                    again = from_dict(json.loads(to_json(snap)))
                     if again != snap:
                         raise AssertionError("JSON round trip changed the snapshot")
                     round_trips += 1

@@ -6,8 +6,8 @@ bench/bpf.py uses (bench/load.py: N processes x F memfds, a tenth shared by grou
 Scans once (the bpf backend where it runs, else procfs), then prints medians (ms) of:
   categorize     the shipped rules on the fresh snapshot (as the CLI applies them)
   account        account() of the categorized snapshot
-  to_dict+dumps  the generic path: json.dumps(snap.to_dict(), compact)
-  to_json        Snapshot.to_json(): json_out's writer (the same bytes, checked here)
+  to_dict+dumps  the generic path: json.dumps(to_dict(snap), compact)
+  to_json        to_json(Snapshot): json_out's writer (the same bytes, checked here)
   python start   `python3 -c pass`, the floor under every process below
   --help         `python3 -m memtrack --help`: start-up and every import the parser needs
   bpf process    the whole `python3 -m memtrack --json -q --backend bpf` (to /dev/null)
@@ -58,7 +58,8 @@ def main():
     from memtrack import bpf as mbpf
     from memtrack.account import account
     from memtrack.categories import categorize, load_rules
-    from memtrack.scan import scan
+    from memtrack.json_out import to_dict, to_json
+    from memtrack.procfs import scan
     from memtrack.sources.live import LiveSource
     from load import Load
 
@@ -87,17 +88,17 @@ def main():
         rules = load_rules(use_user_file=False)
         snap = categorize(raw, rules)
         print(f"snapshot: {len(snap.buffers)} buffers, {len(snap.processes)} processes, "
-              f"{len(snap.to_json()) / 1e6:.1f} MB of JSON")
-        old = json.dumps(snap.to_dict(), ensure_ascii=False, separators=(",", ":"))
-        assert snap.to_json() == old, "to_json differs from json.dumps(to_dict())"
+              f"{len(to_json(snap)) / 1e6:.1f} MB of JSON")
+        old = json.dumps(to_dict(snap), ensure_ascii=False, separators=(",", ":"))
+        assert to_json(snap) == old, "to_json differs from json.dumps(to_dict())"
         gc.freeze()                         # as the CLI runs them: the snapshot frozen
         rows["categorize"] = timed(lambda: categorize(raw, rules), args.rounds)
         rows["account"] = timed(lambda: account(snap), args.rounds)
         gc.disable()                        # as to_json runs
         rows["to_dict+dumps"] = timed(
-            lambda: json.dumps(snap.to_dict(), ensure_ascii=False, separators=(",", ":")), args.rounds)
+            lambda: json.dumps(to_dict(snap), ensure_ascii=False, separators=(",", ":")), args.rounds)
         gc.enable()
-        rows["to_json"] = timed(snap.to_json, args.rounds)
+        rows["to_json"] = timed(lambda: to_json(snap), args.rounds)
         gc.unfreeze()
 
         procs = {"python start": ["-c", "pass"], "--help": ["-m", "memtrack", "--help"]}

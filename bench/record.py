@@ -26,6 +26,7 @@ from top import spawn  # noqa: E402
 
 from memtrack.history import Recorder  # noqa: E402
 from memtrack.incremental import IncrementalScanner  # noqa: E402
+from memtrack.json_out import to_json  # noqa: E402
 
 LOOP = r"""
 import os, sys, time
@@ -78,7 +79,7 @@ def main():
         secs = time.perf_counter() - t
         rec.close()
         size = db_size(db)
-        json_bytes = len(snap.to_json(indent=None).encode())
+        json_bytes = len(to_json(snap, indent=None).encode())
         per = size / args.snapshots
         marginal = (size - size_half) / (args.snapshots - half)
         print(f"machine: {len(snap.processes)} processes holding {len(snap.buffers)} buffers "

@@ -21,7 +21,7 @@ from benchlib import timed  # noqa: E402 (puts src/ on sys.path)
 
 from memtrack.incremental import IncrementalScanner  # noqa: E402
 from memtrack.build import build  # noqa: E402
-from memtrack.scan import collect, scan  # noqa: E402
+from memtrack.procfs import collect, scan  # noqa: E402
 from memtrack.sources.live import LiveSource  # noqa: E402
 
 

@@ -40,14 +40,17 @@ except ImportError:          # the fallback below needs nothing
 
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports(include=["memtrack", "tarfile", "gzip"]):
-        import memtrack.scan  # noqa: F401
+        import memtrack.procfs  # noqa: F401
+        import memtrack.json_in  # noqa: F401
+        import memtrack.json_out  # noqa: F401
         from memtrack.sources import archive as archive_mod
 else:
     from memtrack.sources import archive as archive_mod
 from memtrack.account import account  # noqa: E402
 from memtrack.errors import SourceError  # noqa: E402
-from memtrack.model import Snapshot  # noqa: E402
-from memtrack.scan import scan  # noqa: E402
+from memtrack.json_in import from_dict  # noqa: E402
+from memtrack.json_out import to_json  # noqa: E402
+from memtrack.procfs import scan  # noqa: E402
 
 # small caps, so the fuzzer reaches them with small inputs (set by main(), or by a test)
 CAPS = {"MAX_MEMBER": 64 << 10, "MAX_TOTAL": 4 << 20, "MAX_STREAM": 16 << 20,
@@ -83,8 +86,8 @@ def one_input(data: bytes) -> None:
     acct = account(snap)
     if acct.total.pss != acct.held_bytes:
         raise AssertionError(f"pss invariant broken: {acct.total.pss} != {acct.held_bytes}")
-    text = snap.to_json().encode("utf-8", "backslashreplace").decode("utf-8")
-    again = Snapshot.from_dict(json.loads(text))
+    text = to_json(snap).encode("utf-8", "backslashreplace").decode("utf-8")
+    again = from_dict(json.loads(text))
     if again != snap:
         raise AssertionError("JSON round trip changed the snapshot")
     if sorted(os.listdir(_TMP)) != ["input"]:

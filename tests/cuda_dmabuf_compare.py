@@ -85,6 +85,7 @@ def debugfs_table():
 
 def same(a, b, pids, want, label, out=None):
     """Print the bpf snapshot's dma-bufs of these pids and every difference from procfs."""
+    from memtrack.json_out import to_dict
     ok = True
     mine = [x for x in b.restrict(pids=pids).buffers if x.kind == "dmabuf"]
     print(f"[{label}]")
@@ -94,7 +95,7 @@ def same(a, b, pids, want, label, out=None):
     if len(mine) != want or any(x.holders != tuple(sorted(pids)) for x in mine):
         print(f"FAIL [{label}]: the exported buffers are not all seen, held by parent and child")
         ok = False
-    da, db = (x.restrict(pids=pids).to_dict() for x in (a, b))
+    da, db = (to_dict(x.restrict(pids=pids)) for x in (a, b))
     for key in ("buffers", "processes", "totals"):
         if da[key] != db[key]:
             print(f"FAIL [{label}]: {key} differ:\n procfs {json.dumps(da[key])}\n"
@@ -133,7 +134,7 @@ def main():
         os._exit(0)
     os.close(w)
     try:
-        from memtrack.scan import scan
+        from memtrack.procfs import scan
         from memtrack.sources.live import LiveSource
         pids = {os.getpid(), child}
         kernel = debugfs_table()

@@ -17,6 +17,7 @@ from livekids import wait_for
 
 import memtrack
 from memtrack.history import Recorder, analyze, load
+from memtrack.json_in import from_dict
 
 HUGE = 2 ** 63 - 1                  # MAX_LFS_FILESIZE: the largest size ftruncate() allows
 U64 = 2 ** 64 - 1
@@ -122,7 +123,7 @@ def test_huge_numbers_in_a_recorder_kept_open(tmp_path, holders):
 
 def _live(pids):
     r = run_memtrack("--json", "-p", ",".join(map(str, pids)), "-q")
-    return memtrack.Snapshot.from_dict(json.loads(r.stdout))
+    return from_dict(json.loads(r.stdout))
 
 
 def _tree(freed: bool = False) -> Tree:

@@ -15,6 +15,8 @@ from memtrack.bpf import access, records as R
 from memtrack.bpf.reads import Pending, resolved
 from memtrack.bpf import stamp
 from memtrack.observe import FdRef, MapRef
+from memtrack.json_out import to_dict, to_json
+from memtrack.json_in import from_dict
 
 from helpers.nobody import NOBODY
 
@@ -251,12 +253,12 @@ def failing_read(real, failing: str):
 def comparable(snap, pids):
     """The parts both backends must agree on, for these processes: buffers, refs, sizes,
     accounting (the kernel-table source and notes legitimately differ)."""
-    doc = snap.restrict(pids=set(pids)).to_dict()
+    doc = to_dict(snap.restrict(pids=set(pids)))
     return {"buffers": doc["buffers"], "processes": doc["processes"], "totals": doc["totals"]}
 
 
 def procfs_scan(pids=None, smaps=False):
-    from memtrack.scan import scan
+    from memtrack.procfs import scan
     from memtrack.sources.live import LiveSource
     return scan(LiveSource(), pids=pids, smaps=smaps)
 
@@ -455,9 +457,9 @@ def test_a_reused_scanner_never_returns_a_stale_size():
 def test_backend_reason_survives_json():
     from memtrack.model import Snapshot
     snap = Snapshot(backend="bpf", backend_reason="auto: root, libbpf, BTF and the iterators")
-    back = Snapshot.from_dict(json.loads(snap.to_json()))
+    back = from_dict(json.loads(to_json(snap)))
     assert (back.backend, back.backend_reason) == ("bpf", snap.backend_reason)
-    assert Snapshot.from_dict(json.loads(Snapshot().to_json())).backend_reason is None
+    assert from_dict(json.loads(to_json(Snapshot()))).backend_reason is None
 
 
 def test_a_failing_read_falls_back_under_auto(monkeypatch, capsys):
@@ -1222,7 +1224,7 @@ def test_a_reused_scanner_forgets_the_buffers_gone():
 def test_a_per_process_read_leaves_no_garbage_cycle():
     """A reused scanner runs an iterator per changed process, hundreds a second under churn:
     each left a ctypes.cast() cycle for the collector, which a refresher's paused
-    collections did not reach (scan.no_gc)."""
+    collections did not reach (speed.no_gc)."""
     scanner()
     import gc
     fd = os.memfd_create("cycle-probe", 0)

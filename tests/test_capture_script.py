@@ -13,7 +13,7 @@ import pytest
 import memtrack
 from memtrack import remote
 from memtrack.errors import SourceError
-from memtrack.scan import scan
+from memtrack.procfs import scan
 
 from helpers.nobody import NOBODY
 from remote_util import SCRIPT, SRC, Holders, android_path, assert_rich, busybox_path, numbers

@@ -133,53 +133,34 @@ def test_broken_pipe_is_quiet(tmp_path):
     assert "Traceback" not in p.stderr and "Broken pipe" not in p.stderr
 
 
-KEEP = r'''
-import sys
-from memtrack.scan import keep_to_exit, no_gc
+EXIT = r'''
+import sys, threading, time
+import memtrack.cli as cli
 class Loud:
     def __del__(self):
         sys.stdout.write("freed\n")
-no_gc.to_exit = sys.argv[1] in ("console", "console, top")
-no_gc.one_shot = sys.argv[1] != "console, top"
-keep_to_exit(Loud())
-sys.stdout.write("end\n")
+kept = Loud()
+def main():
+    if sys.argv[1] == "thread":
+        threading.Thread(target=time.sleep, args=(0.5,)).start()   # still running at the end
+    sys.stdout.write("end\n")
+    return 3
+cli.main = main
+cli.console()
 '''
 
 
 def test_the_command_leaves_its_snapshot_to_the_exit():
-    """keep_to_exit: in the memtrack command (cli.console) running a one-shot command, the
-    snapshot is never freed one object at a time, not even at exit; for a caller of main()
-    and for a command that scans again and again (top, serve, record) it is a no-op."""
+    """The memtrack command (cli.console) ends without freeing what it made: what is alive
+    at the end is never freed one object at a time, and what it printed is flushed first;
+    the exit code is main()'s. Where another thread might still run, the normal exit."""
     import os
     import subprocess
     import sys
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
     env = dict(os.environ, PYTHONPATH=src)
-    out = {mode: subprocess.run([sys.executable, "-c", KEEP, mode], capture_output=True, text=True,
-                                env=env, timeout=60).stdout for mode in ("console", "main", "console, top")}
-    assert out == {"console": "end\n", "main": "freed\nend\n", "console, top": "freed\nend\n"}
-
-
-def test_only_a_one_shot_command_keeps_what_its_scans_made(monkeypatch):
-    """A scan leaves its records and the builder's merge to the exit only in a one-shot
-    command (get_snapshot sets one_shot); top's, serve's and record's scans, in the same
-    console process, free theirs, scan after scan."""
-    import importlib
-    import os
-    from memtrack.sources.live import LiveSource
-    S = importlib.import_module("memtrack.scan")
-    monkeypatch.setattr(S, "_kept", None)
-    monkeypatch.setattr(S.no_gc, "to_exit", True)
-    monkeypatch.setattr(S.no_gc, "one_shot", False)
-    monkeypatch.setattr(S.no_gc, "held", S.no_gc.held)
-    for _ in range(2):
-        S.scan(LiveSource(), pids=[os.getpid()])
-    assert S._kept is None
-    monkeypatch.setattr(S.no_gc, "one_shot", True)
-    S.scan(LiveSource(), pids=[os.getpid()])
-    kept = S._kept
-    assert kept is not None and kept[0] is kept
-    assert any(type(o).__name__ == "Observations" for o in kept)
-    assert any(isinstance(o, tuple) and len(o) == 3 and isinstance(o[0], dict) for o in kept)
-    S.thaw()
+    got = {mode: subprocess.run([sys.executable, "-c", EXIT, mode], capture_output=True, text=True,
+                                env=env, timeout=60) for mode in ("plain", "thread")}
+    assert {m: (p.stdout, p.returncode) for m, p in got.items()} == \
+        {"plain": ("end\n", 3), "thread": ("end\nfreed\n", 3)}
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from memtrack.diff import diff
+from memtrack.json_out import to_json
 
 from helpers.snapshots import MFD, snap
 
@@ -105,8 +106,8 @@ def test_cli_diff_json_of_two_snapshot_files(tmp_path):
     a = snap({"memfd:10": dict(inode=10, size=4096, name="a", **MFD)}, {100: ("app", {"memfd:10": ([3], [])})})
     b = snap({}, {})
     pa, pb = tmp_path / "a.json", tmp_path / "b.json"
-    pa.write_text(a.to_json())
-    pb.write_text(b.to_json())
+    pa.write_text(to_json(a))
+    pb.write_text(to_json(b))
     r = subprocess.run([sys.executable, "-m", "memtrack", "diff", str(pa), str(pb), "--json"],
                        capture_output=True, text=True, env=_env())
     assert r.returncode == 0, r.stderr

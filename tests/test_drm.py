@@ -14,10 +14,11 @@ from memtrack import gpu as gpuacct
 from memtrack.account import account
 from memtrack.capture import RecordingSource, write_archive
 from memtrack.cli import main
-from memtrack.model import Snapshot
 from memtrack.readers.drm import is_drm_path, parse_drm_fdinfo
-from memtrack.scan import scan
+from memtrack.procfs import scan
 from memtrack.sources.tree import DirSource
+from memtrack.json_out import to_json
+from memtrack.json_in import from_dict
 
 from helpers.drm import AMDGPU, AMDGPU_LEGACY, ENGINE_ONLY, I915, MSM, PANFROST, XE, drm_fdinfo, gpu_tree
 
@@ -166,7 +167,7 @@ def test_device_totals_count_each_client_once(gpu_dir):
 
 def test_json_keeps_absent_keys_absent_and_round_trips(gpu_dir):
     snap = memtrack.scan(gpu_dir)
-    doc = json.loads(snap.to_json())
+    doc = json.loads(to_json(snap))
     v3d = [g for g in doc["gpu"] if g["driver"] == "v3d"][0]
     assert v3d == {"pid": 402, "driver": "v3d", "client_id": 3,
                    "device": "/dev/dri/renderD130", "holders": [402], "fds": [3], "regions": {},
@@ -174,18 +175,18 @@ def test_json_keeps_absent_keys_absent_and_round_trips(gpu_dir):
     amd = [g for g in doc["gpu"] if g["pid"] == 201 and g["client_id"] == 31][0]
     assert amd["regions"]["vram"] == {"resident": 1024 * KiB} and amd["pdev"] == "0000:04:00.0"
     assert "client_name" not in amd and "driver_keys" in amd
-    back = Snapshot.from_dict(doc)
+    back = from_dict(doc)
     assert back.gpu == snap.gpu
-    assert json.loads(back.to_json()) == doc
+    assert json.loads(to_json(back)) == doc
 
 
 def test_snapshot_without_gpu_key_still_loads(gpu_dir):
-    doc = json.loads(memtrack.scan(gpu_dir).to_json())
+    doc = json.loads(to_json(memtrack.scan(gpu_dir)))
     del doc["gpu"]
-    assert Snapshot.from_dict(doc).gpu == ()
+    assert from_dict(doc).gpu == ()
     doc["gpu"] = [{"pid": "x", "driver": "v3d"}]
     with pytest.raises(memtrack.SourceError):
-        Snapshot.from_dict(doc)
+        from_dict(doc)
 
 
 def test_restrict_by_pid_keeps_that_pids_clients(gpu_dir):

@@ -18,7 +18,7 @@ from hypothesis import example, given, strategies as st  # noqa: E402
 
 from memtrack.account import account  # noqa: E402
 from memtrack.errors import MemtrackError, SourceError  # noqa: E402
-from memtrack.model import KINDS, Snapshot  # noqa: E402
+from memtrack.model import KINDS  # noqa: E402
 from memtrack.readers import debugfs, sysv  # noqa: E402
 from memtrack.readers.fd import classify, fdinfo_int, parse_fdinfo  # noqa: E402
 from memtrack.readers.maps import parse_shared  # noqa: E402
@@ -26,6 +26,8 @@ from memtrack.readers.num import u64  # noqa: E402
 from memtrack.readers.proc import parse_cmdline, parse_status  # noqa: E402
 from memtrack.readers.smaps import parse_rss  # noqa: E402
 from memtrack.sources.base import is_number, parse_statfile  # noqa: E402
+from memtrack.json_out import to_json  # noqa: E402
+from memtrack.json_in import from_dict  # noqa: E402
 from kfixture import SYSV_HEADER, Tree, maps_line  # noqa: E402
 from helpers.strategies import CHARS, FUZZ, U64, snapshots  # noqa: E402
 
@@ -240,7 +242,7 @@ KEYS = ["schema", "buffers", "processes", "id", "kind", "inode", "size", "holder
 @given(st.one_of(JSON, st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8).map(lambda d: {**d, "schema": 1})))
 def test_from_dict_any_json(doc):
     try:
-        snap = Snapshot.from_dict(doc)
+        snap = from_dict(doc)
     except SourceError:
         return
     check_accepted(snap, doc)
@@ -249,7 +251,7 @@ def test_from_dict_any_json(doc):
 def check_accepted(snap, doc):
     """Whatever from_dict accepts can be accounted and written, and keeps the invariant."""
     acct = account(snap)
-    snap.to_json()
+    to_json(snap)
     if not doc.get("filter"):
         assert acct.total.pss == acct.held_bytes
     for pu in acct.processes.values():
@@ -258,8 +260,8 @@ def check_accepted(snap, doc):
 
 def through_json(snap):
     """What `memtrack --json -o FILE` writes and `--root FILE` reads."""
-    data = snap.to_json().encode("utf-8", "backslashreplace")
-    return Snapshot.from_dict(json.loads(data.decode("utf-8")))
+    data = to_json(snap).encode("utf-8", "backslashreplace")
+    return from_dict(json.loads(data.decode("utf-8")))
 
 
 @FUZZ
@@ -279,7 +281,7 @@ def test_snapshot_round_trip_and_pss_invariant(snap):
 def test_from_dict_mutated_snapshot(snap, data):
     """One leaf of a valid document replaced by arbitrary JSON: a SourceError, or a
     snapshot that accounts consistently."""
-    doc = json.loads(snap.to_json())
+    doc = json.loads(to_json(snap))
     paths = []
 
     def walk(node, path):
@@ -298,7 +300,7 @@ def test_from_dict_mutated_snapshot(snap, data):
             node = node[k]
         node[path[-1]] = data.draw(JSON)
     try:
-        got = Snapshot.from_dict(doc)
+        got = from_dict(doc)
     except SourceError:
         return
     check_accepted(got, doc)

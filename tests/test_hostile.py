@@ -22,6 +22,8 @@ from memtrack.cli import main
 from memtrack.errors import SourceError
 from memtrack.sources import archive as archive_mod
 from memtrack.sources import tree as tree_mod
+from memtrack.json_out import to_dict, to_json
+from memtrack.json_in import from_dict
 from kfixture import Tree
 from livehelpers import run_memtrack
 
@@ -147,7 +149,7 @@ def test_symlink_pointing_outside_is_never_followed(tmp_path):
     snap = scan_ok(write_tar(tmp_path / "a.tgz", entries))
     # a file that is a link cannot be read: the process is counted, nothing else is read
     assert set(snap.skipped.unreadable) == {10, 11}
-    assert "root:" not in json.dumps(snap.to_dict())
+    assert "root:" not in json.dumps(to_dict(snap))
 
 
 def test_hard_links_devices_fifos_and_duplicates(tmp_path):
@@ -362,8 +364,8 @@ def test_bad_utf8_in_names_and_contents(tmp_path, capsys):
     doc = json.loads(out)                    # valid JSON, names escaped, round trip exact
     names = {b["name"] for b in doc["buffers"]}
     assert "na\udcfeme\x1b[2J" in names
-    again = memtrack.Snapshot.from_dict(doc)
-    assert again == memtrack.Snapshot.from_dict(json.loads(again.to_json()))
+    again = from_dict(doc)
+    assert again == from_dict(json.loads(to_json(again)))
     rc, out, err = cli(capsys, "--root", path, "show", "12")
     assert rc == 0 and "\x1b" not in out and "na\\xfeme\\x1b[2J" in out
 

@@ -5,12 +5,13 @@ from helpers.rebuild import rebuilder_ids_exact
 from livekids import Kid
 
 from memtrack.incremental import IncrementalScanner, live_signature
-from memtrack.scan import scan
+from memtrack.procfs import scan
 from memtrack.sources.live import LiveSource
+from memtrack.json_out import to_dict
 
 
 def facts(snap):
-    d = snap.to_dict()
+    d = to_dict(snap)
     d.pop("taken_at")
     return d
 
@@ -183,12 +184,12 @@ def test_refresher_state_stays_bounded_under_buffer_churn():
 
 def test_cycles_left_by_paused_collections_are_collected():
     """A refresher pauses the collector for each refresh and moves what it made to the
-    oldest generation (scan.no_gc), where CPython's own rule never collects it again: a
+    oldest generation (speed.no_gc), where CPython's own rule never collects it again: a
     cycle of garbage each refresh (a ctypes cast, an exception's traceback) stayed for
     good. no_gc counts those objects and collects the oldest generation by the same rule."""
     import gc
     import weakref
-    from memtrack.scan import no_gc
+    from memtrack.speed import no_gc
 
     class Cycle:
         pass

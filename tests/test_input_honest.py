@@ -16,6 +16,7 @@ import pytest
 import memtrack
 from memtrack.cli import main
 from memtrack.sources import archive as archive_mod
+from memtrack.json_out import to_json
 from kfixture import Tree
 from livehelpers import SRC, memtrack_cmd, run_memtrack
 
@@ -62,7 +63,7 @@ def notes_with(snap, *words):
 
 def saved_json(tmp_path, t=None) -> dict:
     snap = memtrack.scan((t or holders_tree()).write_dir(str(tmp_path / "for_json")))
-    return json.loads(snap.to_json())
+    return json.loads(to_json(snap))
 
 
 # -- pids no process can have -------------------------------------------------------------
@@ -304,9 +305,9 @@ def test_diff_of_two_json_snapshots_from_process_substitution(tmp_path):
     a = tmp_path / "a.json"
     b = tmp_path / "b.json"
     t = holders_tree()
-    a.write_text(memtrack.scan(t.write_dir(str(tmp_path / "ta"))).to_json())
+    a.write_text(to_json(memtrack.scan(t.write_dir(str(tmp_path / "ta")))))
     t.proc(11, "new").memfd(3, "fresh", 500, 65536)
-    b.write_text(memtrack.scan(t.write_dir(str(tmp_path / "tb"))).to_json())
+    b.write_text(to_json(memtrack.scan(t.write_dir(str(tmp_path / "tb")))))
     cmd = " ".join(memtrack_cmd())
     r = subprocess.run(["bash", "-c", f"{cmd} diff --json <(cat {a}) <(cat {b})"],
                        capture_output=True, text=True, env=_env(), timeout=120)
@@ -348,7 +349,7 @@ def test_json_archive_and_plain_tar_from_a_pipe(tmp_path, stdin):
     tgz = t.write_tar(str(tmp_path / "cap.tgz"))
     import gzip
     plain = gzip.decompress(open(tgz, "rb").read())
-    js = memtrack.scan(tgz).to_json().encode()
+    js = to_json(memtrack.scan(tgz)).encode()
     want = json.loads(subprocess.run(memtrack_cmd("--root", tgz, "--json"), capture_output=True,
                                      env=_env(), timeout=120).stdout)
     for data in (open(tgz, "rb").read(), plain, js):

@@ -1,4 +1,4 @@
-"""Snapshot.to_json() (memtrack/json_out.py writes it without to_dict's document) gives the
+"""to_json(Snapshot) (memtrack/json_out.py writes it without to_dict's document) gives the
 bytes json.dumps(to_dict()) gives, on every snapshot we can make: each kernel-format tree the
 fixture tests build, the real capture, a live scan, generated snapshots, hostile names."""
 from __future__ import annotations
@@ -18,12 +18,13 @@ from helpers.paths import REAL_CAPTURE
 from memtrack.categories import categorize, load_rules
 from memtrack.json_out import snapshot_json
 from memtrack.model import Buffer, GpuClient, Host, KernelInfo, Process, Ref, Skipped, Snapshot
+from memtrack.json_out import to_dict, to_json
 
 RULES = load_rules(use_user_file=False)
 
 
 def old_json(snap, filt=None):
-    return json.dumps(snap.to_dict(filt), ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(to_dict(snap, filt), ensure_ascii=False, separators=(",", ":"))
 
 
 def check(snap):
@@ -42,7 +43,7 @@ def check(snap):
         want = old_json(view, filt)
         got = snapshot_json(view, filt)
         assert got == want
-        assert view.to_json(filt=filt) == want
+        assert to_json(view, filt=filt) == want
     return snap
 
 
@@ -122,9 +123,9 @@ def test_live_bpf_scan(holders):
 def test_saved_snapshot_reads_back_to_the_same_bytes(tmp_path):
     snap = categorize(memtrack.scan(REAL_CAPTURE if os.path.exists(REAL_CAPTURE) else None), RULES)
     path = tmp_path / "s.json"
-    path.write_text(snap.to_json())
+    path.write_text(to_json(snap))
     again = memtrack.load(str(path))
-    assert check(again).to_json() == path.read_text()
+    assert to_json(check(again)) == path.read_text()
 
 
 # -- names and values that need escaping ----------------------------------------------------
@@ -202,7 +203,7 @@ def test_empty_and_default_snapshots():
 
 def test_indent_keeps_the_generic_path():
     snap = nasty_snapshot(True)
-    assert snap.to_json(indent=1) == json.dumps(snap.to_dict(), indent=1, ensure_ascii=False)
+    assert to_json(snap, indent=1) == json.dumps(to_dict(snap), indent=1, ensure_ascii=False)
 
 
 def test_cli_json_bytes(tmp_path):

@@ -11,6 +11,8 @@ import pytest
 
 import memtrack
 from memtrack.account import account
+from memtrack.json_out import to_dict, to_json
+from memtrack.json_in import from_dict
 from helpers.nobody import NOBODY
 from livehelpers import run_memtrack, scenario
 
@@ -87,7 +89,7 @@ def test_pss_invariant(live):
 
 def test_json_round_trip_live(live):
     snap = live["snap"]
-    again = memtrack.Snapshot.from_dict(json.loads(snap.to_json()))
+    again = from_dict(json.loads(to_json(snap)))
     assert again == snap
 
 
@@ -98,7 +100,7 @@ def test_capture_reads_back_as_the_live_scan(live, tmp_path):
     assert r.returncode == 0, r.stderr
     captured = memtrack.scan(str(out), pids=live["pids"], smaps=True)
     fresh = memtrack.scan(pids=live["pids"], smaps=True)
-    a, b = captured.to_dict(), fresh.to_dict()
+    a, b = to_dict(captured), to_dict(fresh)
     for k in ("taken_at", "source"):
         a.pop(k), b.pop(k)
     assert a["processes"] == b["processes"]

@@ -19,7 +19,7 @@ import pytest
 
 from helpers.paths import REAL_CAPTURE
 from memtrack.cli import main
-from memtrack.scan import scan
+from memtrack.procfs import scan
 from memtrack.sources import open_source
 from memtrack.summarize import grand_total, summarize
 

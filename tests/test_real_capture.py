@@ -10,6 +10,8 @@ import pytest
 
 import memtrack
 from memtrack.account import account
+from memtrack.json_out import to_json
+from memtrack.json_in import from_dict
 from helpers.paths import REAL_CAPTURE
 from livehelpers import run_memtrack
 
@@ -78,7 +80,7 @@ def test_totals_reconcile(snap):
 
 
 def test_json_round_trip(snap):
-    assert memtrack.Snapshot.from_dict(json.loads(snap.to_json())) == snap
+    assert from_dict(json.loads(to_json(snap))) == snap
 
 
 def test_saved_json_reads_back_through_cli(tmp_path):

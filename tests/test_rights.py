@@ -401,7 +401,7 @@ def test_bpf_backend_without_dac_capabilities_shows_what_procfs_shows(nobody_pkg
 THREAD = LOWER + r"""
 import ctypes, json, subprocess, sys, threading
 from memtrack.bpf import BpfScanner
-from memtrack.scan import scan
+from memtrack.procfs import scan
 from memtrack.sources.live import LiveSource
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
@@ -554,7 +554,7 @@ def test_unprivileged_bpf_caller_is_refused_what_procfs_is(nobody_pkg):
 LOWERED = LOWER + r"""
 import ctypes, json, sys
 from memtrack.bpf import BpfScanner
-from memtrack.scan import scan
+from memtrack.procfs import scan
 from memtrack.sources.live import LiveSource
 pids = [int(p) for p in sys.argv[1:]]
 scanners = [BpfScanner(reuse=False), BpfScanner(reuse=True)]

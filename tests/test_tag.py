@@ -103,7 +103,7 @@ def test_take_fd_of_a_child():
 @pytest.mark.skipif(not cuda_present(), reason="no CUDA driver (libcuda.so.1) on this machine")
 def test_tag_a_cuda_dmabuf_from_another_process():
     from memtrack.cli import main
-    from memtrack.scan import scan
+    from memtrack.procfs import scan
     from memtrack.sources.live import LiveSource
     with cuda_dmabuf_holder() as (holder, fd):
         assert os.readlink(f"/proc/{holder.pid}/fd/{fd}").startswith("/dmabuf:")

@@ -20,8 +20,6 @@ del _early
 from .errors import MemtrackError, SourceError  # noqa: E402
 from .model import Snapshot, Buffer, Ref, Process  # noqa: E402
 from .account import account  # noqa: E402
-# Load the scan module now, so that the function below (not the module) stays `memtrack.scan`.
-from . import scan as _scan_module  # noqa: E402
 
 
 def open_source(path=None):
@@ -31,12 +29,13 @@ def open_source(path=None):
 
 def scan(path=None, pids=None, smaps=False):
     """Scan a live machine (path None), a directory tree or a capture archive."""
+    from .procfs import scan as _scan
     from .sources import open_source as _open
     src = _open(path)
     try:
         if isinstance(src, Snapshot):
             return src
-        return _scan_module.scan(src, pids=pids, smaps=smaps)
+        return _scan(src, pids=pids, smaps=smaps)
     finally:
         close = getattr(src, "close", None)
         if close:

@@ -21,7 +21,6 @@ from typing import Dict, List, Optional
 
 from .model import KINDS, GpuClient, Host, KernelInfo, Process, Skipped, Snapshot, new_buffer, new_ref
 from .observe import Observations
-from .scan import keep_to_exit
 
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 _NOT_DEV = ("dmabuf", "sysv", "anon")     # identity fs values that name no device
@@ -279,12 +278,8 @@ def build(obs: Observations, *, taken_at: str, source: str, hostname=None, kerne
         add_buffer(new_buffer(
             bid, kind, inode, dev, size, exporter, name, None, holders, nfds, nmaps,
             kernel_count if kernel_count is not None else count, size_from))
-    snap = assemble(obs, buffers, refs_by_pid, notes, taken_at=taken_at, source=source,
+    return assemble(obs, buffers, refs_by_pid, notes, taken_at=taken_at, source=source,
                     hostname=hostname, kernel=kernel, backend=backend, scope=scope, smaps=smaps)
-    # a command that ends with this snapshot's output leaves the merge's tens of thousands of
-    # keys and lists to the exit rather than freeing them one by one; elsewhere a no-op
-    keep_to_exit((accs, refs_by_pid, buffers))
-    return snap
 
 
 def assemble(obs: Observations, buffers: list, refs_by_pid: Dict[int, list], notes: list, *,

@@ -32,8 +32,9 @@ from .rebuild import Part, Rebuilder
 from .errors import ProcessGone
 from .model import Snapshot
 from .observe import Observations
-from .scan import (_merge_recorded_skips, counter_notes, host_info, no_gc, read_kernel_tables,
-                   read_process)
+from .kernel import counter_notes, host_info, merge_recorded_skips, read_kernel_tables
+from .procfs import read_process
+from .speed import no_gc
 from .sources.base import now_iso
 from .cgroup_scan import read_charges
 
@@ -217,7 +218,7 @@ class IncrementalScanner:
         obs.notes.extend(counter_notes(counters))
         scope = "all" if self.pids is None else "pids"
         if not src.live:
-            _merge_recorded_skips(src, obs, self.pids)
+            merge_recorded_skips(src, obs, self.pids)
             if src.meta().get("scope") == "pids":
                 scope = "pids"
         self.generation += 1

@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ..observe import FdRef, KernelBuffer, MapRef
 from ..readers.fd import classify
-from ..scan import BUFFER_PREFIXES
+from ..kernel import BUFFER_PREFIXES
 
 R_TASK, R_PSEUDO, R_DMABUF, R_DRM, R_TRUNC, R_NAMED, R_PFNMAP = 1, 2, 4, 8, 16, 32, 64
 R_LEN_SHIFT = 8                                   # flags bits 8-15: a copied name's length, or 0

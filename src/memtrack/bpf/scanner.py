@@ -89,7 +89,7 @@ def _drm_clients(pid: int, fds: List[int], counters: Dict[str, int]) -> Optional
     the procfs backend reads it (only these fds: no walk of fd/); None if the process is gone."""
     from ..errors import ProcessGone
     from ..readers.drm import is_drm_path
-    from ..scan import read_drm
+    from ..kernel import read_drm
     from ..sources.live import LiveProc
     try:
         p = LiveProc("/proc", pid)
@@ -188,7 +188,7 @@ class BpfScanner(Reads):
 
     def _tables(self, dmabufs, sysv) -> Observations:
         """Observations holding the machine-wide tables: SysV segments, dma-bufs."""
-        from ..scan import read_dmabuf_table, read_sysv_table
+        from ..kernel import read_dmabuf_table, read_sysv_table
         from ..sources.live import LiveSource
         from .records import parse_dmabufs
         obs = Observations()
@@ -264,7 +264,7 @@ class BpfScanner(Reads):
 
     def _collect(self, pids, smaps, raw) -> Observations:
         from ..readers.smaps import parse_rss
-        from ..scan import counter_notes
+        from ..kernel import counter_notes
         from .records import parse_files, parse_vmas
 
         files, vmas, dmabufs, sysv = raw
@@ -369,7 +369,8 @@ class BpfScanner(Reads):
                 no_caller()
 
     def _scan(self, raw, pids, smaps, reason, taken_at):
-        from ..scan import host_info, keep_to_exit, no_gc
+        from ..kernel import host_info
+        from ..speed import no_gc
         from ..sources.live import LiveSource
         hostname, kernel = host_info(LiveSource())
         want = None if pids is None else frozenset(pids)
@@ -404,8 +405,6 @@ class BpfScanner(Reads):
                 if got is None:
                     got = self._scan_whole(raw, pids, want, smaps, meta)
             snap, obs = got
-            if not self.reuse:
-                keep_to_exit(obs)           # a one-shot command's: left to the exit, not freed
             raw = raw._replace(vmas=resolved(raw.vmas))
             # DRM clients' fdinfo (engine time, resident memory) moves without the records
             # moving: a scan that read any is never reused

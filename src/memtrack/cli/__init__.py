@@ -8,11 +8,11 @@ being imported (see _parser); any other NAME still works, through the full parse
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import os
 import pkgutil
 import sys
+import threading
 from typing import Iterable, List, Optional
 
 from .. import __version__
@@ -190,24 +190,21 @@ def main(argv=None) -> int:
         print(f"memtrack: internal error: {type(exc).__name__}: {printable(str(exc))} "
               "(set MEMTRACK_DEBUG=1 for the traceback)", file=sys.stderr)
         return 70
-    finally:
-        held = sys.modules.get("memtrack.scan")   # get_snapshot froze the snapshot's objects
-        if held is not None:
-            if not held.no_gc.to_exit:
-                held.thaw()
-        elif hasattr(gc, "unfreeze"):
-            gc.unfreeze()
 
 
 def console() -> None:
-    """The memtrack command (the console script, python -m memtrack): main(), in a process
-    that ends with it, so what the command made is left to the exit, not freed (keep_to_exit)."""
-    from ..scan import no_gc
-    no_gc.to_exit = True
+    """The memtrack command (the console script, python -m memtrack): main(), then the
+    process ends at once. Freeing a big machine's snapshot object by object, as the
+    interpreter's exit does, is work for nothing; so, once stdout and stderr are flushed and
+    no other thread runs that the exit would wait for, os._exit."""
     rc = main()
-    # the interpreter's last collection would walk every object only to free it anyway
-    if hasattr(gc, "freeze"):
-        gc.freeze()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        raise SystemExit(rc)      # let the interpreter's exit report (or quiet) what failed
+    if all(t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        os._exit(rc)
     raise SystemExit(rc)
 
 

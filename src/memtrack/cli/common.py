@@ -132,8 +132,7 @@ def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """The snapshot the options name, for a command that runs once. -p restricts the view,
     not the scan: pss needs every holder. on_source(src) is called with the open source (or
     the saved Snapshot) before it is scanned, to ask it what the snapshot cannot tell."""
-    from ..scan import hold_frozen, keep_to_exit, no_gc
-    no_gc.one_shot = True
+    from ..speed import no_gc
     absent = []
     named = getattr(args, "pid", None)
     origin = {}
@@ -146,11 +145,6 @@ def get_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
             inner(src)
     with no_gc():
         snap = load_snapshot(args, pids_for_scan, on_source)
-    # A big machine's snapshot is hundreds of thousands of objects, none garbage, kept to the
-    # end of the command: keep the cyclic collector from walking them all again (main()
-    # thaws them when it returns), and the exit from freeing them one by one.
-    hold_frozen()
-    keep_to_exit(snap)
     # what a command says of a denied process it was asked about (show, dmabuf-dump)
     args.denied_hint = denied_hint(snap, origin)
     report_skipped(snap, quiet=getattr(args, "quiet", False), origin=origin)
@@ -225,7 +219,7 @@ def denied_hint(snap: Snapshot, origin: Optional[dict] = None) -> str:
 
 def load_snapshot(args, pids_for_scan=None, on_source=None) -> Snapshot:
     """get_snapshot without the notes on stderr (for servers that scan again and again)."""
-    from ..scan import scan
+    from ..procfs import scan
     from ..sources import open_source
     target = None
     if getattr(args, "adb", None) is not None or getattr(args, "ssh", None):
@@ -276,7 +270,7 @@ def scan_source(src, backend: str = "auto", pids=None, smaps: bool = False) -> S
     """Scan with the backend --backend names; the snapshot records which ran and why."""
     from dataclasses import replace
     from ..bpf import BpfUnavailable, fallback_reason, open_backend
-    from ..scan import scan
+    from ..procfs import scan
     scanner, reason = open_backend(backend, live=getattr(src, "live", False))
     if scanner is not None:
         try:
@@ -330,7 +324,8 @@ def prepare(args):
 
 
 def emit_json(view: Snapshot, args) -> int:
-    emit(view.to_json(filt=filter_doc(args)) + "\n", args)
+    from ..json_out import to_json
+    emit(to_json(view, filt=filter_doc(args)) + "\n", args)
     return 0
 
 

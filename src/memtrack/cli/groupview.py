@@ -35,8 +35,8 @@ def rows_of(snap, view, args):
     return groups, charges, kinds
 
 
-def run(snap, view, args) -> int:
-    from .commands.ps import summary_lines
+def run(snap, view, args, summary_lines) -> int:
+    """summary_lines: ps's line under the table (passed in: ps imports this module)."""
     from ..account import account
     groups, charges, kinds = rows_of(snap, view, args)
     by, raw = args.group, args.bytes

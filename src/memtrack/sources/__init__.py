@@ -173,7 +173,7 @@ def _open_pipe(fd: int, name: str, saved_filter=None):
 
 
 def _stream_source(path: str, data: bytes):
-    from ..remote import TreeSource, parse_stream
+    from .stream import TreeSource, parse_stream
     try:
         tree = parse_stream(data)
     except SourceError as exc:

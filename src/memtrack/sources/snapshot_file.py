@@ -5,6 +5,7 @@ import json
 import os
 
 from ..errors import SourceError
+from ..json_in import from_dict
 from ..model import Snapshot
 
 
@@ -32,7 +33,7 @@ def load_snapshot(path, saved_filter=None, data=None) -> Snapshot:
     except RecursionError:
         raise SourceError(f"{path}: not a memtrack snapshot (JSON nested too deep)") from None
     try:
-        snap = Snapshot.from_dict(doc)
+        snap = from_dict(doc)
     except SourceError as exc:
         raise SourceError(f"{path}: {exc}") from None
     if saved_filter is not None:

@@ -44,7 +44,7 @@ def run(args) -> int:
     if target is not None:
         return _remote(args, target)
     from ...capture import RecordingSource, archived_pids, write_archive
-    from ...scan import scan
+    from ...procfs import scan
     from ...sources.live import LiveSource
     if getattr(args, "backend", "auto") == "bpf" and not args.quiet:
         # an archive is the files a scan read: only the procfs backend reads files
@@ -68,7 +68,7 @@ def run(args) -> int:
 
 def _remote(args, target) -> int:
     from ...remote import TreeSource, transport_name, write_tree
-    from ...scan import scan
+    from ...procfs import scan
     pids = sorted(args.pid) if args.pid is not None else None
     tree = target.capture(fmt=args.format, pids=pids, smaps=args.smaps)
     n = _write(lambda path: write_tree(tree, path, transport_name(target)), args.output)

@@ -30,7 +30,7 @@ def load_any(spec: str, args):
     """(snapshot of spec, categorized like every view's (a saved snapshot keeps its own), the
     selection it shows: (pids, kinds), None for all, once diff's own -p/--kind narrow it)."""
     from ...model import Snapshot
-    from ...scan import scan
+    from ...procfs import scan
     from ...sources import open_source
     saved = {}
     src = open_source(None if spec in LIVE else spec, saved)

@@ -13,6 +13,7 @@ from typing import Dict, List
 
 from ...account import account
 from ...errors import MemtrackError
+from ...json_out import to_json
 from ...views.table import printable
 from ..common import check_exclusive, emit, get_snapshot
 from .matrix import cells
@@ -209,7 +210,7 @@ def run(args) -> int:
         view = view.restrict(pids=pids)
         filt["pids"] = sorted(pids)
     if args.json:
-        emit(view.to_json(filt=filt) + "\n", args)
+        emit(to_json(view, filt=filt) + "\n", args)
     elif args.per_buffer:
         emit(per_buffer(snap, csv), args)
     elif args.table:

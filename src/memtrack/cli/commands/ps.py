@@ -45,7 +45,7 @@ def run(args) -> int:
     snap, view = prepare(args)
     if getattr(args, "group", None):
         from ..groupview import run as run_groups
-        return run_groups(snap, view, args)
+        return run_groups(snap, view, args, summary_lines)
     if args.json:
         return emit_json(view, args)
     acct = account(snap)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...account import account
 from ...errors import MemtrackError
+from ...json_out import to_json
 from ...views.table import Column, human, printable, render, to_csv
 from ..common import check_exclusive, emit, get_snapshot, pid_arg, refuse
 
@@ -79,13 +80,13 @@ def run(args) -> int:
         if why and why[0]:
             raise MemtrackError(f"pid {pid}: {why[0]}")
         if args.json:
-            emit(snap.restrict(pids={pid}).to_json(filt={"pids": [pid]}) + "\n", args)
+            emit(to_json(snap.restrict(pids={pid}), filt={"pids": [pid]}) + "\n", args)
             return 0
         emit(f"pid {pid} holds no shared buffers\n", args)
         return 0
     view = snap.restrict(pids={pid}, kinds=args.kind)
     if args.json:
-        emit(view.to_json(filt={"pids": [pid]}) + "\n", args)
+        emit(to_json(view, filt={"pids": [pid]}) + "\n", args)
         return 0
     acct = account(snap)
     share = acct.shares
