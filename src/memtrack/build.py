@@ -341,7 +341,8 @@ def assemble(obs: Observations, buffers: list, refs_by_pid: Dict[int, list], not
     for pid in sorted(set(refs_by_pid) | {g.pid for g in gpu}):
         pi = info.get(pid)
         processes.append(Process(pid, pi.comm if pi else "", pi.cmdline if pi else "",
-                                 pi.uid if pi else None, tuple(refs_by_pid.get(pid, ()))))
+                                 pi.uid if pi else None, tuple(refs_by_pid.get(pid, ())),
+                                 pi.cgroup if pi else None))
     return Snapshot(
         taken_at=taken_at, source=source, host=Host(hostname=hostname, kernel=kernel),
         backend=backend, scope=scope, smaps=smaps, buffers=tuple(buffers),
@@ -350,7 +351,7 @@ def assemble(obs: Observations, buffers: list, refs_by_pid: Dict[int, list], not
                           dmabuf_exported_count=obs.dmabuf_count, sysv_source=obs.sysv_source),
         skipped=Skipped(denied=tuple(sorted(obs.denied)), vanished=tuple(sorted(obs.vanished)),
                         unreadable=tuple(sorted(obs.unreadable))),
-        notes=tuple(notes), gpu=gpu)
+        notes=tuple(notes), gpu=gpu, cgroups=tuple(getattr(obs, "cgroups", ())))
 
 
 def build_gpu(obs: Observations) -> tuple:

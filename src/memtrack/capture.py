@@ -85,6 +85,11 @@ class _RecordingProc(ProcReader):
     def cmdline(self):
         return self._file("cmdline", self.inner.cmdline())
 
+    def cgroup(self):
+        t = self.inner.cgroup()
+        self._file("cgroup", t.encode("utf-8", "surrogateescape"))
+        return t
+
     def close(self):
         self.inner.close()
         self.rec.procs[self.pid] = self

@@ -36,6 +36,7 @@ from .kernel import counter_notes, host_info, merge_recorded_skips, read_kernel_
 from .procfs import read_process
 from .speed import no_gc
 from .sources.base import now_iso
+from .cgroup_scan import read_charges
 
 
 _fd_count_in_size: Dict[str, bool] = {}
@@ -77,7 +78,7 @@ def live_signature(proc_root: str, pid: int) -> Optional[tuple]:
 
 
 #: Observations lists filled once per machine, not per process
-_MACHINE_WIDE = ("kernel", "notes")
+_MACHINE_WIDE = ("kernel", "notes", "cgroups")
 
 
 def _per_process_lists(o: Observations):
@@ -184,13 +185,17 @@ class IncrementalScanner:
             if sub.vanished or sub.unreadable or counters.get("thread_tables"):
                 part.sig = None
             new[pid] = part
+        # what the memory controller charged the holders' cgroups: read every refresh
+        for part in new.values():
+            obs.cgroup_hier.update(part.obs.cgroup_hier)
+        read_charges(src, obs, [pi for part in new.values() for pi in part.obs.procs])
         moved = {pid for pid in old if pid not in new}
         moved.update(pid for pid, _ in todo
                      if pid not in old or _facts(old[pid].obs) != _facts(new[pid].obs))
         stats.reread = len(todo)
         stats.reused = len(pids) - len(todo)
         tables = (obs.kernel, obs.dmabuf_source, obs.dmabuf_total, obs.dmabuf_count,
-                  obs.sysv_source, obs.notes)
+                  obs.sysv_source, obs.notes, obs.cgroups)
         self._parts = new
         if not moved and self.last is not None and tables == self._tables and src.live:
             # nothing moved: the previous snapshot is this one (building is the costly part)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict
 
 from .errors import SourceError
-from .model import KINDS, SCHEMA, Buffer, GpuClient, Host, KernelInfo, Process, Ref, Skipped, Snapshot
+from .model import KINDS, SCHEMA, Buffer, CgroupInfo, GpuClient, Host, KernelInfo, Process, Ref, Skipped, Snapshot
 from .readers.num import PID_MAX_LIMIT, U64
 
 
@@ -32,6 +32,21 @@ def _counters(doc) -> Dict[str, Dict[str, int]]:
             raise ValueError(f"expected an object, got {vals!r}")
         out[str(name)] = {str(k): _u64(v) for k, v in vals.items()}
     return out
+
+
+def _cgroup_from_dict(c) -> CgroupInfo:
+    c = _obj(c, "cgroups")
+    hier = c["hierarchy"]
+    if hier not in ("v1", "v2"):
+        raise ValueError(f"unknown cgroup hierarchy {hier!r}")
+    stat = _obj(c.get("stat") or {}, "cgroups: stat")
+    dmem = _obj(c.get("dmem") or {}, "cgroups: dmem")
+    cur = _obj(dmem.get("current") or {}, "cgroups: dmem")
+    mx = _obj(dmem.get("max") or {}, "cgroups: dmem")
+    return CgroupInfo(path=_str(c["path"]), hierarchy=hier,
+                      stat={str(k): _u64(v) for k, v in stat.items()},
+                      dmem_current={str(k): _u64(v) for k, v in cur.items()},
+                      dmem_max={str(k): _opt_u64(v) for k, v in mx.items()})
 
 
 def _gpu_from_dict(g: dict) -> GpuClient:
@@ -194,7 +209,7 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
             raise ValueError(f"pid {pid} references one buffer twice")
         procs.append(Process(pid=pid, comm=_opt_str(p.get("comm")) or "",
                              cmdline=_opt_str(p.get("cmdline")) or "", uid=_uid(p.get("uid")),
-                             refs=tuple(refs)))
+                             refs=tuple(refs), cgroup=_opt_str(p.get("cgroup"))))
     if len({p.pid for p in procs}) != len(procs):
         raise ValueError("a pid listed twice")
     if not doc.get("filter"):
@@ -225,4 +240,5 @@ def _snapshot_from_dict(doc: dict) -> Snapshot:
                         unreadable=tuple(_pid(x) for x in _list(s.get("unreadable", ())))),
         notes=tuple(_str(n) for n in _list(doc.get("notes", ()))),
         gpu=tuple(_gpu_from_dict(g) for g in _list(doc.get("gpu") or ())),
+        cgroups=tuple(_cgroup_from_dict(c) for c in _list(doc.get("cgroups") or ())),
     )

@@ -50,6 +50,8 @@ def to_dict(snap: Snapshot, filt: Optional[dict] = None) -> dict:
             "by_kind": {k: u.as_dict(snap.smaps) for k, u in sorted(usage.by_kind.items())},
             "refs": [_ref_dict(r, snap.smaps) for r in p.refs],
         })
+        if p.cgroup is not None:
+            doc["processes"][-1]["cgroup"] = p.cgroup
     doc.update(tail)
     return doc
 
@@ -85,6 +87,8 @@ def _json_parts(snap: Snapshot, acct, filt: Optional[dict] = None) -> Tuple[dict
         "notes": list(snap.notes),
         "gpu": [_gpu_dict(g) for g in snap.gpu],
     }
+    if snap.cgroups:
+        tail["cgroups"] = [_cgroup_dict(c) for c in snap.cgroups]
     if filt:
         tail["filter"] = filt
     return head, tail
@@ -98,6 +102,13 @@ def _buffer_dict(b: Buffer) -> dict:
             "allocated": b.allocated, "swapped": b.swapped}
 
 
+
+
+def _cgroup_dict(c) -> dict:
+    d = {"path": c.path, "hierarchy": c.hierarchy, "stat": dict(c.stat)}
+    if c.dmem_current or c.dmem_max:
+        d["dmem"] = {"current": dict(c.dmem_current), "max": dict(c.dmem_max)}
+    return d
 
 
 def _gpu_dict(g: GpuClient) -> dict:
@@ -248,5 +259,6 @@ def _processes(procs, smaps: bool, acct, S, I) -> str:
         out.append(f'{{"pid":{p.pid},"comm":{"null" if comm is None else enc(comm)},'
                    f'"cmdline":{"null" if cmdline is None else enc(cmdline)},'
                    f'"uid":{"null" if uid is None else uid},"totals":{_usage(u.total, smaps)},'
-                   f'"by_kind":{{{kinds}}},"refs":[{",".join(refs)}]}}')
+                   f'"by_kind":{{{kinds}}},"refs":[{",".join(refs)}]'
+                   + ("}" if p.cgroup is None else f',"cgroup":{enc(p.cgroup)}}}'))
     return ",".join(out)

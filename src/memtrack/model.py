@@ -106,6 +106,7 @@ class Process:
     cmdline: str = ""
     uid: Optional[int] = None
     refs: Tuple[Ref, ...] = ()
+    cgroup: Optional[str] = None       # the memory controller's cgroup path (cgroups.py); None: unknown
 
     @property
     def name(self) -> str:
@@ -135,6 +136,19 @@ class GpuClient:
         if self.client_id is None:
             return (self.pdev or self.device, None, self.pid, self.fds)
         return (self.pdev or self.device, self.client_id)
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    """What the memory controller says of one cgroup a scanned process is in: what it was
+    charged for shared memory (memory.stat, cgroups.STAT_KEYS names, bytes) and, where the
+    dmem controller is (Linux 6.14+, v2), device memory per region (max: None = no limit).
+    Keys the kernel did not print are absent. Treat the dicts as read-only."""
+    path: str
+    hierarchy: str                     # "v1" | "v2"
+    stat: Dict[str, int] = field(default_factory=dict)
+    dmem_current: Dict[str, int] = field(default_factory=dict)
+    dmem_max: Dict[str, Optional[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,11 @@ class Snapshot:
     notes: Tuple[str, ...] = ()
     schema: int = SCHEMA
     gpu: Tuple[GpuClient, ...] = ()    # DRM clients, one per (client, holding process)
+    cgroups: Tuple[CgroupInfo, ...] = ()   # the cgroups of the processes, by path
+
+    @cached_property
+    def cgroup_map(self) -> Dict[str, CgroupInfo]:
+        return {c.path: c for c in self.cgroups}
 
     @cached_property
     def buffer_map(self) -> Dict[str, Buffer]:
@@ -209,12 +228,14 @@ class Snapshot:
             if kinds is not None and not refs:
                 continue
             procs.append(replace(p, refs=refs))
-        gpu = self.gpu
+        gpu, cgroups = self.gpu, self.cgroups
         if pids is not None:
             held = {r.buffer for p in procs for r in p.refs}
             buffers = tuple(b for b in buffers if b.id in held)
             gpu = tuple(g for g in gpu if g.pid in pids)
-        return replace(self, buffers=buffers, processes=tuple(procs), gpu=gpu)
+            seen = {p.cgroup for p in procs}
+            cgroups = tuple(c for c in cgroups if c.path in seen)
+        return replace(self, buffers=buffers, processes=tuple(procs), gpu=gpu, cgroups=cgroups)
 
 
 def field_names(cls) -> List[str]:

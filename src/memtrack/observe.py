@@ -15,6 +15,7 @@ class ProcInfo(NamedTuple):
     comm: str
     cmdline: str
     uid: Optional[int]
+    cgroup: Optional[str] = None       # the memory controller's cgroup path (cgroups.py)
 
 
 class FdRef(NamedTuple):
@@ -97,6 +98,8 @@ class Observations:
         self.dmabuf_total: Optional[int] = None
         self.dmabuf_count: Optional[int] = None
         self.sysv_source: Optional[str] = None
+        self.cgroups: list = []           # model.CgroupInfo of the processes' cgroups
+        self.cgroup_hier: Dict[str, str] = {}   # cgroup path -> "v1" | "v2" (cgroup_scan)
         # (fds, build.accumulate_fds(fds)) made while the backend waited: build() takes it
         # if fds is still this object's fds list
         self.fd_accs: Optional[tuple] = None

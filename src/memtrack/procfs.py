@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, Optional
 
 from .build import build
+from .cgroup_scan import process_cgroup, read_charges
 from .errors import Denied, ProcessGone, Unreadable, Vanished
 from .kernel import (BUFFER_PREFIXES, NOT_MOUNT_POINTS, counter_notes, host_info, merge_recorded_skips,
                      read_drm, read_kernel_tables)
@@ -135,7 +136,8 @@ def read_process(src, pid: int, obs: Observations, smaps: bool, sized: Dict[tupl
                     rss.append(VmaRss(pid, m.start, r))
         if fds or maps or drm or thorough:
             comm, uid = parse_status(p.status())
-            obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid))
+            obs.procs.append(ProcInfo(pid, comm, parse_cmdline(p.cmdline()), uid,
+                                      process_cgroup(p, obs)))
     except ProcessGone as exc:
         if not (isinstance(exc, Denied) and p is not None and _is_zombie(p)):
             _skip_list(obs, exc).append(pid)
@@ -289,6 +291,7 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
         binds = live_shm_binds(src.proc_root)
     for pid in targets:
         read_process(src, pid, obs, smaps, sized, counters, binds)
+    read_charges(src, obs)
     merge_recorded_skips(src, obs, pids)
     obs.notes.extend(counter_notes(counters))
     return obs

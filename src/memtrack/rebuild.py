@@ -224,7 +224,7 @@ class Rebuilder:
         (twice: the count of build()'s note on dma-buf fds without an inode, from the
         processes' parts, which the shell has none of)."""
         bare = Observations()
-        for name in ("dmabuf_source", "dmabuf_total", "dmabuf_count", "sysv_source"):
+        for name in ("dmabuf_source", "dmabuf_total", "dmabuf_count", "sysv_source", "cgroups"):
             setattr(bare, name, getattr(obs, name))
         bare.notes = list(obs.notes)
         bare.denied, bare.vanished, bare.unreadable = obs.denied, obs.vanished, obs.unreadable

@@ -18,7 +18,9 @@ from typing import Dict, List, NamedTuple, Optional
 from .account import Accounting, account, is_kernel_only, pss_shares
 from .model import Snapshot
 
-BY = ("category", "exporter", "kind", "name", "process")
+BY = ("category", "exporter", "kind", "name", "process", "cgroup", "unit", "container", "pod")
+#: groupings of processes (groups.py): each group gets its pss share, as a process does
+PROCESS_GROUPS = ("cgroup", "unit", "container", "pod")
 KERNEL_ONLY = "(kernel only)"
 UNATTRIBUTED = "(unattributed)"
 UNKNOWN_SIZE = "(unknown size)"
@@ -43,6 +45,11 @@ def summarize(snap: Snapshot, by: str, acct: Optional[Accounting] = None,
         raise ValueError(f"cannot sum {measure!r}")
     acct = acct or account(snap)
     alloc = measure == "allocated"
+    gshares = None
+    if by in PROCESS_GROUPS:
+        from .groups import account_groups
+        ga = account_groups(snap, by)
+        gshares = ga.mem_shares if alloc else ga.shares
     sizes: Dict[str, int] = {}
     counts: Dict[str, int] = {}
     special = {KERNEL_ONLY: [0, 0], UNATTRIBUTED: [0, 0]}
@@ -57,6 +64,11 @@ def summarize(snap: Snapshot, by: str, acct: Optional[Accounting] = None,
             row = special[KERNEL_ONLY if verdict else UNATTRIBUTED]
             row[0] += 1
             row[1] += size
+            continue
+        if gshares is not None:
+            for g, share in gshares.get(b.id, {}).items():
+                sizes[g] = sizes.get(g, 0) + share
+                counts[g] = counts.get(g, 0) + 1
             continue
         if by == "process":
             shares = pss_shares(size, b.holders) if alloc else acct.shares.get(b.id, {})

@@ -15,7 +15,8 @@ from ..errors import BpfUnavailable
 from ..observe import Observations, ProcInfo, VmaRss
 from ..readers.proc import parse_cmdline as _parse_cmdline
 from ..rebuild import Rebuilder
-from ..sources.live import read_at
+from ..cgroup_scan import read_charges
+from ..sources.live import LiveSource, read_at
 from . import access
 from .access import GateCache, Skipped, as_caller, caller, no_caller, others_denied
 from .reads import Pending, Reads, resolved, split_by_tgid
@@ -52,6 +53,23 @@ class _Links:
         target = link_target(path)
         self.by_pid.setdefault(int(path.split("/", 3)[2]), {})[path] = target
         return target
+
+
+def _proc_cgroup(pid: int, hier) -> Optional[str]:
+    """A holder's memory cgroup, as the procfs backend reads it (its hierarchy into hier)."""
+    from ..cgroup_scan import note_cgroup
+    text = read_at("/proc/%d/cgroup" % pid, single=True).decode("utf-8", "surrogateescape")
+    if hier is None:
+        hier = {}
+    return note_cgroup(_Hier(hier), text)
+
+
+class _Hier:
+    """What note_cgroup needs of an Observations: its cgroup_hier."""
+    __slots__ = ("cgroup_hier",)
+
+    def __init__(self, hier):
+        self.cgroup_hier = hier
 
 
 def _proc_cmdline(pid: int) -> str:
@@ -188,7 +206,7 @@ class BpfScanner(Reads):
         return obs
 
     @staticmethod
-    def _describe(pid: int, t, cache, fresh, cmds=None) -> Optional[ProcInfo]:
+    def _describe(pid: int, t, cache, fresh, cmds=None, hier=None) -> Optional[ProcInfo]:
         """ProcInfo of a holder from its task record and its cmdline: cached per start time
         in `cache` (kept in `fresh`), else as task_cmd copied it (`cmds`: pid -> its
         record) where the record is of this task and sure, else /proc/PID/cmdline; None if
@@ -211,7 +229,13 @@ class BpfScanner(Reads):
                 return None                 # gone since the iterator saw it, as procfs counts it
         if fresh is not None:
             fresh[key] = cmdline
-        return _new(ProcInfo, (pid, t.comm, cmdline, t.uid))
+        # the cgroup is read every scan, never cached: a process moves between cgroups
+        # without an exec (the task records would not tell)
+        try:
+            cgroup = _proc_cgroup(pid, hier)
+        except OSError:
+            return None
+        return _new(ProcInfo, (pid, t.comm, cmdline, t.uid, cgroup))
 
     def collect(self, pids: Optional[Iterable[int]] = None, smaps: bool = False,
                 raw: Optional[tuple] = None) -> Observations:
@@ -298,12 +322,14 @@ class BpfScanner(Reads):
                 obs.drm.extend(clients)
                 if not clients and pid not in has_refs:
                     continue                # DRM fds without usage stats: procfs lists nothing
-            info = self._describe(pid, tasks.get(pid), cache, fresh, cmds)
+            info = self._describe(pid, tasks.get(pid), cache, fresh, cmds, obs.cgroup_hier)
             if info is None:
                 obs.vanished.append(pid)
                 gone.add(pid)
                 continue
             obs.procs.append(info)
+        read_charges(LiveSource(), obs)
+        self._cgroup_hier = obs.cgroup_hier
         if cache is not None:
             self._cmdlines = fresh          # forget processes that went away
         if gone:
@@ -488,6 +514,7 @@ class BpfScanner(Reads):
         fds_by, maps_by = _by_pid(fds), _by_pid(maps)
         parts, status = dict(old_parts), dict(old_status)
         cache = self._cmdlines
+        hier: Dict[str, str] = {}
         for pid in order:
             parts.pop(pid, None)
             status.pop(pid, None)
@@ -498,7 +525,7 @@ class BpfScanner(Reads):
             if why is not None:
                 status[pid] = why
                 continue
-            info = self._describe(pid, tasks.get(pid), cache, cache)
+            info = self._describe(pid, tasks.get(pid), cache, cache, None, hier)
             if info is None:
                 status[pid] = "vanished"
                 continue
@@ -506,6 +533,10 @@ class BpfScanner(Reads):
         if cache is not None and len(cache) > 2 * len(parts) + 64:
             self._cmdlines = {k: v for k, v in cache.items() if k[0] in parts}
         obs = self._tables(dmabufs, sysv)
+        obs.cgroup_hier.update(getattr(self, "_cgroup_hier", {}))
+        obs.cgroup_hier.update(hier)
+        self._cgroup_hier = obs.cgroup_hier
+        read_charges(LiveSource(), obs, [part.proc for part in parts.values()])
         holders = sorted(set(parts) | set(status))
         self._gated = holders
         self._others = others_denied(set(holders), want, gate)

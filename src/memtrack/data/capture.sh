@@ -234,7 +234,47 @@ cap_proc() {
   f_file "$p/status" "$d/status" || { gone "$pid"; return; }
   f_file "$p/cmdline" "$d/cmdline" || { gone "$pid"; return; }
   f_file "$p/comm" "$d/comm"
+  cap_cgroup
   nproc=$((nproc + 1))
+}
+
+# /proc/PID/cgroup, and which memory cgroup it names (the v1 memory controller's line,
+# else the v2 0:: line) into cgs, "v1 PATH" or "v2 PATH" a line; paths of other
+# characters than these (systemd's \x2d escapes, spaces) or with .. are not followed.
+cgs=
+cap_cgroup() {
+  cg=$(cat "$d/cgroup" 2>/dev/null) || return 0
+  [ -n "$cg" ] || return 0
+  f_data "$p/cgroup" "$cg$nl"
+  _m= _v=
+  _o=$IFS; IFS=$nl; set -- $cg; IFS=$_o
+  for line do
+    _r=${line#*:}; _c=${_r%%:*}; _pth=${_r#*:}
+    case ,$_c, in *,memory,*) _m="v1 $_pth";; esac
+    case $line in 0::/*) _v="v2 $_pth";; esac
+  done
+  [ -n "$_m" ] || _m=$_v
+  case ${_m#v? } in *[!A-Za-z0-9._:/@+=,-]*|*/../*|*/..|'') ;; *) cgs="$cgs$_m$nl";; esac
+}
+
+# memory.stat (and dmem.current, dmem.max on v2) of each cgroup seen, once
+cap_cgroup_files() {
+  _seen=$nl
+  _o=$IFS; IFS=$nl; set -- $cgs; IFS=$_o
+  for e do
+    case $_seen in *"$nl$e$nl"*) continue;; esac
+    _seen="$_seen$e$nl"
+    _pth=${e#* }
+    if [ "${e%% *}" = v1 ]; then _dir=sys/fs/cgroup/memory$_pth; else _dir=sys/fs/cgroup$_pth; fi
+    _dir=${_dir%/}
+    [ -r "/$_dir/memory.stat" ] || continue
+    f_dir "$_dir"
+    f_file "$_dir/memory.stat" "/$_dir/memory.stat" || :
+    if [ "${e%% *}" = v2 ] && [ -r "/$_dir/dmem.current" ]; then
+      f_file "$_dir/dmem.current" "/$_dir/dmem.current" || :
+      f_file "$_dir/dmem.max" "/$_dir/dmem.max" || :
+    fi
+  done
 }
 
 # A process whose read failed half way is dropped whole, as the Python scanner does.
@@ -281,6 +321,7 @@ for pid in $pids; do
   case $pid in ''|*[!0-9]*) continue;; esac
   cap_proc "$pid"
 done
+cap_cgroup_files
 
 jlist() { _j=; for _x in $1; do _j="$_j${_j:+, }$_x"; done; R="[$_j]"; }
 meta="{\"tool\": \"$me.sh\", \"script_version\": 1, \"format\": \"$fmt\""

@@ -74,6 +74,7 @@ class ProcReader:
     def mapstat(self, start: int, end: int) -> Optional[Stat]: raise NotImplementedError
     def status(self) -> str: raise NotImplementedError
     def cmdline(self) -> bytes: raise NotImplementedError
+    def cgroup(self) -> str: raise NotImplementedError     # /proc/PID/cgroup
     def close(self) -> None: pass
 
     def fd_tables(self) -> list:
@@ -241,6 +242,9 @@ class PathProc(ProcReader):
 
     def cmdline(self):
         return self.src.read(self.base + "/cmdline")
+
+    def cgroup(self):
+        return self.src.read_text(self.base + "/cgroup")
 
 
 class PathSource(Source):

@@ -161,6 +161,10 @@ class LiveProc(ProcReader):
         return read_at("cmdline", self._dir, single=True)
 
     @translated
+    def cgroup(self):
+        return read_at("cgroup", self._dir, single=True).decode("utf-8", "surrogateescape")
+
+    @translated
     def read_comm(self):
         return read_at("comm", self._dir, single=True)
 

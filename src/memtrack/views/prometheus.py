@@ -17,6 +17,13 @@ families (the client is imported lazily: the core library stays stdlib-only).
   memtrack_dmabuf_exported_bytes (absent without a kernel dma-buf table)
   memtrack_gpu_resident_bytes{driver,device,region}  DRM clients, each (device, client) once
   memtrack_scrape_duration_seconds, memtrack_scrape_skipped_processes{reason}
+With group_by (unit, container, pod or cgroup; the label is named so), per group of
+processes, the top `top` groups by pss and the others summed in one `rest` group:
+  memtrack_group_pss_bytes{<by>,kind}, memtrack_group_rss_bytes{<by>},
+  memtrack_group_uss_bytes{<by>}, memtrack_group_processes{<by>}
+  memtrack_cgroup_charged_shmem_bytes{<by>}, memtrack_cgroup_charged_file_mapped_bytes{<by>},
+  memtrack_cgroup_dmem_bytes{<by>}: what the memory controller charged the group's cgroups
+  (groups.charged), where read
 Labels are never absent: an unknown category or exporter is "". Label values are names from
 other processes (a comm, an exporter): control characters and undecodable bytes are escaped
 as in the tables (printable()), so every value is valid UTF-8 and none reaches a terminal raw.
@@ -66,7 +73,59 @@ def gpu_resident(snap) -> Dict[Tuple[str, str, str], int]:
     return dict(out)
 
 
-def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) -> List:
+REST = "rest"
+
+
+def group_families(snap, by: Optional[str], top: int) -> List:
+    """The group-level families (see the module doc): bounded to top + 1 label values.
+    Without a grouping (by None) the families are declared with no samples, so that what
+    a dashboard may query is always described."""
+    from prometheus_client.core import GaugeMetricFamily
+    from ..groups import CHARGED, account_groups, charged
+    groups = account_groups(snap, by).sorted() if by else []
+    shown, rest = groups[:max(0, top)], groups[max(0, top):]
+    rows = []                     # (label, pss by kind, rss, uss, processes, charged)
+    for g in shown:
+        rows.append((_label(g.group), dict(g.by_kind), g.rss, g.uss, len(g.pids), charged(snap, g.cgroups)))
+    if rest:
+        kinds: Dict[str, int] = defaultdict(int)
+        ch: Dict[str, int] = {}
+        for g in rest:
+            for k, v in g.by_kind.items():
+                kinds[k] += v
+            for k, v in (charged(snap, g.cgroups) or {}).items():
+                ch[k] = ch.get(k, 0) + v
+        rows.append((REST, dict(kinds), sum(g.rss for g in rest), sum(g.uss for g in rest),
+                     sum(len(g.pids) for g in rest), ch or None))
+    by = by or "group"
+    what = f"per {by} (the top groups by pss, the others summed as {REST!r})"
+    pss = GaugeMetricFamily("memtrack_group_pss_bytes", "Proportional share of shared buffers of a "
+                            f"group of processes held as one holder, {what}", labels=[by, "kind"])
+    rss = GaugeMetricFamily("memtrack_group_rss_bytes", f"Shared buffers a group holds, each once, {what}",
+                            labels=[by])
+    uss = GaugeMetricFamily("memtrack_group_uss_bytes", f"Shared buffers held by one group alone, {what}",
+                            labels=[by])
+    nproc = GaugeMetricFamily("memtrack_group_processes", f"Processes holding shared buffers, {what}",
+                              labels=[by])
+    names = {"shmem": ("memtrack_cgroup_charged_shmem_bytes", "shmem"),
+             "file_mapped": ("memtrack_cgroup_charged_file_mapped_bytes", "file_mapped"),
+             "dmem": ("memtrack_cgroup_dmem_bytes", "device memory (dmem.current, all regions)")}
+    chg = {k: GaugeMetricFamily(names[k][0], f"What the memory controller charged the group's cgroups "
+                                f"(memory.stat {names[k][1]}, with descendants), whoever holds it, {what}",
+                                labels=[by]) for k in CHARGED}
+    for label, kinds, r, u, n, c in rows:
+        for kind in sorted(kinds):
+            pss.add_metric([label, kind], kinds[kind])
+        rss.add_metric([label], r)
+        uss.add_metric([label], u)
+        nproc.add_metric([label], n)
+        for k, v in (c or {}).items():
+            chg[k].add_metric([label], v)
+    return [pss, rss, uss, nproc] + [chg[k] for k in CHARGED]
+
+
+def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None,
+             group_by: Optional[str] = None, top: int = 20) -> List:
     from prometheus_client.core import GaugeMetricFamily
 
     acct = account(snap)
@@ -153,6 +212,7 @@ def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None) 
     for key in sorted(nagg):
         nproc.add_metric(list(key), nagg[key])
     fams += [pss, rss, mem, nproc]
+    fams += group_families(snap, group_by, top)
 
     fams.append(GaugeMetricFamily("memtrack_held_bytes",
                                   "Bytes of buffers some process holds (fd or mapping), each once",

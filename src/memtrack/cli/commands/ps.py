@@ -20,6 +20,9 @@ def add_arguments(p):
                         "that kind's pss; gpu by the Gpu column)")
     p.add_argument("-r", "--reverse", action="store_true", default=argparse.SUPPRESS,
                    help="reverse the order (smallest first)")
+    p.add_argument("--group", choices=("cgroup", "unit", "container", "pod"), default=argparse.SUPPRESS,
+                   help="one row per group of processes (a group is one holder), beside what the "
+                        "memory controller charged its cgroups")
 
 
 def sort_rows(procs, acct, key: str, reverse: bool, gpu=None):
@@ -41,6 +44,9 @@ def sort_rows(procs, acct, key: str, reverse: bool, gpu=None):
 
 def run(args) -> int:
     snap, view = prepare(args)
+    if getattr(args, "group", None):
+        from ..groupview import run as run_groups
+        return run_groups(snap, view, args, summary_lines)
     if args.json:
         return emit_json(view, args)
     acct = account(snap)

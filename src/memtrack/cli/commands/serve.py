@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from ...errors import MemtrackError
 from ..common import categorizer, load_snapshot, seconds_or_zero_arg
@@ -20,6 +21,11 @@ def add_arguments(p):
                    help="scan at most once per this many seconds, however many scrapers (default 10)")
     p.add_argument("--per-pid", action="store_true",
                    help="a pid label on the per-process metrics (one series per process: mind the cardinality)")
+    p.add_argument("--group-by", choices=("unit", "container", "pod", "cgroup"), default=None,
+                   help="also export per group of processes (a label of that name): held figures "
+                        "and what the memory controller charged the group's cgroups")
+    p.add_argument("--top", type=_count, default=20, metavar="N",
+                   help="with --group-by: the N groups of most pss, the others summed as 'rest' (default 20)")
 
 
 def snapshot_source(args):
@@ -47,7 +53,7 @@ def run(args) -> int:
     if not args.min_interval >= 0:
         raise MemtrackError("--min-interval must be 0 or more seconds")
     collector = MemtrackCollector(snapshot_source(args), args.min_interval, per_pid=args.per_pid,
-                                  families=families)
+                                  families=partial(families, group_by=args.group_by, top=args.top))
     server = make_server(args.listen, collector)     # bound first: a bad address costs no scan
     try:
         collector.prime()
@@ -64,3 +70,10 @@ def run(args) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _count(text: str) -> int:
+    import argparse
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"not a count of groups: {text!r}")
+    return int(text)

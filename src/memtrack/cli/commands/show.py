@@ -13,7 +13,18 @@ ORDER = 1
 
 
 def add_arguments(p):
-    p.add_argument("target_pid", type=pid_arg, metavar="PID")
+    p.add_argument("target_pid", type=_pid_or_cgroup, metavar="PID",
+                   help="a process, or a cgroup path (/system.slice/x.service: the buffers its "
+                        "processes hold, what the memory controller charged it, and, live as root, "
+                        "who holds the pages it was charged for)")
+
+
+class CgroupPath(str):
+    """show's argument when it names a cgroup (it starts with /) rather than a pid."""
+
+
+def _pid_or_cgroup(text: str):
+    return CgroupPath(text) if text.startswith("/") else pid_arg(text)
 
 
 def alloc_text(b, raw=False) -> str:
@@ -69,6 +80,9 @@ def absent(src, pid: int, root=None):
 def run(args) -> int:
     check_exclusive(args)
     refuse(args, "show", "pid", why="the process is its PID argument")
+    if isinstance(args.target_pid, CgroupPath):
+        from ..cgroupshow import run as show_cgroup
+        return show_cgroup(args, str(args.target_pid))
     pid = args.target_pid
     why = []
     snap = get_snapshot(args, on_source=lambda src: why.append(absent(src, pid, args.root)))

@@ -1,7 +1,7 @@
 """memtrack summary --by category|exporter|kind|name|process: totals per group."""
 from __future__ import annotations
 
-from ...summarize import BY, MEASURES, grand_total, summarize, to_json
+from ...summarize import BY, MEASURES, PROCESS_GROUPS, grand_total, summarize, to_json
 from ...views.table import Column, human, render, to_csv
 from ..common import emit, prepare, table_width
 
@@ -12,10 +12,11 @@ ORDER = 3
 
 def add_arguments(p):
     p.add_argument("--by", choices=BY, default="category",
-                   help="what to group buffers by (default category; process: pss shares)")
+                   help="what to group buffers by (default category; process, and the process "
+                        "groups cgroup, unit, container, pod: pss shares)")
     p.add_argument("--measure", choices=MEASURES, default="size",
                    help="what to add up: buffer sizes (default), or allocated bytes, the memory "
-                        "really there (by process: mem shares)")
+                        "really there (by process or group: mem shares)")
 
 
 def run(args) -> int:
@@ -31,7 +32,8 @@ def run(args) -> int:
         return 0
     raw = args.bytes
     alloc = measure == "allocated"
-    title = args.by.capitalize() + ((" (mem)" if alloc else " (pss)") if args.by == "process" else "")
+    shared = args.by in ("process",) + PROCESS_GROUPS
+    title = args.by.capitalize() + ((" (mem)" if alloc else " (pss)") if shared else "")
     cols = [Column(title, "<"), Column("Buffers"), Column("Allocated" if alloc else "Size")]
     body = [[r.group, str(r.buffers), human(r.bytes, raw)] for r in rows]
     emit(render(cols, body, [["TOTAL", str(total.buffers), human(total.bytes, raw)]], width=table_width(args)), args)

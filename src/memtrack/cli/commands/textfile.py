@@ -19,6 +19,11 @@ def add_arguments(p):
     p.add_argument("-o", "--output", required=True, type=output_arg, metavar="DIR/memtrack.prom",
                    help="file to write (- for stdout)")
     p.add_argument("--per-pid", action="store_true", help="a pid label on the per-process metrics")
+    p.add_argument("--group-by", choices=("unit", "container", "pod", "cgroup"), default=None,
+                   help="also export per group of processes (a label of that name): held figures "
+                        "and what the memory controller charged the group's cgroups")
+    p.add_argument("--top", type=_count, default=20, metavar="N",
+                   help="with --group-by: the N groups of most pss, the others summed as 'rest' (default 20)")
 
 
 def write(path: str, data: bytes) -> None:
@@ -40,7 +45,15 @@ def run(args) -> int:
         raise MemtrackError(f"{args.output}: is a directory (name the file, e.g. {args.output.rstrip('/')}/memtrack.prom)")
     t0 = time.monotonic()
     snap = get_snapshot(args)
-    write(args.output, render(families(snap, per_pid=args.per_pid, scan_seconds=time.monotonic() - t0)))
+    write(args.output, render(families(snap, per_pid=args.per_pid, scan_seconds=time.monotonic() - t0,
+                                         group_by=args.group_by, top=args.top)))
     if not args.quiet and args.output != STDOUT:
         print(f"memtrack: wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _count(text: str) -> int:
+    import argparse
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"not a count of groups: {text!r}")
+    return int(text)
