@@ -46,7 +46,8 @@ def render(columns: Sequence[Column], rows: List[Sequence[str]], footer: Optiona
         lines.append(line(["-" * w if i < len(columns) - 1 else "" for i, w in enumerate(widths)]))
         lines.extend(line(r) for r in foot)
     if width is not None:
-        lines = [clip(x, width) for x in lines]
+        # the rule under the body is cut plainly: it stays a rule, with nothing to elide
+        lines = [x[:width] if x and set(x) <= {"-", " "} else clip(x, width) for x in lines]
     return "\n".join(lines) + "\n"
 
 
