@@ -2,7 +2,7 @@
 
 Loading (libbpf reads the kernel's BTF, relocates, the kernel verifies) takes about 20 ms
 of C that holds no GIL; importing memtrack takes about 25 ms of Python. A root `memtrack`
-command that will scan this machine once starts the load first (cli.console calls
+command that will scan this machine once starts the load first (memtrack.__main__ calls
 early()), and BpfScanner takes the result (take()) instead of loading again. The guess is
 made from the command line before it is parsed; a wrong guess costs a load nobody uses
 (closed at take(), or freed at exit). The thread makes the scanner's own checks first
