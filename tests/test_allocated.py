@@ -352,7 +352,7 @@ def test_top_shows_mem_and_a_buffer_filling_up():
         fd = kid.add("fillme", 65536)
         t = PtyTop("-d", "0.2", "--verify-every", "1", "-p", str(kid.pid))
         try:
-            t.wait_text("refresh 1")
+            t.wait_text("keys: p m r u d")               # the frame's last line: all of it is in
             assert "Mem" in t.text and "mem total: 0 " in t.text
             kid.map(fd)
             t.wait_text("'fillme' filled: allocated 0 -> 64.0 KiB of 64.0 KiB")
