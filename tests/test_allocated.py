@@ -116,7 +116,7 @@ def test_allocated_and_mem_of_sparse_buffers(sparse, backend):
 
 
 def test_both_backends_give_the_same_allocated(sparse):
-    from test_bpf import comparable
+    from helpers.snapshots import comparable
     b = bpf_scan(sparse["pids"])
     a = scan(LiveSource(), pids=sparse["pids"])
     assert comparable(b, sparse["pids"]) == comparable(a, sparse["pids"])
@@ -347,7 +347,7 @@ def test_top_shows_mem_and_a_buffer_filling_up():
     and the fill is among its events."""
     pytest.importorskip("rich")
     from livekids import Kid
-    from test_top import PtyTop
+    from helpers.ptytop import PtyTop
     with Kid() as kid:
         fd = kid.add("fillme", 65536)
         t = PtyTop("-d", "0.2", "--verify-every", "1", "-p", str(kid.pid))

@@ -19,6 +19,7 @@ from memtrack.json_out import to_dict, to_json
 from memtrack.json_in import from_dict
 
 from helpers.nobody import NOBODY
+from helpers.snapshots import comparable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -248,13 +249,6 @@ def failing_read(real, failing: str):
             raise OSError(5, "injected")
         return real(name, *args)
     return read
-
-
-def comparable(snap, pids):
-    """The parts both backends must agree on, for these processes: buffers, refs, sizes,
-    accounting (the kernel-table source and notes legitimately differ)."""
-    doc = to_dict(snap.restrict(pids=set(pids)))
-    return {"buffers": doc["buffers"], "processes": doc["processes"], "totals": doc["totals"]}
 
 
 def procfs_scan(pids=None, smaps=False):
