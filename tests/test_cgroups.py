@@ -203,7 +203,7 @@ def test_cli_group_views_on_a_saved_snapshot(tmp_path):
     lines = r.stdout.splitlines()
     assert "ChgShmem" in lines[0] and lines[0].split()[-1] == "Container"
     row = next(line for line in lines if line.endswith(f"docker://{C}"))
-    assert row.split()[:4] == ["1", "1011", "503", "0"] and "5000" in row.split()
+    assert row.split()[:5] == ["1", "1011", "503", "?", "0"] and "5000" in row.split()
     r = run("ps", "--group", "pod", "--json")
     doc = json.loads(r.stdout)
     assert {g["group"]: g["pss"] for g in doc["groups"]} == {UID: 505, "(no pod)": 513}
@@ -297,3 +297,21 @@ def test_grafana_dashboard_has_a_panel_per_grouping():
     for by in ("unit", "container", "pod", "cgroup"):
         assert any(f"sum by ({by}) (memtrack_group_pss_bytes" in e for e in exprs), by
         assert any(f"sum by ({by}) (memtrack_cgroup_charged_shmem_bytes" in e for e in exprs), by
+
+
+def test_group_mem_splits_allocated_bytes_as_pss_splits_sizes():
+    import dataclasses
+    snap, svc, dock, pod = _snap()
+    alloc = {"memfd:1": 5, "shm:3": 3, "memfd:4": 4096}     # memfd:2 allocated unknown
+    snap = dataclasses.replace(snap, buffers=tuple(
+        dataclasses.replace(b, allocated=alloc.get(b.id)) for b in snap.buffers))
+    ga = account_groups(snap, "cgroup")
+    g = ga.groups
+    assert ga.mem_shares["memfd:1"] == {pod: 2, svc: 2, dock: 1}
+    assert ga.mem_shares["shm:3"] == {pod: 2, dock: 1}
+    assert (g[pod].mem, g[svc].mem, g[dock].mem) == (2 + 2 + 4096, 2, 1 + 1)
+    assert g[svc].unknown_alloc == 1 and g[pod].unknown_alloc == 0
+    acct = account(snap)
+    assert sum(u.mem for u in g.values()) == acct.held_allocated == acct.total.mem == 5 + 3 + 4096
+    rows = summarize(snap, "cgroup", measure="allocated")
+    assert {r.group: r.bytes for r in rows if r.group in g} == {k: u.mem for k, u in g.items()}
