@@ -13,6 +13,8 @@ from memtrack.json_out import to_dict
 def facts(snap):
     d = to_dict(snap)
     d.pop("taken_at")
+    # the cgroups' charges move with the whole machine between two reads
+    d["cgroups"] = [c["path"] for c in d.get("cgroups", ())]
     return d
 
 
