@@ -3,6 +3,7 @@ each runtime (written from their documented formats), group accounting to the by
 JSON and capture round trips, and the capture script recording the cgroup files."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -299,7 +300,7 @@ def test_grafana_dashboard_has_a_panel_per_grouping():
         assert any(f"sum by ({by}) (memtrack_cgroup_charged_shmem_bytes" in e for e in exprs), by
 
 
-def test_group_mem_splits_allocated_bytes_as_pss_splits_sizes():
+def test_group_mem_splits_allocated_bytes_as_pss_splits_sizes(tmp_path):
     import dataclasses
     snap, svc, dock, pod = _snap()
     alloc = {"memfd:1": 5, "shm:3": 3, "memfd:4": 4096}     # memfd:2 allocated unknown
@@ -315,3 +316,12 @@ def test_group_mem_splits_allocated_bytes_as_pss_splits_sizes():
     assert sum(u.mem for u in g.values()) == acct.held_allocated == acct.total.mem == 5 + 3 + 4096
     rows = summarize(snap, "cgroup", measure="allocated")
     assert {r.group: r.bytes for r in rows if r.group in g} == {k: u.mem for k, u in g.items()}
+    if importlib.util.find_spec("prometheus_client") is None:
+        return
+    path = tmp_path / "s.json"
+    path.write_text(to_json(snap))
+    r = subprocess.run([sys.executable, "-m", "memtrack", "--root", str(path), "textfile", "-q", "-o", "-",
+                        "--group-by", "cgroup", "--top", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert _samples(r.stdout)["memtrack_group_mem_bytes"] == {(("cgroup", pod),): 4100,
+                                                              (("cgroup", "rest"),): 2 + 2}

@@ -20,7 +20,7 @@ families (the client is imported lazily: the core library stays stdlib-only).
 With group_by (unit, container, pod or cgroup; the label is named so), per group of
 processes, the top `top` groups by pss and the others summed in one `rest` group:
   memtrack_group_pss_bytes{<by>,kind}, memtrack_group_rss_bytes{<by>},
-  memtrack_group_uss_bytes{<by>}, memtrack_group_processes{<by>}
+  memtrack_group_uss_bytes{<by>}, memtrack_group_mem_bytes{<by>}, memtrack_group_processes{<by>}
   memtrack_cgroup_charged_shmem_bytes{<by>}, memtrack_cgroup_charged_file_mapped_bytes{<by>},
   memtrack_cgroup_dmem_bytes{<by>}: what the memory controller charged the group's cgroups
   (groups.charged), where read
@@ -84,9 +84,10 @@ def group_families(snap, by: Optional[str], top: int) -> List:
     from ..groups import CHARGED, account_groups, charged
     groups = account_groups(snap, by).sorted() if by else []
     shown, rest = groups[:max(0, top)], groups[max(0, top):]
-    rows = []                     # (label, pss by kind, rss, uss, processes, charged)
+    rows = []                     # (label, pss by kind, rss, uss, processes, charged, mem)
     for g in shown:
-        rows.append((_label(g.group), dict(g.by_kind), g.rss, g.uss, len(g.pids), charged(snap, g.cgroups)))
+        rows.append((_label(g.group), dict(g.by_kind), g.rss, g.uss, len(g.pids), charged(snap, g.cgroups),
+                     g.mem))
     if rest:
         kinds: Dict[str, int] = defaultdict(int)
         ch: Dict[str, int] = {}
@@ -96,7 +97,7 @@ def group_families(snap, by: Optional[str], top: int) -> List:
             for k, v in (charged(snap, g.cgroups) or {}).items():
                 ch[k] = ch.get(k, 0) + v
         rows.append((REST, dict(kinds), sum(g.rss for g in rest), sum(g.uss for g in rest),
-                     sum(len(g.pids) for g in rest), ch or None))
+                     sum(len(g.pids) for g in rest), ch or None, sum(g.mem for g in rest)))
     by = by or "group"
     what = f"per {by} (the top groups by pss, the others summed as {REST!r})"
     pss = GaugeMetricFamily("memtrack_group_pss_bytes", "Proportional share of shared buffers of a "
@@ -105,6 +106,8 @@ def group_families(snap, by: Optional[str], top: int) -> List:
                             labels=[by])
     uss = GaugeMetricFamily("memtrack_group_uss_bytes", f"Shared buffers held by one group alone, {what}",
                             labels=[by])
+    mem = GaugeMetricFamily("memtrack_group_mem_bytes", "Allocated bytes (RAM + swap) of the shared "
+                            f"buffers a group holds, split as pss, {what}", labels=[by])
     nproc = GaugeMetricFamily("memtrack_group_processes", f"Processes holding shared buffers, {what}",
                               labels=[by])
     names = {"shmem": ("memtrack_cgroup_charged_shmem_bytes", "shmem"),
@@ -113,15 +116,16 @@ def group_families(snap, by: Optional[str], top: int) -> List:
     chg = {k: GaugeMetricFamily(names[k][0], f"What the memory controller charged the group's cgroups "
                                 f"(memory.stat {names[k][1]}, with descendants), whoever holds it, {what}",
                                 labels=[by]) for k in CHARGED}
-    for label, kinds, r, u, n, c in rows:
+    for label, kinds, r, u, n, c, m in rows:
         for kind in sorted(kinds):
             pss.add_metric([label, kind], kinds[kind])
         rss.add_metric([label], r)
+        mem.add_metric([label], m)
         uss.add_metric([label], u)
         nproc.add_metric([label], n)
         for k, v in (c or {}).items():
             chg[k].add_metric([label], v)
-    return [pss, rss, uss, nproc] + [chg[k] for k in CHARGED]
+    return [pss, rss, uss, mem, nproc] + [chg[k] for k in CHARGED]
 
 
 def families(snap, per_pid: bool = False, scan_seconds: Optional[float] = None,
