@@ -17,7 +17,8 @@ bytes, nothing to mem (or hidden) and are counted in ``unknown_alloc``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional, Tuple
+from collections.abc import Mapping
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 from .model import Snapshot
 
@@ -70,7 +71,7 @@ class Accounting:
     processes: Dict[int, ProcessUsage]
     total: Usage
     by_kind: Dict[str, Usage]
-    shares: Dict[str, Dict[int, int]]      # buffer id -> pid -> pss bytes
+    shares: "Shares"                        # buffer id -> pid -> pss bytes (made when asked)
     held_bytes: int                         # sum of known sizes of buffers someone holds
     held_allocated: int                     # sum of known allocated bytes of those buffers
     kernel_only_bytes: Optional[int]        # unheld buffers the kernel reports (None: can't tell)
@@ -79,6 +80,26 @@ class Accounting:
 
     def process(self, pid: int) -> ProcessUsage:
         return self.processes.get(pid) or ProcessUsage()
+
+
+class Shares(Mapping):
+    """buffer id -> {pid: pss bytes} for every held buffer of known size, made when asked:
+    a dict per buffer, for all of them, was a quarter of a big snapshot's memory."""
+
+    def __init__(self, snap: Snapshot):
+        self._snap = snap
+
+    def __getitem__(self, bid: str) -> Dict[int, int]:
+        b = self._snap.buffer_map[bid]
+        if not b.holders or b.size is None:
+            raise KeyError(bid)
+        return pss_shares(b.size, b.holders)
+
+    def __iter__(self) -> Iterator[str]:
+        return (b.id for b in self._snap.buffers if b.holders and b.size is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def pss_shares(size: int, holders: Iterable[int]) -> Dict[int, int]:
@@ -103,7 +124,6 @@ def account(snap: Snapshot) -> Accounting:
     procs: Dict[int, ProcessUsage] = {}
     total = Usage()
     by_kind: Dict[str, Usage] = {}
-    shares: Dict[str, Dict[int, int]] = {}
     # buffer id -> (kind, size, pss shares or None, held alone, allocated, mem shares or
     # None); shares None and size known: held alone
     facts: Dict[str, tuple] = {}
@@ -117,10 +137,8 @@ def account(snap: Snapshot) -> Accounting:
         else:
             if size is not None:
                 held += size
-                if len(holders) == 1:
-                    shares[b.id] = {holders[0]: size}     # what pss_shares gives, cheaper
-                else:
-                    sh = shares[b.id] = pss_shares(size, holders)
+                if len(holders) > 1:
+                    sh = pss_shares(size, holders)
             if alloc is not None:
                 held_alloc += alloc
                 if len(holders) > 1:
@@ -171,7 +189,7 @@ def account(snap: Snapshot) -> Accounting:
         procs[pid] = pu
         total.add(pu.total)
     return Accounting(
-        processes=procs, total=total, by_kind=by_kind, shares=shares, held_bytes=held,
+        processes=procs, total=total, by_kind=by_kind, shares=Shares(snap), held_bytes=held,
         held_allocated=held_alloc,
         kernel_only_bytes=ko_bytes, kernel_only_buffers=ko_count, unattributed_bytes=unattributed)
 
