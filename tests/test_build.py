@@ -121,9 +121,9 @@ def test_random_observations_reach_every_rule():
         assert case in seen, case
 
 
-def test_fast_factory_instances_are_plain_instances():
-    """new_buffer/new_ref skip the frozen __init__ (and Buffer, Ref are slotted by hand, for
-    3.9); nothing else may tell the difference."""
+def test_hand_made_instances_are_plain_instances():
+    """new_buffer/new_ref/with_category skip the frozen __init__ (and Buffer, Ref are slotted
+    by hand, for 3.9); nothing else may tell the difference."""
     import copy
     import dataclasses
     import pickle
@@ -158,6 +158,54 @@ def test_fast_factory_instances_are_plain_instances():
     b = Buffer(*args)
     c = with_category(b, "gl")
     assert type(c) is Buffer and c == dataclasses.replace(b, category="gl") and b.category is None
+
+
+def test_hand_made_constructors_take_every_field():
+    """new_buffer and new_ref are written out by hand: their parameters are the classes'
+    fields, in order, with the same defaults, and with_category copies every field (so a
+    field added to Buffer or Ref cannot be forgotten there)."""
+    import dataclasses
+    import inspect
+
+    from memtrack.model import Buffer, Ref, new_buffer, new_ref, with_category
+    for make, cls in ((new_buffer, Buffer), (new_ref, Ref)):
+        params = [(p.name, p.kind, p.default) for p in inspect.signature(make).parameters.values()]
+        want = [(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                 inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(cls)]
+        assert params == want, cls
+        values = [object() for _ in want]      # each field its own value, to see it copied
+        made = make(*values)
+        assert [getattr(made, f.name) for f in dataclasses.fields(cls)] == values
+    b = new_buffer(*[object() for _ in dataclasses.fields(Buffer)])
+    c = with_category(b, "gl")
+    for f in dataclasses.fields(Buffer):
+        assert getattr(c, f.name) is ("gl" if f.name == "category" else getattr(b, f.name)), f.name
+
+
+def test_no_generated_code_or_class_reassignment():
+    """Issue 16: the package makes no code with exec/eval/compile and never reassigns an
+    object's __class__ (the instances a debugger or profiler sees are what they say)."""
+    import ast
+    import pathlib
+
+    import memtrack
+    found = []
+    for path in sorted(pathlib.Path(memtrack.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("exec", "eval", "compile")):
+                found.append(f"{path.name}:{node.lineno}: {node.func.id}()")
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+            for t in targets:
+                if isinstance(t, ast.Attribute) and t.attr == "__class__":
+                    found.append(f"{path.name}:{node.lineno}: __class__ assigned")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "__setattr__" and len(node.args) >= 2
+                    and isinstance(node.args[1], ast.Constant) and node.args[1].value == "__class__"):
+                found.append(f"{path.name}:{node.lineno}: __class__ set")
+    assert found == []
 
 
 def test_slotted_model_keeps_weak_references_and_subclasses():

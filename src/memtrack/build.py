@@ -9,8 +9,8 @@ places: the stat's block count, the SysV table's rss + swap, map_files; a dma-bu
 size (the kernel has no finer figure).
 
 Cost: a big scan has tens of thousands of buffers, nearly all held through one fd of one
-process. The Buffer and Ref objects made for them are most of the time (model.fast_factory
-makes them at half __init__'s cost); the merging around them is kept to one dict lookup
+process. The Buffer and Ref objects made for them are most of the time (model.new_buffer
+and new_ref make them at half __init__'s cost); the merging around them is kept to one dict lookup
 per record and no container for a buffer seen once. tests/reference_build.py says the same
 rules the plain way; test_build.py checks both agree.
 """
