@@ -67,6 +67,7 @@ def main():
     from memtrack import bpf as mbpf
     from memtrack.build import build
     from memtrack.bpf import records
+    from memtrack.bpf.reads import resolved
     from memtrack.procfs import collect
     from memtrack.sources.live import LiveSource
     from load import Load
@@ -100,7 +101,10 @@ def main():
             report(f"build() on the {backend} backend's observations",
                    race([("this", mine), (args.ref, theirs)], args.rounds))
         if "bpf" in observed:
-            files, vmas = raw[0], raw[1]
+            # a reused scanner (the default) reads task_file per pid and task_vma in a thread
+            files, vmas = raw.files, resolved(raw.vmas)
+            if isinstance(files, dict):
+                files = b"".join(files[pid] for pid in sorted(files))
 
             def parse(mod):
                 def run():
