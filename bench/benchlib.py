@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -27,3 +28,13 @@ def timed(fn, rounds: int, between=None):
         fn()
         out.append((time.perf_counter() - t) * 1e3)
     return statistics.median(out), out
+
+
+def build_walker() -> str:
+    """The minimal C /proc walker (walk.c), compiled once into bench/out/."""
+    exe = os.path.join(OUT, "walk")
+    src = os.path.join(HERE, "walk.c")
+    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
+        os.makedirs(OUT, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
+    return exe

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import OUT, HERE, SRC, timed  # noqa: E402 (puts src/ on sys.path)
+from benchlib import SRC, build_walker, timed  # noqa: E402 (puts src/ on sys.path)
 
 
 FIRST_SCAN = r"""
@@ -52,15 +52,6 @@ t = time.perf_counter()
 scanner.scan()
 print((time.perf_counter() - t) * 1e3)
 """
-
-
-def build_walker():
-    exe = os.path.join(OUT, "walk")
-    src = os.path.join(HERE, "walk.c")
-    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
-        os.makedirs(OUT, exist_ok=True)
-        subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
-    return exe
 
 
 def interleaved(walker: str, runs: dict, rounds: int, own: bool = False) -> dict:

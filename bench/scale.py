@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from benchlib import SRC, OUT, HERE  # noqa: E402 (puts src/ on sys.path)
+from benchlib import HERE, SRC, build_walker  # noqa: E402 (puts src/ on sys.path)
 
 # the iterators' reads alone, in a fresh process with the object loaded (ms, best of rounds)
 ITERATORS = r"""
@@ -37,15 +37,6 @@ for _ in range(int(sys.argv[1])):
     best = ms if best is None else min(best, ms)
 print(best)
 """
-
-
-def build_walker():
-    exe = os.path.join(OUT, "walk")
-    src = os.path.join(HERE, "walk.c")
-    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
-        os.makedirs(OUT, exist_ok=True)
-        subprocess.run(["gcc", "-O2", "-o", exe, src], check=True)
-    return exe
 
 
 def run_child(cmd, env):
