@@ -124,7 +124,8 @@ _RSS_LINE = re.compile(rb"^Rss:[^\n]*", re.M)
 
 class SharedFilter:
     """Keeps, of a maps (or smaps) text fed in chunks, only what the scan reads: the lines
-    (blocks: header and Rss line) of shared-buffer mappings, each address range once.
+    (blocks: header and Rss line) of shared file mappings and of private mappings of buffer
+    files, each address range once.
 
     A kernel never prints two VMAs at one start address, so a line whose start was seen
     before is a duplicate: it is dropped and counted (`dups`), the first one wins. The cost
@@ -185,13 +186,20 @@ class SharedFilter:
     def _take(self, parts, times: int = 1) -> None:
         keep = self.out.append
         for part, n in (Counter(parts).items() if times == 1 else ((parts[0], times),)):
-            if b"s " not in part:               # no shared perms ("rw-s ") anywhere
-                continue
             nl = part.find(b"\n")
             line = part if nl < 0 else part[:nl]
-            m = _LINE.match(line)
-            if m is None or classify(m.group(6).decode("utf-8", "surrogateescape")) is None:
-                continue
+            # every shared file mapping (a path only the process's mounts explain, a bind
+            # of /dev/shm or a hugetlbfs file, is read with them later), and the private
+            # mappings of buffer files (parse_private)
+            m = _LINE.match(line) if b"s " in line else None
+            if m is None:
+                hit = _PRIVATE_PATH.search(line)
+                m = _PLINE.match(line) if hit is not None else None
+                if m is None or m.start(6) != hit.start() + 1:
+                    continue
+                kp = classify(m.group(6).decode("utf-8", "surrogateescape"))
+                if kp is None or kp[0] not in PRIVATE_KINDS:
+                    continue
             start = m.group(1)
             key = int(start, 16) if len(start) <= 16 else start
             if key in self._seen:
