@@ -124,8 +124,8 @@ _RSS_LINE = re.compile(rb"^Rss:[^\n]*", re.M)
 
 class SharedFilter:
     """Keeps, of a maps (or smaps) text fed in chunks, only what the scan reads: the lines
-    (blocks: header and Rss line) of shared file mappings and of private mappings of buffer
-    files, each address range once.
+    (blocks: header and Rss line) of shared-buffer mappings, each address range once; and,
+    apart (extra), the other shared file mappings and the private mappings of buffer files.
 
     A kernel never prints two VMAs at one start address, so a line whose start was seen
     before is a duplicate: it is dropped and counted (`dups`), the first one wins. The cost
@@ -139,7 +139,11 @@ class SharedFilter:
         self.kept = 0            # lines (blocks) kept: distinct shared-buffer mappings
         self.nbytes = 0          # their bytes
         self.dups = 0            # lines (blocks) dropped as duplicates of a kept one
+        # shared mappings of other files (a path only the process's mounts explain) and
+        # private mappings of buffer files, each start once: kept, not counted above
+        self.extra = 0
         self._seen = set()
+        self._xseen = set()
         self._carry = b""
         self._skip = False       # inside an overlong line: drop up to the next newline
 
@@ -192,20 +196,34 @@ class SharedFilter:
             # of /dev/shm or a hugetlbfs file, is read with them later), and the private
             # mappings of buffer files (parse_private)
             m = _LINE.match(line) if b"s " in line else None
-            if m is None:
-                hit = _PRIVATE_PATH.search(line)
-                m = _PLINE.match(line) if hit is not None else None
-                if m is None or m.start(6) != hit.start() + 1:
-                    continue
-                kp = classify(m.group(6).decode("utf-8", "surrogateescape"))
-                if kp is None or kp[0] not in PRIVATE_KINDS:
-                    continue
+            if m is not None and classify(m.group(6).decode("utf-8", "surrogateescape")) is not None:
+                seen, extra = self._seen, False
+            else:
+                if m is None:
+                    hit = _PRIVATE_PATH.search(line)
+                    m = _PLINE.match(line) if hit is not None else None
+                    if m is None or m.start(6) != hit.start() + 1:
+                        continue
+                    kp = classify(m.group(6).decode("utf-8", "surrogateescape"))
+                    if kp is None or kp[0] not in PRIVATE_KINDS:
+                        continue
+                # kept apart: the buffer mappings (kept, dups) are what they always were
+                seen, extra = self._xseen, True
             start = m.group(1)
             key = int(start, 16) if len(start) <= 16 else start
-            if key in self._seen:
-                self.dups += n
+            if key in seen:
+                if not extra:
+                    self.dups += n
                 continue
-            self._seen.add(key)
+            seen.add(key)
+            if extra:
+                self.extra += 1
+                if self.smaps:
+                    rss = _RSS_LINE.search(part)
+                    line = line + b"\n" + rss.group(0) if rss else line
+                keep(line + b"\n")
+                self.nbytes += len(line) + 1
+                continue
             self.dups += n - 1
             if self.smaps:
                 rss = _RSS_LINE.search(part)

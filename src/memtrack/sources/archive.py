@@ -235,12 +235,12 @@ class ArchiveSource(PathSource):
                 raise EOFError("unexpected end of data")
             left -= len(chunk)
             filt.feed(chunk)
-            cost = filt.nbytes + filt.kept * REF_COST
+            cost = filt.nbytes + (filt.kept + filt.extra) * REF_COST
             self._cost += cost - charged
             charged = cost
             if self._cost > MAX_TOTAL:
                 raise TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content and mappings "
-                               f"({filt.kept} distinct buffer mappings in {'/'.join(parts)})")
+                               f"({filt.kept + filt.extra} distinct buffer mappings in {'/'.join(parts)})")
         data = filt.finish()
         if filt.dups and parts[-1] == "maps":
             pid = int(parts[1]) if parts[1].isdigit() and len(parts[1]) < 20 else -1
