@@ -6,7 +6,9 @@
 #   sh capture.sh [-f auto|tar|stream] [-p PID,PID...] [--smaps] [-t TMPDIR] > capture
 #
 # Writes the memtrack capture layout (proc/<pid>/{comm,cmdline,status,maps,fd/<n>,
-# fdinfo/<n>,fdstat,mapstat}, proc/sysvipc/shm, sys/kernel/..., meta.json) to stdout:
+# fdinfo/<n>,fdstat,mapstat,ns/mnt,mountinfo}, proc/<pid>/task/<tid>/{fd/<n>,fdinfo/<n>,
+# fdstat,maps,mapstat} for threads with fd tables of their own (cap_threads),
+# proc/sysvipc/shm, sys/kernel/..., meta.json) to stdout:
 # - tar: staged in TMPDIR, then one uncompressed tar stream;
 # - stream: nothing written on the target. A first line `memtrack-stream 1 <B>`, then
 #   records, each `\n<B> <T> <path>\n<body>`, the body running up to the next `\n<B> `.
@@ -174,9 +176,13 @@ fi
 # out: the scan still reads the capture's mountinfo, the script only decides what to
 # record from them).
 nsseen=$nl
+myns=$(readlink /proc/self/ns/mnt 2>/dev/null)
 cap_mounts() {
   pts=
-  ns=$(readlink "$d/ns/mnt" 2>/dev/null) || return 0
+  # most processes share the script's namespace: test -ef (a builtin) says so unforked
+  if [ -n "$myns" ] && [ "$d/ns/mnt" -ef /proc/self/ns/mnt ] 2>/dev/null; then ns=$myns
+  else ns=$(readlink "$d/ns/mnt" 2>/dev/null) || return 0
+  fi
   case $ns in 'mnt:['*']') ;; *) return 0;; esac
   _n=${ns#mnt:?}; _n=${_n%?}
   case $_n in ''|*[!0-9]*) return 0;; esac
