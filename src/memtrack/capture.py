@@ -218,10 +218,12 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
         ns_done = set()
         for pid in archived_pids(rec, snap):
             pr = rec.procs[pid]
-            if pr.threads:
+            # a thread read for nothing (one left unread without kcmp) is left out
+            threads = [t for t in pr.threads if t.links or t.files]
+            if threads:
                 add_dir(pr.base + "/task")
                 members += 1
-            for t in [pr] + pr.threads:
+            for t in [pr] + threads:
                 for d in (t.base, t.base + "/fd", t.base + "/fdinfo"):
                     add_dir(d)
                     members += 1

@@ -175,10 +175,10 @@ class SharedFilter:
             if len(tail) > MAX_LINE:
                 tail, self._skip = b"", True
             self._carry = tail
-            self._take(parts, times)
+            self._take(parts, times, _PRIVATE_PATH.search(data) is not None)
             return
         self._carry = tail
-        self._take(parts)
+        self._take(parts, 1, _PRIVATE_PATH.search(data) is not None)
 
     def finish(self) -> bytes:
         if self._carry and not self._skip:
@@ -187,7 +187,9 @@ class SharedFilter:
         out, self.out = b"".join(self.out), []
         return out
 
-    def _take(self, parts, times: int = 1) -> None:
+    def _take(self, parts, times: int = 1, private: bool = True) -> None:
+        """private: whether the text may hold a private buffer mapping (one search of a
+        chunk spares one per line)."""
         keep = self.out.append
         for part, n in (Counter(parts).items() if times == 1 else ((parts[0], times),)):
             nl = part.find(b"\n")
@@ -200,6 +202,8 @@ class SharedFilter:
                 seen, extra = self._seen, False
             else:
                 if m is None:
+                    if not private:
+                        continue
                     hit = _PRIVATE_PATH.search(line)
                     m = _PLINE.match(line) if hit is not None else None
                     if m is None or m.start(6) != hit.start() + 1:
