@@ -145,6 +145,37 @@ def test_more_mappings_than_the_cap_holds_is_refused_in_one_line(tmp_path, tree)
     assert "more than 256 MiB of" in r.stderr and "distinct buffer mappings" in r.stderr
 
 
+def distinct_private(pid):
+    lines = []
+    for i in range(40_000):
+        a = 0x100000000 + i * 0x2000
+        lines.append(b"%x-%x r--p 00000000 00:01 %d /memfd:m (deleted)\n" % (a, a + 0x1000, pid * 100_000 + i))
+    return b"".join(lines)
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_private_mappings_of_a_thread_past_the_cap_are_refused_in_one_line(tmp_path, tree):
+    """The members captures gained keep to the same cap: 240,000 distinct private memfd
+    mappings in the maps of threads of exited leaders (proc/PID/task/TID/maps)."""
+    path = tmp_path / "threads.tgz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for pid in PIDS:
+            add(tf, f"proc/{pid}/status", b"Name:\tapp\nState:\tZ (zombie)\nUid:\t0\t0\t0\t0\n")
+            add(tf, f"proc/{pid}/cmdline", b"app\0")
+            add(tf, f"proc/{pid}/maps", b"")
+            add(tf, f"proc/{pid}/task/{pid + 1}/fd/3", link="/memfd:pool (deleted)")
+            add(tf, f"proc/{pid}/task/{pid + 1}/maps", distinct_private(pid))
+    path = str(path)
+    if tree:
+        with tarfile.open(path) as tf:
+            tf.extractall(tmp_path / "tree")
+        path = str(tmp_path / "tree")
+    r = run_limited("--root", path, patch="import memtrack.sources.archive as a; a.MAX_TOTAL = 256 << 20")
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("memtrack: "), r.stderr[-2000:]
+    assert "more than 256 MiB of" in r.stderr, r.stderr
+
+
 def test_gzip_member_declaring_past_the_cap_is_refused_on_its_header(tmp_path, monkeypatch):
     """A member whose declared size the rest of the file can hold, past the decompression
     cap: refused when its header is read, not after inflating the cap's worth."""

@@ -5,7 +5,15 @@ out like / (README.md, "Captures"), with memtrack's sidecars:
   proc/<pid>/mapstat  `start-end dev ino size mode blocks` per buffer mapping: a stat of map_files,
                       so map-only buffers keep their real size (without it a capture
                       could not size shared anonymous maps)
-  meta.json           host, kernel, time, tool version, scope, what was skipped
+  proc/<pid>/task/<tid>/{fd,fdinfo,fdstat,maps,mapstat}
+                      a thread whose fd table is not the leader's (kcmp), or, where the
+                      leader has exited, the live thread the process was read through:
+                      what the scan read of it, as for the process (PathProc.fd_tables)
+  proc/<pid>/ns/mnt, proc/<pid>/mountinfo
+                      where the scan needed the process's mounts: its mount namespace, and
+                      (for one process of each namespace) the mountinfo lines of /dev/shm's
+                      filesystem and of hugetlbfs (readers.mounts.relevant_lines)
+  meta.json           host, kernel, time, tool version, scope, what was skipped, shm_dev
 Because the archive is what the scanner read, reading it back gives the same snapshot.
 """
 from __future__ import annotations
@@ -29,13 +37,24 @@ def _blocks(st) -> str:
 
 
 class _RecordingProc(ProcReader):
-    def __init__(self, inner: ProcReader, rec: "RecordingSource"):
+    def __init__(self, inner: ProcReader, rec: "RecordingSource", base: Optional[str] = None):
         self.inner, self.rec, self.pid = inner, rec, inner.pid
-        self.base = f"proc/{self.pid}"
+        self.base = base or f"proc/{self.pid}"
+        self.thread = base is not None
         self.files: Dict[str, bytes] = {}
         self.links: Dict[str, str] = {}
         self.fdstat_lines: List[str] = []
         self.mapstat_lines: List[str] = []
+        self.threads: List["_RecordingProc"] = []
+
+    def fd_tables(self):
+        out = []
+        for r in self.inner.fd_tables():
+            if r is not None:
+                r = _RecordingProc(r, self.rec, f"{self.base}/task/{r.tid}")
+                self.threads.append(r)
+            out.append(r)
+        return out
 
     def fds(self):
         return self.inner.fds()
@@ -92,7 +111,8 @@ class _RecordingProc(ProcReader):
 
     def close(self):
         self.inner.close()
-        self.rec.procs[self.pid] = self
+        if not self.thread:
+            self.rec.procs[self.pid] = self
 
 
 class RecordingSource(Source):
@@ -107,9 +127,31 @@ class RecordingSource(Source):
         self.dirs: List[str] = []
         self.procs: Dict[int, _RecordingProc] = {}
         self.started = now_iso()
+        self.ns: Dict[int, str] = {}           # pid: its mount namespace (ns/mnt link)
+        self.mountinfo: Dict[str, str] = {}    # namespace: the mountinfo lines kept
+        self.shm_dev = None
 
     def pids(self):
         return self.inner.pids()
+
+    def shm_binds(self):
+        """The inner source's, recording what they read: each process's mount namespace,
+        and the lines of its mountinfo that can tell a buffer (once per namespace)."""
+        inner = getattr(self.inner, "shm_binds", lambda: None)()
+        if inner is None:
+            return None
+        from .readers.mounts import ShmBinds, relevant_lines
+        self.shm_dev = inner.dev
+
+        def ns_of(pid):
+            ns = self.ns[pid] = inner.ns_of(pid)
+            return ns
+
+        def mountinfo_of(pid):
+            text = relevant_lines(inner.mountinfo_of(pid), inner.dev)
+            self.mountinfo.setdefault(self.ns.get(pid, ""), text)
+            return text
+        return ShmBinds(ns_of, mountinfo_of, inner.dev)
 
     def process(self, pid):
         return _RecordingProc(self.inner.process(pid), self)
@@ -147,6 +189,8 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
         "format": {"fdstat": "fd dev ino size mode(octal) blocks(512 B)",
                    "mapstat": "start-end dev ino size mode(octal) blocks(512 B)"},
     }
+    if rec.shm_dev is not None:          # /dev/shm's device: its binds tell in mountinfo
+        meta["shm_dev"] = "%02x:%02x" % rec.shm_dev
     mtime = time.time()
     members = 0
     with atomic_open(path) as raw, tarfile.open(fileobj=raw, mode="w:gz", format=tarfile.PAX_FORMAT) as tf:
@@ -171,19 +215,36 @@ def write_archive(rec: RecordingSource, snap, path: str, pids: Optional[list] = 
         for rel in sorted(rec.files):
             add_file(rel, rec.files[rel])
             members += 1
+        ns_done = set()
         for pid in archived_pids(rec, snap):
             pr = rec.procs[pid]
-            for d in (pr.base, pr.base + "/fd", pr.base + "/fdinfo"):
-                add_dir(d)
+            # a thread read for nothing (one left unread without kcmp) is left out
+            threads = [t for t in pr.threads if t.links or t.files]
+            if threads:
+                add_dir(pr.base + "/task")
                 members += 1
-            for name in sorted(pr.files):
-                add_file(name, pr.files[name])
-                members += 1
-            for name in sorted(pr.links):
-                add_link(name, pr.links[name])
-                members += 1
-            for side, lines in (("fdstat", pr.fdstat_lines), ("mapstat", pr.mapstat_lines)):
-                if lines:
-                    add_file(f"{pr.base}/{side}", ("\n".join(lines) + "\n").encode())
+            for t in [pr] + threads:
+                for d in (t.base, t.base + "/fd", t.base + "/fdinfo"):
+                    add_dir(d)
+                    members += 1
+                for name in sorted(t.files):
+                    add_file(name, t.files[name])
+                    members += 1
+                for name in sorted(t.links):
+                    add_link(name, t.links[name])
+                    members += 1
+                for side, lines in (("fdstat", t.fdstat_lines), ("mapstat", t.mapstat_lines)):
+                    if lines:
+                        add_file(f"{t.base}/{side}", ("\n".join(lines) + "\n").encode())
+                        members += 1
+            ns = rec.ns.get(pid)
+            if ns is not None:
+                add_dir(pr.base + "/ns")
+                add_link(pr.base + "/ns/mnt", ns)
+                members += 2
+                if ns not in ns_done and ns in rec.mountinfo:
+                    # one process's per namespace: the others' are the same
+                    ns_done.add(ns)
+                    add_file(pr.base + "/mountinfo", rec.mountinfo[ns].encode("utf-8", "surrogateescape"))
                     members += 1
     return members

@@ -285,10 +285,8 @@ def collect(src, pids: Optional[Iterable[int]] = None, smaps: bool = False) -> O
     targets = src.pids() if pids is None else sorted(set(pids))
     sized: Dict[tuple, int] = {}
     counters: Dict[str, int] = {}
-    binds = None
-    if type(src).__name__ == "LiveSource":     # this machine's processes: their mounts
-        from .readers.mounts import live_shm_binds
-        binds = live_shm_binds(src.proc_root)
+    shm_binds = getattr(src, "shm_binds", None)    # their mounts: this machine's, a capture's
+    binds = shm_binds() if shm_binds is not None else None
     for pid in targets:
         read_process(src, pid, obs, smaps, sized, counters, binds)
     read_charges(src, obs)

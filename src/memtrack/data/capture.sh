@@ -6,7 +6,9 @@
 #   sh capture.sh [-f auto|tar|stream] [-p PID,PID...] [--smaps] [-t TMPDIR] > capture
 #
 # Writes the memtrack capture layout (proc/<pid>/{comm,cmdline,status,maps,fd/<n>,
-# fdinfo/<n>,fdstat,mapstat}, proc/sysvipc/shm, sys/kernel/..., meta.json) to stdout:
+# fdinfo/<n>,fdstat,mapstat,ns/mnt,mountinfo}, proc/<pid>/task/<tid>/{fd/<n>,fdinfo/<n>,
+# fdstat,maps,mapstat} for threads with fd tables of their own (cap_threads),
+# proc/sysvipc/shm, sys/kernel/..., meta.json) to stdout:
 # - tar: staged in TMPDIR, then one uncompressed tar stream;
 # - stream: nothing written on the target. A first line `memtrack-stream 1 <B>`, then
 #   records, each `\n<B> <T> <path>\n<body>`, the body running up to the next `\n<B> `.
@@ -156,6 +158,203 @@ plainchars='A-Za-z0-9._:/@+=,() -'     # a bracket expression; - last is literal
 root=0
 [ "$uid" = 0 ] && root=1
 
+# /dev/shm's device: its bind mounts elsewhere show in mountinfo as this major:minor
+# (decimal, shmkey); meta.json says it as fdstat does (hex, shmdev)
+shmkey= shmdev=
+if [ $statok = 1 ]; then
+  set -- $(stat -L -c '%d %D' /dev/shm 2>/dev/null)
+  if [ $# -eq 2 ] && devfmt "$1" "$2"; then
+    shmdev=$R
+    shmkey=$(((_v >> 8) & 4095)):$(((_v & 255) | ((_v >> 12) & 1048320)))
+  fi
+fi
+
+# A process's mount namespace (proc/PID/ns/mnt) and, for the first process of each, the
+# mountinfo lines of /dev/shm's filesystem and of hugetlbfs (proc/PID/mountinfo): the
+# mounts under which a file is a buffer though its path does not say so. pts: their mount
+# points, each with a trailing /, but /dev/shm itself (points of odd characters are left
+# out: the scan still reads the capture's mountinfo, the script only decides what to
+# record from them).
+nsseen=$nl
+myns=$(readlink /proc/self/ns/mnt 2>/dev/null)
+cap_mounts() {
+  pts=
+  # most processes share the script's namespace: test -ef (a builtin) says so unforked
+  if [ -n "$myns" ] && [ "$d/ns/mnt" -ef /proc/self/ns/mnt ] 2>/dev/null; then ns=$myns
+  else ns=$(readlink "$d/ns/mnt" 2>/dev/null) || return 0
+  fi
+  case $ns in 'mnt:['*']') ;; *) return 0;; esac
+  _n=${ns#mnt:?}; _n=${_n%?}
+  case $_n in ''|*[!0-9]*) return 0;; esac
+  f_dir "$p/ns"
+  f_link "$p/ns/mnt" "mnt:[$_n]"
+  case $nsseen in
+    *"$nl$_n$nl"*) eval "pts=\$pts_$_n"; return 0;;
+  esac
+  nsseen="$nsseen$_n$nl"
+  mi=$(cat "$d/mountinfo" 2>/dev/null) || return 0
+  _k=
+  _o=$IFS; IFS=$nl; set -- $mi; IFS=$_o
+  for line do
+    set -- $line
+    case $line in
+      *" - hugetlbfs "*) ;;
+      *) [ -n "$shmkey" ] && [ "$3" = "$shmkey" ] || continue;;
+    esac
+    _k="$_k$line$nl"
+    [ "$5" = /dev/shm ] && [ "$4" = / ] && continue
+    case $5 in *[!$plainchars]*|*' '*) continue;; esac
+    pts="$pts ${5%/}/"
+  done
+  f_data "$p/mountinfo" "$_k"
+  eval "pts_$_n=\$pts"
+}
+
+# 0 if the path $1 lies under one of pts
+underpts() {
+  for _pt in $pts; do
+    case $1 in "$_pt"*) return 0;; esac
+  done
+  return 1
+}
+
+# The buffer fds of the fd table of $1 (/proc/PID or /proc/TID), given its `ls -l fd` in
+# $3, recorded under $2: their links, fdinfo where needed, and the fdstat sidecar.
+cap_fds() {
+  _src=$1 _dst=$2
+  f_dir "$_dst/fd" "$_dst/fdinfo"
+  # One `ls -l` names every fd's target. Its text is trusted for targets of plain
+  # characters when every line is an entry (a target holding a newline splits a line);
+  # the others are read again with readlink. A shell has no arrays: t_<fd> variables.
+  bfds= plain=1
+  _o=$IFS; IFS=$nl; set -- $3; IFS=$_o
+  for line do
+    case $line in l*" -> "*) ;; total*) continue;; *) plain=0; continue;; esac
+    left=${line%% -> *} tgt=${line#* -> }
+    fd=${left##* }
+    case $fd in ''|*[!0-9]*) continue;; esac
+    case $tgt in
+      /memfd:*|/dmabuf*|/dev/shm/*|/dev/ashmem*|"/dev/zero (deleted)"|anon_inode:dmabuf|/dev/dri/*) ;;
+      /*) underpts "$tgt" || continue;;
+      *) continue;;
+    esac
+    bfds="$bfds $fd"
+    case $tgt in *[!$plainchars]*) eval "t_$fd=";; *) eval "t_$fd=\$tgt";; esac
+  done
+  sts=
+  for fd in $bfds; do
+    t=
+    [ $plain = 1 ] && eval "t=\$t_$fd"
+    if [ -z "$t" ]; then
+      t=$(readlink "$_src/fd/$fd" 2>/dev/null) || continue
+      [ -n "$t" ] || continue
+    fi
+    f_link "$_dst/fd/$fd" "$t"
+    # fdinfo: where the scan needs it (dma-buf exporter/name/count, DRM clients, ashmem),
+    # or where no stat gives memfd/shm (and files under their mounts) their identity
+    case $t in
+      /dmabuf*|anon_inode:*|/dev/ashmem*|/dev/dri/*) f_file "$_dst/fdinfo/$fd" "$_src/fdinfo/$fd";;
+      *) [ $statok = 1 ] || f_file "$_dst/fdinfo/$fd" "$_src/fdinfo/$fd";;
+    esac
+    sts="$sts $_src/fd/$fd"
+  done
+  if [ -n "$sts" ] && [ $statok = 1 ]; then
+    statlines "$(stat -L -c "$statfmt" $sts 2>/dev/null)"
+    [ -n "$S" ] && f_data "$_dst/fdstat" "$S"
+  fi
+}
+
+# The maps of $1 (/proc/PID or /proc/TID) recorded under $2, as root with the mapstat
+# sidecar of its buffer mappings (shared ones, private ones of buffer files, shared ones
+# under pts), and smaps with --smaps. Returns 1 where a read failed; mapsempty=1 where
+# maps was empty (an exited leader).
+cap_maps() {
+  _src=$1 _dst=$2 mapsempty=0
+  if [ $root = 1 ] || [ $smaps = 1 ]; then
+    # parse maps here: which buffer mappings to stat through map_files, and smaps
+    m=$(cat "$_src/maps" 2>/dev/null) || return 1
+    [ -n "$m" ] || mapsempty=1
+    f_data "$_dst/maps" "$m${m:+$nl}"
+    mf= nbm=0
+    _o=$IFS; IFS=$nl; set -- $m; IFS=$_o
+    for line do
+      case $line in */*) path=/${line#*/};; *) continue;; esac
+      perms=${line#* }; perms=${perms%% *}
+      case $perms in
+        ???s)
+          case $path in
+            /memfd:*|/dmabuf:*|/dev/shm/*|/SYSV*|"/dev/zero (deleted)"|"/anon_hugepage (deleted)"|/dev/ashmem*) ;;
+            *) underpts "$path" || continue;;
+          esac;;
+        ???p)
+          case $path in /memfd:*|/dmabuf:*|/dev/shm/*|/dev/ashmem*) ;; *) continue;; esac;;
+        *) continue;;
+      esac
+      nbm=1
+      r=${line%% *}
+      nozeros "${r%-*}"; a=$R
+      nozeros "${r#*-}"
+      mf="$mf $_src/map_files/$a-$R"
+    done
+    if [ -n "$mf" ] && [ $root = 1 ] && [ $statok = 1 ]; then
+      statlines "$(stat -L -c "$statfmt" $mf 2>/dev/null)"
+      [ -n "$S" ] && f_data "$_dst/mapstat" "$S"
+    fi
+    if [ $smaps = 1 ] && [ $nbm = 1 ]; then
+      f_file "$_dst/smaps" "$_src/smaps" || return 1
+    fi
+  else
+    f_file "$_dst/maps" "$_src/maps" || return 1
+    read -r _x < "$_src/maps" 2>/dev/null || mapsempty=1
+  fi
+  return 0
+}
+
+# "fd -> target" lines of an `ls -l fd` text: what tells two fd tables apart
+fdpairs() {
+  R=
+  _o=$IFS; IFS=$nl; set -- $1; IFS=$_o
+  for _l do
+    case $_l in l*" -> "*) _f=${_l%% -> *}; R="$R${_f##* } -> ${_l#* -> }$nl";; esac
+  done
+}
+
+# Threads whose fd table is not the leader's: a thread that unshared CLONE_FILES, or
+# every thread once the leader has exited (its table is then none). Without kcmp the
+# script tells tables apart by their fd numbers (a glob, no process started), then by
+# `ls -l` (fd and target) where those differ: a thread with its own table holding the
+# leader's fds under the leader's numbers is taken as the leader's. Each distinct table
+# is recorded once, under proc/PID/task/TID as the process's (fd/, fdinfo/, fdstat), and
+# the first one's maps too where the leader's maps are empty.
+cap_threads() {
+  set +f
+  set -- $d/task/*
+  set -f
+  [ $# -gt 1 ] || return 0
+  _tids=
+  for _t do _t=${_t##*/}; [ "$_t" = "$pid" ] || _tids="$_tids $_t"; done
+  set +f
+  _lead=$(for _x in $d/fd/*; do put "${_x##*/} "; done)
+  set -f
+  fdpairs "$lst"; _seen="--$nl$R--$nl"
+  _needmaps=$mapsempty
+  for tid in $_tids; do
+    case $tid in ''|*[!0-9]*) continue;; esac
+    set +f
+    _names=$(for _x in /proc/$tid/fd/*; do put "${_x##*/} "; done)
+    set -f
+    [ "$_names" = "$_lead" ] && continue
+    tl=$(ls -l "/proc/$tid/fd" 2>/dev/null) || continue
+    fdpairs "$tl"
+    case $_seen in *"--$nl$R--$nl"*) continue;; esac
+    _seen="$_seen$R--$nl"
+    cap_fds "/proc/$tid" "$p/task/$tid" "$tl"
+    if [ $_needmaps = 1 ]; then
+      cap_maps "/proc/$tid" "$p/task/$tid" && _needmaps=0
+    fi
+  done
+}
+
 cap_proc() {
   pid=$1 d=/proc/$1 p=proc/$1
   lst=$(ls -l "$d/fd" 2>/dev/null)
@@ -166,71 +365,10 @@ cap_proc() {
     fi
     return
   fi
-  f_dir "$p/fd" "$p/fdinfo"
-  # One `ls -l` names every fd's target. Its text is trusted for targets of plain
-  # characters when every line is an entry (a target holding a newline splits a line);
-  # the others are read again with readlink. A shell has no arrays: t_<fd> variables.
-  bfds= plain=1
-  _o=$IFS; IFS=$nl; set -- $lst; IFS=$_o
-  for line do
-    case $line in l*" -> "*) ;; total*) continue;; *) plain=0; continue;; esac
-    left=${line%% -> *} tgt=${line#* -> }
-    fd=${left##* }
-    case $fd in ''|*[!0-9]*) continue;; esac
-    case $tgt in
-      /memfd:*|/dmabuf*|/dev/shm/*|/dev/ashmem*|"/dev/zero (deleted)"|anon_inode:dmabuf|/dev/dri/*)
-        bfds="$bfds $fd"
-        case $tgt in *[!$plainchars]*) eval "t_$fd=";; *) eval "t_$fd=\$tgt";; esac;;
-    esac
-  done
-  sts=
-  for fd in $bfds; do
-    t=
-    [ $plain = 1 ] && eval "t=\$t_$fd"
-    if [ -z "$t" ]; then
-      t=$(readlink "$d/fd/$fd" 2>/dev/null) || continue
-      [ -n "$t" ] || continue
-    fi
-    f_link "$p/fd/$fd" "$t"
-    # fdinfo: where the scan needs it (dma-buf exporter/name/count, DRM clients, ashmem),
-    # or where no stat gives memfd/shm their identity
-    case $t in
-      /memfd:*|/dev/shm/*|"/dev/zero (deleted)") [ $statok = 1 ] || f_file "$p/fdinfo/$fd" "$d/fdinfo/$fd";;
-      *) f_file "$p/fdinfo/$fd" "$d/fdinfo/$fd";;
-    esac
-    sts="$sts $d/fd/$fd"
-  done
-  if [ -n "$sts" ] && [ $statok = 1 ]; then
-    statlines "$(stat -L -c "$statfmt" $sts 2>/dev/null)"
-    [ -n "$S" ] && f_data "$p/fdstat" "$S"
-  fi
-  if [ $root = 1 ] || [ $smaps = 1 ]; then
-    # parse maps here: which shared buffer mappings to stat through map_files, and smaps
-    if ! m=$(cat "$d/maps" 2>/dev/null); then gone "$pid"; return; fi
-    f_data "$p/maps" "$m${m:+$nl}"
-    mf= nbm=0
-    _o=$IFS; IFS=$nl; set -- $m; IFS=$_o
-    for line do
-      case $line in */*) path=/${line#*/};; *) continue;; esac
-      perms=${line#* }; perms=${perms%% *}
-      case $perms in ???s) ;; *) continue;; esac
-      case $path in /memfd:*|/dmabuf:*|/dev/shm/*|/SYSV*|"/dev/zero (deleted)"|"/anon_hugepage (deleted)"|/dev/ashmem*) ;; *) continue;; esac
-      nbm=1
-      r=${line%% *}
-      nozeros "${r%-*}"; a=$R
-      nozeros "${r#*-}"
-      mf="$mf $d/map_files/$a-$R"
-    done
-    if [ -n "$mf" ] && [ $root = 1 ] && [ $statok = 1 ]; then
-      statlines "$(stat -L -c "$statfmt" $mf 2>/dev/null)"
-      [ -n "$S" ] && f_data "$p/mapstat" "$S"
-    fi
-    if [ $smaps = 1 ] && [ $nbm = 1 ]; then
-      f_file "$p/smaps" "$d/smaps" || { gone "$pid"; return; }
-    fi
-  else
-    f_file "$p/maps" "$d/maps" || { gone "$pid"; return; }
-  fi
+  cap_mounts
+  cap_fds "$d" "$p" "$lst"
+  cap_maps "$d" "$p" || { gone "$pid"; return; }
+  cap_threads
   f_file "$p/status" "$d/status" || { gone "$pid"; return; }
   f_file "$p/cmdline" "$d/cmdline" || { gone "$pid"; return; }
   f_file "$p/comm" "$d/comm"
@@ -329,6 +467,7 @@ meta="{\"tool\": \"$me.sh\", \"script_version\": 1, \"format\": \"$fmt\""
 [ -n "$uid" ] && meta="$meta, \"uid\": $uid"
 meta="$meta, \"scope\": \"$scope\""
 if [ $scope = pids ]; then jlist "$pids"; meta="$meta, \"pids\": $R"; fi
+[ -n "$shmdev" ] && meta="$meta, \"shm_dev\": \"$shmdev\""
 meta="$meta, \"processes\": $nproc, \"stat\": $([ $statok = 1 ] && echo true || echo false)"
 jlist "$denied"; meta="$meta, \"skipped\": {\"denied\": $R"
 jlist "$vanished"; meta="$meta, \"vanished\": $R"

@@ -124,7 +124,8 @@ _RSS_LINE = re.compile(rb"^Rss:[^\n]*", re.M)
 
 class SharedFilter:
     """Keeps, of a maps (or smaps) text fed in chunks, only what the scan reads: the lines
-    (blocks: header and Rss line) of shared-buffer mappings, each address range once.
+    (blocks: header and Rss line) of shared-buffer mappings, each address range once; and,
+    apart (extra), the other shared file mappings and the private mappings of buffer files.
 
     A kernel never prints two VMAs at one start address, so a line whose start was seen
     before is a duplicate: it is dropped and counted (`dups`), the first one wins. The cost
@@ -138,7 +139,11 @@ class SharedFilter:
         self.kept = 0            # lines (blocks) kept: distinct shared-buffer mappings
         self.nbytes = 0          # their bytes
         self.dups = 0            # lines (blocks) dropped as duplicates of a kept one
+        # shared mappings of other files (a path only the process's mounts explain) and
+        # private mappings of buffer files, each start once: kept, not counted above
+        self.extra = 0
         self._seen = set()
+        self._xseen = set()
         self._carry = b""
         self._skip = False       # inside an overlong line: drop up to the next newline
 
@@ -170,10 +175,10 @@ class SharedFilter:
             if len(tail) > MAX_LINE:
                 tail, self._skip = b"", True
             self._carry = tail
-            self._take(parts, times)
+            self._take(parts, times, _PRIVATE_PATH.search(data) is not None)
             return
         self._carry = tail
-        self._take(parts)
+        self._take(parts, 1, _PRIVATE_PATH.search(data) is not None)
 
     def finish(self) -> bytes:
         if self._carry and not self._skip:
@@ -182,22 +187,47 @@ class SharedFilter:
         out, self.out = b"".join(self.out), []
         return out
 
-    def _take(self, parts, times: int = 1) -> None:
+    def _take(self, parts, times: int = 1, private: bool = True) -> None:
+        """private: whether the text may hold a private buffer mapping (one search of a
+        chunk spares one per line)."""
         keep = self.out.append
         for part, n in (Counter(parts).items() if times == 1 else ((parts[0], times),)):
-            if b"s " not in part:               # no shared perms ("rw-s ") anywhere
-                continue
             nl = part.find(b"\n")
             line = part if nl < 0 else part[:nl]
-            m = _LINE.match(line)
-            if m is None or classify(m.group(6).decode("utf-8", "surrogateescape")) is None:
-                continue
+            # every shared file mapping (a path only the process's mounts explain, a bind
+            # of /dev/shm or a hugetlbfs file, is read with them later), and the private
+            # mappings of buffer files (parse_private)
+            m = _LINE.match(line) if b"s " in line else None
+            if m is not None and classify(m.group(6).decode("utf-8", "surrogateescape")) is not None:
+                seen, extra = self._seen, False
+            else:
+                if m is None:
+                    if not private:
+                        continue
+                    hit = _PRIVATE_PATH.search(line)
+                    m = _PLINE.match(line) if hit is not None else None
+                    if m is None or m.start(6) != hit.start() + 1:
+                        continue
+                    kp = classify(m.group(6).decode("utf-8", "surrogateescape"))
+                    if kp is None or kp[0] not in PRIVATE_KINDS:
+                        continue
+                # kept apart: the buffer mappings (kept, dups) are what they always were
+                seen, extra = self._xseen, True
             start = m.group(1)
             key = int(start, 16) if len(start) <= 16 else start
-            if key in self._seen:
-                self.dups += n
+            if key in seen:
+                if not extra:
+                    self.dups += n
                 continue
-            self._seen.add(key)
+            seen.add(key)
+            if extra:
+                self.extra += 1
+                if self.smaps:
+                    rss = _RSS_LINE.search(part)
+                    line = line + b"\n" + rss.group(0) if rss else line
+                keep(line + b"\n")
+                self.nbytes += len(line) + 1
+                continue
             self.dups += n - 1
             if self.smaps:
                 rss = _RSS_LINE.search(part)

@@ -45,6 +45,17 @@ def shm_binds(text: str, dev: Optional[Tuple[int, int]]) -> Binds:
     return tuple(sorted(out, key=lambda b: -len(b[0])))
 
 
+def relevant_lines(text: str, dev: Optional[Tuple[int, int]]) -> str:
+    """The lines of a mountinfo text shm_binds can use (what a capture records of it)."""
+    key = "%d:%d" % dev if dev is not None else None
+    out = []
+    for line in text.split("\n"):
+        f = line.split(" ", 3)
+        if (len(f) > 3 and f[2] == key) or " - hugetlbfs " in line:
+            out.append(line + "\n")
+    return "".join(out)
+
+
 def kind_of(path: str, binds: Binds) -> Optional[Tuple[str, Optional[str]]]:
     """(kind, name) of a file path under one of the binds, as classify() gives for paths
     that say what they are; else None."""

@@ -48,6 +48,20 @@ def looks_like_archive(path: str, head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
+def is_maps_member(parts) -> bool:
+    """proc/PID/maps or smaps, or a thread's (proc/PID/task/TID/maps: captures record a
+    thread where the process's leader cannot say what it holds): filtered when kept."""
+    n = len(parts)
+    return parts[0] == "proc" and parts[-1] in ("maps", "smaps") and \
+        (n == 3 or (n == 5 and parts[2] == "task"))
+
+
+def is_fdinfo_member(parts) -> bool:
+    n = len(parts)
+    return parts[0] == "proc" and ((n == 4 and parts[2] == "fdinfo") or
+                                   (n == 6 and parts[2] == "task" and parts[4] == "fdinfo"))
+
+
 def clean_name(name: str):
     """Relative posix path, or None for names that try to leave the archive root."""
     if name.startswith("/") or "\\" in name:
@@ -213,7 +227,7 @@ class ArchiveSource(PathSource):
         """A maps or smaps member read a chunk at a time, keeping only what the scan reads
         (readers.maps.SharedFilter): the shared-buffer mappings, each address range once,
         each charged for what the scan, the build and the output make of it."""
-        filt = SharedFilter(smaps=parts[2] == "smaps")
+        filt = SharedFilter(smaps=parts[-1] == "smaps")
         left, charged = size, 0
         while left > 0:
             chunk = f.read(min(left, CHUNK))
@@ -221,14 +235,14 @@ class ArchiveSource(PathSource):
                 raise EOFError("unexpected end of data")
             left -= len(chunk)
             filt.feed(chunk)
-            cost = filt.nbytes + filt.kept * REF_COST
+            cost = filt.nbytes + (filt.kept + filt.extra) * REF_COST
             self._cost += cost - charged
             charged = cost
             if self._cost > MAX_TOTAL:
                 raise TooMuch(f"more than {MAX_TOTAL >> 20} MiB of content and mappings "
-                               f"({filt.kept} distinct buffer mappings in {'/'.join(parts)})")
+                               f"({filt.kept + filt.extra} distinct buffer mappings in {'/'.join(parts)})")
         data = filt.finish()
-        if filt.dups and parts[2] == "maps":
+        if filt.dups and parts[-1] == "maps":
             pid = int(parts[1]) if parts[1].isdigit() and len(parts[1]) < 20 else -1
             self._map_dups[pid] = self._map_dups.get(pid, 0) + filt.dups
         return data
@@ -311,10 +325,10 @@ class ArchiveSource(PathSource):
                             self.not_read.add(rel)
                             continue
                         parts = rel.split("/")
-                        if len(parts) == 3 and parts[0] == "proc" and parts[2] in ("maps", "smaps"):
+                        if is_maps_member(parts):
                             self._charge(len(rel))
                             self.files[rel] = self._filtered(tf.extractfile(m), m.size, parts)
-                        elif len(parts) == 4 and parts[2] == "fdinfo" and m.size > MAX_FDINFO:
+                        elif is_fdinfo_member(parts) and m.size > MAX_FDINFO:
                             skip(f"fdinfo over {MAX_FDINFO >> 20} MiB, not read", name)
                             continue
                         else:

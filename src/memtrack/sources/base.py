@@ -96,6 +96,10 @@ class Source:
     def listdir(self, rel: str) -> List[str]: raise NotImplementedError
     def meta(self) -> dict: return {}
     def taken_at(self) -> str: return now_iso()
+
+    def shm_binds(self):
+        """A readers.mounts.ShmBinds of the processes' mounts, or None where none are known."""
+        return None
     def close(self) -> None: pass
 
     def read_text(self, rel: str) -> str:
@@ -152,13 +156,25 @@ def parse_statfile(text: str, key_is_range: bool, dups: Optional[list] = None,
 class PathProc(ProcReader):
     """A process read from a path-addressed store (directory tree, archive)."""
 
-    def __init__(self, src: "PathSource", pid: int):
+    def __init__(self, src: "PathSource", pid: int, base: Optional[str] = None):
         self.src, self.pid = src, pid
-        self.base = f"proc/{pid}"
+        self.base = base or f"proc/{pid}"
         self._fdstat: Optional[Dict[str, Stat]] = None
         self._mapstat: Optional[Dict[str, Stat]] = None
         if not src.exists(self.base):
             raise Vanished(f"{self.base}: no such process")
+
+    def fd_tables(self):
+        """The threads a capture recorded under proc/PID/task/TID (fd/, fdinfo/, fdstat,
+        maps, mapstat): those whose fd table is not the leader's, and, where the leader
+        has exited, the live thread the process was read through. Read as the live scan
+        reads the threads' tables (LiveProc.fd_tables), in thread id order."""
+        try:
+            names = self.src.listdir(self.base + "/task")
+        except ProcessGone:
+            return []
+        tids = sorted(int(n) for n in names if is_number(n) and len(n) <= 7 and int(n) != self.pid)
+        return [PathProc(self.src, self.pid, f"{self.base}/task/{t}") for t in tids]
 
     def fds(self):
         try:
@@ -297,6 +313,51 @@ class PathSource(Source):
         return PathProc(self, pid)
 
     _meta = None
+
+    def shm_binds(self):
+        """The mounts a capture recorded: proc/PID/mountinfo (the lines of /dev/shm's
+        filesystem and of hugetlbfs; one process's per mount namespace) and proc/PID/ns/mnt,
+        with /dev/shm's device from meta.json's shm_dev. An older capture has none: no
+        binds, as it read before."""
+        from ..readers.mounts import ShmBinds
+        dev = None
+        d = self.meta().get("shm_dev")
+        if isinstance(d, str) and d.count(":") == 1:
+            try:
+                major, minor = (int(x, 16) for x in d.split(":"))
+                dev = (major, minor) if major < (1 << 32) and minor < (1 << 32) else None
+            except ValueError:
+                dev = None
+        by_ns: Dict[str, str] = {}
+
+        def ns_of(pid):
+            try:
+                return self.readlink(f"proc/{pid}/ns/mnt")
+            except ProcessGone as exc:
+                raise OSError(str(exc)) from None
+
+        def mountinfo_of(pid):
+            try:
+                return self.read_text(f"proc/{pid}/mountinfo")
+            except ProcessGone:
+                pass
+            # recorded once per namespace: another process's of the same one
+            if not by_ns:
+                for p in self.pids():
+                    if self.exists(f"proc/{p}/mountinfo"):
+                        try:
+                            by_ns.setdefault(self.readlink(f"proc/{p}/ns/mnt"), f"proc/{p}/mountinfo")
+                        except ProcessGone:
+                            continue
+                by_ns.setdefault("", "")
+            rel = by_ns.get(ns_of(pid))
+            if not rel:
+                raise OSError("no mountinfo captured")
+            try:
+                return self.read_text(rel)
+            except ProcessGone as exc:
+                raise OSError(str(exc)) from None
+        return ShmBinds(ns_of, mountinfo_of, dev)
 
     def meta(self):
         if self._meta is None:

@@ -57,11 +57,11 @@ def kcmp_files(pid: int, tid1: int, tid2: int):
 
 
 class LiveProc(ProcReader):
-    __slots__ = ("pid", "_dir", "_fddir")
+    __slots__ = ("pid", "tid", "_dir", "_fddir")
 
     @translated
     def __init__(self, proc_root: str, pid: int, dir_fd=None):
-        self.pid = pid
+        self.pid = self.tid = pid
         self._fddir = None
         # dir_fd: another process's /proc/PID, pid a thread's id (see fd_tables)
         self._dir = os.open(f"../{pid}" if dir_fd is not None else f"{proc_root}/{pid}", _O_DIR,
@@ -208,3 +208,7 @@ class LiveSource(Source):
 
     def meta(self):
         return {}
+
+    def shm_binds(self):
+        from ..readers.mounts import live_shm_binds
+        return live_shm_binds(self.proc_root)

@@ -14,7 +14,7 @@ import zlib
 from typing import Dict, Set
 
 from ..errors import SourceError
-from .archive import ArchiveSource, TooMuch, clean_name
+from .archive import ArchiveSource, TooMuch, clean_name, is_maps_member
 
 STREAM_MAGIC = b"memtrack-stream "
 
@@ -154,7 +154,7 @@ class TreeSource(ArchiveSource):
                 self.dirs[""].add(d)
         for rel, data in t.files.items():
             parts = rel.split("/")
-            if len(parts) == 3 and parts[0] == "proc" and parts[2] in ("maps", "smaps"):
+            if is_maps_member(parts):
                 # as an archive keeps it: the shared-buffer lines, each address range once
                 try:
                     data = self._filtered(io.BytesIO(data), len(data), parts)

@@ -191,9 +191,9 @@ class DirSource(PathSource):
                     break
                 left -= len(chunk)
                 filt.feed(chunk)
-                if RESERVE + self._cost + filt.nbytes + filt.kept * REF_COST > MAX_TOTAL:
+                if RESERVE + self._cost + filt.nbytes + (filt.kept + filt.extra) * REF_COST > MAX_TOTAL:
                     raise SourceError(f"{self.root}: more than {MAX_TOTAL >> 20} MiB of mappings "
-                                      f"({filt.kept} distinct buffer mappings in {rel}), refusing")
+                                      f"({filt.kept + filt.extra} distinct buffer mappings in {rel}), refusing")
             if left <= 0:
                 raise self._refuse(f"over {MAX_FILE >> 20} MiB", rel)
         except OSError as exc:
@@ -201,7 +201,7 @@ class DirSource(PathSource):
         finally:
             os.close(fd)
         data = filt.finish()
-        self._cost += filt.nbytes + filt.kept * REF_COST
+        self._cost += filt.nbytes + (filt.kept + filt.extra) * REF_COST
         if filt.dups and not smaps:
             self._map_dups[rel] = filt.dups
         return data
