@@ -13,7 +13,7 @@ import pytest
 
 from livehelpers import run_memtrack
 from helpers.snapshots import MFD, snap
-from test_cgroups_live import Cgroups
+from helpers.cgroups import Cgroups
 
 from memtrack.groups import account_groups
 from memtrack.history import Recorder, load
