@@ -112,8 +112,104 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
-    """Per process and per category: peak, growth, slope; suspected leaks with evidence."""
+def group_spans(h: History, by: str) -> Tuple[Dict[str, list], Dict[str, set]]:
+    """Per group of processes (cgroups.GROUPINGS: cgroup, unit, container, pod), a group
+    being one holder as groups.account_groups accounts it, from the recorded holds and
+    cgroups: ({group: [(i0, i1, (pss, rss, buffers, mem))]}, {group: pids seen in it}).
+    pss splits each buffer between the groups of its recorded holders to the byte
+    (account.pss_shares, as account_groups does), mem its allocated bytes likewise (None
+    while one of the group's buffers has them unknown). A process with no cgroup recorded
+    at a snapshot is in cgroups.UNKNOWN there. Only what changes is recomputed: the buffers
+    whose holders, or whose holders' groups, changed at that snapshot."""
+    from ..account import pss_shares
+    from ..cgroups import UNKNOWN, group_key
+    end = len(h.times) - 1
+    events: Dict[int, list] = {}           # index -> [(order, what, process, arg)]
+    for x in h.holds:
+        events.setdefault(x.first, []).append((1, "hold", x.process, x.buffer))
+        if x.last < end:
+            events.setdefault(x.last + 1, []).append((0, "drop", x.process, x.buffer))
+    for proc, spans in (h.cgroups or {}).items():
+        for i0, i1, cg in spans:
+            events.setdefault(i0, []).append((1, "join", proc, cg))
+            if i1 < end:
+                events.setdefault(i1 + 1, []).append((0, "leave", proc, None))
+    holders: Dict[int, set] = {}           # buffer -> processes
+    held: Dict[int, set] = {}              # process -> buffers
+    gof: Dict[int, str] = {}               # process -> group (absent: UNKNOWN)
+    contrib: Dict[int, Dict[str, tuple]] = {}   # buffer -> group -> (pss, rss, mem or None)
+    totals: Dict[str, list] = {}           # group -> [pss, rss, buffers, mem, buffers of unknown mem]
+    pids: Dict[str, set] = {}
+    out: Dict[str, list] = {}
+    opened: Dict[str, Tuple[int, tuple]] = {}
+    for i in sorted(events):
+        touched = set()
+        for _, what, proc, arg in sorted(events[i], key=lambda e: e[0]):
+            if what == "hold":
+                holders.setdefault(arg, set()).add(proc)
+                held.setdefault(proc, set()).add(arg)
+                touched.add(arg)
+            elif what == "drop":
+                holders.get(arg, set()).discard(proc)
+                held.get(proc, set()).discard(arg)
+                touched.add(arg)
+            elif what == "join":
+                gof[proc] = group_key(arg, by)
+                touched |= held.get(proc, set())
+            else:
+                gof.pop(proc, None)
+                touched |= held.get(proc, set())
+        changed = set()
+        for bid in touched:
+            for g, (pss, rss, mem) in contrib.pop(bid, {}).items():
+                t = totals[g]
+                t[0] -= pss
+                t[1] -= rss
+                t[2] -= 1
+                if mem is None:
+                    t[4] -= 1
+                else:
+                    t[3] -= mem
+                changed.add(g)
+            who = holders.get(bid)
+            if not who:
+                continue
+            b = h.buffers[bid]
+            gs = sorted({gof.get(p, UNKNOWN) for p in who})
+            sizes = pss_shares(b.size, gs) if b.size is not None else {}
+            mems = pss_shares(b.allocated, gs) if b.allocated is not None else {}
+            c = contrib[bid] = {}
+            for g in gs:
+                c[g] = (sizes.get(g, 0), b.size or 0, mems.get(g))
+                t = totals.setdefault(g, [0, 0, 0, 0, 0])
+                t[0] += c[g][0]
+                t[1] += c[g][1]
+                t[2] += 1
+                if c[g][2] is None:
+                    t[4] += 1
+                else:
+                    t[3] += c[g][2]
+                changed.add(g)
+                pids.setdefault(g, set()).update(h.processes[p].pid for p in who
+                                                  if gof.get(p, UNKNOWN) == g)
+        for g in changed:
+            t = totals[g]
+            value = (t[0], t[1], t[2], t[3] if t[4] == 0 else None) if t[2] else None
+            if g in opened:
+                if opened[g][1] == value:
+                    continue
+                i0, v = opened.pop(g)
+                out.setdefault(g, []).append((i0, i - 1, v))
+            if value is not None:
+                opened[g] = (i, value)
+    for g, (i0, v) in opened.items():
+        out.setdefault(g, []).append((i0, end, v))
+    return out, pids
+
+
+def analyze(h: History, pids=None, min_unreleased: int = 3, by: Optional[str] = None) -> dict:
+    """Per process and per category: peak, growth, slope; suspected leaks with evidence.
+    by (a cgroups grouping): per group as well (the history must hold cgroups)."""
     T = h.times
     n = len(T)
     procs_out, findings = [], []
@@ -191,16 +287,47 @@ def analyze(h: History, pids=None, min_unreleased: int = 3) -> dict:
                                     f"held bytes grew steadily from {human(tr.start)} to {human(tr.end)} "
                                     f"(+{human(int(round(tr.slope)))}/s)",
                                     dict(tr.as_dict(), category=cat)))
+    groups_out = None
+    if by is not None:
+        groups_out = []
+        gspans, gpids = group_spans(h, by)
+        for g, spans in gspans.items():
+            if pids is not None and not gpids.get(g, set()) & set(pids):
+                continue
+            i0, i1 = spans[0][0], spans[-1][1]
+            tr_pss, tr_rss, tr_buf = (trend_runs(T, h.value_runs(spans, col, i0, i1), h.prefix)
+                                      for col in (0, 1, 2))
+            entry = {"group": g, "by": by, "pids": sorted(gpids.get(g, ())),
+                     "first_seen": _iso(T[i0]), "last_seen": _iso(T[i1]), "snapshots": i1 - i0 + 1,
+                     "pss": tr_pss.as_dict(), "rss": tr_rss.as_dict(), "buffers": tr_buf.as_dict(),
+                     "mem": None}
+            if all(v[3] is not None for _, _, v in spans):
+                entry["mem"] = trend_runs(T, h.value_runs(spans, 3, i0, i1), h.prefix).as_dict()
+            groups_out.append(entry)
+            # a group is one holder: what it holds is its pss (a buffer shared with another
+            # group counts half), so a leak shared across groups shows in each of them
+            for label, tr, fmt in (("held bytes", tr_pss, human), ("buffer count", tr_buf, str)):
+                if tr.steady_growth:
+                    rate = (fmt(int(round(tr.slope))) if fmt is human else f"{tr.slope:.2f}")
+                    findings.append(Finding("growth", f"{by} {g}",
+                                            f"{label} grew steadily from {fmt(tr.start)} to {fmt(tr.end)} "
+                                            f"(+{rate}/s, {tr.rises} rises, {tr.drops} drops)",
+                                            dict(tr.as_dict(), metric=label, by=by, group=g,
+                                                 first_seen=_iso(T[i0]), last_seen=_iso(T[i1]))))
+        groups_out.sort(key=lambda e: (-e["pss"]["peak"], e["group"]))
     # allocated bytes held by processes (None: a history from before they were kept)
     ha = trend_runs(T, runs_of(h.held_allocated), h.prefix) if h.held_allocated is not None else None
     procs_out.sort(key=lambda e: (-e["pss"]["peak"], e["pid"]))
     cats_out.sort(key=lambda e: -e["bytes"]["peak"])
-    return {"history": h.path, "snapshots": n, "runs": h.runs,
-            "start": _iso(T[0]), "end": _iso(T[-1]), "seconds": round(T[-1] - T[0], 3),
-            "processes": procs_out, "categories": cats_out,
-            "kernel_only": ko.as_dict() if ko else None,
-            "held_allocated": ha.as_dict() if ha else None,
-            "suspects": [f.as_dict() for f in findings]}
+    doc = {"history": h.path, "snapshots": n, "runs": h.runs,
+           "start": _iso(T[0]), "end": _iso(T[-1]), "seconds": round(T[-1] - T[0], 3),
+           "processes": procs_out, "categories": cats_out,
+           "kernel_only": ko.as_dict() if ko else None,
+           "held_allocated": ha.as_dict() if ha else None,
+           "suspects": [f.as_dict() for f in findings]}
+    if groups_out is not None:
+        doc["groups"] = {"by": by, "groups": groups_out}
+    return doc
 
 
 def dumps(doc: dict) -> str:

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import SourceError
 from ..util.text import oneline
-from .schema import check_schema, has_column, open_readonly, source_error, to_ints
+from .schema import check_schema, has_column, has_table, open_readonly, source_error, to_ints
 
 
 @dataclass
@@ -76,6 +76,9 @@ class History:
     holds: List[Hold] = field(default_factory=list)
     runs: int = 1
     held_allocated: Optional[List[Optional[int]]] = None    # None: an older history
+    # process -> [(i0, i1, cgroup path)]; a process in no span at i: its cgroup is unknown
+    # there. None: a history from before cgroups were recorded
+    cgroups: Optional[Dict[int, List[Tuple[int, int, str]]]] = None
     _prefix: Optional[Tuple[List[int], List[int]]] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -188,6 +191,8 @@ _REQUIRE = {
                        ("bytes", _is_count, "a byte count"), ("buffers", _is_count, "a count")) + _SPAN,
     "buffer_spans": (("buffer", _is_id, "a row id"),) + _SPAN,
     "ref_spans": (("process", _is_id, "a row id"), ("buffer", _is_id, "a row id")) + _SPAN,
+    "cgroup_spans": (("process", _is_id, "a row id"),
+                     ("cgroup", lambda v: v is not None and _is_text(v), "text")) + _SPAN,
 }
 
 
@@ -317,6 +322,21 @@ def load(path: str, progress=None) -> History:
                                        "FROM ref_spans JOIN refs ON refs.id = ref_spans.ref",
                                        ((1, procs), (2, bufs))):
             per.setdefault((proc, buf), []).append((i0, i1))
+        cgroups: Optional[Dict[int, list]] = None
+        if has_table(con, "cgroup_spans"):
+            # a span ends with the run that opened it at the latest: an older memtrack
+            # appending a run neither closes it nor says where its own processes are
+            run_ends = {}
+            for i0, i1 in _run_ranges(con, at):
+                run_ends[i0] = i1
+            starts = sorted(run_ends)
+            cgroups = {}
+            for proc, cg, i0, i1 in spans("cgroup_spans", "SELECT rowid, process, cgroup, first, last "
+                                          "FROM cgroup_spans", ((1, procs),)):
+                run_end = run_ends[starts[bisect.bisect_right(starts, i0) - 1]]
+                cgroups.setdefault(proc, []).append((i0, min(i1, run_end), cg))
+            for v in cgroups.values():
+                v.sort()
         con.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         raise source_error(f"{path}: not a readable memtrack history ({exc})") from None
@@ -332,7 +352,17 @@ def load(path: str, progress=None) -> History:
     return History(path=path, times=times, sids=sids, kernel_only=kernel_only, held=held,
                    processes=procs, buffers=bufs, usage=usage, categories=cats,
                    buffer_life={k: _merge(v) for k, v in life.items()}, holds=holds, runs=runs,
-                   held_allocated=held_alloc)
+                   held_allocated=held_alloc, cgroups=cgroups)
+
+
+def _run_ranges(con: sqlite3.Connection, at) -> List[Tuple[int, int]]:
+    """(first index, last index) of each run's snapshots."""
+    out = []
+    for _run, lo, hi in con.execute("SELECT run, min(id), max(id) FROM snapshots GROUP BY run"):
+        i0, i1 = at(lo), at(hi)
+        if i0 is not None and i1 is not None:
+            out.append((i0, i1))
+    return out
 
 
 def _merge(spans: Sequence[Tuple[int, int]]) -> List[Tuple[int, int]]:

@@ -145,12 +145,14 @@ class Recorder:
                         c = cats.setdefault(category_of(b), [0, 0])
                         c[0] += b.size
                         c[1] += 1
-                refs, usage = {}, {}
+                refs, usage, cgroups = {}, {}, {}
                 for p in procs:
                     prow = self._intern(self._procs, "processes", "pid, comm, cmdline, uid",
                                         (p.pid, p.comm, p.cmdline, p.uid), used["_procs"])
                     u = acct.processes[p.pid].total
                     usage[prow] = (u.rss, u.pss, u.uss, u.buffers, u.mapped, u.mem)
+                    if p.cgroup is not None:            # None: unread; no span says it
+                        cgroups[prow] = (p.cgroup,)
                     for r in p.refs:
                         key = (prow, bids[r.buffer], ",".join(map(str, r.fds)),
                                ";".join("%x-%x+%x" % v for v in r.vmas))
@@ -168,6 +170,7 @@ class Recorder:
                             span("usage_spans", "process, rss, pss, uss, buffers, mapped, mem"))
                 self._spans("category_spans", {k: tuple(v) for k, v in cats.items()}, sid,
                             span("category_spans", "category, bytes, buffers"))
+                self._spans("cgroup_spans", cgroups, sid, span("cgroup_spans", "process, cgroup"))
         except BaseException as exc:
             # the in-memory view of open spans may now be ahead of the database: start over
             self._reload_open()
@@ -217,6 +220,8 @@ class Recorder:
                 "WHERE last IS NULL")},
             "category_spans": {r[1]: (r[0], to_ints(r[2:])) for r in c.execute(
                 "SELECT rowid, category, bytes, buffers FROM category_spans WHERE last IS NULL")},
+            "cgroup_spans": {r[1]: (r[0], (r[2],)) for r in c.execute(
+                "SELECT rowid, process, cgroup FROM cgroup_spans WHERE last IS NULL")},
         }
 
     def close(self) -> None:

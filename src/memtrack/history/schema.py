@@ -20,9 +20,15 @@ Schema version 1 (``meta`` key ``schema``):
   buffer_spans(buffer, first, last)    ref_spans(ref, first, last)
   usage_spans(process, rss, pss, uss, buffers, mapped, first, last, mem)
   category_spans(category, bytes, buffers, first, last)
+  cgroup_spans(process, cgroup, first, last)      the memory controller's cgroup of a process
 The last column of snapshots, buffers and usage_spans (allocated bytes; mem, a process's share
 of them) came later: a history written before has not got them, and reads as unknown (None)
 there; a recorder appending to it adds the columns first (NULL in the rows before).
+cgroup_spans came later too: a history without it has no cgroups (report --by refuses it), a
+recorder appending adds the table. An older memtrack reads every other table as before and
+ignores this one; one appending to a newer history leaves its processes without a cgroup span
+and does not close the open ones, so a reader ends a cgroup span with the run that opened it
+(a run's snapshots are contiguous: one recorder at a time).
 
 Numbers are stored as SQLite INTEGERs where they fit its signed 64 bits; a size may be
 2^64-1 (any user's sparse memfd is 2^63-1) and a sum of sizes more, so a number beyond
@@ -70,6 +76,8 @@ CREATE TABLE IF NOT EXISTS usage_spans(process INTEGER NOT NULL, rss INTEGER, ps
     uss INTEGER, buffers INTEGER, mapped INTEGER, first INTEGER NOT NULL, last INTEGER, mem INTEGER);
 CREATE TABLE IF NOT EXISTS category_spans(category TEXT NOT NULL, bytes INTEGER, buffers INTEGER,
     first INTEGER NOT NULL, last INTEGER);
+CREATE TABLE IF NOT EXISTS cgroup_spans(process INTEGER NOT NULL, cgroup TEXT, first INTEGER NOT NULL,
+    last INTEGER);
 """
 SNAPSHOT_COLS = ("run, t, taken_at, complete, held_bytes, kernel_only_bytes, dmabuf_exported_bytes, "
                  "processes, buffers, denied, held_allocated")
@@ -82,11 +90,21 @@ def has_column(con: sqlite3.Connection, table: str, col: str) -> bool:
 
 
 def add_later_columns(con: sqlite3.Connection) -> None:
-    """A history from before LATER_COLUMNS: the columns added (NULL, unknown, in its rows)."""
+    """A history from before LATER_COLUMNS: the columns added (NULL, unknown, in its rows),
+    and cgroup_spans (no process of the runs before has a cgroup)."""
     for table, col in LATER_COLUMNS:
         if not has_column(con, table, col):
             con.execute(f"ALTER TABLE {table} ADD COLUMN {col} INTEGER")
-SPAN_TABLES = ("buffer_spans", "ref_spans", "usage_spans", "category_spans")
+    con.execute(CGROUP_SPANS_DDL)
+
+
+CGROUP_SPANS_DDL = next(stmt.strip() for stmt in DDL.split(";") if "cgroup_spans(" in stmt)
+SPAN_TABLES = ("buffer_spans", "ref_spans", "usage_spans", "category_spans", "cgroup_spans")
+
+
+def has_table(con: sqlite3.Connection, table: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                       (table,)).fetchone() is not None
 
 
 def decode_text(raw: bytes) -> str:

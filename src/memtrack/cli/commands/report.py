@@ -1,6 +1,7 @@
 """memtrack report history.db: peaks, growth and suspected leaks over a recorded history."""
 from __future__ import annotations
 
+from ...errors import MemtrackError
 from ...views.table import Column, human, printable, render
 from ..common import Progress, count_arg, emit, load_history, name_cap, refuse, table_width
 
@@ -11,6 +12,9 @@ ORDER = 31
 
 def add_arguments(p):
     p.add_argument("history", metavar="history.db")
+    p.add_argument("--by", choices=("cgroup", "unit", "container", "pod"), default=None,
+                   help="per group of processes as well (one holder each, as summary --by and "
+                        "ps --group account them): peak, growth, suspected leaks")
     p.add_argument("-t", "--top", type=count_arg, default=20, metavar="N", help="processes listed (default 20; 0: all)")
 
 
@@ -20,8 +24,11 @@ def run(args) -> int:
     prog = Progress(args)
     try:
         h = load_history(args, "report", prog)
+        if args.by and h.cgroups is None:
+            raise MemtrackError(f"{args.history}: recorded without cgroups (by an older memtrack); "
+                                f"--by {args.by} needs them")
         prog(f"analyzing {len(h)} snapshots")
-        doc = analyze(h, pids=args.pid)
+        doc = analyze(h, pids=args.pid, by=args.by)
     finally:
         prog.done()
     if args.json:
@@ -62,6 +69,18 @@ def render_text(doc: dict, raw: bool = False, top: int = 20, width=None, cap=60)
                  _rate(c["bytes"]["slope_per_s"], raw), f"{c['buffers']['start']}->{c['buffers']['end']}"]
                 for c in doc["categories"]]
         out.append(render(cols, rows, width=width).rstrip("\n"))
+    if "groups" in doc:
+        by, groups = doc["groups"]["by"], doc["groups"]["groups"]
+        shown = groups[:top] if top else groups
+        out += ["", f"groups by {by} (one holder each; largest peak pss first, {len(shown)} of {len(groups)}):"]
+        cols = [Column("Peak Pss"), Column("Pss start"), Column("Pss end"), Column("Mem end"),
+                Column("Growth"), Column("Slope"), Column("Bufs"), Column("Procs"), Column("First seen", "<"),
+                Column("Last seen", "<"), Column(by.capitalize(), "<")]
+        rows = [[human(g["pss"]["peak"], raw), human(g["pss"]["start"], raw), human(g["pss"]["end"], raw),
+                 "?" if g["mem"] is None else human(g["mem"]["end"], raw), _signed(g["pss"]["growth"], raw),
+                 _rate(g["pss"]["slope_per_s"], raw), f"{g['buffers']['start']}->{g['buffers']['end']}",
+                 str(len(g["pids"])), g["first_seen"][11:], g["last_seen"][11:], g["group"]] for g in shown]
+        out.append(render(cols, rows, max_last=cap, width=width).rstrip("\n"))
     ko = doc["kernel_only"]
     out.append("")
     out.append("kernel-only: " + ("unknown (no kernel dma-buf table or processes unread)" if ko is None else
