@@ -60,12 +60,22 @@ def parse_private(data: bytes, bad: Optional[list] = None) -> Iterator[tuple]:
                     yield row
 
 
-def _row(m, bad):
+def _row(m, bad, binds=None):
+    """(start, end, offset, dev, inode, kind, name) of a maps line that names a buffer, else
+    None. Numbers no kernel prints (over 64 bits, end before start) go to `bad` when given.
+    binds: a function giving the process's other buffer mounts (readers.mounts), called only
+    for a path that does not say what it is."""
     start, end, off, dev, ino, path = m.groups()
-    kp = classify(path.decode("utf-8", "surrogateescape"))
+    path = path.decode("utf-8", "surrogateescape")
+    kp = classify(path)
     if kp is None:
-        return None
+        b = binds() if binds is not None else None
+        kp = kind_of(path, b) if b else None
+        if kp is None:
+            return None
     try:
+        # the regex allowed only hex digits and ASCII digits: lengths are all that is left to
+        # check (the hot path of a scan, so no general u64() here)
         if len(start) > 16 or len(end) > 16 or len(off) > 16 or len(ino) > 20:
             raise ValueError("over 64 bits")
         s, e, i = int(start, 16), int(end, 16), int(ino)
@@ -86,32 +96,11 @@ def norm_dev(dev: str) -> str:
 def parse_shared(data: bytes, bad: Optional[list] = None, binds=None) -> Iterator[tuple]:
     """(start, end, offset, dev, inode, kind, name) for each shared-buffer mapping.
     Lines whose numbers no kernel prints (over 64 bits, end before start) are left out,
-    and appended to `bad` when given, so the caller can say how many. binds: a function
-    giving the process's other buffer mounts (readers.mounts), called only for a shared
-    mapping whose path does not say what it is."""
+    and appended to `bad` when given, so the caller can say how many; binds: as _row's."""
     for m in shared_lines(data):
-        start, end, off, dev, ino, path = m.groups()
-        path = path.decode("utf-8", "surrogateescape")
-        kp = classify(path)
-        if kp is None:
-            b = binds() if binds is not None else None
-            kp = kind_of(path, b) if b else None
-            if kp is None:
-                continue
-        try:
-            # the regex allowed only hex digits and ASCII digits: lengths are all that is
-            # left to check (the hot path of a scan, so no general u64() here)
-            if len(start) > 16 or len(end) > 16 or len(off) > 16 or len(ino) > 20:
-                raise ValueError("over 64 bits")
-            s, e, i = int(start, 16), int(end, 16), int(ino)
-            if e < s or i >= U64:
-                raise ValueError("end before start, or inode over 64 bits")
-            row = (s, e, int(off, 16), norm_dev(dev.decode()), i, kp[0], kp[1])
-        except ValueError:
-            if bad is not None:
-                bad.append(m.group(0)[:120])
-            continue
-        yield row
+        row = _row(m, bad, binds)
+        if row is not None:
+            yield row
 
 
 # A line of maps is at most a path (PATH_MAX) and its fields; a smaps block is some 25 lines.
