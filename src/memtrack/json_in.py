@@ -63,14 +63,6 @@ def _gpu_from_dict(g: dict) -> GpuClient:
         driver_keys={str(k): str(v) for k, v in keys.items()})
 
 
-def _opt_int(v):
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"expected an integer, got {v!r}")
-    return v
-
-
 def _opt_str(v):
     if v is None:
         return None

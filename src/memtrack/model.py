@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import FrozenInstanceError, dataclass, field, fields, replace
 from functools import cached_property
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 SCHEMA = 1
 KINDS = ("dmabuf", "memfd", "shm", "sysv", "shmem", "ashmem", "hugetlb")
@@ -236,10 +236,6 @@ class Snapshot:
             seen = {p.cgroup for p in procs}
             cgroups = tuple(c for c in cgroups if c.path in seen)
         return replace(self, buffers=buffers, processes=tuple(procs), gpu=gpu, cgroups=cgroups)
-
-
-def field_names(cls) -> List[str]:
-    return [f.name for f in fields(cls)]
 
 
 # Hand-written constructors for the builder's hot loop, a Buffer and a Ref per record: the
